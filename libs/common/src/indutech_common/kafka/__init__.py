@@ -1,0 +1,29 @@
+"""Kafka clients (SASL_SSL + SCRAM, transactional producers, read_committed consumers)."""
+
+from indutech_common.kafka.clients import (
+    create_consumer,
+    create_producer,
+    ping_producer,
+    start_client,
+)
+from indutech_common.kafka.config import connection_kwargs
+from indutech_common.kafka.deadletter import DeadLetterWriter
+from indutech_common.kafka.exceptions import (
+    KafkaAuthenticationError,
+    KafkaClientError,
+    KafkaTlsError,
+    KafkaUnavailableError,
+)
+
+__all__ = [
+    "DeadLetterWriter",
+    "KafkaAuthenticationError",
+    "KafkaClientError",
+    "KafkaTlsError",
+    "KafkaUnavailableError",
+    "connection_kwargs",
+    "create_consumer",
+    "create_producer",
+    "ping_producer",
+    "start_client",
+]

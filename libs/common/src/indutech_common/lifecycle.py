@@ -1,0 +1,182 @@
+"""One lifecycle for every worker: startup → main loop → graceful shutdown.
+
+Modelled on uvicorn's ``Server`` and arq's ``Worker``: the first SIGTERM or
+SIGINT asks the main loop to stop taking work and drain; the drain has a
+deadline (``shutdown_timeout_s``) after which what is left is cancelled; a
+second signal cancels at once. ``run()`` is for production (uvloop),
+``serve()`` is the async entry for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
+import uvloop
+
+from indutech_common.health import HealthServer
+from indutech_common.logging import configure_logging, register_secrets_of
+from indutech_common.metrics import WorkerMetrics
+from indutech_common.settings import WorkerSettings
+
+SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_DRAIN_TIMEOUT = 3
+
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Worker(ABC, Generic[SettingsT]):
+    """Subclass, set ``name``, and implement ``startup``, ``main_loop`` and ``shutdown``.
+
+    ``main_loop`` runs until it returns or ``self.should_exit`` is set; it must
+    check ``should_exit`` between units of work (a batch, a file, a chunk) and
+    return once the unit in hand is durably done. Everything opened in
+    ``startup`` is closed in ``shutdown``, which runs even when startup failed.
+    """
+
+    name: ClassVar[str] = "worker"
+
+    def __init__(self, settings: SettingsT) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics(self.name)
+        self.health = HealthServer(settings.health, self.metrics)
+        self.log = structlog.get_logger(self.name)
+        self.should_exit = asyncio.Event()
+        self._force_exit = False
+        self._main_task: asyncio.Task[None] | None = None
+        register_secrets_of(settings)
+
+    @abstractmethod
+    async def startup(self) -> None:
+        """Open clients and register their health pings."""
+
+    @abstractmethod
+    async def main_loop(self) -> None:
+        """Do the work until ``should_exit`` is set."""
+
+    @abstractmethod
+    async def shutdown(self) -> None:
+        """Close what ``startup`` opened. Called once, after the main loop ended."""
+
+    def request_exit(self) -> None:
+        """Ask for a graceful drain (what SIGTERM does)."""
+        self.should_exit.set()
+
+    async def sleep_or_exit(self, seconds: float) -> bool:
+        """Sleep, waking early on an exit request; returns True when asked to exit."""
+        try:
+            await asyncio.wait_for(self.should_exit.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def serve(self, *, install_signal_handlers: bool = True) -> int:
+        """Run the whole lifecycle and return the process exit code."""
+        loop = asyncio.get_running_loop()
+        restore = self._install_signal_handlers(loop) if install_signal_handlers else None
+        exit_code = EXIT_OK
+        try:
+            await self.health.start()
+            self.log.info("worker_starting")
+            await self.startup()
+            self.health.state.started = True
+            self.log.info("worker_started", health_port=self.health.port)
+            exit_code = await self._run_main_loop()
+        except Exception:
+            self.log.exception("worker_failed")
+            exit_code = EXIT_FAILED
+        finally:
+            self.health.state.stopping = True
+            await self._close()
+            if restore is not None:
+                restore()
+        self.log.info("worker_stopped", exit_code=exit_code)
+        return exit_code
+
+    async def _run_main_loop(self) -> int:
+        self._main_task = asyncio.create_task(self.main_loop(), name=f"{self.name}-main-loop")
+        exit_requested = asyncio.create_task(self.should_exit.wait())
+        done, _ = await asyncio.wait(
+            {self._main_task, exit_requested}, return_when=asyncio.FIRST_COMPLETED
+        )
+        exit_requested.cancel()
+        if self._main_task not in done:
+            deadline = self.settings.shutdown_timeout_s
+            self.log.info("worker_draining", deadline_s=deadline)
+            self.health.state.stopping = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._main_task), timeout=deadline)
+            except TimeoutError:
+                self.log.warning("drain_deadline_exceeded", deadline_s=deadline)
+                await _cancel(self._main_task)
+                return EXIT_DRAIN_TIMEOUT
+            except asyncio.CancelledError:
+                if self._force_exit:
+                    self.log.warning("forced_exit")
+                    return EXIT_DRAIN_TIMEOUT
+                raise
+        self._main_task.result()  # re-raise a main-loop failure
+        return EXIT_OK
+
+    async def _close(self) -> None:
+        for step, closer in (("shutdown", self.shutdown), ("health_server", self.health.stop)):
+            try:
+                await asyncio.wait_for(closer(), timeout=self.settings.shutdown_timeout_s)
+            except Exception:  # a failed cleanup is logged and the rest still closes
+                self.log.exception("cleanup_failed", step=step)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        previous = {sig: signal.getsignal(sig) for sig in _HANDLED_SIGNALS}
+        for sig in _HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            self.log.warning("second_signal_forcing_exit", signal=sig.name)
+            self._force_exit = True
+            if self._main_task is not None:
+                self._main_task.cancel()
+            return
+        self.log.info("signal_received", signal=sig.name)
+        self.should_exit.set()
+
+    def run(self) -> int:
+        """Production entry: configure logging, run under uvloop, return the exit code."""
+        configure_logging(
+            level=self.settings.logging.level, fmt=self.settings.logging.format, service=self.name
+        )
+        return uvloop.run(self.serve())
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        structlog.get_logger(__name__).exception("task_failed_during_cancel")
+
+
+async def gather_closers(*closers: Callable[[], Awaitable[object]]) -> None:
+    """Close several clients; one failure is logged and the others still close."""
+    log = structlog.get_logger(__name__)
+    for closer in closers:
+        try:
+            await closer()
+        except Exception:
+            log.exception("close_failed", closer=getattr(closer, "__qualname__", repr(closer)))

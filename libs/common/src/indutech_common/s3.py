@@ -1,0 +1,124 @@
+"""An S3 client that cannot write an object without server-side encryption.
+
+The guarantee lives in botocore's event hooks of the client itself, not in a
+wrapper one could step around: every PutObject, CreateMultipartUpload and
+CopyObject gets the configured SSE when the caller gave none, an SSE value
+that is not encryption is refused before anything is sent, and a response
+that does not confirm SSE raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import SecretStr
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from indutech_common.errors import IndutechError
+from indutech_common.settings import S3Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+_log = structlog.get_logger(__name__)
+
+WRITE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
+ENCRYPTIONS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
+
+
+class S3Error(IndutechError):
+    """Base of the S3 errors raised by the common library."""
+
+
+class SseRequiredError(S3Error):
+    """A write asked for no (or an unknown) server-side encryption."""
+
+
+class SseNotAppliedError(S3Error):
+    """The server stored an object without confirming server-side encryption."""
+
+
+class SsePolicy:
+    """Fills in and checks the SSE parameters of every object write."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.algorithm = settings.sse
+        self.kms_key_id = settings.kms_key_id
+
+    def apply(self, params: dict[str, Any], operation: str) -> None:
+        requested = params.get("ServerSideEncryption")
+        if requested is None:
+            params["ServerSideEncryption"] = self.algorithm
+            if self.algorithm == "aws:kms" and self.kms_key_id:
+                params.setdefault("SSEKMSKeyId", self.kms_key_id)
+        elif requested not in ENCRYPTIONS:
+            raise SseRequiredError(
+                f"{operation} with ServerSideEncryption={requested!r} refused: every object "
+                f"must be encrypted with one of {sorted(ENCRYPTIONS)}; leave it unset to use "
+                f"the configured {self.algorithm}."
+            )
+
+    def before_parameter_build(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.apply(params, model.name)
+
+    def after_call(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        if "Error" in parsed:
+            return
+        confirmed = parsed.get("ServerSideEncryption")
+        if model.name == "CopyObject":
+            confirmed = confirmed or parsed.get("CopyObjectResult", {}).get("ServerSideEncryption")
+        if confirmed not in ENCRYPTIONS:
+            raise SseNotAppliedError(
+                f"{model.name} was answered without a ServerSideEncryption confirmation; the "
+                "S3 server may not support SSE (MinIO needs a KMS key configured). Fix the "
+                "server before writing more data."
+            )
+
+
+def install_sse_policy(client: Any, settings: S3Settings) -> SsePolicy:
+    policy = SsePolicy(settings)
+    for operation in WRITE_OPERATIONS:
+        client.meta.events.register(
+            f"before-parameter-build.s3.{operation}", policy.before_parameter_build
+        )
+        client.meta.events.register(f"after-call.s3.{operation}", policy.after_call)
+    return policy
+
+
+@asynccontextmanager
+async def create_s3_client(settings: S3Settings) -> AsyncIterator[S3Client]:
+    """An aiobotocore S3 client over verified HTTPS with the SSE policy installed."""
+    session = get_session()
+    config = AioConfig(
+        max_pool_connections=settings.max_pool_connections,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    async with session.create_client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        verify=str(settings.ca_file) if settings.ca_file else True,
+        config=config,
+        # None falls back to the default chain: the pod's IAM role (IRSA) in production.
+        aws_access_key_id=_reveal(settings.access_key_id),
+        aws_secret_access_key=_reveal(settings.secret_access_key),
+    ) as client:
+        install_sse_policy(client, settings)
+        _log.debug("s3_client_created", endpoint=settings.endpoint_url or "aws", sse=settings.sse)
+        yield client
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+async def ping_bucket(client: S3Client, bucket: str) -> None:
+    """Readiness: the bucket exists and our credentials reach it."""
+    await client.head_bucket(Bucket=bucket)

@@ -1,0 +1,117 @@
+"""IoT records as they appear on the SAN and on the ``iot.*`` topics.
+
+Timestamps must carry an offset and are stored in UTC with microseconds;
+revenue is a decimal with two places and is never a float (on the wire it is a
+JSON string, so no reader can turn it into one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+
+SCHEMA_VERSION = 1
+# Fixed namespace: event ids derived from (file fingerprint, byte offset) are
+# the same on every replay, on every machine.
+EVENT_ID_NAMESPACE = uuid.UUID("6f1b6a52-3c1e-4f59-9d1e-2b7c7b1c9a10")
+
+
+def derive_event_id(file_fingerprint: str, byte_offset: int) -> str:
+    """A stable id for a line that has none: the same file content and offset give the same id."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{file_fingerprint}:{byte_offset}"))
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    PlainSerializer(
+        lambda v: v.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        return_type=str,
+        when_used="json",
+    ),
+]
+Money = Annotated[
+    Decimal,
+    Field(max_digits=18, decimal_places=2),
+    PlainSerializer(lambda v: f"{v:.2f}", return_type=str, when_used="json"),
+]
+NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class TicketStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    key_field: ClassVar[str]
+
+    event_id: NonEmpty | None = None
+    event_time: UtcDatetime
+    schema_version: Literal[1] = 1
+
+    @field_validator("event_time", mode="after")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return _to_utc(value)
+
+    def key(self) -> bytes:
+        return str(getattr(self, self.key_field)).encode()
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class SensorReading(_Record):
+    key_field: ClassVar[str] = "sensor_id"
+
+    sensor_id: NonEmpty
+    site: NonEmpty
+    metric: NonEmpty
+    value: float = Field(allow_inf_nan=False)
+    unit: Annotated[str, Field(max_length=32)]
+    quality: Quality = Quality.GOOD
+
+
+class ClientTicket(_Record):
+    key_field: ClassVar[str] = "customer_id"
+
+    ticket_id: NonEmpty
+    customer_id: NonEmpty
+    region: NonEmpty
+    revenue: Money
+    latency_ms: int = Field(ge=0)
+    status: TicketStatus
+
+    @field_validator("revenue", mode="before")
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        # A float has already lost digits; CSV and our JSON carry revenue as text.
+        if isinstance(value, float):
+            raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a field error
+                "revenue must be a decimal string or integer, never a float"
+            )
+        return value

@@ -1,0 +1,117 @@
+"""The worker lifecycle: drain on SIGTERM within the deadline, exit codes, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import REPO_ROOT
+
+EXIT_DRAIN_TIMEOUT = 3
+
+
+def start_worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], Path]:
+    journal = tmp_path / "journal.txt"
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SAMPLE_", "INDUTECH_"))},
+        "SAMPLE_JOURNAL": str(journal),
+        "SAMPLE_HEALTH__PORT": "0",
+        "SAMPLE_HEALTH__HOST": "127.0.0.1",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.sample_worker"],
+        cwd=REPO_ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, journal
+
+
+def wait_for_line(journal: Path, line: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if journal.exists() and line in journal.read_text().splitlines():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"{line!r} never appeared in {journal}")
+
+
+class TestGracefulShutdown:
+    def test_sigterm_drains_the_unit_in_hand_and_exits_zero(self, tmp_path: Path) -> None:
+        """SIGTERM mid-unit: the unit finishes, shutdown runs, exit code 0, within the deadline."""
+        process, journal = start_worker(
+            tmp_path, SAMPLE_UNIT_OF_WORK_S="1.0", SAMPLE_SHUTDOWN_TIMEOUT_S="5"
+        )
+        wait_for_line(journal, "started 1")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=10)
+        took = time.monotonic() - sent
+        assert process.returncode == 0
+        assert took < 5
+        assert journal.read_text().splitlines() == ["started 1", "done 1", "shutdown"]
+        events = [json.loads(line)["event"] for line in stdout.splitlines() if line.startswith("{")]
+        assert events.index("signal_received") < events.index("worker_draining")
+        assert events[-1] == "worker_stopped"
+
+    def test_drain_deadline_cancels_and_reports(self, tmp_path: Path) -> None:
+        """A unit longer than the deadline is cancelled at the deadline; exit code 3."""
+        process, journal = start_worker(
+            tmp_path, SAMPLE_UNIT_OF_WORK_S="30", SAMPLE_SHUTDOWN_TIMEOUT_S="1"
+        )
+        wait_for_line(journal, "started 1")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=10)
+        assert process.returncode == EXIT_DRAIN_TIMEOUT
+        assert 0.9 < time.monotonic() - sent < 5
+        assert "done 1" not in journal.read_text()
+        assert "shutdown" in journal.read_text()
+        assert "drain_deadline_exceeded" in stdout
+
+    def test_second_signal_forces_exit(self, tmp_path: Path) -> None:
+        """A second SIGTERM does not wait for the deadline."""
+        process, journal = start_worker(
+            tmp_path, SAMPLE_UNIT_OF_WORK_S="30", SAMPLE_SHUTDOWN_TIMEOUT_S="20"
+        )
+        wait_for_line(journal, "started 1")
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=10)
+        assert process.returncode == EXIT_DRAIN_TIMEOUT
+        assert "forced_exit" in stdout
+
+
+class TestStartErrors:
+    def test_invalid_config_fails_at_start_naming_the_field(self, tmp_path: Path) -> None:
+        """A bad value exits 2 before any work, naming the variable and what it expects."""
+        process, journal = start_worker(tmp_path, SAMPLE_UNIT_OF_WORK_S="-3")
+        _, stderr = process.communicate(timeout=10)
+        assert process.returncode == 2
+        assert "SAMPLE_UNIT_OF_WORK_S" in stderr
+        assert "greater than 0" in stderr
+        assert not journal.exists()
+
+    def test_help_lists_settings(self) -> None:
+        """--help documents every setting with its env variable."""
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.support.sample_worker", "--help"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        assert "SAMPLE_JOURNAL (required)" in result.stdout
+        assert "SAMPLE_SHUTDOWN_TIMEOUT_S (default 30.0)" in result.stdout
