@@ -44,7 +44,9 @@ wait_for() {
     done
 }
 
-pid_alive() { local f="$RUN/$1.pid"; [[ -s $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# alive_pid PID: running and not a zombie (PID 1 here can be slow to reap).
+alive_pid() { kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]; }
+pid_alive() { local f="$RUN/$1.pid"; [[ -s $f ]] && alive_pid "$(cat "$f")"; }
 
 # start_daemon NAME CMD...: run CMD detached in its own session, log to
 # $LOGS/NAME.log, remember its pid. No-op when already running.
@@ -60,10 +62,10 @@ stop_daemon() {
     local name=$1 timeout=${2:-15} pid
     [[ -s $RUN/$name.pid ]] || return 0
     pid=$(cat "$RUN/$name.pid")
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive_pid "$pid"; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         local deadline=$(( $(date +%s) + timeout ))
-        while kill -0 "$pid" 2>/dev/null && (( $(date +%s) < deadline )); do sleep 0.2; done
+        while alive_pid "$pid" && (( $(date +%s) < deadline )); do sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || true
     fi
     rm -f "$RUN/$name.pid"
@@ -74,9 +76,11 @@ tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
 # tls_answers HOST:PORT [SERVERNAME]: true when a TLS handshake verifies against our CA.
 tls_answers() {
-    local sni=${2:-${1%%:*}}
-    timeout 5 openssl s_client -connect "$1" -servername "$sni" -CAfile "$CERTS/ca.crt" \
-        -verify_return_error -verify_hostname "$sni" </dev/null >/dev/null 2>&1
+    local name=${2:-${1%%:*}} check=(-verify_hostname)
+    # openssl matches IP addresses only with -verify_ip (and sends no SNI for them).
+    [[ $name =~ ^[0-9.]+$ ]] && check=(-verify_ip)
+    timeout 5 openssl s_client -connect "$1" -CAfile "$CERTS/ca.crt" \
+        -verify_return_error "${check[@]}" "$name" </dev/null >/dev/null 2>&1
 }
 
 # apt_ensure PKG...: install the Debian packages that are missing, quietly.
@@ -108,6 +112,9 @@ write_env() {
             echo "INDUTECH_STACK_DIR=$STACK_DIR"
             for c in "${COMPONENTS[@]}"; do
                 if declare -F "${c}_env" >/dev/null; then "${c}_env"; fi
+            done | while IFS='=' read -r key value; do
+                # Single-quoted so that both `. stack.env` and dotenv readers take spaces.
+                printf "%s='%s'\n" "$key" "${value//\'/}"
             done
         } > "$out.tmp"
         mv "$out.tmp" "$out"

@@ -3,10 +3,15 @@
 # SASL_SSL with SCRAM-SHA-512 over TLS 1.3 on localhost:9093 with the stack's
 # certificates; a loopback-only PLAINTEXT listener on 127.0.0.1:9092 serves
 # the stack's own tooling (topic creation, readiness), never the workers.
+#
+# Pinned to 3.9.2 (KRaft): Debian 12's kcat (librdkafka 2.0.2, < 2.6.1) sends a
+# SCRAM nonce that Kafka 4.x refuses, and kcat over SASL_SSL is the benchmark
+# peer of every flow. aiokafka works with both; KAFKA_VERSION=4.4.0 runs 4.x
+# (docs/architecture.md, "Kafka version").
 # shellcheck shell=bash
 
-KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
-KAFKA_LOG4J_VERSION=2.25.5          # the log4j-core that kafka-server $KAFKA_VERSION depends on
+KAFKA_VERSION=${KAFKA_VERSION:-3.9.2}
+KAFKA_LOG4J_VERSION=2.25.5          # Kafka 4.x logs through slf4j 1.7 to this log4j2 (3.9.x: reload4j)
 KAFKA_PORT=9093                     # SASL_SSL, advertised as localhost:9093
 KAFKA_PLAINTEXT_PORT=9092           # PLAINTEXT, 127.0.0.1 only
 KAFKA_CONTROLLER_PORT=9095          # KRaft controller, 127.0.0.1 only
@@ -75,6 +80,13 @@ public class StackTopics {
 JAVA
 }
 
+# Kafka 4.x brings log4j2 but no slf4j binding: add log4j's slf4j 1.7 bridge.
+# Kafka 3.9.x already brings its backend (slf4j-reload4j).
+kafka_logging_dependency() {
+    [[ ${KAFKA_VERSION%%.*} -ge 4 ]] || return 0
+    echo "    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>"
+}
+
 kafka_install() {
     apt_ensure openjdk-17-jdk-headless maven kcat openssl
     local home; home=$(kafka_home)
@@ -102,8 +114,7 @@ kafka_install() {
       <groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version>
       <exclusions><exclusion><groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId></exclusion></exclusions>
     </dependency>
-    <!-- logging backend: slf4j 1.7 (what Kafka logs through) to log4j2 -->
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$KAFKA_LOG4J_VERSION</version></dependency>
+$(kafka_logging_dependency)
   </dependencies>
 </project>
 POM
@@ -200,7 +211,16 @@ appender.err.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = WARN
 rootLogger.appenderRef.err.ref = STDERR
 LOG
-    # For people and scripts: kcat -F .stack/kafka/kcat.conf -b localhost:9093 -L
+    # The same for Kafka 3.9.x, which logs through reload4j (log4j 1.2).
+    printf '%s\n' 'log4j.rootLogger=INFO, stdout' 'log4j.appender.stdout=org.apache.log4j.ConsoleAppender' \
+        'log4j.appender.stdout.layout=org.apache.log4j.PatternLayout' \
+        'log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n' \
+        'log4j.logger.kafka.request.logger=WARN' 'log4j.logger.org.apache.kafka.clients=WARN' > "$dir/log4j.properties"
+    printf '%s\n' 'log4j.rootLogger=WARN, stderr' 'log4j.appender.stderr=org.apache.log4j.ConsoleAppender' \
+        'log4j.appender.stderr.Target=System.err' 'log4j.appender.stderr.layout=org.apache.log4j.PatternLayout' \
+        'log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n' > "$dir/log4j-tools.properties"
+    # For people: kcat -F .stack/kafka/kcat.conf -b localhost:9093 -L (SCRAM against
+    # Kafka 4.x needs librdkafka >= 2.6.1; over PLAINTEXT: kcat -b 127.0.0.1:9092 -L).
     (
         umask 077
         cat > "$dir/kcat.conf" <<CONF
@@ -217,14 +237,17 @@ CONF
 kafka_tool() {
     local home dir; home=$(kafka_home); dir=$(kafka_dir)
     java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-        -Dlog4j2.configurationFile="$dir/log4j2-tools.properties" \
+        -Dlog4j2.configurationFile="$dir/log4j2-tools.properties" -Dlog4j.configuration="file:$dir/log4j-tools.properties" \
         -cp "$home/classes:$home/libs/*" "$@" >>"$LOGS/kafka.log" 2>&1
 }
 
 # Format the storage once, with the SCRAM users; later starts reuse it.
 kafka_format() {
     local dir; dir=$(kafka_dir)
-    [[ -s $dir/data/meta.properties ]] && return 0
+    if [[ -s $dir/data/meta.properties && $(cat "$dir/data/.kafka-version" 2>/dev/null) == "$KAFKA_VERSION" ]]; then
+        return 0
+    fi
+    [[ -d $dir/data ]] && warn "Kafka storage was formatted by another version; formatting anew for $KAFKA_VERSION (topics are recreated empty)"
     log "formatting Kafka storage in $dir/data (SCRAM-SHA-512 users indutech, admin)"
     rm -rf "$dir/data"; mkdir -p "$dir/data"
     local cluster_id
@@ -233,6 +256,7 @@ kafka_format() {
         --add-scram "SCRAM-SHA-512=[name=indutech,password=$(ensure_secret kafka_password)]" \
         --add-scram "SCRAM-SHA-512=[name=admin,password=$(ensure_secret kafka_admin_password)]" \
         || { rm -rf "$dir/data"; die "formatting Kafka storage failed; see $LOGS/kafka.log"; }
+    echo "$KAFKA_VERSION" > "$dir/data/.kafka-version"
 }
 
 # The broker is ready when it answers TLS on the SASL_SSL port and lists itself over
@@ -282,7 +306,8 @@ kafka_start() {
         # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS holds several options
         start_daemon kafka java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
             -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
-            -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$LOGS" \
+            -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dlog4j.configuration="file:$dir/log4j.properties" \
+            -Dkafka.logs.dir="$LOGS" \
             -cp "$home/libs/*" kafka.Kafka "$dir/server.properties"
     fi
     kafka_wait_up

@@ -51,7 +51,8 @@ minio_install() {
         fi
     done
     wait "$pid" || die "the MinIO build failed; see $buildlog"
-    mv -f "$STACK_CACHE/bin.build/minio" "$bin" && rmdir "$STACK_CACHE/bin.build" 2>/dev/null
+    mv -f "$STACK_CACHE/bin.build/minio" "$bin" || die "the MinIO build left no binary; see $buildlog"
+    rmdir "$STACK_CACHE/bin.build" 2>/dev/null || true
     log "MinIO built in $(( SECONDS - start ))s: $bin"
 }
 

@@ -186,7 +186,7 @@ pg_super_psql() {
 # Role, databases and warehouse schemas; every statement is idempotent and the
 # whole thing is two psql calls, so a warm start pays ~0.1 s for it.
 pg_bootstrap() {
-    local pw dbs schemas
+    local pw dbs schemas s
     pw=$(ensure_secret pg_password)
     dbs=$(printf "'%s'," "${PG_DATABASES[@]}"); dbs=${dbs%,}
     # The password reaches psql on stdin, never on a command line.

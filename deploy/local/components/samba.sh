@@ -32,8 +32,10 @@ samba_ldap() {
 
 # samba_answers NAME: an authenticated search of the domain root succeeds.
 samba_answers() {
-    samba_ldap "$1" ldapsearch -LLL -b "$(samba_base_dn "$1")" -s base dn 2>/dev/null \
-        | grep -qi "^dn: $(samba_base_dn "$1")"
+    local base out
+    base=$(samba_base_dn "$1")
+    out=$(samba_ldap "$1" ldapsearch -LLL -o ldif-wrap=no -b "$base" -s base dn 2>/dev/null) || return 1
+    [[ ${out,,} == *"dn: ${base,,}"* ]]
 }
 
 samba_ensure_ips() {

@@ -14,7 +14,8 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 
 from indutech_common.errors import DependencyUnavailableError, IndutechError
-from indutech_common.settings import LdapSettings
+from indutech_common.settings import LdapSettings, TlsSettings
+from indutech_common.tls import create_client_ssl_context
 
 
 class LdapError(IndutechError):
@@ -25,15 +26,37 @@ class LdapBindError(LdapError):
     """The directory refused the bind credentials."""
 
 
+class VerifiedTls(ldap3.Tls):  # type: ignore[misc]
+    """ldap3's TLS with the standard library doing the host name check.
+
+    ldap3 2.9 switches the context's own check off and calls the deprecated
+    ``ssl.match_hostname`` (gone in Python 3.12), and skips it entirely when the
+    handshake is deferred. Here OpenSSL checks the name (DNS or IP SAN) during
+    every handshake.
+    """
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED)
+        self._context = context
+        self._server_hostname = server_hostname
+
+    def wrap_socket(self, connection: ldap3.Connection, do_handshake: bool = False) -> None:
+        connection.socket = self._context.wrap_socket(
+            connection.socket,
+            server_side=False,
+            do_handshake_on_connect=do_handshake,
+            server_hostname=self._server_hostname,
+        )
+
+
 def ldap_server(settings: LdapSettings) -> ldap3.Server:
     parts = urlsplit(settings.url)
-    tls = ldap3.Tls(
-        validate=ssl.CERT_REQUIRED,
-        version=ssl.PROTOCOL_TLS_CLIENT,
-        ca_certs_file=str(settings.ca_file) if settings.ca_file else None,
-    )
+    host = parts.hostname or ""
+    # Samba and AD DCs offer TLS 1.2 at least; 1.3 is negotiated where both sides have it.
+    context = create_client_ssl_context(TlsSettings(ca_file=settings.ca_file, min_version="1.2"))
+    tls = VerifiedTls(context, host)
     return ldap3.Server(
-        parts.hostname or "",
+        host,
         port=parts.port or 636,
         use_ssl=True,
         tls=tls,

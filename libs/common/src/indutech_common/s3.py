@@ -4,7 +4,9 @@ The guarantee lives in botocore's event hooks of the client itself, not in a
 wrapper one could step around: every PutObject, CreateMultipartUpload and
 CopyObject gets the configured SSE when the caller gave none, an SSE value
 that is not encryption is refused before anything is sent, and a response
-that does not confirm SSE raises.
+that does not confirm SSE raises (PutObject and UploadPart: the responses that
+both AWS and MinIO confirm; MinIO leaves the confirmation out of
+CreateMultipartUpload, CompleteMultipartUpload and CopyObject).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import SecretStr
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from pydantic import SecretStr
 
 from indutech_common.errors import IndutechError
 from indutech_common.settings import S3Settings
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 _log = structlog.get_logger(__name__)
 
 WRITE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
+CONFIRMED_OPERATIONS = ("PutObject", "UploadPart")
 ENCRYPTIONS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 
 
@@ -68,10 +71,7 @@ class SsePolicy:
     def after_call(self, parsed: dict[str, Any], model: Any, **_: Any) -> None:
         if "Error" in parsed:
             return
-        confirmed = parsed.get("ServerSideEncryption")
-        if model.name == "CopyObject":
-            confirmed = confirmed or parsed.get("CopyObjectResult", {}).get("ServerSideEncryption")
-        if confirmed not in ENCRYPTIONS:
+        if parsed.get("ServerSideEncryption") not in ENCRYPTIONS:
             raise SseNotAppliedError(
                 f"{model.name} was answered without a ServerSideEncryption confirmation; the "
                 "S3 server may not support SSE (MinIO needs a KMS key configured). Fix the "
@@ -85,6 +85,7 @@ def install_sse_policy(client: Any, settings: S3Settings) -> SsePolicy:
         client.meta.events.register(
             f"before-parameter-build.s3.{operation}", policy.before_parameter_build
         )
+    for operation in CONFIRMED_OPERATIONS:
         client.meta.events.register(f"after-call.s3.{operation}", policy.after_call)
     return policy
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as kafka_errors
+from aiokafka.conn import create_conn
 
 from indutech_common.kafka.config import connection_kwargs
 from indutech_common.kafka.exceptions import (
@@ -60,42 +61,78 @@ def create_consumer(
 async def start_client(
     client: AIOKafkaProducer | AIOKafkaConsumer, settings: KafkaSettings, *, timeout_s: float = 30.0
 ) -> None:
-    """Start a client, translating failures into errors that say what to fix."""
-    where = f"{settings.bootstrap_servers} ({settings.security_protocol})"
+    """Start a client, translating failures into errors that say what to fix.
+
+    aiokafka reports every bootstrap failure as "Unable to bootstrap"; the real
+    cause (credentials, TLS, a protocol mismatch) is found by one direct
+    connection attempt to the first bootstrap server.
+    """
     try:
         await asyncio.wait_for(client.start(), timeout=timeout_s)
-    except ssl.SSLError as exc:
+    except (TimeoutError, kafka_errors.KafkaError, OSError) as exc:
         await _stop_quietly(client)
-        raise KafkaTlsError(
-            f"TLS handshake with Kafka at {where} failed: {exc.reason or exc}. Check "
+        cause = exc
+        if isinstance(exc, TimeoutError | kafka_errors.KafkaConnectionError):
+            cause = await _diagnose(settings, timeout_s=min(timeout_s, 10.0)) or exc
+        raise translate_connection_error(cause, settings) from None
+
+
+async def _diagnose(settings: KafkaSettings, *, timeout_s: float) -> BaseException | None:
+    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    kwargs = connection_kwargs(settings)
+    try:
+        connection = await asyncio.wait_for(
+            create_conn(
+                host.strip("[]"),
+                int(port),
+                request_timeout_ms=settings.request_timeout_ms,
+                ssl_context=kwargs.get("ssl_context"),
+                security_protocol=settings.security_protocol,
+                sasl_mechanism=kwargs.get("sasl_mechanism", "PLAIN"),
+                sasl_plain_username=kwargs.get("sasl_plain_username"),
+                sasl_plain_password=kwargs.get("sasl_plain_password"),
+            ),
+            timeout=timeout_s,
+        )
+    except (TimeoutError, kafka_errors.KafkaError, OSError, ValueError) as exc:
+        return exc
+    connection.close()
+    return None
+
+
+def translate_connection_error(exc: BaseException, settings: KafkaSettings) -> Exception:
+    """A KafkaClientError naming the cause and the settings to check."""
+    where = f"{settings.bootstrap_servers} ({settings.security_protocol})"
+    if isinstance(exc, ssl.SSLError):
+        return KafkaTlsError(
+            f"TLS handshake with Kafka at {where} failed: {exc.reason or exc}. Check that "
             "KAFKA__TLS__CA_FILE names the CA that signed the broker certificate and that the "
-            "host name in bootstrap_servers is in the certificate."
-        ) from None
-    except kafka_errors.UnsupportedSaslMechanismError as exc:
-        await _stop_quietly(client)
-        raise KafkaAuthenticationError(
-            f"Kafka at {where} does not offer SASL mechanism {settings.sasl_mechanism}: {exc}"
-        ) from None
-    except (kafka_errors.SaslAuthenticationFailed, kafka_errors.AuthenticationFailedError):
-        await _stop_quietly(client)
-        raise KafkaAuthenticationError(
+            "host name in KAFKA__BOOTSTRAP_SERVERS is in that certificate."
+        )
+    if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
+        return KafkaAuthenticationError(
+            f"Kafka at {where} does not offer SASL mechanism {settings.sasl_mechanism}: "
+            f"{scrub(str(exc))}. Set KAFKA__SASL_MECHANISM to one the listener enables."
+        )
+    if isinstance(
+        exc, kafka_errors.SaslAuthenticationFailed | kafka_errors.AuthenticationFailedError
+    ):
+        return KafkaAuthenticationError(
             f"Kafka at {where} refused the {settings.sasl_mechanism} credentials of user "
             f"{settings.username!r}. Check KAFKA__USERNAME and KAFKA__PASSWORD (the SCRAM "
             "user must exist on the broker)."
-        ) from None
-    except (TimeoutError, kafka_errors.KafkaConnectionError, OSError) as exc:
-        await _stop_quietly(client)
-        detail = "timed out" if isinstance(exc, TimeoutError) else scrub(str(exc))
-        hint = (
-            " A PLAINTEXT client on a TLS listener (or the reverse) looks like this too: check "
-            "KAFKA__SECURITY_PROTOCOL matches the listener."
-            if settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
-            else ""
         )
-        raise KafkaUnavailableError(
-            f"could not connect to Kafka at {where}: {detail}. Is the broker up and the "
-            f"address right?{hint}"
-        ) from None
+    detail = "timed out" if isinstance(exc, TimeoutError) else scrub(f"{type(exc).__name__}: {exc}")
+    hint = ""
+    if settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+        hint = (
+            " A plaintext client on a TLS listener fails like this: check that "
+            "KAFKA__SECURITY_PROTOCOL matches the listener (SASL_SSL on 9093)."
+        )
+    return KafkaUnavailableError(
+        f"could not connect to Kafka at {where}: {detail}. Is the broker up and the address "
+        f"right?{hint}"
+    )
 
 
 async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:

@@ -1,0 +1,57 @@
+# InduTech Flows: one task runner. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+PY_DIRS := libs tests bench $(wildcard services/*/src)
+PYTEST_ARGS ?=
+STACK := deploy/local/stack
+
+.PHONY: help setup stack-up stack-down stack-status stack-reset test test-unit demo lint format bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
+
+setup: ## create .venv with every package (libs/common, services, dev tools); idempotent
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
+	@$(UV) sync --frozen --quiet
+	@echo "venv ready: .venv ($$(.venv/bin/python --version))"
+
+stack-up: setup ## install (first time) and start the native local stack; idempotent
+	@$(STACK) up
+	@$(STACK) status
+
+stack-down: ## stop the local stack (data stays in .stack/)
+	@$(STACK) down
+
+stack-status: ## each service, its address and whether it answers
+	@$(STACK) status
+
+stack-reset: ## stop the stack and delete .stack/ (certificates, data, secrets)
+	@$(STACK) reset
+
+test: stack-up ## THE test command: start the stack, run every test (unit + integration)
+	@.venv/bin/pytest $(PYTEST_ARGS)
+
+test-unit: setup ## only the tests that need no running service
+	@.venv/bin/pytest tests/unit $(PYTEST_ARGS)
+
+demo: stack-up ## THE demo command: start the stack and the workers with generated data
+	@bash deploy/local/demo.sh
+
+lint: setup ## ruff (with bandit rules) and mypy strict
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy $(PY_DIRS)
+
+format: setup ## apply ruff's fixes and formatting
+	@.venv/bin/ruff check --fix .
+	@.venv/bin/ruff format .
+
+bench: stack-up ## run the benchmarks; writes docs/benchmarks.md and bench/results.json
+	@.venv/bin/python -m bench
+
+clean: ## remove caches (not the stack)
+	@rm -rf .mypy_cache .ruff_cache .pytest_cache bench/.work

@@ -1,0 +1,1 @@
+"""Benchmarks of InduTech Flows, each against a real peer in the same run (`make bench`)."""
