@@ -87,7 +87,7 @@ tls_answers() {
 apt_ensure() {
     local missing=() p
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
     done
     (( ${#missing[@]} )) || return 0
     log "installing Debian packages: ${missing[*]}"

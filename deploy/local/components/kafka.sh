@@ -264,7 +264,7 @@ kafka_format() {
 # login with kcat here: Debian 12's librdkafka 2.0.2 fails SCRAM against Kafka 4.x
 # (a nonce bug fixed in librdkafka 2.6.1, which Kafka 4 no longer tolerates).
 kafka_metadata() { timeout 10 kcat -b "127.0.0.1:$KAFKA_PLAINTEXT_PORT" -L -m 3 2>/dev/null; }
-kafka_ready() { tls_answers "localhost:$KAFKA_PORT" localhost && kafka_metadata | grep -q '^ 1 brokers:'; }
+kafka_ready() { tls_answers "localhost:$KAFKA_PORT" localhost && kafka_metadata | grep '^ 1 brokers:' >/dev/null; }
 
 kafka_wait_up() {
     local deadline=$(( $(date +%s) + 120 ))

@@ -98,7 +98,7 @@ minio_bootstrap() {
                 [[ $code == 200 ]] || die "creating bucket $b failed (HTTP $code)" ;;
             *) die "MinIO answered HTTP $code to HEAD /$b" ;;
         esac
-        if ! minio_s3 GET "/$b?encryption=" 2>/dev/null | grep -q "<KMSMasterKeyID>$MINIO_KMS_KEY_ID<"; then
+        if ! minio_s3 GET "/$b?encryption=" 2>/dev/null | grep "<KMSMasterKeyID>$MINIO_KMS_KEY_ID<" >/dev/null; then
             code=$(minio_s3 PUT "/$b?encryption=" -o /dev/null -w '%{http_code}' \
                 -H "Content-MD5: $md5" -H "x-amz-content-sha256: $sha" -H 'Content-Type: application/xml' \
                 --data-binary "$body") || code=000

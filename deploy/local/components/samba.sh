@@ -41,8 +41,10 @@ samba_answers() {
 samba_ensure_ips() {
     local ip sudo=""
     (( EUID == 0 )) || sudo=sudo
+    local present
+    present=$(ip -4 -o addr show dev lo)  # captured: grep -q in a pipe would SIGPIPE ip under pipefail
     for ip in "$CORP_DC_IP" "$AWS_DC_IP"; do
-        if ! ip -4 -o addr show dev lo | grep -q " inet $ip/"; then
+        if [[ $present != *" inet $ip/"* ]]; then
             log "adding $ip to the loopback interface"
             $sudo ip addr add "$ip/32" dev lo || die "cannot add $ip to lo (needs root or CAP_NET_ADMIN)"
         fi
@@ -51,7 +53,7 @@ samba_ensure_ips() {
 
 samba_install() {
     local fresh=0
-    dpkg-query -W -f='${Status}' samba 2>/dev/null | grep -q "install ok installed" || fresh=1
+    dpkg-query -W -f='${Status}' samba 2>/dev/null | grep "install ok installed" >/dev/null || fresh=1
     # samba-dsdb-modules and samba-ad-provision are only Recommends of samba,
     # and apt_ensure installs without recommends: the DC needs both.
     apt_ensure samba samba-dsdb-modules samba-ad-provision ldap-utils iproute2
