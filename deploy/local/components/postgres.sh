@@ -11,12 +11,25 @@ PG_DATABASES=(erp warehouse)
 PG_WAREHOUSE_SCHEMAS=(rt erp_raw erp)
 PG_ODBC_DRIVER="PostgreSQL Unicode"
 
-pg_home() { echo "$STACK_DIR/postgres"; }
-pg_data() { echo "$STACK_DIR/postgres/data"; }
+# The data lives in $STACK_DIR/postgres, unless the postgres user cannot traverse
+# the path to it (a clone under /root, mode 0700): then in /var/lib/indutech-stack,
+# reached through a symlink at $STACK_DIR/postgres, so `stack reset` still finds it.
+pg_home() {
+    local link="$STACK_DIR/postgres"
+    if [[ -L $link ]]; then readlink -f "$link"; return 0; fi
+    if [[ -d $link ]] || (( EUID != 0 )) || runuser -u postgres -- test -x "$STACK_DIR" 2>/dev/null; then
+        echo "$link"; return 0
+    fi
+    local outside
+    outside="/var/lib/indutech-stack/$(printf '%s' "$STACK_DIR" | sha256sum | cut -c1-12)/postgres"
+    mkdir -p "$outside" && ln -sfn "$outside" "$link"
+    echo "$outside"
+}
+pg_data() { echo "$(pg_home)/data"; }
 
 # The unix socket lives with the data unless that path is too long for a socket.
 pg_sockdir() {
-    local d="$STACK_DIR/postgres/run"
+    local d; d="$(pg_home)/run"
     if (( ${#d} > 90 )); then d="/tmp/indutech-pg-$(id -u)"; fi
     echo "$d"
 }
