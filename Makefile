@@ -41,7 +41,8 @@ test-unit: setup ## only the tests that need no running service
 demo: stack-up ## THE demo command: start the stack and the workers with generated data
 	@bash deploy/local/demo.sh
 
-lint: setup ## ruff (with bandit rules) and mypy strict
+lint: setup ## ruff (with bandit rules), mypy strict, and a lock file that matches pyproject
+	@$(UV) lock --check --quiet || { echo "uv.lock is stale: run uv lock"; exit 1; }
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@.venv/bin/mypy $(PY_DIRS)

@@ -20,31 +20,27 @@ def _ssl(settings: WarehouseSettings) -> object:
     return create_client_ssl_context(TlsSettings(ca_file=settings.ca_file, min_version="1.2"))
 
 
+def _connect_kwargs(settings: WarehouseSettings) -> dict[str, object]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "database": settings.database,
+        "user": settings.user,
+        "password": settings.password.get_secret_value() if settings.password else None,
+        "ssl": _ssl(settings),
+        "timeout": settings.connect_timeout_s,
+    }
+
+
 async def connect_warehouse(settings: WarehouseSettings) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host=settings.host,
-        port=settings.port,
-        database=settings.database,
-        user=settings.user,
-        password=settings.password.get_secret_value() if settings.password else None,
-        ssl=_ssl(settings),
-        timeout=settings.connect_timeout_s,
-    )
+    return await asyncpg.connect(**_connect_kwargs(settings))
 
 
 async def create_warehouse_pool(
     settings: WarehouseSettings, *, min_size: int = 1, max_size: int = 4
 ) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        host=settings.host,
-        port=settings.port,
-        database=settings.database,
-        user=settings.user,
-        password=settings.password.get_secret_value() if settings.password else None,
-        ssl=_ssl(settings),
-        timeout=settings.connect_timeout_s,
-        min_size=min_size,
-        max_size=max_size,
+        **_connect_kwargs(settings), min_size=min_size, max_size=max_size
     )
 
 
