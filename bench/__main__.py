@@ -6,13 +6,16 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import kafka_throughput, stack_start
+from bench import identity_sync, iot_ingest, iot_to_s3, kafka_throughput, stack_start
 from bench.harness import BENCHMARKS_MD, RESULTS_JSON, Result, save
 from indutech_common.logging import configure_logging
 
 BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "stack": stack_start.run,
     "kafka": kafka_throughput.run,
+    "iot-ingest": iot_ingest.run,
+    "iot-to-s3": iot_to_s3.run,
+    "identity": identity_sync.run,
 }
 
 

@@ -1,0 +1,250 @@
+"""identity-sync: the initial full sync of N users and groups against ldapadd of the same
+LDIF into the same (AWS-side) DC, and the change propagation latency (p50/p99) of the
+running worker in both directions, on the two local Samba DCs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ldap3
+from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Side, load_mapping
+from indutech_identity_sync.directory import DirectoryWriter
+from indutech_identity_sync.engine import Reconciler
+from indutech_identity_sync.model import make_dn
+from indutech_identity_sync.sinks.ldap import LdapWriter
+from indutech_identity_sync.sources.ldap import read_scope
+from indutech_identity_sync.state import MemoryStateStore, SyncState
+from indutech_identity_sync.worker import IdentitySyncWorker
+from tests.support.stack import StackSettings, load_stack
+
+from bench.harness import Result, run_quiet
+from indutech_common.ldap import ldap_connect
+from indutech_common.settings import LdapSettings
+
+USERS = 500
+GROUPS = 20
+MEMBERS_PER_GROUP = 25
+CHANGES = 40
+POLL_INTERVAL_S = 1.0  # the production default; change notifications wake it sooner
+TREE_DELETE = [("1.2.840.113556.1.4.805", True, None)]
+EXAMPLE = Path(__file__).resolve().parents[1] / "services/identity-sync/mapping.example.toml"
+
+
+def _mapping_file(directory: Path, onprem_root: str, aws_root: str) -> Path:
+    text = EXAMPLE.read_text()
+    text = text.replace('"OU=InduTech,DC=corp,DC=indutech,DC=test"', f'"{onprem_root}"')
+    text = text.replace('"OU=AWS,DC=aws,DC=indutech,DC=test"', f'"{aws_root}"')
+    path = directory / "mapping.toml"
+    path.write_text(text)
+    return path
+
+
+def _entries(tag: str, root: str) -> list[tuple[str, dict[str, Any]]]:
+    """The same N users and G groups, as (DN, attributes) for ldap3 and for the LDIF."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    users = []
+    for i in range(USERS):
+        dn = make_dn("CN", f"Bench User {i}", root)
+        users.append(dn)
+        out.append(
+            (
+                dn,
+                {
+                    "objectClass": ["top", "person", "organizationalPerson", "user"],
+                    "sAMAccountName": f"b{tag}{i}",
+                    "givenName": "Bench",
+                    "sn": f"User {i}",
+                    "mail": f"b{tag}{i}@indutech.test",
+                    "department": f"Dept {i % 7}",
+                    "title": "Operator",
+                    "userAccountControl": "512",
+                },
+            )
+        )
+    for g in range(GROUPS):
+        members = users[g * MEMBERS_PER_GROUP : (g + 1) * MEMBERS_PER_GROUP]
+        out.append(
+            (
+                make_dn("CN", f"Bench Group {g}", root),
+                {
+                    "objectClass": ["top", "group"],
+                    "sAMAccountName": f"g{tag}{g}",
+                    "member": members,
+                },
+            )
+        )
+    return out
+
+
+def _ldif(entries: list[tuple[str, dict[str, Any]]]) -> str:
+    blocks = []
+    for dn, attributes in entries:
+        lines = [f"dn: {dn}"]
+        for key, value in attributes.items():
+            for v in value if isinstance(value, list) else [value]:
+                lines.append(f"{key}: {v}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _ldapadd(settings: LdapSettings, ldif: Path, password_file: Path) -> float:
+    env = {**os.environ, "LDAPTLS_CACERT": str(settings.ca_file), "LDAPTLS_REQCERT": "demand"}
+    started = time.perf_counter()
+    run_quiet(
+        "ldapadd",
+        "-x",
+        "-H",
+        settings.url,
+        "-D",
+        settings.bind_dn,
+        "-y",
+        str(password_file),
+        "-f",
+        str(ldif),
+        env=env,
+    )
+    return time.perf_counter() - started
+
+
+def _full_sync(mapping_file: Path, connections: dict[Side, ldap3.Connection]) -> float:
+    mapping = load_mapping(mapping_file)
+    started = time.perf_counter()
+    snapshots = {s: read_scope(connections[s], mapping, s) for s in SIDES}
+    writers: dict[Side, DirectoryWriter] = {s: LdapWriter(connections[s]) for s in SIDES}
+    report = Reconciler(mapping, SyncState(), snapshots, writers).run()
+    took = time.perf_counter() - started
+    assert report.failed == 0, report
+    assert report.writes["aws", "add"] == USERS + GROUPS, report.writes
+    return took
+
+
+async def _latencies(
+    stack: StackSettings,
+    mapping_file: Path,
+    connections: dict[Side, ldap3.Connection],
+    roots: dict[Side, str],
+) -> list[float]:
+    settings = IdentitySyncSettings(
+        onprem=stack.ad_onprem,
+        aws=stack.ad_aws,
+        s3=stack.s3,
+        mapping_file=mapping_file,
+        poll_interval_s=POLL_INTERVAL_S,
+        health={"host": "127.0.0.1", "port": 0},
+    )
+    worker = IdentitySyncWorker(settings, store=MemoryStateStore())
+    task = asyncio.create_task(worker.serve(install_signal_handlers=False))
+    samples: list[float] = []
+    try:
+        for _ in range(1200):  # the initial full reconcile, at most a minute
+            if worker.last_report is not None:
+                break
+            await asyncio.sleep(0.05)
+        for i in range(CHANGES):
+            source: Side = "onprem" if i % 2 == 0 else "aws"
+            target: Side = "aws" if source == "onprem" else "onprem"
+            name = f"Bench User {i}"
+            value = f"title-{i}-{uuid.uuid4().hex[:6]}"
+            source_dn = make_dn("CN", name, roots[source])
+            target_dn = make_dn("CN", name, roots[target])
+            await asyncio.to_thread(
+                connections[source].modify,
+                source_dn,
+                {"title": [(ldap3.MODIFY_REPLACE, [value])]},
+            )
+            written = time.perf_counter()
+            while time.perf_counter() - written < 30:
+                if await asyncio.to_thread(_has, connections[target], target_dn, value):
+                    samples.append(time.perf_counter() - written)
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise RuntimeError(f"change {i} never reached {target}")
+    finally:
+        worker.request_exit()
+        await task
+    return samples
+
+
+def _has(connection: ldap3.Connection, dn: str, value: str) -> bool:
+    connection.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["title"])
+    for entry in connection.response or []:
+        if entry.get("type") == "searchResEntry":
+            return [v.decode() for v in entry["raw_attributes"].get("title", [])] == [value]
+    return False
+
+
+def run() -> list[Result]:
+    stack = load_stack()
+    tag = uuid.uuid4().hex[:6]
+    roots: dict[Side, str] = {
+        "onprem": f"OU=bench-{tag},OU=InduTech,{stack.ad_onprem.base_dn}",
+        "aws": f"OU=bench-{tag},OU=AWS,{stack.ad_aws.base_dn}",
+    }
+    peer_root = f"OU=bench-ldapadd-{tag},OU=AWS,{stack.ad_aws.base_dn}"
+    connections: dict[Side, ldap3.Connection] = {
+        "onprem": ldap_connect(stack.ad_onprem),
+        "aws": ldap_connect(stack.ad_aws),
+    }
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            for side in SIDES:
+                connections[side].add(roots[side], ["organizationalUnit"])
+            connections["aws"].add(peer_root, ["organizationalUnit"])
+            for dn, attributes in _entries(tag, roots["onprem"]):
+                values = {k: v for k, v in attributes.items() if k != "objectClass"}
+                assert connections["onprem"].add(dn, attributes["objectClass"], values)
+            mapping_file = _mapping_file(directory, roots["onprem"], roots["aws"])
+            ours = _full_sync(mapping_file, connections)
+
+            ldif = directory / "peer.ldif"
+            ldif.write_text(_ldif(_entries(f"p{tag}", peer_root)))
+            password_file = directory / "password"
+            password_file.touch(mode=0o600)
+            password_file.write_text(stack.ad_aws.password.get_secret_value())
+            peer = _ldapadd(stack.ad_aws, ldif, password_file)
+
+            samples = asyncio.run(_latencies(stack, mapping_file, connections, roots))
+    finally:
+        for side in SIDES:
+            connections[side].delete(roots[side], controls=TREE_DELETE)
+        connections["aws"].delete(peer_root, controls=TREE_DELETE)
+        for connection in connections.values():
+            connection.unbind()
+    objects = USERS + GROUPS
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
+    note = (
+        f"{USERS} users + {GROUPS} groups x {MEMBERS_PER_GROUP} members; ours reads both scopes, "
+        "plans and writes over LDAPS (one connection per side); peer: ldapadd of the same LDIF"
+    )
+    latency_note = (
+        f"{CHANGES} title changes, alternating on-prem->AWS and AWS->on-prem, worker polling "
+        f"every {POLL_INTERVAL_S} s and woken by change notifications, write to visible on the "
+        "other DC; each wake-up re-reads both scopes in full"
+    )
+    return [
+        Result(
+            name="identity_sync_initial_full_sync",
+            value=objects / ours,
+            unit="objects/s",
+            peer="ldapadd (same LDIF, same DC)",
+            peer_value=objects / peer,
+            notes=note,
+        ),
+        Result(
+            name="identity_sync_propagation_p50",
+            value=statistics.median(samples),
+            unit="s",
+            notes=latency_note,
+        ),
+        Result(name="identity_sync_propagation_p99", value=p99, unit="s", notes=latency_note),
+    ]

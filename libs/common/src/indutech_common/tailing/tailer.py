@@ -1,0 +1,624 @@
+"""The tailer: find files by glob, identify them by content, hand out complete lines.
+
+Blocking file I/O (call it from a thread when the loop must stay responsive).
+One :class:`FileTailer` follows many files; each open file is a ``_Tracker``
+keyed by (device, inode) for the life of the open descriptor, while the
+durable identity is the :class:`FileState` keyed by fingerprint:
+
+- rename (rotation): the descriptor follows the inode, so the old file is read
+  to its end; the new file at the old name is a new fingerprint;
+- truncation: the size drops below the offset read; the file is identified
+  again, and a same-prefix content gets a new generation;
+- remount/copy: a new inode whose prefix matches a known state resumes at that
+  state's offset (while another tracker holds the state, the newcomer waits);
+- ``.gz`` files are read once they stop changing (``gzip_settle_s``), on their
+  decompressed content; a truncated or corrupt stream yields a
+  ``truncated_gzip``/``corrupt_gzip`` line for the rest and the file is done.
+
+Only lines ended by a newline are handed out (the final line of a ``.gz`` is
+complete at end of stream). A line longer than ``max_line_bytes`` is handed out
+as ``too_long`` with its first ``keep_bytes`` once its end is found; it is never
+buffered whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+from indutech_common.tailing.exceptions import TailingError
+from indutech_common.tailing.fingerprint import prefix_hash
+from indutech_common.tailing.state import FileState
+
+_log = structlog.get_logger(__name__)
+
+_READ_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_Inode = tuple[int, int]
+_PARK = "park"
+_RETRY = "retry"
+
+
+class LineKind(StrEnum):
+    LINE = "line"
+    HEADER = "header"
+    TOO_LONG = "too_long"
+    TRUNCATED_GZIP = "truncated_gzip"
+    CORRUPT_GZIP = "corrupt_gzip"
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One group of files: glob patterns relative to the root, and how to fingerprint them.
+
+    ``header_lines`` first lines of each file are handed out as ``HEADER``
+    (a CSV header); the fingerprint covers at least ``header_lines + 1`` lines
+    (or ``fingerprint_bytes``), so files sharing a header are told apart.
+    """
+
+    name: str
+    patterns: tuple[str, ...]
+    header_lines: int = 0
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line handed out: ``data`` without its newline, from ``offset`` to ``end``."""
+
+    spec: str
+    state: FileState
+    offset: int
+    end: int
+    data: bytes
+    kind: LineKind = LineKind.LINE
+    error: str | None = None
+    header: bytes | None = None
+    length: int = 0
+
+
+@dataclass
+class _Tracker:
+    key: _Inode
+    path: str
+    spec: WatchSpec
+    fd: int
+    gzip: bool
+    state: FileState
+    header: bytes | None = None
+    read_pos: int = 0
+    buf: bytearray = field(default_factory=bytearray)
+    skipping: bool = False
+    skip_start: int = 0
+    skip_keep: bytes = b""
+    raw_pos: int = 0
+    inflater: zlib._Decompress | None = None
+    at_eof: bool = False
+    last_size: int = -1
+    end_kind: LineKind | None = None
+    end_error: str | None = None
+    end_sample: bytes = b""
+    seen: bool = True
+    last_data: float = field(default_factory=time.monotonic)
+
+    def reset_reader(self) -> None:
+        """Forget everything read past ``state.offset`` (after a rewind)."""
+        self.buf.clear()
+        self.skipping = False
+        self.skip_keep = b""
+        self.at_eof = False
+        self.end_kind = None
+        self.end_error = None
+        self.end_sample = b""
+        if self.gzip:
+            self.read_pos = 0
+            self.raw_pos = 0
+            self.inflater = None
+        else:
+            self.read_pos = self.state.offset
+
+
+class FileTailer:
+    """Follows the files of several :class:`WatchSpec` under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        specs: Iterable[WatchSpec],
+        *,
+        fingerprint_bytes: int = 1024,
+        max_line_bytes: int = 1 << 20,
+        keep_bytes: int = 64 * 1024,
+        gzip_settle_s: float = 1.0,
+        close_idle_s: float = 30.0,
+        gone_idle_s: float = 2.0,
+    ) -> None:
+        self.root = root
+        self.specs = tuple(specs)
+        if not self.specs:
+            raise TailingError("the tailer needs at least one watch spec")
+        self.fingerprint_bytes = fingerprint_bytes
+        self.max_line_bytes = max_line_bytes
+        self.keep_bytes = min(keep_bytes, max_line_bytes)
+        self.gzip_settle_s = gzip_settle_s
+        self.close_idle_s = close_idle_s
+        self.gone_idle_s = gone_idle_s
+        self.states: dict[str, FileState] = {}
+        self._latest: dict[tuple[int, str], FileState] = {}
+        self._lengths: set[int] = set()
+        self._trackers: dict[_Inode, _Tracker] = {}
+        self._held: dict[str, _Inode] = {}  # fingerprint -> the tracker reading it
+        self._parked: dict[_Inode, tuple[int, int]] = {}  # nothing to do until size/mtime change
+        self._gzip_seen: dict[_Inode, tuple[int, int, float]] = {}
+        self._truncated_from: dict[_Inode, FileState] = {}
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def restore(self, states: Iterable[FileState]) -> None:
+        """Load committed states (the latest generation of each prefix wins)."""
+        for state in states:
+            self._index(state)
+
+    def _index(self, state: FileState) -> None:
+        self.states[state.fingerprint] = state
+        self._lengths.add(state.fingerprint_len)
+        key = (state.fingerprint_len, state.base)
+        known = self._latest.get(key)
+        if known is None or state.generation >= known.generation:
+            self._latest[key] = state
+
+    def dirty_states(self) -> list[FileState]:
+        """States whose progress is not yet committed (to checkpoint with the records)."""
+        return [state for state in self.states.values() if state.dirty]
+
+    def mark_committed(self, states: Iterable[FileState]) -> None:
+        """The caller made these states durable."""
+        for state in states:
+            state.committed_offset = state.offset
+            state.committed_lines = state.lines
+            state.committed_complete = state.complete
+
+    def rewind(self) -> None:
+        """Go back to the committed states (after an aborted transaction)."""
+        for state in self.states.values():
+            state.offset = state.committed_offset
+            state.lines = state.committed_lines
+            state.complete = state.committed_complete
+        for tracker in self._trackers.values():
+            tracker.reset_reader()
+        self._parked.clear()
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Find files, follow renames and truncations, close idle or vanished ones."""
+        for tracker in self._trackers.values():
+            tracker.seen = False
+        seen: set[_Inode] = set()
+        for spec, path in self._candidates():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            key = (st.st_dev, st.st_ino)
+            seen.add(key)
+            tracked = self._trackers.get(key)
+            if tracked is not None:
+                tracked.seen = True
+                if tracked.path != str(path):
+                    _log.info("file_renamed", old=tracked.path, new=str(path))
+                    tracked.path = str(path)
+                    tracked.state.path = str(path)
+                if not tracked.gzip and st.st_size != tracked.last_size:
+                    tracked.last_size = st.st_size
+                    self._check_prefix(tracked, st.st_size)
+                continue
+            if self._parked.get(key) == (st.st_size, st.st_mtime_ns):
+                continue
+            self._discover(spec, path, key, st)
+        for key in [k for k in self._parked if k not in seen]:
+            del self._parked[key]
+        for key in [k for k in self._gzip_seen if k not in seen]:
+            del self._gzip_seen[key]
+        self._close_finished()
+
+    def _candidates(self) -> Iterable[tuple[WatchSpec, Path]]:
+        done: set[Path] = set()
+        for spec in self.specs:
+            for pattern in spec.patterns:
+                for path in sorted(self.root.glob(pattern)):
+                    if path not in done:
+                        done.add(path)
+                        yield spec, path
+
+    def _discover(self, spec: WatchSpec, path: Path, key: _Inode, st: os.stat_result) -> None:
+        gzip = path.name.endswith(".gz")
+        if gzip and not self._gzip_settled(key, st):
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            _log.warning("file_open_failed", path=str(path), error=str(exc))
+            return
+        try:
+            prefix = self._read_prefix(fd, gzip=gzip)
+            state = self._identify(spec, path, key, prefix, gzip=gzip, size=st.st_size)
+        except OSError as exc:
+            os.close(fd)
+            _log.warning("file_read_failed", path=str(path), error=str(exc))
+            return
+        if not isinstance(state, FileState) or state.complete:
+            os.close(fd)
+            if state != _RETRY:  # a twin waits for the tracker holding its state to close
+                self._parked[key] = (st.st_size, st.st_mtime_ns)
+            return
+        tracker = _Tracker(key=key, path=str(path), spec=spec, fd=fd, gzip=gzip, state=state)
+        if spec.header_lines:
+            tracker.header = _first_lines(prefix, spec.header_lines)
+        tracker.reset_reader()
+        self._trackers[key] = tracker
+        self._held[state.fingerprint] = key
+        self._truncated_from.pop(key, None)
+        _log.info(
+            "file_tracked",
+            path=str(path),
+            fingerprint=state.fingerprint,
+            offset=state.offset,
+            generation=state.generation,
+        )
+
+    def _gzip_settled(self, key: _Inode, st: os.stat_result) -> bool:
+        now = time.monotonic()
+        previous = self._gzip_seen.get(key)
+        if previous is None or previous[:2] != (st.st_size, st.st_mtime_ns):
+            self._gzip_seen[key] = (st.st_size, st.st_mtime_ns, now)
+            return False
+        return now - previous[2] >= self.gzip_settle_s
+
+    def _read_prefix(self, fd: int, *, gzip: bool) -> bytes:
+        if not gzip:
+            return os.pread(fd, self.fingerprint_bytes, 0)
+        raw = os.pread(fd, _READ_CHUNK, 0)
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            return inflater.decompress(raw, self.fingerprint_bytes)
+        except zlib.error:
+            return raw[: self.fingerprint_bytes]  # identity of a corrupt file: its raw bytes
+
+    def _identify(
+        self, spec: WatchSpec, path: Path, key: _Inode, prefix: bytes, *, gzip: bool, size: int
+    ) -> FileState | str:
+        """The state of this content, or _PARK (not enough bytes yet) or _RETRY (a twin)."""
+        for length in sorted(self._lengths, reverse=True):
+            if length <= len(prefix):
+                known = self._latest.get((length, prefix_hash(prefix[:length])))
+                if known is not None:
+                    return self._resume(known, path, key, size=size, gzip=gzip)
+        length = self._fingerprint_length(spec, prefix, complete=gzip)
+        if length == 0:
+            return _PARK
+        base = prefix_hash(prefix[:length])
+        known = self._latest.get((length, base))
+        if known is not None:
+            return self._resume(known, path, key, size=size, gzip=gzip)
+        state = FileState(base=base, fingerprint_len=length, path=str(path))
+        self._index(state)
+        return state
+
+    def _fingerprint_length(self, spec: WatchSpec, prefix: bytes, *, complete: bool) -> int:
+        if len(prefix) >= self.fingerprint_bytes:
+            return self.fingerprint_bytes
+        end = 0
+        for _ in range(spec.header_lines + 1):
+            newline = prefix.find(b"\n", end)
+            if newline < 0:
+                return len(prefix) if complete else 0
+            end = newline + 1
+        return end
+
+    def _resume(
+        self, known: FileState, path: Path, key: _Inode, *, size: int, gzip: bool
+    ) -> FileState | str:
+        holder = self._held.get(known.fingerprint)
+        if holder is not None and holder != key and holder in self._trackers:
+            return _RETRY  # a copy or a remounted twin: the open tracker keeps the state
+        truncated = self._truncated_from.get(key) is known or (not gzip and known.offset > size)
+        if not truncated:
+            known.path = str(path)
+            return known
+        state = FileState(
+            base=known.base,
+            fingerprint_len=known.fingerprint_len,
+            path=str(path),
+            generation=known.generation + 1,
+        )
+        _log.info("file_new_generation", path=str(path), generation=state.generation)
+        self._index(state)
+        return state
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, max_lines: int) -> list[Line]:
+        """Up to ``max_lines`` complete lines from the tracked files, advancing their states."""
+        lines: list[Line] = []
+        for tracker in list(self._trackers.values()):
+            if len(lines) >= max_lines:
+                break
+            try:
+                self._read_tracker(tracker, lines, max_lines)
+            except OSError as exc:
+                _log.warning("file_read_failed", path=tracker.path, error=str(exc))
+                self._close(tracker)
+        return lines
+
+    def _read_tracker(self, tracker: _Tracker, out: list[Line], max_lines: int) -> None:
+        before = len(out)
+        self._drain_buffer(tracker, out, max_lines)
+        while len(out) < max_lines:
+            chunk = self._next_chunk(tracker)
+            if chunk is None:
+                break
+            tracker.buf += chunk
+            tracker.read_pos += len(chunk)
+            self._drain_buffer(tracker, out, max_lines)
+        if len(out) > before:
+            tracker.last_data = time.monotonic()
+
+    def _next_chunk(self, tracker: _Tracker) -> bytes | None:
+        if tracker.at_eof:
+            return None
+        if tracker.gzip:
+            return self._next_gzip_chunk(tracker)
+        size = os.fstat(tracker.fd).st_size
+        if size < tracker.read_pos or size < tracker.state.offset:
+            self._truncated(tracker, size)
+            return None
+        if size == tracker.read_pos:
+            return None
+        chunk = os.pread(tracker.fd, min(_READ_CHUNK, size - tracker.read_pos), tracker.read_pos)
+        return chunk or None
+
+    def _next_gzip_chunk(self, tracker: _Tracker) -> bytes | None:
+        """The next decompressed bytes (at most one chunk: no gzip bomb fills memory)."""
+        while True:
+            raw = self._next_gzip_input(tracker)
+            if raw is None:
+                return None
+            inflater = tracker.inflater
+            if inflater is None:
+                inflater = tracker.inflater = zlib.decompressobj(wbits=31)
+            try:
+                out = inflater.decompress(raw, _READ_CHUNK)
+            except zlib.error as exc:
+                sample = raw[: self.keep_bytes]
+                self._gzip_end(tracker, LineKind.CORRUPT_GZIP, f"corrupt gzip data: {exc}", sample)
+                return None
+            if inflater.eof:
+                rest = inflater.unused_data
+                tracker.inflater = None
+                if rest.startswith(_GZIP_MAGIC):
+                    tracker.raw_pos -= len(rest)  # the next member starts there
+                elif rest:
+                    tracker.raw_pos = os.fstat(tracker.fd).st_size  # trailing garbage ignored
+            # decompressed bytes before state.offset were handed out already (a resume)
+            skip = min(tracker.state.offset - tracker.read_pos, len(out))
+            if skip > 0:
+                tracker.read_pos += skip
+                out = out[skip:]
+            if out:
+                return out
+
+    def _next_gzip_input(self, tracker: _Tracker) -> bytes | None:
+        """Compressed bytes to feed next; None (and the end noted) at the end of the file."""
+        inflater = tracker.inflater
+        if inflater is not None and inflater.unconsumed_tail:
+            return inflater.unconsumed_tail
+        raw = os.pread(tracker.fd, _READ_CHUNK, tracker.raw_pos)
+        if not raw:
+            if inflater is not None:
+                self._gzip_end(tracker, LineKind.TRUNCATED_GZIP, "gzip stream ended early")
+            else:
+                self._gzip_end(tracker, None, None)
+            return None
+        tracker.raw_pos += len(raw)
+        return raw
+
+    def _gzip_end(
+        self, tracker: _Tracker, kind: LineKind | None, error: str | None, sample: bytes = b""
+    ) -> None:
+        """End of a gzip file: the unterminated rest is a last line, or the error's line."""
+        tracker.at_eof = True
+        tracker.end_kind = kind
+        tracker.end_error = error
+        tracker.end_sample = sample
+
+    def _drain_buffer(self, tracker: _Tracker, out: list[Line], max_lines: int) -> None:
+        state = tracker.state
+        while len(out) < max_lines:
+            if tracker.skipping:
+                newline = tracker.buf.find(b"\n")
+                if newline < 0:
+                    tracker.buf.clear()
+                    break
+                end = tracker.read_pos - len(tracker.buf) + newline + 1
+                del tracker.buf[: newline + 1]
+                tracker.skipping = False
+                out.append(
+                    self._emit(
+                        tracker,
+                        tracker.skip_start,
+                        end,
+                        tracker.skip_keep,
+                        LineKind.TOO_LONG,
+                        length=end - 1 - tracker.skip_start,
+                    )
+                )
+                continue
+            newline = tracker.buf.find(b"\n", 0, self.max_line_bytes + 1)
+            if newline < 0:
+                if len(tracker.buf) > self.max_line_bytes:
+                    tracker.skipping = True
+                    tracker.skip_start = state.offset
+                    tracker.skip_keep = bytes(tracker.buf[: self.keep_bytes])
+                    del tracker.buf[: self.max_line_bytes]  # the rest may hold its end
+                    continue
+                if tracker.at_eof and tracker.gzip:
+                    self._finish_gzip(tracker, out)
+                break
+            data = bytes(tracker.buf[:newline])
+            del tracker.buf[: newline + 1]
+            start = state.offset
+            kind = LineKind.LINE
+            if state.lines < tracker.spec.header_lines:
+                kind = LineKind.HEADER
+            out.append(self._emit(tracker, start, start + newline + 1, data, kind))
+
+    def _finish_gzip(self, tracker: _Tracker, out: list[Line]) -> None:
+        kind, error = tracker.end_kind, tracker.end_error
+        state = tracker.state
+        if tracker.skipping:
+            end = tracker.read_pos
+            tracker.skipping = False
+            out.append(
+                self._emit(
+                    tracker,
+                    tracker.skip_start,
+                    end,
+                    tracker.skip_keep,
+                    LineKind.TOO_LONG,
+                    length=end - tracker.skip_start,
+                )
+            )
+        if kind is not None:
+            end = state.offset + len(tracker.buf)
+            sample = bytes(tracker.buf[: self.keep_bytes]) or tracker.end_sample
+            out.append(
+                self._emit(
+                    tracker, state.offset, end, sample, kind, error=error, length=len(tracker.buf)
+                )
+            )
+        elif tracker.buf:
+            end = state.offset + len(tracker.buf)
+            out.append(self._emit(tracker, state.offset, end, bytes(tracker.buf), LineKind.LINE))
+        tracker.buf.clear()
+        state.complete = True
+
+    def _emit(
+        self,
+        tracker: _Tracker,
+        start: int,
+        end: int,
+        data: bytes,
+        kind: LineKind,
+        *,
+        error: str | None = None,
+        length: int | None = None,
+    ) -> Line:
+        state = tracker.state
+        state.offset = end
+        state.lines += 1
+        state.path = tracker.path
+        return Line(
+            spec=tracker.spec.name,
+            state=state,
+            offset=start,
+            end=end,
+            data=data,
+            kind=kind,
+            error=error,
+            header=tracker.header,
+            length=len(data) if length is None else length,
+        )
+
+    def _check_prefix(self, tracker: _Tracker, size: int) -> None:
+        """A file rewritten between two scans (truncated, then grown past our offset) has
+        another prefix: it is a new file, read from its start."""
+        state = tracker.state
+        try:
+            prefix = os.pread(tracker.fd, state.fingerprint_len, 0)
+        except OSError:
+            return
+        if len(prefix) < state.fingerprint_len or prefix_hash(prefix) != state.base:
+            self._truncated(tracker, size)
+
+    def _truncated(self, tracker: _Tracker, size: int) -> None:
+        _log.warning("file_truncated", path=tracker.path, size=size, offset=tracker.state.offset)
+        old = tracker.state
+        key = tracker.key
+        self._close(tracker)
+        self._truncated_from[key] = old
+
+    # -- closing -------------------------------------------------------------------------
+
+    def _close_finished(self) -> None:
+        now = time.monotonic()
+        for tracker in list(self._trackers.values()):
+            state = tracker.state
+            if state.dirty:
+                continue  # keep the file open until its progress is committed
+            if tracker.gzip and state.complete:
+                self._park(tracker)
+                continue
+            idle = now - tracker.last_data
+            if idle < (self.close_idle_s if tracker.seen else self.gone_idle_s):
+                continue
+            if not self._at_end(tracker):
+                continue
+            if tracker.seen:
+                self._park(tracker)
+                continue
+            if tracker.buf:
+                _log.warning("partial_line_left", path=tracker.path, bytes=len(tracker.buf))
+            self._close(tracker)
+
+    def _at_end(self, tracker: _Tracker) -> bool:
+        if tracker.gzip:
+            return tracker.at_eof
+        with contextlib.suppress(OSError):
+            return os.fstat(tracker.fd).st_size == tracker.read_pos
+        return True
+
+    def _park(self, tracker: _Tracker) -> None:
+        try:
+            st = os.fstat(tracker.fd)
+        except OSError:
+            self._close(tracker)
+            return
+        self._close(tracker)
+        self._parked[tracker.key] = (st.st_size, st.st_mtime_ns)
+
+    def _close(self, tracker: _Tracker) -> None:
+        self._trackers.pop(tracker.key, None)
+        if self._held.get(tracker.state.fingerprint) == tracker.key:
+            del self._held[tracker.state.fingerprint]
+        with contextlib.suppress(OSError):
+            os.close(tracker.fd)
+
+    def close(self) -> None:
+        """Close every open file."""
+        for tracker in list(self._trackers.values()):
+            self._close(tracker)
+
+    @property
+    def open_files(self) -> int:
+        return len(self._trackers)
+
+
+def _first_lines(prefix: bytes, count: int) -> bytes | None:
+    end = 0
+    for _ in range(count):
+        newline = prefix.find(b"\n", end)
+        if newline < 0:
+            return None
+        end = newline + 1
+    return prefix[: end - 1] if end else None

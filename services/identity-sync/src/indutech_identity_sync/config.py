@@ -1,0 +1,181 @@
+"""Settings (environment, prefix ``IDENTITY_SYNC_``) and the mapping rules (a TOML file).
+
+The mapping is TOML, read with the standard library's ``tomllib``: no extra
+dependency, and TOML has none of YAML's implicit typing (``no`` read as a
+boolean, ``010`` as octal) that would silently change an attribute value or a
+DN. The file is validated by pydantic; a bad field stops the worker at start.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import SettingsConfigDict
+
+from indutech_common.schemas.topics import Topics
+from indutech_common.settings import KafkaSettings, LdapSettings, S3Settings, WorkerSettings
+from indutech_identity_sync.exceptions import MappingError
+
+Side = Literal["onprem", "aws"]
+Kind = Literal["ou", "user", "group"]
+SIDES: tuple[Side, Side] = ("onprem", "aws")
+KINDS: tuple[Kind, ...] = ("ou", "user", "group")
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        "unicodepwd",
+        "userpassword",
+        "dbcspwd",
+        "ntpwdhistory",
+        "lmpwdhistory",
+        "supplementalcredentials",
+    }
+)
+
+
+def other(side: Side) -> Side:
+    return "aws" if side == "onprem" else "onprem"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributeRule(_Model):
+    """One synced attribute: its name on each side, how values translate, who wins a conflict."""
+
+    onprem: str = Field(description="LDAP attribute name on the on-prem DC")
+    aws: str | None = Field(default=None, description="name on the AWS DC (default: same)")
+    kinds: tuple[Kind, ...] = ("user",)
+    transform: Literal["none", "dn", "enabled", "suffix"] = Field(
+        default="none",
+        description="dn: a DN-valued reference translated through the anchors; enabled: "
+        "userAccountControl's ACCOUNTDISABLE bit as TRUE/FALSE; suffix: rewrite a suffix",
+    )
+    onprem_suffix: str | None = None
+    aws_suffix: str | None = None
+    authority: Side | None = Field(
+        default=None, description="winner of a conflict (default: the mapping's)"
+    )
+
+    @property
+    def aws_name(self) -> str:
+        return self.aws or self.onprem
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = {self.onprem.lower(), self.aws_name.lower()}
+        if names & FORBIDDEN_ATTRIBUTES:
+            raise ValueError(f"{self.onprem}: password attributes are never read or written")
+        if self.transform == "suffix" and not (self.onprem_suffix and self.aws_suffix):
+            raise ValueError("transform 'suffix' needs onprem_suffix and aws_suffix")
+        if self.transform == "enabled" and self.onprem.lower() != "useraccountcontrol":
+            raise ValueError("transform 'enabled' reads userAccountControl")
+        return self
+
+
+class DeletionGuard(_Model):
+    """Exports to a side stop when one cycle would delete more than this."""
+
+    max_count: int = Field(default=50, ge=0)
+    max_percent: float = Field(default=10.0, ge=0, le=100)
+    min_objects_for_percent: int = Field(
+        default=20, ge=0, description="below this many objects only max_count applies"
+    )
+
+
+class Mapping(_Model):
+    """The mapping rules: scopes, filters, attributes, authority and the delete guard."""
+
+    onprem_root: str = Field(description="the on-prem scope, e.g. OU=InduTech,DC=corp,…")
+    aws_root: str = Field(description="the AWS delegated OU, e.g. OU=AWS,DC=aws,…")
+    default_authority: Side = "onprem"
+    exclude_ous: tuple[str, ...] = Field(
+        default=(), description="names (RDN values) of OUs under the on-prem root left out"
+    )
+    user_filter: str = "(&(objectCategory=person)(objectClass=user))"
+    group_filter: str = "(objectClass=group)"
+    ou_filter: str = "(objectClass=organizationalUnit)"
+    attributes: dict[str, AttributeRule]
+    deletion_guard: DeletionGuard = DeletionGuard()
+
+    def root(self, side: Side) -> str:
+        return self.onprem_root if side == "onprem" else self.aws_root
+
+    def rules_for(self, kind: Kind) -> dict[str, AttributeRule]:
+        return {name: rule for name, rule in self.attributes.items() if kind in rule.kinds}
+
+    def authority(self, attribute: str | None) -> Side:
+        if attribute is not None:
+            rule = self.attributes.get(attribute)
+            if rule is not None and rule.authority is not None:
+                return rule.authority
+        return self.default_authority
+
+    @model_validator(mode="after")
+    def _identity_attributes(self) -> Self:
+        kinds: tuple[Kind, ...] = ("user", "group")
+        for kind in kinds:
+            names = {rule.onprem.lower() for rule in self.rules_for(kind).values()}
+            if "samaccountname" not in names:
+                raise ValueError(
+                    f"attributes must map sAMAccountName for {kind}s (needed to create them)"
+                )
+        return self
+
+
+def load_mapping(path: Path, **overrides: object) -> Mapping:
+    """Read and validate the TOML mapping; ``overrides`` replace top-level keys (tests)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise MappingError(f"cannot read the mapping file {path}: {exc}") from None
+    raw.update(overrides)
+    try:
+        return Mapping.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in error['loc']) or '(file)'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        detail = "\n".join(lines)
+        raise MappingError(f"invalid mapping file {path}:\n{detail}") from None
+
+
+class IdentitySyncSettings(WorkerSettings):
+    """Settings of identity-sync (env prefix IDENTITY_SYNC_)."""
+
+    service_name: ClassVar[str] = "identity-sync"
+    model_config = SettingsConfigDict(env_prefix="IDENTITY_SYNC_")
+
+    onprem: LdapSettings = Field(description="the on-prem DC (DirSync right needed)")
+    aws: LdapSettings = Field(description="the AWS Managed AD DC (delegated admin)")
+    mapping_file: Path = Field(description="TOML mapping rules")
+    s3: S3Settings = Field(description="where the anchor state lives")
+    state_bucket: str = Field(default="indutech-backup", min_length=1)
+    state_key: str = Field(default="identity-sync/state.json", min_length=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="change-detection tick")
+    reconcile_interval_s: float = Field(
+        default=900.0, gt=0, description="full reconcile that repairs drift"
+    )
+    dry_run: bool = Field(default=False, description="print the planned changes, write nothing")
+    audit_kafka: KafkaSettings | None = Field(
+        default=None, description="where to publish the audit records (unset: log only)"
+    )
+    audit_topic: str = Field(default=Topics.IDENTITY_CHANGES, min_length=1)
+
+    @field_validator("mapping_file")
+    @classmethod
+    def _mapping_file_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"{value} does not exist")
+        return value

@@ -1,0 +1,592 @@
+"""One reconcile cycle: a three-way merge of both directories against the stored state.
+
+For every synced value the state holds the last value seen equal on both sides
+(the merge base). A side that differs from the base changed; one changed side
+is copied to the other; two changed sides that disagree are a conflict, won by
+the attribute's configured authority. A value equal on both sides is never
+written, so our own writes, read back on the next cycle, produce no writes:
+the sync is loop-free by construction, and the write counters prove it.
+
+Order: parents before children (a work list retried until no progress, the
+retry queue of references not yet created), then attributes (DN references such
+as ``manager`` once their targets exist), then memberships, then deletes
+(children first) behind the deletion guard. A write that fails leaves the base
+unchanged, so the next cycle retries it; an object created before a crash is
+found again at its DN and adopted, so a restart never duplicates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal, TypeVar
+
+import structlog
+
+from indutech_identity_sync.config import SIDES, AttributeRule, Mapping, Side, other
+from indutech_identity_sync.directory import DirectoryWriter
+from indutech_identity_sync.exceptions import DirectoryWriteError
+from indutech_identity_sync.model import (
+    DirObject,
+    Values,
+    depth_below,
+    make_dn,
+    make_rdn,
+    normalize_dn,
+    split_rdn,
+)
+from indutech_identity_sync.sinks.audit import ChangeRecord
+from indutech_identity_sync.state import ROOT, PairState, SyncState
+
+T = TypeVar("T")
+UAC_ACCOUNTDISABLE = 0x2
+UAC_NORMAL_ACCOUNT = 0x200
+RDN_TYPE = {"ou": "OU", "user": "CN", "group": "CN"}
+_MAX_PASSES = 50
+
+Op = Literal["add", "modify", "move", "delete", "members"]
+Location = tuple[str, str]  # (parent pair id or ROOT, RDN value)
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (or, in a dry run, would do)."""
+
+    writes: Counter[tuple[Side, str]] = field(default_factory=Counter)
+    conflicts: int = 0
+    failed: int = 0
+    deferred: int = 0
+    guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> planned deletes
+    objects: dict[Side, int] = field(default_factory=dict)
+    changes: list[ChangeRecord] = field(default_factory=list)
+
+    @property
+    def total_writes(self) -> int:
+        return sum(self.writes.values())
+
+
+class _Side:
+    """The objects of one side, indexed by GUID and normalised DN, kept current as we write."""
+
+    def __init__(self, name: Side, root: str, objects: list[DirObject]) -> None:
+        self.name = name
+        self.root = root
+        self.objects: dict[str, DirObject] = {o.guid: o for o in objects}
+        self.by_dn: dict[str, str] = {normalize_dn(o.dn): o.guid for o in objects}
+
+    def guid_at(self, dn: str) -> str | None:
+        return self.by_dn.get(normalize_dn(dn))
+
+    def insert(self, obj: DirObject) -> None:
+        self.objects[obj.guid] = obj
+        self.by_dn[normalize_dn(obj.dn)] = obj.guid
+
+    def remove(self, guid: str) -> None:
+        obj = self.objects.pop(guid, None)
+        if obj is not None:
+            self.by_dn.pop(normalize_dn(obj.dn), None)
+
+    def moved(self, old_dn: str, new_dn: str) -> None:
+        """Rewrite the DN of the moved object and of everything below it."""
+        old_norm = normalize_dn(old_dn)
+        for obj in self.objects.values():
+            norm = normalize_dn(obj.dn)
+            if norm == old_norm:
+                obj.dn = new_dn
+            elif norm.endswith("," + old_norm):
+                keep = len(obj.dn) - len(old_dn)
+                obj.dn = obj.dn[:keep] + new_dn if keep > 0 else obj.dn
+        self.by_dn = {normalize_dn(o.dn): o.guid for o in self.objects.values()}
+
+
+class Reconciler:
+    """Runs one cycle over two snapshots, writing through the two writers."""
+
+    def __init__(
+        self,
+        mapping: Mapping,
+        state: SyncState,
+        snapshots: dict[Side, list[DirObject]],
+        writers: dict[Side, DirectoryWriter],
+        *,
+        allow_mass_delete: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.dry_run = dry_run
+        self.mapping = mapping
+        self.state = state
+        self.sides = {s: _Side(s, mapping.root(s), snapshots[s]) for s in SIDES}
+        self.writers = writers
+        self.allow_mass_delete = allow_mass_delete
+        self.report = CycleReport(objects={s: len(snapshots[s]) for s in SIDES})
+        self.blocked: set[Side] = set()
+        self.log = structlog.get_logger("identity-sync")
+        self.pair_of: dict[Side, dict[str, str]] = {s: {} for s in SIDES}
+        self._reindex()
+
+    # -- indexes -----------------------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        for side in SIDES:
+            self.pair_of[side] = {
+                guid_of(pair, side): pid for pid, pair in self.state.pairs.items()
+            }
+
+    def _present(self, pair: PairState, side: Side) -> DirObject | None:
+        return self.sides[side].objects.get(guid_of(pair, side))
+
+    def _location(self, side: Side, obj: DirObject) -> Location | None:
+        """(parent pair id, RDN value), or None while the parent is not paired yet."""
+        _, rdn, parent_dn = split_rdn(obj.dn)
+        if normalize_dn(parent_dn) == normalize_dn(self.sides[side].root):
+            return ROOT, rdn
+        parent_guid = self.sides[side].guid_at(parent_dn)
+        if parent_guid is None:
+            return None
+        parent_pid = self.pair_of[side].get(parent_guid)
+        return None if parent_pid is None else (parent_pid, rdn)
+
+    def _parent_dn(self, side: Side, parent: str) -> str | None:
+        if parent == ROOT:
+            return self.sides[side].root
+        pair = self.state.pairs.get(parent)
+        obj = None if pair is None else self._present(pair, side)
+        return None if obj is None else obj.dn
+
+    # -- the cycle ---------------------------------------------------------------------------
+
+    def run(self) -> CycleReport:
+        deletes = self._plan_deletes()
+        self._structure()
+        self._attributes()
+        self._memberships()
+        self._deletes(deletes)
+        return self.report
+
+    def _write(
+        self,
+        side: Side,
+        op: Op,
+        dn: str,
+        action: Callable[[], T],
+        *,
+        guid: str = "",
+        attributes: list[str] | None = None,
+    ) -> tuple[bool, T | None]:
+        """One audited write: (False, None) when the side is blocked or the directory refused."""
+        if side in self.blocked:
+            return False, None
+        try:
+            result = action()
+        except DirectoryWriteError as exc:
+            self.report.failed += 1
+            self.log.warning("identity_change_failed", side=side, op=op, dn=dn, error=str(exc))
+            return False, None
+        self.report.writes[side, op] += 1
+        record = ChangeRecord(
+            side=side,
+            op=op,
+            dn=dn,
+            object_guid=guid or (result if op == "add" and isinstance(result, str) else ""),
+            attributes=sorted(attributes or []),
+            dry_run=self.dry_run,
+        )
+        self.report.changes.append(record)
+        self.log.info(
+            "identity_change_applied",
+            side=side,
+            op=op,
+            dn=dn,
+            object_guid=record.object_guid,
+            attributes=record.attributes,
+            event_id=record.event_id,
+            dry_run=self.dry_run,
+        )
+        return True, result
+
+    # -- deletes -----------------------------------------------------------------------------
+
+    def _plan_deletes(self) -> dict[Side, list[str]]:
+        planned: dict[Side, list[str]] = {s: [] for s in SIDES}
+        for pid, pair in list(self.state.pairs.items()):
+            present = {s: self._present(pair, s) is not None for s in SIDES}
+            if not any(present.values()):
+                del self.state.pairs[pid]
+                continue
+            for side in SIDES:
+                if present[side] and not present[other(side)]:
+                    planned[side].append(pid)
+        self._reindex()
+        guard = self.mapping.deletion_guard
+        for side in SIDES:
+            count = len(planned[side])
+            total = max(len(self.sides[side].objects), 1)
+            percent = 100.0 * count / total
+            over_count = count > guard.max_count
+            over_percent = total >= guard.min_objects_for_percent and percent > guard.max_percent
+            if count and (over_count or over_percent) and not self.allow_mass_delete:
+                self.blocked.add(side)
+                self.report.guard_tripped[side] = count
+                self.log.error(
+                    "deletion_guard_tripped",
+                    side=side,
+                    planned_deletes=count,
+                    objects=total,
+                    percent=round(percent, 1),
+                    max_count=guard.max_count,
+                    max_percent=guard.max_percent,
+                    action="no writes to this side until resolved (or --allow-mass-delete)",
+                )
+        return planned
+
+    def _deletes(self, planned: dict[Side, list[str]]) -> None:
+        for side in SIDES:
+            if side in self.blocked:
+                continue
+            victims = []
+            for pid in planned[side]:
+                obj = self._present(self.state.pairs[pid], side)
+                if obj is not None:
+                    victims.append((depth_below(obj.dn, self.sides[side].root), pid, obj))
+            for _, pid, obj in sorted(victims, key=lambda v: -v[0]):
+                writer = self.writers[side]
+                dn = obj.dn
+                deleted = self._write(side, "delete", dn, partial(writer.delete, dn), guid=obj.guid)
+                if deleted[0]:
+                    self.sides[side].remove(obj.guid)
+                    del self.state.pairs[pid]
+        self._reindex()
+
+    # -- structure: creates, adoptions, renames and moves -------------------------------------
+
+    def _structure(self) -> None:
+        work: list[tuple[int, Side, str]] = []
+        for side in SIDES:
+            paired = self.pair_of[side]
+            for guid, obj in self.sides[side].objects.items():
+                if guid in paired and side == "aws":
+                    continue  # a pair is visited once, from the on-prem side
+                work.append((depth_below(obj.dn, self.sides[side].root), side, guid))
+        work.sort()
+        for _ in range(_MAX_PASSES):
+            remaining = [item for item in work if not self._structure_one(item[1], item[2])]
+            if len(remaining) == len(work):
+                break
+            work = remaining
+        self.report.deferred += len(work)
+        for _, side, guid in work:
+            waiting = self.sides[side].objects.get(guid)
+            self.log.info("identity_change_deferred", side=side, dn=waiting.dn if waiting else guid)
+
+    def _structure_one(self, side: Side, guid: str) -> bool:
+        """Handle one object; False when it waits on a parent not yet synced."""
+        obj = self.sides[side].objects.get(guid)
+        if obj is None:
+            return True
+        pid = self.pair_of[side].get(guid)
+        if pid is None:
+            return self._create_or_adopt(side, obj)
+        pair = self.state.pairs[pid]
+        if self._present(pair, other(side)) is None:
+            return True  # deleted on the other side: the delete pass handles it
+        return self._relocate(pair)
+
+    def _create_or_adopt(self, source: Side, obj: DirObject) -> bool:
+        target = other(source)
+        location = self._location(source, obj)
+        if location is None:
+            return False
+        parent_dn = self._parent_dn(target, location[0])
+        if parent_dn is None:
+            return False
+        rdn_type = RDN_TYPE[obj.kind]
+        target_dn = make_dn(rdn_type, location[1], parent_dn)
+        existing = self.sides[target].guid_at(target_dn)
+        if existing is not None:
+            found = self.sides[target].objects[existing]
+            if existing in self.pair_of[target] or found.kind != obj.kind:
+                self.report.failed += 1
+                self.log.warning("identity_name_collision", side=target, dn=target_dn)
+                return True
+            self._pair(source, obj, found, location)
+            self.log.info("identity_object_adopted", side=target, dn=target_dn, guid=existing)
+            return True
+        attributes = self._creation_attributes(source, target, obj)
+        writer = self.writers[target]
+        _, new_guid = self._write(
+            target,
+            "add",
+            target_dn,
+            partial(writer.add, obj.kind, target_dn, attributes),
+            attributes=list(attributes),
+        )
+        if new_guid is None:
+            return True  # refused or blocked: retried next cycle
+        created = DirObject(
+            guid=new_guid,
+            kind=obj.kind,
+            dn=target_dn,
+            attributes={k.lower(): v for k, v in attributes.items()},
+        )
+        self.sides[target].insert(created)
+        pair = self._pair(source, obj, created, location)
+        # The base is what the new twin holds, so the source's values (references
+        # included, written by the attribute pass) count as changes to copy over.
+        for name, rule in self.mapping.rules_for(obj.kind).items():
+            base = () if rule.transform == "dn" else self._canonical(target, created, rule)
+            pair.attributes[name] = list(base or ())
+        return True
+
+    def _pair(self, source: Side, obj: DirObject, twin: DirObject, location: Location) -> PairState:
+        onprem, aws = (obj, twin) if source == "onprem" else (twin, obj)
+        pid = onprem.guid
+        self.state.pairs[pid] = PairState(
+            onprem_guid=onprem.guid,
+            aws_guid=aws.guid,
+            kind=obj.kind,
+            parent=location[0],
+            rdn=location[1],
+        )
+        self.pair_of["onprem"][onprem.guid] = pid
+        self.pair_of["aws"][aws.guid] = pid
+        return self.state.pairs[pid]
+
+    def _creation_attributes(self, source: Side, target: Side, obj: DirObject) -> dict[str, Values]:
+        attributes: dict[str, Values] = {}
+        for rule in self.mapping.rules_for(obj.kind).values():
+            if rule.transform == "dn":
+                continue  # references are written by the attribute pass, once they exist
+            canonical = self._canonical(source, obj, rule)
+            if canonical is None or not canonical:
+                continue
+            attr, values = self._to_side(target, None, rule, canonical)
+            attributes[attr] = values
+        if obj.kind == "user" and "useraccountcontrol" not in {a.lower() for a in attributes}:
+            attributes["userAccountControl"] = (str(UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE),)
+        return attributes
+
+    def _relocate(self, pair: PairState) -> bool:
+        now: dict[Side, Location] = {}
+        for side in SIDES:
+            present = self._present(pair, side)
+            location = None if present is None else self._location(side, present)
+            if location is None:
+                return False  # moved under an OU not synced yet
+            now[side] = location
+        base = (pair.parent, pair.rdn)
+        if now["onprem"] == now["aws"]:
+            pair.parent, pair.rdn = now["onprem"]
+            return True
+        if now["aws"] == base:
+            winner: Side = "onprem"
+        elif now["onprem"] == base:
+            winner = "aws"
+        else:
+            winner = self.mapping.authority(None)
+            self._conflict(pair, "dn", winner)
+        loser = other(winner)
+        parent_dn = self._parent_dn(loser, now[winner][0])
+        if parent_dn is None:
+            return False
+        obj = self._present(pair, loser)
+        assert obj is not None  # noqa: S101 - checked above
+        new_rdn = make_rdn(RDN_TYPE[pair.kind], now[winner][1])
+        old_dn = obj.dn
+        writer = self.writers[loser]
+        _, new_dn = self._write(
+            loser, "move", old_dn, partial(writer.move, old_dn, new_rdn, parent_dn), guid=obj.guid
+        )
+        if new_dn is not None:
+            self.sides[loser].moved(old_dn, new_dn)
+            pair.parent, pair.rdn = now[winner]
+        return True
+
+    def _conflict(self, pair: PairState, attribute: str, winner: Side) -> None:
+        self.report.conflicts += 1
+        self.log.warning(
+            "identity_conflict", pair=pair.onprem_guid, attribute=attribute, winner=winner
+        )
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def _attributes(self) -> None:
+        for pair in self.state.pairs.values():
+            objs = {s: self._present(pair, s) for s in SIDES}
+            if objs["onprem"] is None or objs["aws"] is None:
+                continue
+            changes: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+            decided: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+            for name, rule in self.mapping.rules_for(pair.kind).items():
+                onprem = self._canonical("onprem", objs["onprem"], rule)
+                aws = self._canonical("aws", objs["aws"], rule)
+                if onprem is None or aws is None:
+                    continue  # a reference not paired yet: retried next cycle
+                merged = self._merge(pair, name, onprem, aws)
+                if merged is None:
+                    continue
+                loser, value = merged
+                attr, side_values = self._to_side(loser, objs[loser], rule, value)
+                changes[loser][attr] = side_values
+                decided[loser][name] = value
+            for side in SIDES:
+                if self._modify(side, objs[side], changes[side]):
+                    # the base moves only once the losing side holds the value
+                    pair.attributes.update({n: list(v) for n, v in decided[side].items()})
+
+    def _merge(
+        self, pair: PairState, name: str, onprem: Values, aws: Values
+    ) -> tuple[Side, Values] | None:
+        """(side to write, value) or None when nothing is to be written."""
+        base = pair.attributes.get(name)
+        base_values = None if base is None else tuple(base)
+        if onprem == aws:
+            pair.attributes[name] = list(onprem)
+            return None
+        if base_values is not None and aws == base_values:
+            return "aws", onprem
+        if base_values is not None and onprem == base_values:
+            return "onprem", aws
+        winner = self.mapping.authority(name)
+        if base_values is not None:
+            self._conflict(pair, name, winner)
+        return other(winner), (onprem if winner == "onprem" else aws)
+
+    def _modify(self, side: Side, obj: DirObject | None, replace: dict[str, Values]) -> bool:
+        if not replace or obj is None:
+            return True
+        writer = self.writers[side]
+        dn = obj.dn
+        done = self._write(
+            side,
+            "modify",
+            dn,
+            partial(writer.modify, dn, replace),
+            guid=obj.guid,
+            attributes=list(replace),
+        )
+        if not done[0]:
+            return False
+        obj.attributes.update({k.lower(): v for k, v in replace.items()})
+        return True
+
+    # -- value translation -------------------------------------------------------------------
+
+    def _canonical(self, side: Side, obj: DirObject | None, rule: AttributeRule) -> Values | None:
+        """The value in on-prem terms (references as pair ids); None while a reference waits."""
+        attr = (rule.onprem if side == "onprem" else rule.aws_name).lower()
+        raw = obj.attributes.get(attr, ()) if obj is not None else ()
+        if rule.transform == "enabled":
+            if not raw:
+                return ()
+            return ("FALSE",) if int(raw[0]) & UAC_ACCOUNTDISABLE else ("TRUE",)
+        if rule.transform == "suffix":
+            here, onprem = _suffixes(rule, side)
+            return tuple(sorted(_swap_suffix(v, here, onprem) for v in raw))
+        if rule.transform == "dn":
+            pids = []
+            for dn in raw:
+                guid = self.sides[side].guid_at(dn)
+                if guid is None:
+                    continue  # outside the scope: not synced
+                pid = self.pair_of[side].get(guid)
+                if pid is None:
+                    return None
+                pids.append(pid)
+            return tuple(sorted(pids))
+        return tuple(sorted(raw))
+
+    def _to_side(
+        self, side: Side, obj: DirObject | None, rule: AttributeRule, value: Values
+    ) -> tuple[str, Values]:
+        attr = rule.onprem if side == "onprem" else rule.aws_name
+        if rule.transform == "enabled":
+            current = obj.attributes.get(attr.lower(), ()) if obj else ()
+            uac = int(current[0]) if current else UAC_NORMAL_ACCOUNT
+            disabled = value == ("FALSE",)
+            uac = (uac | UAC_ACCOUNTDISABLE) if disabled else (uac & ~UAC_ACCOUNTDISABLE)
+            return attr, (str(uac),)
+        if rule.transform == "suffix":
+            here, onprem = _suffixes(rule, side)
+            return attr, tuple(_swap_suffix(v, onprem, here) for v in value)
+        if rule.transform == "dn":
+            dns = []
+            for pid in value:
+                pair = self.state.pairs.get(pid)
+                target = None if pair is None else self._present(pair, side)
+                if target is not None:
+                    dns.append(target.dn)
+            return attr, tuple(dns)
+        return attr, value
+
+    # -- memberships -------------------------------------------------------------------------
+
+    def _member_pids(self, side: Side, obj: DirObject) -> set[str]:
+        pids = set()
+        for dn in obj.members:
+            guid = self.sides[side].guid_at(dn)
+            pid = None if guid is None else self.pair_of[side].get(guid)
+            if pid is not None:
+                pids.add(pid)
+        return pids
+
+    def _memberships(self) -> None:
+        for pair in self.state.pairs.values():
+            if pair.kind != "group":
+                continue
+            objs = {s: self._present(pair, s) for s in SIDES}
+            if objs["onprem"] is None or objs["aws"] is None:
+                continue
+            now = {s: self._member_pids(s, o) for s, o in objs.items() if o is not None}
+            base = set(pair.members)
+            added = (now["onprem"] - base) | (now["aws"] - base)
+            removed = (base - now["onprem"]) | (base - now["aws"])
+            merged = (base | added) - removed
+            ok = True
+            for side in SIDES:
+                group = objs[side]
+                assert group is not None  # noqa: S101 - checked above
+                add = self._dns(side, merged - now[side])
+                remove = self._dns(side, now[side] - merged)
+                if not add and not remove:
+                    continue
+                writer = self.writers[side]
+                dn = group.dn
+                done = self._write(
+                    side,
+                    "members",
+                    dn,
+                    partial(writer.modify_members, dn, add, remove),
+                    guid=group.guid,
+                    attributes=["member"],
+                )
+                if not done[0]:
+                    ok = False
+            if ok:
+                pair.members = sorted(merged)
+
+    def _dns(self, side: Side, pids: set[str]) -> list[str]:
+        dns = []
+        for pid in sorted(pids):
+            obj = self._present(self.state.pairs[pid], side)
+            if obj is not None:
+                dns.append(obj.dn)
+        return dns
+
+
+def guid_of(pair: PairState, side: Side) -> str:
+    return pair.onprem_guid if side == "onprem" else pair.aws_guid
+
+
+def _suffixes(rule: AttributeRule, side: Side) -> tuple[str, str]:
+    """(this side's suffix, the on-prem suffix) for reading a value on ``side``."""
+    onprem = rule.onprem_suffix or ""
+    aws = rule.aws_suffix or ""
+    return (aws, onprem) if side == "aws" else (onprem, onprem)
+
+
+def _swap_suffix(value: str, old: str, new: str) -> str:
+    if old and value.lower().endswith(old.lower()):
+        return value[: len(value) - len(old)] + new
+    return value

@@ -1,0 +1,1 @@
+"""Where identity-sync writes: each directory (and the audit log)."""

@@ -1,0 +1,1 @@
+"""Where identity-sync reads: the scope of each directory and its change signals."""

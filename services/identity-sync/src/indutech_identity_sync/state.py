@@ -1,0 +1,99 @@
+"""The persistent anchor state: objectGUID pairs, last-synced values, change cookies.
+
+It lives in one S3 object (SSE enforced by the common client), written after
+every cycle, never in a file on the pod. The state is the merge base of the
+three-way comparison, which is what makes the sync loop-free: a value equal
+on both sides is never written, whoever changed it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, Field
+
+from indutech_identity_sync.config import Kind
+from indutech_identity_sync.exceptions import StateError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+ROOT = "ROOT"
+
+
+class PairState(BaseModel):
+    """One synced object: its GUID on each side and the values last seen equal on both."""
+
+    onprem_guid: str
+    aws_guid: str
+    kind: Kind
+    parent: str = ROOT  # pair id of the parent OU, or ROOT (the scope root)
+    rdn: str = ""  # unescaped RDN value
+    attributes: dict[str, list[str]] = Field(default_factory=dict)
+    members: list[str] = Field(default_factory=list)  # pair ids
+
+
+class CookieState(BaseModel):
+    """Where change detection resumes on one side, and which DC issued it."""
+
+    dc: str = ""
+    dirsync_cookie_hex: str = ""
+    highest_usn: int = 0
+
+
+class SyncState(BaseModel):
+    """Everything that survives a restart."""
+
+    version: int = 1
+    pairs: dict[str, PairState] = Field(default_factory=dict)  # pair id -> pair
+    onprem: CookieState = CookieState()
+    aws: CookieState = CookieState()
+
+
+class StateStore(Protocol):
+    async def load(self) -> SyncState: ...
+
+    async def save(self, state: SyncState) -> None: ...
+
+
+class MemoryStateStore:
+    """State kept in memory (unit tests and dry runs)."""
+
+    def __init__(self, state: SyncState | None = None) -> None:
+        self.state = state or SyncState()
+        self.saves = 0
+
+    async def load(self) -> SyncState:
+        return self.state.model_copy(deep=True)
+
+    async def save(self, state: SyncState) -> None:
+        self.saves += 1
+        self.state = state.model_copy(deep=True)
+
+
+class S3StateStore:
+    """State as one JSON object in S3 (written whole: S3 PUTs are atomic)."""
+
+    def __init__(self, client: S3Client, *, bucket: str, key: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+
+    async def load(self) -> SyncState:
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=self.key)
+            async with response["Body"] as body:
+                data = await body.read()
+        except self.client.exceptions.NoSuchKey:
+            return SyncState()
+        except Exception as exc:
+            raise StateError(f"cannot read s3://{self.bucket}/{self.key}: {exc}") from exc
+        return SyncState.model_validate(json.loads(data))
+
+    async def save(self, state: SyncState) -> None:
+        body = state.model_dump_json().encode()
+        try:
+            await self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body)
+        except Exception as exc:
+            raise StateError(f"cannot write s3://{self.bucket}/{self.key}: {exc}") from exc

@@ -1,0 +1,159 @@
+"""From a tailed line to a validated record: JSON Lines or CSV, then the schema.
+
+A line without ``event_id`` gets one derived from the file fingerprint and its
+byte offset (``derive_event_id``), so a replay yields the same id.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from indutech_common.schemas import ClientTicket, SensorReading, derive_event_id
+from indutech_common.tailing import Line, LineKind, WatchSpec
+from indutech_iot_ingest.config import IotIngestSettings, Route
+from indutech_iot_ingest.sources.exceptions import RejectedLine
+
+_BOM = b"\xef\xbb\xbf"
+_RECORD_TYPES: dict[str, type[SensorReading] | type[ClientTicket]] = {
+    "sensor_reading": SensorReading,
+    "client_ticket": ClientTicket,
+}
+_MAX_ERRORS_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
+    event_time: float
+
+
+def watch_specs(settings: IotIngestSettings) -> list[WatchSpec]:
+    """One tailer watch per route (a CSV header is the file's first line)."""
+    return [
+        WatchSpec(
+            name=route.name,
+            patterns=route.patterns,
+            header_lines=1 if route.format == "csv" and route.csv.header else 0,
+        )
+        for route in settings.routes
+    ]
+
+
+class LineParser:
+    """Parses and validates the lines of one route."""
+
+    def __init__(self, route: Route, topic: str) -> None:
+        self.route = route
+        self.topic = topic
+        self._model = _RECORD_TYPES[route.record]
+        self._headers: dict[bytes, tuple[str, ...]] = {}
+
+    def parse(self, line: Line) -> ParsedRecord | None:
+        """The record of a line, None for a blank line; raises RejectedLine for a bad one."""
+        data = line.data
+        if data.endswith(b"\r"):
+            data = data[:-1]
+        if line.offset == 0 and data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        if not data.strip():
+            return None
+        if self.route.format == "jsonl":
+            record = self._from_json(data)
+        else:
+            record = self._from_csv(data, line.header)
+        if record.event_id is None:
+            record = record.model_copy(
+                update={"event_id": derive_event_id(line.state.fingerprint, line.offset)}
+            )
+        return ParsedRecord(
+            topic=self.topic,
+            key=record.key(),
+            value=record.to_json_bytes(),
+            event_id=str(record.event_id),
+            event_time=record.event_time.timestamp(),
+        )
+
+    def _from_json(self, data: bytes) -> SensorReading | ClientTicket:
+        try:
+            text = data.decode(self.route.encoding)
+        except UnicodeDecodeError as exc:
+            raise RejectedLine("invalid_encoding", str(exc)) from None
+        try:
+            return self._model.model_validate_json(text)
+        except ValidationError as exc:
+            kinds = {error["type"] for error in exc.errors()}
+            if "json_invalid" in kinds:
+                raise RejectedLine("invalid_json", _describe(exc)) from None
+            if "model_type" in kinds:
+                raise RejectedLine("not_an_object", _describe(exc)) from None
+            raise RejectedLine("schema_violation", _describe(exc)) from None
+
+    def _from_csv(self, data: bytes, header: bytes | None) -> SensorReading | ClientTicket:
+        columns = self._columns(header)
+        try:
+            text = data.decode(self.route.encoding)
+        except UnicodeDecodeError as exc:
+            raise RejectedLine("invalid_encoding", str(exc)) from None
+        row = self._split(text)
+        if len(row) != len(columns):
+            raise RejectedLine(
+                "csv_error", f"expected {len(columns)} fields ({','.join(columns)}), got {len(row)}"
+            )
+        fields = {name: value for name, value in zip(columns, row, strict=True) if value != ""}
+        try:
+            return self._model.model_validate(fields)
+        except ValidationError as exc:
+            raise RejectedLine("schema_violation", _describe(exc)) from None
+
+    def _split(self, text: str) -> list[str]:
+        options = self.route.csv
+        try:
+            return next(
+                csv.reader([text], delimiter=options.delimiter, quotechar=options.quotechar)
+            )
+        except (csv.Error, StopIteration) as exc:
+            raise RejectedLine("csv_error", str(exc) or "empty row") from None
+
+    def _columns(self, header: bytes | None) -> tuple[str, ...]:
+        if not self.route.csv.header:
+            return self.route.csv.columns
+        if header is None:
+            raise RejectedLine("csv_error", "the file has no header line")
+        known = self._headers.get(header)
+        if known is None:
+            raw = header[len(_BOM) :] if header.startswith(_BOM) else header
+            try:
+                text = raw.rstrip(b"\r").decode(self.route.encoding)
+            except UnicodeDecodeError as exc:
+                raise RejectedLine("csv_error", f"undecodable header: {exc}") from None
+            known = tuple(name.strip() for name in self._split(text))
+            if len(self._headers) > 64:  # noqa: PLR2004 - a small cache of distinct headers
+                self._headers.clear()
+            self._headers[header] = known
+        return known
+
+    @staticmethod
+    def special(line: Line) -> RejectedLine | None:
+        """The refusal carried by a tailer line that is not a plain line."""
+        if line.kind is LineKind.TOO_LONG:
+            return RejectedLine("line_too_long", f"line of {line.length} bytes exceeds the limit")
+        if line.kind in (LineKind.TRUNCATED_GZIP, LineKind.CORRUPT_GZIP):
+            return RejectedLine(str(line.kind), line.error or str(line.kind))
+        return None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:_MAX_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"]) or "(record)"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - _MAX_ERRORS_SHOWN
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)

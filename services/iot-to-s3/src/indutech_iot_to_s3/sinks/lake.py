@@ -1,0 +1,285 @@
+"""The lake sink: Parquet objects and the write-ahead intents that make them exactly-once.
+
+Every S3 call goes through ``S3Calls.run``: transient failures (no answer,
+5xx, throttling) are retried with backoff and jitter for as long as it takes,
+so an S3 outage means waiting, never skipping and never committing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import structlog
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+
+from indutech_common.metrics import WorkerMetrics
+from indutech_common.retry import Backoff, retry_async
+from indutech_iot_to_s3.segments import PlannedObject
+from indutech_iot_to_s3.sinks.exceptions import IntentConflictError, S3TransientError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
+_log = structlog.get_logger(__name__)
+
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+    }
+)
+HTTP_SERVER_ERROR = 500
+
+
+def is_transient(exc: BaseException) -> bool:
+    """No answer, a 5xx, or throttling: worth waiting for."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= HTTP_SERVER_ERROR or error.get("Code") in _TRANSIENT_CODES
+    return isinstance(
+        exc,
+        EndpointConnectionError
+        | ConnectionClosedError
+        | ReadTimeoutError
+        | HTTPClientError
+        | aiohttp.ClientError
+        | OSError
+        | TimeoutError,
+    )
+
+
+class S3Calls:
+    """Retries transient S3 failures forever (backoff capped), counting each in the metrics."""
+
+    def __init__(self, metrics: WorkerMetrics, *, backoff_max_s: float) -> None:
+        self._metrics = metrics
+        self._backoff = Backoff(initial_s=0.2, max_s=backoff_max_s)
+
+    async def run(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            try:
+                return await operation()
+            except Exception as exc:
+                if is_transient(exc):
+                    self._metrics.error("s3_unavailable")
+                    raise S3TransientError(f"{type(exc).__name__}: {exc}") from exc
+                raise
+
+        return await retry_async(
+            attempt, what=what, retry_on=(S3TransientError,), backoff=self._backoff
+        )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a segment will write, recorded before the first upload."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+    objects: tuple[PlannedObject, ...]
+
+    def to_json(self) -> bytes:
+        body = {
+            "version": 1,
+            "topic": self.topic,
+            "partition": self.partition,
+            "start_offset": self.start,
+            "end_offset": self.end,
+            "objects": [
+                {**asdict(o), "hour": o.hour.isoformat().replace("+00:00", "Z")}
+                for o in self.objects
+            ],
+        }
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Intent:
+        from datetime import datetime  # noqa: PLC0415 - keeps the module header short
+
+        body = json.loads(raw)
+        return cls(
+            topic=body["topic"],
+            partition=body["partition"],
+            start=body["start_offset"],
+            end=body["end_offset"],
+            objects=tuple(
+                PlannedObject(
+                    key=o["key"],
+                    hour=datetime.fromisoformat(o["hour"]),
+                    first_offset=o["first_offset"],
+                    last_offset=o["last_offset"],
+                    records=o["records"],
+                )
+                for o in body["objects"]
+            ),
+        )
+
+    def keys(self) -> list[str]:
+        return [o.key for o in self.objects]
+
+
+class IntentJournal:
+    """One small JSON object per in-flight segment, keyed by the segment's start offset.
+
+    Created with ``If-None-Match: *`` so two owners of a partition can never
+    record different plans for the same start offset; deleted after the commit.
+    """
+
+    def __init__(self, client: S3Client, calls: S3Calls, *, bucket: str, prefix: str) -> None:
+        self._s3 = client
+        self._calls = calls
+        self.bucket = bucket
+        self.prefix = f"{prefix}_state/iot-to-s3/intents/"
+
+    def _dir(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}{topic}/{partition:05d}/"
+
+    def key(self, topic: str, partition: int, start: int) -> str:
+        return f"{self._dir(topic, partition)}{start:020d}.json"
+
+    async def write(self, intent: Intent) -> None:
+        key = self.key(intent.topic, intent.partition, intent.start)
+        body = intent.to_json()
+
+        async def put() -> None:
+            try:
+                await self._s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                    raise
+                # Our own earlier attempt may have landed before its answer was lost.
+                existing = await self._get(key)
+                if existing != intent:
+                    raise IntentConflictError(
+                        f"s3://{self.bucket}/{key} already holds a different plan for "
+                        f"{intent.topic}[{intent.partition}] from offset {intent.start}: "
+                        "another consumer owns this partition"
+                    ) from None
+
+        await self._calls.run(f"s3 put intent {key}", put)
+
+    async def _get(self, key: str) -> Intent:
+        response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+        async with response["Body"] as stream:
+            return Intent.from_json(await stream.read())
+
+    async def pending(self, topic: str, partition: int, committed: int | None) -> Intent | None:
+        """The intent a previous owner recorded but did not commit, if any."""
+
+        async def find() -> Intent | None:
+            prefix = self._dir(topic, partition)
+            keys: list[str] = []
+            paginator = self._s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys += [item["Key"] for item in page.get("Contents", [])]
+            found: list[Intent] = []
+            for key in sorted(keys):
+                intent = await self._get(key)
+                if committed is None or intent.end >= committed:
+                    found.append(intent)
+            if len(found) > 1:
+                _log.warning(
+                    "several_pending_intents",
+                    topic=topic,
+                    partition=partition,
+                    starts=[i.start for i in found],
+                )
+            return found[0] if found else None
+
+        return await self._calls.run(f"s3 list intents {topic}[{partition}]", find)
+
+    async def delete(self, intent: Intent) -> None:
+        """Best effort after the commit: a leftover intent ends before the committed offset."""
+        key = self.key(intent.topic, intent.partition, intent.start)
+        try:
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # harmless: pending() skips intents that end before the commit
+            _log.warning("intent_delete_failed", key=key, error=f"{type(exc).__name__}: {exc}")
+
+
+class LakeWriter:
+    """Uploads one Parquet object: a single PUT, or a multipart upload for large files."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        calls: S3Calls,
+        *,
+        bucket: str,
+        multipart_threshold: int,
+        part_bytes: int,
+    ) -> None:
+        self._s3 = client
+        self._calls = calls
+        self.bucket = bucket
+        self._threshold = multipart_threshold
+        self._part_bytes = part_bytes
+
+    async def upload(self, planned: PlannedObject, body: bytes, metadata: dict[str, str]) -> None:
+        if len(body) >= self._threshold:
+            await self._calls.run(
+                f"s3 multipart {planned.key}", lambda: self._multipart(planned.key, body, metadata)
+            )
+        else:
+            await self._calls.run(
+                f"s3 put {planned.key}",
+                lambda: self._s3.put_object(
+                    Bucket=self.bucket,
+                    Key=planned.key,
+                    Body=body,
+                    ContentType=PARQUET_CONTENT_TYPE,
+                    Metadata=metadata,
+                ),
+            )
+
+    async def _multipart(self, key: str, body: bytes, metadata: dict[str, str]) -> None:
+        created = await self._s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=PARQUET_CONTENT_TYPE, Metadata=metadata
+        )
+        upload_id = created["UploadId"]
+        parts: list[Any] = []
+        try:
+            for number, start in enumerate(range(0, len(body), self._part_bytes), start=1):
+                part = await self._s3.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body[start : start + self._part_bytes],
+                )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await self._s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                await self._s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+            except Exception as exc:  # S3 may be down; a lifecycle rule reaps orphans
+                _log.warning("multipart_abort_failed", key=key, error=type(exc).__name__)
+            raise

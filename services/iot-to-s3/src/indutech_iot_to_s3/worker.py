@@ -1,0 +1,532 @@
+"""iot-to-s3: the iot.* topics into the S3 lake as Parquet, every record exactly once.
+
+The delivery protocol (per partition, one segment in flight at a time)
+----------------------------------------------------------------------
+1. Records are read ``read_committed`` and buffered in the partition's open
+   *segment*: a contiguous offset range ``[start, end]`` with the valid records
+   grouped by event-time hour (late events go to their own hour). Invalid
+   records go to the dead-letter topic and still count in the range.
+2. Rotation (record count, buffered bytes, age, idleness, or the global memory
+   cap) *seals* the segment and plans one object per hour, keyed
+   ``{topic}+{partition}+{first offset of that hour in the segment}``.
+3. Before any upload, the plan is written to S3 as an *intent*
+   (``{lake_prefix}_state/iot-to-s3/intents/{topic}/{partition}/{start}.json``,
+   created with ``If-None-Match: *``).
+4. The objects are uploaded (SSE enforced by the common client; multipart when
+   large); S3 failures are retried with backoff for as long as it takes.
+5. Only then is ``end + 1`` committed for that partition; the intent is deleted.
+
+On assignment a partition is paused until its recovery ran: the committed
+offset ``C`` is read and any intent with ``end >= C`` is *replayed*: the same
+offsets ``[start, end]`` are read again and sealed at exactly ``end`` whatever
+the current rotation settings, which re-plans the same keys with the same
+records (the plan is a pure function of the records), overwrites whatever part
+of it was uploaded, and commits ``end + 1``. So a crash at any point (before
+the intent, between intent and uploads, mid-upload, between upload and commit,
+before the intent's deletion) and a change of rotation settings between runs
+leave every record in exactly one object.
+
+On revoke, an in-flight flush may finish within ``rebalance_flush_timeout_s``
+(else it is cancelled and its intent is replayed by the next owner); open
+buffers are dropped, since nothing past the last commit was written. When the
+buffered bytes reach ``memory_cap_bytes`` the largest open segments are sealed
+early; while they still exceed it (S3 down) every partition is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import Counter, Gauge
+
+from indutech_common.kafka import (
+    DeadLetterWriter,
+    create_consumer,
+    create_producer,
+    ping_producer,
+    start_client,
+)
+from indutech_common.lifecycle import Worker
+from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_iot_to_s3.config import IotToS3Settings
+from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Segment
+from indutech_iot_to_s3.sinks import Intent, IntentJournal, LakeWriter, ParquetEncoder, S3Calls
+from indutech_iot_to_s3.sinks.exceptions import IntentConflictError
+from indutech_iot_to_s3.sources import InvalidRecordError, RecordCodec
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import ConsumerRecord
+    from types_aiobotocore_s3 import S3Client
+
+POLL_TIMEOUT_MS = 200
+RESUME_FRACTION = 0.8
+RESTART_DELAY_S = 2.0
+
+
+@dataclass
+class PartitionState:
+    tp: TopicPartition
+    open: Segment
+    recovering: bool = True
+    recovery: asyncio.Task[None] | None = None
+    replay: Intent | None = None
+    inflight: asyncio.Task[None] | None = None
+    inflight_bytes: int = 0
+    last_offset: int = -1
+    paused: bool = True
+    recovery_delay_s: float = 0.0
+    failed: bool = False  # a flush failed: later segments must not write or commit
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: IotToS3Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._worker.on_assigned(set(assigned))
+
+
+class IotToS3Worker(Worker[IotToS3Settings]):
+    name = "iot-to-s3"
+
+    def __init__(self, settings: IotToS3Settings) -> None:
+        super().__init__(settings)
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.codec = RecordCodec(
+            sensor_topic=settings.sensor_topic, ticket_topic=settings.ticket_topic
+        )
+        self.encoders = {t: ParquetEncoder(self.codec.model_for(t)) for t in settings.topics}
+        registry = self.metrics.registry
+        self.buffered_bytes = Gauge(
+            "indutech_iot_to_s3_buffered_bytes",
+            "Record bytes held in memory (open and in-flight segments)",
+            ["worker"],
+            registry=registry,
+        )
+        self.paused_gauge = Gauge(
+            "indutech_iot_to_s3_paused",
+            "1 while consumption is paused because the memory cap is reached",
+            ["worker"],
+            registry=registry,
+        )
+        self.objects_written = Counter(
+            "indutech_iot_to_s3_objects_written",
+            "Parquet objects uploaded to the lake",
+            ["worker", "stream"],
+            registry=registry,
+        )
+        self.segments_replayed = Counter(
+            "indutech_iot_to_s3_segments_replayed",
+            "Segments of a previous owner replayed from their intent",
+            ["worker"],
+            registry=registry,
+        )
+        self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
+        self._capped = False
+        self._stack = AsyncExitStack()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        settings = self.settings
+        self.s3: S3Client = await self._stack.enter_async_context(create_s3_client(settings.s3))
+        bucket = settings.s3.lake_bucket
+        self.health.register_ping("s3", lambda: ping_bucket(self.s3, bucket))
+        calls = S3Calls(self.metrics, backoff_max_s=settings.s3_backoff_max_s)
+        self.journal = IntentJournal(self.s3, calls, bucket=bucket, prefix=settings.lake_prefix)
+        self.lake = LakeWriter(
+            self.s3,
+            calls,
+            bucket=bucket,
+            multipart_threshold=settings.multipart_threshold_bytes,
+            part_bytes=settings.multipart_part_bytes,
+        )
+        self.producer: AIOKafkaProducer = create_producer(settings.kafka)
+        await start_client(self.producer, settings.kafka)
+        self._stack.push_async_callback(self.producer.stop)
+        self.health.register_ping("kafka", lambda: ping_producer(self.producer))
+        self.dead_letters = DeadLetterWriter(
+            self.producer, metrics=self.metrics, topic=settings.dead_letter_topic
+        )
+        fetch_max = max(1024 * 1024, min(16 * 1024 * 1024, settings.memory_cap_bytes // 4))
+        self.consumer: AIOKafkaConsumer = create_consumer(
+            settings.kafka,
+            group_id=settings.group_id,
+            group_instance_id=settings.group_instance_id,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4),
+            fetch_max_bytes=fetch_max,
+            max_partition_fetch_bytes=min(fetch_max, 1024 * 1024),
+        )
+        await start_client(self.consumer, settings.kafka)
+        self._stack.push_async_callback(self.consumer.stop)
+        self.consumer.subscribe(list(settings.topics), listener=_Rebalance(self))
+        self.log.info(
+            "consuming",
+            topics=list(settings.topics),
+            group_id=settings.group_id,
+            lake=f"s3://{bucket}/{settings.lake_prefix}iot/",
+            rotation=settings.rotation.model_dump(),
+            memory_cap_bytes=settings.memory_cap_bytes,
+        )
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            self._start_recoveries()
+            self._apply_memory_cap()
+            batches = await self.consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.poll_max_records
+            )
+            for tp, records in batches.items():
+                state = self.partitions.get(tp)
+                if state is not None and not state.recovering:
+                    await self._take(state, records)
+            self._rotate(time.monotonic())
+            self._update_gauges()
+        await self._drain()
+
+    async def shutdown(self) -> None:
+        for state in self.partitions.values():
+            for task in (state.inflight, state.recovery):
+                if task is not None and not task.done():
+                    task.cancel()
+        await self._stack.aclose()
+
+    async def _drain(self) -> None:
+        """SIGTERM: seal every open segment, wait for every flush (uploads and commits)."""
+        self.log.info("draining", partitions=len(self.partitions))
+        while True:
+            self._rotate(time.monotonic(), force=True)
+            pending = [s.inflight for s in self.partitions.values() if s.inflight is not None]
+            if not pending:
+                break  # what is left is an unfinished replay: its intent stays for next time
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._update_gauges()
+
+    # -- rebalances and recovery -----------------------------------------------------------
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self.partitions:
+                self.partitions[tp] = PartitionState(tp, Segment(tp.topic, tp.partition))
+                self.consumer.pause(tp)
+        self.log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        states = [self.partitions[tp] for tp in revoked if tp in self.partitions]
+        for state in states:
+            state.recovering = True  # no more buffering or sealing for it
+            if state.recovery is not None:
+                state.recovery.cancel()
+        inflight = [s.inflight for s in states if s.inflight is not None and not s.inflight.done()]
+        if inflight:
+            _, late = await asyncio.wait(inflight, timeout=self.settings.rebalance_flush_timeout_s)
+            for task in late:  # its intent stays in S3: the next owner replays it
+                task.cancel()
+        for state in states:
+            if self.partitions.get(state.tp) is state:
+                del self.partitions[state.tp]
+        self.log.info(
+            "partitions_revoked",
+            partitions=sorted(str(tp) for tp in revoked),
+            dropped_records=sum(s.open.records for s in states),
+        )
+        self._update_gauges()
+
+    def _start_recoveries(self) -> None:
+        for state in self.partitions.values():
+            if state.recovering and state.recovery is None:
+                state.recovery = asyncio.create_task(self._recover(state))
+
+    async def _recover(self, state: PartitionState) -> None:
+        tp = state.tp
+        if state.recovery_delay_s:
+            await asyncio.sleep(state.recovery_delay_s)
+        try:
+            committed = await self.consumer.committed(tp)
+            intent = await self.journal.pending(tp.topic, tp.partition, committed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("recovery_failed", partition=str(tp))
+            self.metrics.error("recovery")
+            await asyncio.sleep(1.0)
+            state.recovery = None  # the main loop starts it again
+            return
+        if self.partitions.get(tp) is not state:
+            return
+        if committed is None:
+            await self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, committed)
+        if intent is not None:
+            state.replay = intent
+            state.open = Segment(tp.topic, tp.partition, replay_end=intent.end)
+            self.segments_replayed.labels(self.name).inc()
+            self.log.warning(
+                "replaying_intent",
+                partition=str(tp),
+                committed=committed,
+                start=intent.start,
+                end=intent.end,
+                objects=len(intent.objects),
+            )
+        state.recovering = False
+        state.paused = False
+        self.consumer.resume(tp)
+        self.log.info("partition_ready", partition=str(tp), committed=committed)
+
+    # -- buffering and rotation --------------------------------------------------------------
+
+    async def _take(self, state: PartitionState, records: list[ConsumerRecord[Any, Any]]) -> None:
+        topic = state.tp.topic
+        counted = 0
+        for record in records:
+            if record.offset <= state.last_offset:
+                continue  # already buffered (a re-fetch after a seek)
+            state.last_offset = record.offset
+            segment = state.open
+            if segment.replay_end is not None and record.offset > segment.replay_end:
+                self._seal(state, "replay_complete")
+                segment = state.open
+            try:
+                value, event_time = self.codec.decode(topic, record.value)
+            except InvalidRecordError as exc:
+                await self.dead_letters.send(
+                    record.value or b"",
+                    reason=exc.reason,
+                    error=str(exc),
+                    source=f"{topic}[{state.tp.partition}]",
+                    offset=record.offset,
+                    key=record.key,
+                )
+                segment.add(record.offset, None, None)
+            else:
+                segment.add(record.offset, value, event_time)
+                counted += 1
+            if segment.replay_complete():
+                self._seal(state, "replay_complete")
+            elif (
+                segment.replay_end is None
+                and segment.records
+                and (
+                    segment.records >= self.settings.rotation.max_records
+                    or segment.size_bytes >= self.settings.rotation.max_bytes
+                )
+            ):
+                self._seal(
+                    state,
+                    "max_records"
+                    if segment.size_bytes < self.settings.rotation.max_bytes
+                    else "max_bytes",
+                )
+        self.metrics.records_in.labels(self.name, topic).inc(counted)
+
+    def _rotate(self, now: float, *, force: bool = False) -> None:
+        rotation = self.settings.rotation
+        for state in list(self.partitions.values()):
+            if state.inflight is not None or state.open.empty or state.recovering:
+                continue
+            reason = "drain" if force else state.open.rotation_due(rotation, now)
+            if force and state.open.replay_end is not None and not state.open.replay_complete():
+                continue  # a replay ends at its recorded end offset, never earlier
+            if reason is not None:
+                self._seal(state, reason)
+
+    def _seal(self, state: PartitionState, reason: str) -> None:
+        """Start flushing the open segment; the next records go to a fresh one."""
+        segment = state.open
+        state.open = Segment(segment.topic, segment.partition)
+        replay = state.replay if segment.replay_end is not None else None
+        state.replay = None
+        previous = state.inflight
+        state.inflight_bytes += segment.size_bytes
+        state.inflight = asyncio.create_task(
+            self._flush(state, segment, reason=reason, replay=replay, after=previous)
+        )
+
+    def _buffered_bytes(self) -> int:
+        return sum(s.open.size_bytes + s.inflight_bytes for s in self.partitions.values())
+
+    def _apply_memory_cap(self) -> None:
+        cap = self.settings.memory_cap_bytes
+        if self._buffered_bytes() >= cap:
+            # Flush early instead of growing: seal the largest open segments first.
+            candidates = sorted(
+                (
+                    s
+                    for s in self.partitions.values()
+                    if s.inflight is None and not s.open.empty and s.open.replay_end is None
+                ),
+                key=lambda s: s.open.size_bytes,
+                reverse=True,
+            )
+            open_bytes = sum(s.open.size_bytes for s in candidates)
+            for state in candidates:
+                if open_bytes < cap // 2:
+                    break
+                open_bytes -= state.open.size_bytes
+                self._seal(state, "memory_cap")
+        buffered = self._buffered_bytes()
+        if not self._capped and buffered >= cap:
+            self._capped = True
+            self.log.warning("memory_cap_reached_pausing", buffered_bytes=buffered, cap=cap)
+        elif self._capped and buffered < cap * RESUME_FRACTION:
+            self._capped = False
+            self.log.info("memory_below_cap_resuming", buffered_bytes=buffered, cap=cap)
+        for state in self.partitions.values():
+            # A replay is never paused: it must reach its end offset to free its memory.
+            want_paused = state.recovering or (self._capped and state.open.replay_end is None)
+            if want_paused != state.paused:
+                (self.consumer.pause if want_paused else self.consumer.resume)(state.tp)
+                state.paused = want_paused
+
+    def _update_gauges(self) -> None:
+        self.buffered_bytes.labels(self.name).set(self._buffered_bytes())
+        self.paused_gauge.labels(self.name).set(1 if self._capped else 0)
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    async def _flush(
+        self,
+        state: PartitionState,
+        segment: Segment,
+        *,
+        reason: str,
+        replay: Intent | None,
+        after: asyncio.Task[None] | None,
+    ) -> None:
+        try:
+            if after is not None:
+                await asyncio.gather(after, return_exceptions=True)
+            if state.failed or self.partitions.get(state.tp) is not state:
+                return  # an earlier segment failed: the partition recovers from its commit
+            await self._write_segment(state, segment, reason=reason, replay=replay)
+        except asyncio.CancelledError:
+            state.failed = True
+            raise
+        except IntentConflictError as exc:
+            self.log.error(  # noqa: TRY400 - an expected race, not a bug: no traceback
+                "intent_conflict", partition=str(state.tp), error=str(exc)
+            )
+            self.metrics.error("intent_conflict")
+            self._restart_partition(state)
+        except Exception:
+            self.log.exception("flush_failed", partition=str(state.tp))
+            self.metrics.error("flush")
+            self._restart_partition(state)
+        finally:
+            state.inflight_bytes -= segment.size_bytes
+            if state.inflight is asyncio.current_task():
+                state.inflight = None
+
+    def _restart_partition(self, state: PartitionState) -> None:
+        """Drop what is buffered and recover from the committed offset and the intents."""
+        state.failed = True
+        if self.partitions.get(state.tp) is not state:
+            return
+        fresh = PartitionState(state.tp, Segment(state.tp.topic, state.tp.partition))
+        fresh.recovery_delay_s = RESTART_DELAY_S
+        self.partitions[state.tp] = fresh
+        state.paused = True
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.pause(state.tp)
+
+    async def _write_segment(
+        self, state: PartitionState, segment: Segment, *, reason: str, replay: Intent | None
+    ) -> None:
+        started = time.perf_counter()
+        tp = state.tp
+        if segment.start is None or segment.end is None:
+            return  # an empty segment is never sealed
+        plan = segment.plan(self.settings.lake_prefix)
+        if replay is not None:
+            intent = replay
+            if [p.key for p in plan] != intent.keys() or segment.end != intent.end:
+                self.metrics.error("replay_mismatch")
+                self.log.error(
+                    "replay_mismatch",
+                    partition=str(tp),
+                    planned=[p.key for p in plan],
+                    recorded=intent.keys(),
+                    end=segment.end,
+                    recorded_end=intent.end,
+                )
+        else:
+            intent = Intent(tp.topic, tp.partition, segment.start, segment.end, tuple(plan))
+            if plan:
+                await self.journal.write(intent)
+        encoder = self.encoders[tp.topic]
+        by_hour = {b.hour: b for b in segment.hours.values()}
+        await asyncio.gather(*(self._upload(encoder, tp, by_hour[p.hour], p, intent) for p in plan))
+        if segment.invalid:
+            await self.producer.flush()  # dead letters are durable before their offsets commit
+        if state.failed or self.partitions.get(tp) is not state:
+            return  # revoked meanwhile: the next owner replays the intent
+        if not await self._commit(tp, segment.end + 1):
+            state.failed = True
+            return
+        if plan:
+            await self.journal.delete(intent)
+        self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
+        newest = segment.max_event_time()
+        self.metrics.record_success(
+            stream=tp.topic,
+            count=segment.records,
+            last_event_time=newest.timestamp() if newest else None,
+        )
+        self.log.info(
+            "segment_written",
+            partition=str(tp),
+            reason=reason,
+            start=segment.start,
+            end=segment.end,
+            records=segment.records,
+            invalid=segment.invalid,
+            objects=len(plan),
+            replayed=replay is not None,
+            duration_s=round(time.perf_counter() - started, 3),
+        )
+
+    async def _upload(
+        self,
+        encoder: ParquetEncoder,
+        tp: TopicPartition,
+        buffer: HourBuffer,
+        planned: PlannedObject,
+        intent: Intent,
+    ) -> None:
+        async with self._upload_slots:
+            body = await asyncio.to_thread(
+                encoder.encode, buffer.values, tp.partition, buffer.offsets
+            )
+            metadata = {
+                "first-offset": str(planned.first_offset),
+                "last-offset": str(planned.last_offset),
+                "records": str(planned.records),
+                "segment": f"{intent.start}-{intent.end}",
+            }
+            await self.lake.upload(planned, body, metadata)
+        self.objects_written.labels(self.name, tp.topic).inc()
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
+        try:
+            await self.consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member: it replays our intent.
+            self.log.warning("commit_lost_partition", partition=str(tp), error=str(exc))
+            self.metrics.error("commit_failed")
+            return False
+        return True

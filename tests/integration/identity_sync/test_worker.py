@@ -1,0 +1,284 @@
+"""The identity-sync worker end to end: change signals, S3 state, a SIGKILL mid-sync."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ldap3
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from indutech_identity_sync.config import IdentitySyncSettings
+from indutech_identity_sync.state import MemoryStateStore
+from indutech_identity_sync.worker import IdentitySyncWorker
+from structlog.testing import capture_logs
+
+from indutech_common.kafka import connection_kwargs, create_consumer, start_client
+from indutech_common.s3 import create_s3_client
+from tests.integration.identity_sync.conftest import Live
+from tests.support.stack import REPO_ROOT, StackSettings
+
+
+def settings_for(stack: StackSettings, live: Live, state_key: str) -> IdentitySyncSettings:
+    return IdentitySyncSettings(
+        onprem=stack.ad_onprem,
+        aws=stack.ad_aws,
+        s3=stack.s3,
+        mapping_file=live.mapping_file,
+        state_bucket=stack.s3.backup_bucket,
+        state_key=state_key,
+        poll_interval_s=0.2,
+        health={"host": "127.0.0.1", "port": 0},
+    )
+
+
+def env_for(stack: StackSettings, live: Live, state_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INDUTECH_", "IDENTITY_"))}
+    for side, ldap in (("ONPREM", stack.ad_onprem), ("AWS", stack.ad_aws)):
+        env[f"IDENTITY_SYNC_{side}__URL"] = ldap.url
+        env[f"IDENTITY_SYNC_{side}__BIND_DN"] = ldap.bind_dn
+        env[f"IDENTITY_SYNC_{side}__PASSWORD"] = ldap.password.get_secret_value()
+        env[f"IDENTITY_SYNC_{side}__BASE_DN"] = ldap.base_dn
+        env[f"IDENTITY_SYNC_{side}__CA_FILE"] = str(ldap.ca_file)
+    s3 = stack.s3
+    assert s3.access_key_id is not None
+    assert s3.secret_access_key is not None
+    env.update(
+        {
+            "IDENTITY_SYNC_S3__ENDPOINT_URL": str(s3.endpoint_url),
+            "IDENTITY_SYNC_S3__REGION": s3.region,
+            "IDENTITY_SYNC_S3__ACCESS_KEY_ID": s3.access_key_id.get_secret_value(),
+            "IDENTITY_SYNC_S3__SECRET_ACCESS_KEY": s3.secret_access_key.get_secret_value(),
+            "IDENTITY_SYNC_S3__KMS_KEY_ID": str(s3.kms_key_id),
+            "IDENTITY_SYNC_S3__CA_FILE": str(s3.ca_file),
+            "IDENTITY_SYNC_STATE_BUCKET": s3.backup_bucket,
+            "IDENTITY_SYNC_STATE_KEY": state_key,
+            "IDENTITY_SYNC_MAPPING_FILE": str(live.mapping_file),
+            "IDENTITY_SYNC_HEALTH__PORT": "0",
+            "IDENTITY_SYNC_HEALTH__HOST": "127.0.0.1",
+        }
+    )
+    return env
+
+
+async def wait_until(check: Callable[[], bool], timeout_s: float = 10) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if await asyncio.to_thread(check):
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    pytest.fail(f"condition not met within {timeout_s} s")
+
+
+async def delete_state(stack: StackSettings, key: str) -> None:
+    async with create_s3_client(stack.s3) as client:
+        await client.delete_object(Bucket=stack.s3.backup_bucket, Key=key)
+
+
+class TestLiveWorker:
+    async def test_changes_each_way_are_picked_up_by_the_signals(
+        self, stack: StackSettings, live: Live, unique: str
+    ) -> None:
+        """DirSync (on-prem) and the USN poll (AWS, tombstones too) wake a cycle; state in S3."""
+        key = f"identity-sync-tests/{unique}/state.json"
+        worker = IdentitySyncWorker(settings_for(stack, live, key))
+        task = asyncio.create_task(worker.serve(install_signal_handlers=False))
+        try:
+            await wait_until(lambda: worker.last_report is not None or task.done())
+            assert not task.done(), task.result()
+            dn = await asyncio.to_thread(live.user, "onprem", "Live One")
+            await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")))
+            aws_dn = await asyncio.to_thread(live.user, "aws", "Live Two")
+            await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")))
+            await asyncio.to_thread(live.delete, "aws", aws_dn)
+            await wait_until(lambda: not live.exists("onprem", live.twin(aws_dn, "onprem")))
+            writes = worker.writes.labels("aws", "add")._value.get()
+            await asyncio.sleep(1.0)  # several idle polls: our own writes echo as no-ops
+            assert worker.writes.labels("aws", "add")._value.get() == writes
+        finally:
+            worker.request_exit()
+            assert await asyncio.wait_for(task, 15) == 0
+        async with create_s3_client(stack.s3) as client:
+            response = await client.get_object(Bucket=stack.s3.backup_bucket, Key=key)
+            async with response["Body"] as body:
+                state = json.loads(await body.read())
+        await delete_state(stack, key)
+        assert len(state["pairs"]) == 1
+        assert state["onprem"]["dirsync_cookie_hex"]
+
+
+class TestChangeNotification:
+    async def test_notification_wakes_the_worker_long_before_the_poll(
+        self, stack: StackSettings, live: Live
+    ) -> None:
+        """With a 60 s poll, a change on either side still arrives within seconds."""
+        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        worker = IdentitySyncWorker(settings, store=MemoryStateStore())
+        task = asyncio.create_task(worker.serve(install_signal_handlers=False))
+        try:
+            await wait_until(lambda: worker.last_report is not None or task.done())
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
+            aws_dn = await asyncio.to_thread(live.user, "aws", "Notified")
+            await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+            dn = await asyncio.to_thread(live.user, "onprem", "Notified Too")
+            await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+        finally:
+            worker.request_exit()
+            assert await asyncio.wait_for(task, 15) == 0
+
+
+class TestDryRun:
+    async def test_dry_run_prints_the_plan_and_writes_nothing(
+        self, stack: StackSettings, live: Live
+    ) -> None:
+        """--dry-run: one cycle, each planned change logged, no object created, no state saved."""
+        dn = await asyncio.to_thread(live.user, "onprem", "Planned")
+        settings = settings_for(stack, live, "unused").model_copy(update={"dry_run": True})
+        store = MemoryStateStore()
+        worker = IdentitySyncWorker(settings, store=store)
+        with capture_logs() as logs:
+            assert await worker.serve(install_signal_handlers=False) == 0
+        planned = [e for e in logs if e["event"] == "planned_change"]
+        assert [(e["side"], e["op"], e["dn"]) for e in planned] == [
+            ("aws", "add", live.twin(dn, "aws"))
+        ]
+        assert not await asyncio.to_thread(live.exists, "aws", live.twin(dn, "aws"))
+        assert store.saves == 0
+
+
+class TestAuditTopic:
+    async def test_applied_changes_published_keyed_by_guid(
+        self, stack: StackSettings, live: Live, unique: str
+    ) -> None:
+        """One --once cycle publishes one record per applied change to the audit topic."""
+        topic = f"test.identity-changes.{unique}"
+        admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+            dn = await asyncio.to_thread(live.user, "onprem", "Audited", mail="a@x.test")
+            settings = settings_for(stack, live, "unused").model_copy(
+                update={"audit_kafka": stack.kafka, "audit_topic": topic}
+            )
+            worker = IdentitySyncWorker(settings, once=True, store=MemoryStateStore())
+            assert await worker.serve(install_signal_handlers=False) == 0
+            assert worker.last_report is not None
+            expected = worker.last_report.total_writes
+            records = await consume(stack, topic, expected)
+        finally:
+            await admin.delete_topics([topic])
+            await admin.close()
+        assert expected == 1
+        record = json.loads(records[0][1])
+        assert record["op"] == "add"
+        assert record["dn"] == live.twin(dn, "aws")
+        assert records[0][0] == record["object_guid"].encode()
+        assert "a@x.test" not in records[0][1].decode()
+
+
+async def consume(stack: StackSettings, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
+    consumer = create_consumer(stack.kafka, topic, group_id=None)
+    await start_client(consumer, stack.kafka)
+    found: list[tuple[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(found) < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [(m.key or b"", m.value or b"") for rs in batches.values() for m in rs]
+    finally:
+        await consumer.stop()
+    return found
+
+
+class TestKilledMidSync:
+    def test_sigkill_then_rerun_converges_without_duplicates(
+        self, stack: StackSettings, live: Live, unique: str
+    ) -> None:
+        """SIGKILL mid-sync; the next run adopts what exists, adds the rest, loses nothing."""
+        users = 150
+        ou = live.ou("onprem", "Bulk")
+        dns = [live.user("onprem", f"Bulk {i}", ou) for i in range(users)]
+        key = f"identity-sync-tests/{unique}/state.json"
+        env = env_for(stack, live, key)
+        command = [sys.executable, "-m", "indutech_identity_sync.cli", "--once"]
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while live.count("aws") < 20 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.wait(timeout=10)
+        at_kill = live.count("aws")
+        assert 0 < at_kill < users, "the kill did not land mid-sync"
+        # a change made while the worker is down, to an object it already copied
+        live.assign("onprem", dns[0], title="changed while down")
+        try:
+            rerun = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert rerun.returncode == 0, rerun.stderr[-2000:]
+            third = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        finally:
+            asyncio.run(delete_state(stack, key))
+        assert live.count("aws") == users
+        sams = live.connections["aws"]
+        sams.search(live.roots["aws"], "(objectClass=user)", ldap3.SUBTREE, attributes=["cn"])
+        names = [e["dn"] for e in sams.response or [] if e.get("type") == "searchResEntry"]
+        assert len(names) == len(set(names)) == users
+        assert live.read("aws", live.twin(dns[0], "aws"), "title") == ["changed while down"]
+        cycles = [
+            json.loads(line)
+            for line in third.stdout.splitlines()
+            if line.startswith("{") and '"cycle_done"' in line
+        ]
+        assert [c["writes"] for c in cycles] == [0]
+
+
+class TestConfig:
+    def test_bad_mapping_fails_at_start_naming_the_field(
+        self, stack: StackSettings, live: Live, tmp_path: Path
+    ) -> None:
+        """A mapping without sAMAccountName stops the CLI with exit 2 and names the problem."""
+        bad = tmp_path / "bad.toml"
+        bad.write_text(
+            f'onprem_root = "{live.roots["onprem"]}"\n[attributes.mail]\nonprem = "mail"\n'
+        )
+        env = env_for(stack, live, "unused")
+        env["IDENTITY_SYNC_MAPPING_FILE"] = str(bad)
+        done = subprocess.run(
+            [sys.executable, "-m", "indutech_identity_sync.cli", "--once"],
+            cwd=REPO_ROOT,
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert "aws_root" in done.stderr
+        assert stack.ad_onprem.password.get_secret_value() not in done.stderr + done.stdout

@@ -1,0 +1,403 @@
+"""The reconcile cycle against two in-memory directories: every rule of the three-way merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from indutech_identity_sync.config import Mapping, Side
+from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
+from indutech_identity_sync.engine import CycleReport, Reconciler
+from indutech_identity_sync.model import make_dn, normalize_dn, split_rdn
+from indutech_identity_sync.state import SyncState
+from structlog.testing import capture_logs
+
+from tests.support.fake_directory import FakeDirectory
+
+ONPREM_ROOT = "OU=InduTech,DC=corp,DC=indutech,DC=test"
+AWS_ROOT = "OU=AWS,DC=aws,DC=indutech,DC=test"
+
+
+def mapping(**overrides: Any) -> Mapping:
+    raw: dict[str, Any] = {
+        "onprem_root": ONPREM_ROOT,
+        "aws_root": AWS_ROOT,
+        "attributes": {
+            "sAMAccountName": {"onprem": "sAMAccountName", "kinds": ["user", "group"]},
+            "mail": {"onprem": "mail"},
+            "department": {"onprem": "department"},
+            "title": {"onprem": "title"},
+            "telephoneNumber": {"onprem": "telephoneNumber", "authority": "aws"},
+            "manager": {"onprem": "manager", "transform": "dn"},
+            "enabled": {"onprem": "userAccountControl", "transform": "enabled"},
+            "upn": {
+                "onprem": "userPrincipalName",
+                "transform": "suffix",
+                "onprem_suffix": "@corp.indutech.test",
+                "aws_suffix": "@aws.indutech.test",
+            },
+            "description": {"onprem": "description", "kinds": ["ou", "user", "group"]},
+        },
+        "deletion_guard": {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 5},
+    }
+    raw.update(overrides)
+    return Mapping.model_validate(raw)
+
+
+class Pair:
+    """Two fake directories and the state between them."""
+
+    def __init__(self, rules: Mapping | None = None) -> None:
+        self.mapping = rules or mapping()
+        self.onprem = FakeDirectory(ONPREM_ROOT)
+        self.aws = FakeDirectory(AWS_ROOT)
+        self.state = SyncState()
+
+    def sync(self, *, allow_mass_delete: bool = False, save: bool = True) -> CycleReport:
+        state = self.state.model_copy(deep=True)
+        report = Reconciler(
+            self.mapping,
+            state,
+            {"onprem": self.onprem.snapshot(), "aws": self.aws.snapshot()},
+            {"onprem": self.onprem, "aws": self.aws},
+            allow_mass_delete=allow_mass_delete,
+        ).run()
+        if save:
+            self.state = state
+        return report
+
+    def converge(self) -> None:
+        self.sync()
+        assert self.sync().total_writes == 0
+
+
+def aws_dn(onprem_dn: str) -> str:
+    return onprem_dn.replace(ONPREM_ROOT, AWS_ROOT)
+
+
+class TestCreate:
+    def test_user_created_on_aws_with_mapped_values(self) -> None:
+        """An on-prem user appears in the AWS OU with its attributes and a rewritten UPN."""
+        p = Pair()
+        ou = p.onprem.ou("Sales")
+        p.onprem.user(
+            "Ann", ou, mail="ann@indutech.test", userPrincipalName="ann@corp.indutech.test"
+        )
+        p.sync()
+        dn = make_dn("CN", "Ann", f"OU=Sales,{AWS_ROOT}")
+        assert p.aws.get(dn, "mail") == "ann@indutech.test"
+        assert p.aws.get(dn, "userPrincipalName") == "ann@aws.indutech.test"
+        assert p.aws.get(dn, "userAccountControl") == "512"
+
+    def test_user_created_on_aws_appears_on_prem(self) -> None:
+        """The reverse direction: an AWS-side user is created on-prem."""
+        p = Pair()
+        p.aws.user("Bob", title="Engineer", userPrincipalName="bob@aws.indutech.test")
+        p.sync()
+        dn = make_dn("CN", "Bob", ONPREM_ROOT)
+        assert p.onprem.get(dn, "title") == "Engineer"
+        assert p.onprem.get(dn, "userPrincipalName") == "bob@corp.indutech.test"
+
+    def test_hard_names_round_trip(self) -> None:
+        """Commas, plus signs, quotes and non-ASCII letters in RDNs survive both ways."""
+        p = Pair()
+        ou = p.onprem.ou('Ops, "Nord"+Süd')
+        p.onprem.user("Łukasz, O'Brien+1", ou, sam="lob1")
+        p.aws.user('Zoë "Z" Ávila', sam="zza")
+        p.converge()
+        assert make_dn("CN", "Łukasz, O'Brien+1", make_dn("OU", 'Ops, "Nord"+Süd', AWS_ROOT)) in (
+            p.aws.dns()
+        )
+        assert make_dn("CN", 'Zoë "Z" Ávila', ONPREM_ROOT) in p.onprem.dns()
+
+    def test_children_wait_for_parents(self) -> None:
+        """Deep trees are created parents first in one cycle."""
+        p = Pair()
+        parent = ONPREM_ROOT
+        for level in range(5):
+            parent = p.onprem.ou(f"L{level}", parent)
+        p.onprem.user("Deep", parent)
+        report = p.sync()
+        assert aws_dn(make_dn("CN", "Deep", parent)) in p.aws.dns()
+        assert report.deferred == 0
+
+
+class TestModify:
+    def test_change_each_way_then_silence(self) -> None:
+        """A change on either side reaches the other; the next cycle writes nothing."""
+        p = Pair()
+        dn = p.onprem.user("Cy", department="R&D")
+        p.converge()
+        p.onprem.assign(dn, department="QA")
+        p.aws.assign(aws_dn(dn), title="Lead")
+        p.sync()
+        assert p.aws.get(aws_dn(dn), "department") == "QA"
+        assert p.onprem.get(dn, "title") == "Lead"
+        assert p.sync().total_writes == 0
+
+    def test_disable_and_clear(self) -> None:
+        """Disabling (ACCOUNTDISABLE bit) and clearing a value propagate."""
+        p = Pair()
+        dn = p.onprem.user("Di", mail="di@x.test")
+        p.converge()
+        p.aws.assign(aws_dn(dn), userAccountControl="514", mail="")
+        p.sync()
+        assert p.onprem.get(dn, "userAccountControl") == "514"
+        assert p.onprem.get(dn, "mail") is None
+
+    @pytest.mark.parametrize("source", ["onprem", "aws"])
+    def test_manager_reference_translated(self, source: str) -> None:
+        """manager names the twin of the referenced user, whichever side created both."""
+        p = Pair()
+        here, there = (p.onprem, p.aws) if source == "onprem" else (p.aws, p.onprem)
+        boss = here.user("Boss")
+        dn = here.user("Emp", manager=boss)
+        p.converge()
+        swap = (ONPREM_ROOT, AWS_ROOT) if source == "onprem" else (AWS_ROOT, ONPREM_ROOT)
+        assert there.get(dn.replace(*swap), "manager") == boss.replace(*swap)
+        assert here.get(dn, "manager") == boss
+
+
+class TestConflict:
+    def test_authority_decides_deterministically(self) -> None:
+        """Both sides change within a cycle: department goes on-prem's way, phone AWS's."""
+        p = Pair()
+        dn = p.onprem.user("Co", department="A", telephoneNumber="1")
+        p.converge()
+        p.onprem.assign(dn, department="onprem", telephoneNumber="2")
+        p.aws.assign(aws_dn(dn), department="aws", telephoneNumber="3")
+        with capture_logs() as logs:
+            report = p.sync()
+        assert report.conflicts == 2
+        assert {e["attribute"] for e in logs if e["event"] == "identity_conflict"} == {
+            "department",
+            "telephoneNumber",
+        }
+        for directory, d in ((p.onprem, dn), (p.aws, aws_dn(dn))):
+            assert directory.get(d, "department") == "onprem"
+            assert directory.get(d, "telephoneNumber") == "3"
+        assert p.sync().total_writes == 0
+
+
+class TestStructure:
+    def test_rename_and_move_each_way(self) -> None:
+        """DN changes on either side move the twin; an OU rename carries its children."""
+        p = Pair()
+        a = p.onprem.ou("A")
+        b = p.onprem.ou("B")
+        user = p.onprem.user("Mover", a)
+        p.converge()
+        moved = p.onprem.rename(user, "CN=Mover\\, Jr.", b)
+        p.sync()
+        assert aws_dn(moved) in p.aws.dns()
+        renamed_ou = p.aws.rename(aws_dn(a), "OU=A2")
+        p.sync()
+        assert "OU=A2," + ONPREM_ROOT in p.onprem.dns()
+        assert renamed_ou in p.aws.dns()
+        assert p.sync().total_writes == 0
+
+    def test_move_into_new_ou(self) -> None:
+        """A user moved into an OU created in the same cycle follows it."""
+        p = Pair()
+        user = p.onprem.user("U")
+        p.converge()
+        new = p.onprem.ou("New")
+        p.onprem.rename(user, "CN=U", new)
+        p.sync()
+        assert aws_dn(make_dn("CN", "U", new)) in p.aws.dns()
+
+
+class TestDelete:
+    def test_delete_each_way(self) -> None:
+        """A delete on one side removes the twin, children first."""
+        p = Pair()
+        ou = p.onprem.ou("Gone")
+        user = p.onprem.user("X", ou)
+        keep = p.onprem.user("Keep")
+        p.converge()
+        p.onprem.remove(user)
+        p.onprem.remove(ou)
+        p.sync()
+        assert p.aws.dns() == {aws_dn(keep)}
+        p.aws.remove(aws_dn(keep))
+        p.sync()
+        assert p.onprem.dns() == set()
+        assert p.state.pairs == {}
+
+    def test_threshold_stops_exports_and_says_so(self) -> None:
+        """Deleting a whole OU over the threshold deletes nothing and raises the guard."""
+        p = Pair()
+        ou = p.onprem.ou("Big")
+        users = [p.onprem.user(f"U{i}", ou) for i in range(12)]
+        p.onprem.user("Other")
+        p.converge()
+        for user in users:
+            p.onprem.remove(user)
+        p.onprem.remove(ou)
+        with capture_logs() as logs:
+            report = p.sync()
+        assert report.guard_tripped == {"aws": 13}
+        assert len(p.aws.dns()) == 14
+        tripped = [e for e in logs if e["event"] == "deletion_guard_tripped"]
+        assert tripped[0]["planned_deletes"] == 13
+        assert tripped[0]["max_count"] == 10
+        p.sync(allow_mass_delete=True)
+        assert len(p.aws.dns()) == 1
+
+
+class TestDeletePercent:
+    def test_percentage_rule_alone_trips(self) -> None:
+        """Under max_count but over max_percent of a side: the guard still stops the deletes."""
+        p = Pair(
+            mapping(
+                deletion_guard={"max_count": 50, "max_percent": 10, "min_objects_for_percent": 20}
+            )
+        )
+        users = [p.onprem.user(f"P{i}") for i in range(30)]
+        p.converge()
+        for user in users[:5]:
+            p.onprem.remove(user)
+        report = p.sync()
+        assert report.guard_tripped == {"aws": 5}
+        assert len(p.aws.dns()) == 30
+        p.onprem.user("Late")
+        assert p.sync().writes["aws", "add"] == 0  # exports to the side stay stopped
+
+
+class TestDnHelpers:
+    @pytest.mark.parametrize(
+        ("dn", "expected"),
+        [
+            ("CN=Jo\\, Smith\\+1,OU=X", ("CN", "Jo, Smith+1", "OU=X")),
+            ("cn=a\\c3\\a9\\2Cb,OU=X", ("CN", "aé,b", "OU=X")),
+            ('CN=\\"Q\\" é,OU=Ü', ("CN", '"Q" é', "OU=Ü")),
+        ],
+    )
+    def test_split_rdn_unescapes(self, dn: str, expected: tuple[str, str, str]) -> None:
+        """RDN values come back unescaped, hex pairs decoded as UTF-8."""
+        assert split_rdn(dn) == expected
+
+    def test_normalize_matches_equivalent_spellings(self) -> None:
+        """Case and escaping differences do not make two DNs different."""
+        assert normalize_dn("cn=A\\2C B,ou=X") == normalize_dn("CN=a\\, b,OU=x")
+        assert make_dn("CN", "a, b+c", "OU=X") == "CN=a\\, b\\+c,OU=X"
+
+
+class TestMembership:
+    def test_members_and_nested_groups_each_way(self) -> None:
+        """Adds and removes on either side merge; a group inside a group is a member too."""
+        p = Pair()
+        u1, u2 = p.onprem.user("M1"), p.onprem.user("M2")
+        inner = p.onprem.group("Inner", members=(u1,))
+        outer = p.onprem.group("Outer", members=(inner, u2))
+        p.converge()
+        assert p.aws.members(aws_dn(outer)) == {aws_dn(inner), aws_dn(u2)}
+        p.aws.modify_members(aws_dn(inner), [aws_dn(u2)], [aws_dn(u1)])
+        p.onprem.modify_members(outer, [], [u2])
+        p.sync()
+        assert p.onprem.members(inner) == {u2}
+        assert p.aws.members(aws_dn(outer)) == {aws_dn(inner)}
+        assert p.sync().total_writes == 0
+
+
+class TestLoopFree:
+    def test_burst_then_writes_stop(self) -> None:
+        """After a burst of changes on both sides, the write count stops growing."""
+        p = Pair()
+        users = [p.onprem.user(f"B{i}") for i in range(10)]
+        p.converge()
+        for i, user in enumerate(users):
+            p.onprem.assign(user, title=f"t{i}")
+            p.aws.assign(aws_dn(user), department=f"d{i}")
+        p.sync()
+        before = p.onprem.writes + p.aws.writes
+        for _ in range(3):
+            assert p.sync().total_writes == 0
+        assert p.onprem.writes + p.aws.writes == before
+
+
+class TestRecovery:
+    def test_lost_state_adopts_instead_of_duplicating(self) -> None:
+        """A cycle whose state was never saved (a crash) is redone without duplicates."""
+        p = Pair()
+        ou = p.onprem.ou("R")
+        for i in range(5):
+            p.onprem.user(f"R{i}", ou)
+        p.sync(save=False)
+        assert len(p.aws.dns()) == 6
+        with capture_logs() as logs:
+            report = p.sync()
+        assert report.writes[("aws", "add")] == 0
+        assert sum(e["event"] == "identity_object_adopted" for e in logs) == 6
+        assert len(p.aws.dns()) == 6
+        assert len(p.state.pairs) == 6
+
+    def test_refused_write_is_retried(self) -> None:
+        """A refused write keeps the old base, so the next cycle tries again."""
+        p = Pair()
+        dn = p.onprem.user("F")
+        p.converge()
+        p.onprem.assign(dn, title="new")
+        p.aws.refuse = {normalize_dn(aws_dn(dn))}
+        assert p.sync().failed == 1
+        p.aws.refuse.clear()
+        p.sync()
+        assert p.aws.get(aws_dn(dn), "title") == "new"
+
+
+class TestDryRun:
+    def test_dry_run_writes_nothing_and_lists_the_plan(self) -> None:
+        """The dry-run writers only record what they would do."""
+        p = Pair()
+        p.onprem.user("D")
+        writers: dict[Side, DryRunWriter] = {
+            "onprem": DryRunWriter("onprem"),
+            "aws": DryRunWriter("aws"),
+        }
+        with capture_logs() as logs:
+            Reconciler(
+                p.mapping,
+                SyncState(),
+                {"onprem": p.onprem.snapshot(), "aws": p.aws.snapshot()},
+                dict[Side, DirectoryWriter](writers),
+                dry_run=True,
+            ).run()
+        assert p.aws.dns() == set()
+        assert [op for op, _, _ in writers["aws"].planned] == ["add"]
+        assert any(e["event"] == "planned_change" for e in logs)
+
+
+@pytest.mark.parametrize("attribute", ["unicodePwd", "userPassword"])
+def test_password_attributes_refused(attribute: str) -> None:
+    """A mapping that names a password attribute is invalid."""
+    with pytest.raises(ValueError, match="password"):
+        mapping(attributes={"x": {"onprem": attribute}})
+
+
+class TestAudit:
+    def test_every_write_has_a_record_without_values(self) -> None:
+        """Each applied change yields one audit record naming attributes, never their values."""
+        p = Pair()
+        dn = p.onprem.user("Au", mail="secret-ish@x.test")
+        g = p.onprem.group("AuG", members=(dn,))
+        report = p.sync()
+        assert len(report.changes) == report.total_writes
+        assert {(c.side, c.op) for c in report.changes} == {("aws", "add"), ("aws", "members")}
+        assert all(c.object_guid for c in report.changes)
+        assert "mail" in next(c for c in report.changes if c.dn == aws_dn(dn)).attributes
+        assert "secret-ish" not in "".join(c.model_dump_json() for c in report.changes)
+        assert len({c.event_id for c in report.changes}) == len(report.changes)
+        del g
+
+    def test_failed_membership_write_is_retried(self) -> None:
+        """A refused member write leaves the base, so the next cycle writes it again."""
+        p = Pair()
+        u = p.onprem.user("Mu")
+        g = p.onprem.group("MuG")
+        p.converge()
+        p.onprem.modify_members(g, [u], [])
+        p.aws.refuse = {normalize_dn(aws_dn(g))}
+        assert p.sync().failed == 1
+        p.aws.refuse.clear()
+        assert p.sync().writes["aws", "members"] == 1
+        assert p.aws.members(aws_dn(g)) == {aws_dn(u)}

@@ -1,0 +1,63 @@
+"""The iot-ingest command line: --help, bad settings named at start, the generate subcommand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from indutech_iot_ingest.cli import main
+
+KAFKA_ENV = {
+    "IOT_INGEST_KAFKA__USERNAME": "indutech",
+    "IOT_INGEST_KAFKA__PASSWORD": "a-secret-password",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("IOT_INGEST_", "INDUTECH_")):
+            monkeypatch.delenv(name)
+
+
+class TestCli:
+    def test_help_lists_the_settings(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--help exits 0 and names each setting's variable."""
+        with pytest.raises(SystemExit) as info:
+            main(["--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "IOT_INGEST_SAN_DIR" in out
+        assert "IOT_INGEST_TRANSACTIONAL_ID" in out
+
+    def test_bad_settings_fail_at_start_naming_the_field(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        """A missing SAN directory and a bad number are both named; the secret is not printed."""
+        for name, value in KAFKA_ENV.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("IOT_INGEST_SAN_DIR", str(tmp_path / "absent"))
+        monkeypatch.setenv("IOT_INGEST_MAX_LINE_BYTES", "12")
+        assert main(["run"]) == 2
+        err = capsys.readouterr().err
+        assert "IOT_INGEST_SAN_DIR" in err
+        assert "not a directory" in err
+        assert "IOT_INGEST_MAX_LINE_BYTES" in err
+        assert "a-secret-password" not in err
+
+    def test_missing_kafka_block_is_named(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        """Without Kafka credentials the error names the kafka settings."""
+        monkeypatch.setenv("IOT_INGEST_SAN_DIR", str(tmp_path))
+        assert main([]) == 2
+        assert "IOT_INGEST_KAFKA" in capsys.readouterr().err
+
+    def test_generate_writes_files(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`generate` needs no worker settings and writes the requested records."""
+        assert main(["generate", "--dir", str(tmp_path), "--count", "50", "--rate", "0"]) == 0
+        assert "wrote 50 records" in capsys.readouterr().out
+        assert list(tmp_path.rglob("*.jsonl"))

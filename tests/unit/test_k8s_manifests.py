@@ -1,0 +1,158 @@
+"""The Kubernetes manifests agree with the code: every worker's Deployment
+starts with settings that validate, and keeps the hardening the design asks for.
+
+A typo in an env var name (``IDENTITY_SYNC_ONPREM__BINDDN``) would otherwise
+only show as a crash loop after a rollout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from indutech_identity_sync.config import IdentitySyncSettings
+from indutech_iot_ingest.config import IotIngestSettings
+from indutech_iot_to_s3.config import IotToS3Settings
+
+from indutech_common.settings import WorkerSettings, load_settings
+from tests.support.stack import REPO_ROOT
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+SETTINGS_BY_WORKER: dict[str, type[WorkerSettings]] = {
+    "iot-ingest": IotIngestSettings,
+    "iot-to-s3": IotToS3Settings,
+    "identity-sync": IdentitySyncSettings,
+}
+# What the indutech-secrets Secret holds in production, one file per field.
+SECRET_FILES = ("kafka__password", "onprem__password", "aws__password")
+WORKER_DIRS = sorted(p.name for p in K8S.iterdir() if p.is_dir() and p.name != "base")
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _deployment(worker: str) -> dict[str, Any]:
+    (deployment,) = [
+        doc
+        for doc in _documents(K8S / worker / "deployment.yaml")
+        if doc["kind"] in {"Deployment", "StatefulSet"}
+    ]
+    return deployment
+
+
+def _unknown_names(settings_cls: type[WorkerSettings], env: dict[str, str]) -> list[str]:
+    """Env names with the service's prefix that no settings field reads (a typo is ignored)."""
+    prefix = str(settings_cls.model_config["env_prefix"])
+    unknown = []
+    for name in env:
+        if not name.startswith(prefix):
+            continue
+        model: Any = settings_cls
+        for part in name.removeprefix(prefix).lower().split("__"):
+            field = model.model_fields.get(part) if model is not None else None
+            if field is None:
+                unknown.append(name)
+                break
+            model = field.annotation if isinstance(field.annotation, type) else None
+    return unknown
+
+
+def _shared_env() -> dict[str, str]:
+    (configmap,) = _documents(K8S / "base" / "configmap-shared.yaml")
+    return {key: str(value) for key, value in configmap["data"].items()}
+
+
+def test_every_worker_folder_is_known_and_listed_in_the_top_kustomization() -> None:
+    top = _documents(K8S / "kustomization.yaml")[0]
+    assert set(WORKER_DIRS) == set(SETTINGS_BY_WORKER)
+    assert set(top["resources"]) == {"base", *WORKER_DIRS}
+    for worker in WORKER_DIRS:
+        listed = _documents(K8S / worker / "kustomization.yaml")[0]["resources"]
+        assert "deployment.yaml" in listed
+
+
+@pytest.mark.parametrize("worker", WORKER_DIRS)
+def test_deployment_env_builds_valid_settings(
+    worker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap plus the Deployment's env, with files where the pod mounts them."""
+    container = _deployment(worker)["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == worker
+    env = _shared_env() | {item["name"]: str(item["value"]) for item in container.get("env", [])}
+
+    for name in list(os.environ):
+        if name.startswith(("INDUTECH_", "IOT_", "IDENTITY_SYNC_", "SQL_", "METRICS_")):
+            monkeypatch.delenv(name)
+    for name, configured in env.items():
+        value = configured
+        if configured.startswith("/"):
+            # Mounted paths (SAN share, CA, mapping, secrets) re-rooted under tmp_path.
+            local = tmp_path / configured.lstrip("/")
+            if name.endswith("_DIR"):
+                local.mkdir(parents=True, exist_ok=True)
+            else:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                if local.name == "mapping.toml":
+                    shutil.copy(REPO_ROOT / "services/identity-sync/mapping.example.toml", local)
+                else:
+                    local.write_text("-----BEGIN CERTIFICATE-----\n")
+            value = str(local)
+        monkeypatch.setenv(name, value)
+    secrets_dir = Path(os.environ["INDUTECH_SECRETS_DIR"])
+    for secret in SECRET_FILES:
+        (secrets_dir / secret).write_text("from-the-secret-volume\n")
+
+    assert _unknown_names(SETTINGS_BY_WORKER[worker], env) == []
+    settings = load_settings(SETTINGS_BY_WORKER[worker])
+
+    assert settings.health.port == 8080
+    kafka = getattr(settings, "kafka", None)
+    if kafka is not None:
+        assert kafka.password.get_secret_value() == "from-the-secret-volume"
+        assert kafka.security_protocol == "SASL_SSL"
+
+
+@pytest.mark.parametrize("worker", WORKER_DIRS)
+def test_deployment_args_parse(worker: str, tmp_path: Path) -> None:
+    """The container's args are accepted by the CLI: with no settings it stops at config."""
+    container = _deployment(worker)["spec"]["template"]["spec"]["containers"][0]
+    command, *args = container["args"]
+    script = Path(sys.executable).parent / command
+    result = subprocess.run(
+        [str(script), *args],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "invalid configuration" in result.stderr, result.stderr
+    assert "usage:" not in result.stderr
+
+
+@pytest.mark.parametrize("worker", WORKER_DIRS)
+def test_deployment_is_hardened_and_probed(worker: str) -> None:
+    pod = _deployment(worker)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == "indutech-flows"
+    shutdown_deadline = float(_shared_env()["INDUTECH_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > shutdown_deadline
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "memory" in container["resources"]["limits"]
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert "/var/run/secrets/indutech" in mounts
+    labels = _deployment(worker)["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "indutech-flows"  # the NetworkPolicy's selector

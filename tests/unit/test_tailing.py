@@ -1,0 +1,156 @@
+"""The common file tailer: identity by content, rotation, truncation, gzip, long lines."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+from indutech_common.tailing import FileState, FileTailer, LineKind, WatchSpec
+
+SPEC = WatchSpec(name="logs", patterns=("*.log", "*.log.gz"))
+CSV = WatchSpec(name="csv", patterns=("*.csv",), header_lines=1)
+
+
+def tailer(root: Path, *specs: WatchSpec, **options: object) -> FileTailer:
+    defaults: dict[str, object] = {"fingerprint_bytes": 64, "gzip_settle_s": 0.0}
+    return FileTailer(root, specs or (SPEC,), **{**defaults, **options})  # type: ignore[arg-type]
+
+
+def drain(t: FileTailer, rounds: int = 3) -> list[bytes]:
+    """Scan and read until nothing more comes (gzip files need two scans to settle)."""
+    out: list[bytes] = []
+    for _ in range(rounds):
+        t.scan()
+        out += [line.data for line in t.read(10_000) if line.kind is not LineKind.HEADER]
+    t.mark_committed(t.dirty_states())
+    return out
+
+
+def lines(prefix: str, count: int, start: int = 0) -> str:
+    return "".join(f"{prefix} line number {i:04d} with some padding\n" for i in range(start, count))
+
+
+class TestRotation:
+    def test_rename_then_new_file_loses_and_repeats_nothing(self, tmp_path: Path) -> None:
+        """The renamed file is read to its end through its descriptor; the new one from 0."""
+        t = tailer(tmp_path)
+        current = tmp_path / "app.log"
+        current.write_text(lines("a", 5))
+        assert len(drain(t)) == 5
+        with current.open("a") as out:
+            out.write(lines("a", 7, 5))
+        current.rename(tmp_path / "app-1.log")
+        current.write_text(lines("b", 3))
+        got = drain(t)
+        assert sorted(got) == sorted(
+            x.encode() for x in (lines("a", 7, 5) + lines("b", 3)).splitlines()
+        )
+
+    def test_compressed_rotated_file_is_the_same_file(self, tmp_path: Path) -> None:
+        """a.log.1 → a.log.1.gz keeps the fingerprint (decompressed content): nothing repeats."""
+        t = tailer(tmp_path)
+        rotated = tmp_path / "app-1.log"
+        rotated.write_text(lines("a", 10))
+        assert len(drain(t)) == 10
+        (tmp_path / "app-1.log.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+        rotated.unlink()
+        assert drain(t) == []
+        assert drain(t) == []
+
+    def test_late_file_and_partial_line(self, tmp_path: Path) -> None:
+        """A file appearing later is picked up; a line without its newline waits for it."""
+        t = tailer(tmp_path)
+        assert drain(t) == []
+        late = tmp_path / "late.log"
+        late.write_text(lines("c", 2) + "partial")
+        assert len(drain(t)) == 2
+        with late.open("a") as out:
+            out.write(" end\n")
+        assert drain(t) == [b"partial end"]
+
+
+class TestTruncation:
+    def test_truncated_and_rewritten_file_is_read_from_its_start(self, tmp_path: Path) -> None:
+        """A file rewritten (even past the old offset) is a new file with a new fingerprint."""
+        t = tailer(tmp_path)
+        path = tmp_path / "t.log"
+        path.write_text(lines("old", 4))
+        drain(t)
+        path.write_text(lines("new", 9))
+        assert drain(t) == [x.encode() for x in lines("new", 9).splitlines()]
+
+    def test_same_prefix_after_truncation_gets_a_new_generation(self, tmp_path: Path) -> None:
+        """Same first bytes, fewer of them: a new generation, so derived ids cannot collide."""
+        t = tailer(tmp_path)
+        path = tmp_path / "t.log"
+        path.write_text(lines("same", 6))
+        drain(t)
+        path.write_text(lines("same", 3))
+        assert len(drain(t)) == 3
+        generations = sorted(state.generation for state in t.states.values())
+        assert generations == [0, 1]
+        assert len({state.fingerprint for state in t.states.values()}) == 2
+
+
+class TestIdentity:
+    def test_restart_on_a_new_inode_resumes_by_fingerprint(self, tmp_path: Path) -> None:
+        """After a remount (new inode, same content) the committed offset is used."""
+        path = tmp_path / "a.log"
+        path.write_text(lines("a", 4))
+        first = tailer(tmp_path)
+        assert len(drain(first)) == 4
+        saved = [FileState.from_json_bytes(s.to_json_bytes()) for s in first.states.values()]
+        first.close()
+        copy = tmp_path / "copy.tmp"
+        copy.write_bytes(path.read_bytes() + lines("a", 6, 4).encode())
+        path.unlink()
+        os.rename(copy, path)
+        second = tailer(tmp_path)
+        second.restore(saved)
+        assert drain(second) == [x.encode() for x in lines("a", 6, 4).splitlines()]
+
+    def test_rewind_returns_to_the_committed_offsets(self, tmp_path: Path) -> None:
+        """Lines read but not committed are read again after a rewind."""
+        (tmp_path / "a.log").write_text(lines("a", 3))
+        t = tailer(tmp_path)
+        t.scan()
+        assert len(t.read(100)) == 3
+        t.rewind()
+        t.scan()
+        assert len(t.read(100)) == 3
+
+
+class TestLimitsAndFormats:
+    def test_too_long_line_is_handed_out_once_with_its_first_bytes(self, tmp_path: Path) -> None:
+        """An over-long line is not buffered whole; the next line is intact."""
+        (tmp_path / "a.log").write_bytes(b"ok 1\n" + b"x" * 5000 + b"\nok 2\n")
+        t = tailer(tmp_path, max_line_bytes=1024, keep_bytes=100)
+        t.scan()
+        got = t.read(100)
+        assert [line.kind for line in got] == [LineKind.LINE, LineKind.TOO_LONG, LineKind.LINE]
+        assert got[1].data == b"x" * 100
+        assert got[1].length == 5000
+        assert (got[1].offset, got[2].offset) == (5, 5006)
+
+    def test_truncated_gzip_yields_the_readable_lines_then_an_error(self, tmp_path: Path) -> None:
+        """A cut gzip stream: the lines before the cut, then one truncated_gzip line."""
+        data = gzip.compress(lines("z", 200).encode())
+        (tmp_path / "cut.log.gz").write_bytes(data[: len(data) // 2])
+        t = tailer(tmp_path)
+        got = []
+        for _ in range(3):
+            t.scan()
+            got += t.read(10_000)
+        assert got[-1].kind is LineKind.TRUNCATED_GZIP
+        assert all(line.kind is LineKind.LINE for line in got[:-1])
+        assert got[-1].state.complete
+
+    def test_csv_header_is_kept_with_each_line(self, tmp_path: Path) -> None:
+        """The header is handed out as HEADER and attached to every line, also after a restart."""
+        (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+        t = tailer(tmp_path, CSV)
+        t.scan()
+        got = t.read(10)
+        assert [line.kind for line in got] == [LineKind.HEADER, LineKind.LINE, LineKind.LINE]
+        assert {line.header for line in got} == {b"x,y"}
