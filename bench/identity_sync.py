@@ -28,10 +28,11 @@ from bench.harness import Result, run_quiet
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 
-USERS = 500
-GROUPS = 20
-MEMBERS_PER_GROUP = 25
-CHANGES = 40
+USERS = int(os.environ.get("BENCH_IDENTITY_USERS", "2000"))
+GROUPS = USERS // 10
+MEMBERS_PER_GROUP = 10  # every user in one group: the issue's 10,000 users / 1,000 groups shape
+CHANGES = 60
+CHANGE_RATE_PER_S = 5.0  # the steady stream: one change every 200 ms, alternating sides
 POLL_INTERVAL_S = 1.0  # the production default; change notifications wake it sooner
 TREE_DELETE = [("1.2.840.113556.1.4.805", True, None)]
 EXAMPLE = Path(__file__).resolve().parents[1] / "services/identity-sync/mapping.example.toml"
@@ -147,29 +148,44 @@ async def _latencies(
             if worker.last_report is not None:
                 break
             await asyncio.sleep(0.05)
-        for i in range(CHANGES):
+        await asyncio.sleep(2.0)  # the echoes of the start-up cycle
+        samples = await asyncio.to_thread(_stream, connections, roots)
+    finally:
+        worker.request_exit()
+        await task
+    return samples
+
+
+def _stream(connections: dict[Side, ldap3.Connection], roots: dict[Side, str]) -> list[float]:
+    """A steady stream: a change every 1/CHANGE_RATE_PER_S s, whatever is still in flight;
+    between writes, every outstanding change is checked on the other side."""
+    outstanding: list[tuple[float, Side, str, str]] = []  # (written at, target, DN, value)
+    samples: list[float] = []
+    next_change, i = time.perf_counter(), 0
+    deadline = next_change + CHANGES / CHANGE_RATE_PER_S + 30
+    while (i < CHANGES or outstanding) and time.perf_counter() < deadline:
+        now = time.perf_counter()
+        if i < CHANGES and now >= next_change:
             source: Side = "onprem" if i % 2 == 0 else "aws"
             target: Side = "aws" if source == "onprem" else "onprem"
             name = f"Bench User {i}"
             value = f"title-{i}-{uuid.uuid4().hex[:6]}"
-            source_dn = make_dn("CN", name, roots[source])
-            target_dn = make_dn("CN", name, roots[target])
-            await asyncio.to_thread(
-                connections[source].modify,
-                source_dn,
-                {"title": [(ldap3.MODIFY_REPLACE, [value])]},
+            connections[source].modify(
+                make_dn("CN", name, roots[source]), {"title": [(ldap3.MODIFY_REPLACE, [value])]}
             )
-            written = time.perf_counter()
-            while time.perf_counter() - written < 30:
-                if await asyncio.to_thread(_has, connections[target], target_dn, value):
-                    samples.append(time.perf_counter() - written)
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise RuntimeError(f"change {i} never reached {target}")
-    finally:
-        worker.request_exit()
-        await task
+            outstanding.append(
+                (time.perf_counter(), target, make_dn("CN", name, roots[target]), value)
+            )
+            next_change += 1 / CHANGE_RATE_PER_S
+            i += 1
+        for item in list(outstanding):
+            written, target, dn, value = item
+            if _has(connections[target], dn, value):
+                samples.append(time.perf_counter() - written)
+                outstanding.remove(item)
+        time.sleep(0.005)
+    if outstanding or len(samples) != CHANGES:
+        raise RuntimeError(f"{len(outstanding)} changes never reached the other side")
     return samples
 
 
@@ -199,9 +215,12 @@ def run() -> list[Result]:
             for side in SIDES:
                 connections[side].add(roots[side], ["organizationalUnit"])
             connections["aws"].add(peer_root, ["organizationalUnit"])
-            for dn, attributes in _entries(tag, roots["onprem"]):
-                values = {k: v for k, v in attributes.items() if k != "objectClass"}
-                assert connections["onprem"].add(dn, attributes["objectClass"], values)
+            seed = directory / "seed.ldif"
+            seed.write_text(_ldif(_entries(tag, roots["onprem"])))
+            seed_password = directory / "seed-password"
+            seed_password.touch(mode=0o600)
+            seed_password.write_text(stack.ad_onprem.password.get_secret_value())
+            _ldapadd(stack.ad_onprem, seed, seed_password)  # the on-prem directory to copy
             mapping_file = _mapping_file(directory, roots["onprem"], roots["aws"])
             ours = _full_sync(mapping_file, connections)
 
@@ -223,13 +242,14 @@ def run() -> list[Result]:
     samples.sort()
     p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
     note = (
-        f"{USERS} users + {GROUPS} groups x {MEMBERS_PER_GROUP} members; ours reads both scopes, "
-        "plans and writes over LDAPS (one connection per side); peer: ldapadd of the same LDIF"
+        f"{USERS} users + {GROUPS} groups x {MEMBERS_PER_GROUP} members (the issue's 10,000 + "
+        "1,000 scaled down to keep the run short); ours reads both scopes, plans and writes over "
+        "LDAPS; peer: ldapadd of the same LDIF to the same (AWS) DC"
     )
     latency_note = (
-        f"{CHANGES} title changes, alternating on-prem->AWS and AWS->on-prem, worker polling "
-        f"every {POLL_INTERVAL_S} s and woken by change notifications, write to visible on the "
-        "other DC; each wake-up re-reads both scopes in full"
+        f"{CHANGES} title changes at {CHANGE_RATE_PER_S:g}/s, alternating on-prem->AWS and "
+        f"AWS->on-prem, on a {USERS + GROUPS}-object mirror; write to visible on the other DC; "
+        "incremental cycles (DirSync / uSNChanged batch, woken by change notifications)"
     )
     return [
         Result(

@@ -16,6 +16,8 @@ from indutech_identity_sync.model import (
     split_rdn,
 )
 
+DN_ATTRIBUTES = frozenset({"manager"})
+
 
 @dataclass
 class _Entry:
@@ -44,7 +46,9 @@ class FakeDirectory:
             raise DirectoryWriteError(f"no parent for {dn}")
         self.writes += 1
         guid = str(uuid.uuid4())
-        self.entries[guid] = _Entry(kind, dn, {k.lower(): v for k, v in attributes.items() if v})
+        values = {k.lower(): v for k, v in attributes.items() if v}
+        members = {self._guid(m) for m in values.pop("member", ())}
+        self.entries[guid] = _Entry(kind, dn, values, members)
         return guid
 
     def modify(self, dn: str, replace: dict[str, Values]) -> None:
@@ -103,12 +107,19 @@ class FakeDirectory:
 
     def _rename(self, old: str, new: str) -> None:
         old_norm = normalize_dn(old)
-        for entry in self.entries.values():
-            norm = normalize_dn(entry.dn)
+
+        def renamed(dn: str) -> str:
+            norm = normalize_dn(dn)
             if norm == old_norm:
-                entry.dn = new
-            elif norm.endswith("," + old_norm):
-                entry.dn = entry.dn[: len(entry.dn) - len(old)] + new
+                return new
+            if norm.endswith("," + old_norm):
+                return dn[: len(dn) - len(old)] + new
+            return dn
+
+        for entry in self.entries.values():
+            entry.dn = renamed(entry.dn)
+            for attribute in DN_ATTRIBUTES & entry.attributes.keys():  # AD follows renames
+                entry.attributes[attribute] = tuple(map(renamed, entry.attributes[attribute]))
 
     def snapshot(self) -> list[DirObject]:
         by_guid = {g: e.dn for g, e in self.entries.items()}

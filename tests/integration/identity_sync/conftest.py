@@ -13,7 +13,7 @@ from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.sinks.ldap import LdapWriter
-from indutech_identity_sync.sources.ldap import read_scope
+from indutech_identity_sync.sources.ldap import close_quietly, read_scope
 from indutech_identity_sync.state import SyncState
 
 from indutech_common.ldap import ldap_connect
@@ -103,6 +103,18 @@ class Live:
         for side in SIDES:
             self.connections[side] = ldap_connect(self.settings[side])
             self.ok(side, self.connections[side].add(self.roots[side], ["organizationalUnit"]))
+
+    def reconnect(self, side: Side) -> None:
+        """A new connection to ``side`` (after its DC restarted)."""
+        close_quietly(self.connections[side])  # the old socket died with the DC
+        self.connections[side] = ldap_connect(self.settings[side])
+
+    def names(self, side: Side) -> list[str]:
+        """Every DN below the root (users, groups, OUs)."""
+        c = self.connections[side]
+        c.search(self.roots[side], "(objectClass=*)", ldap3.SUBTREE, attributes=["cn"])
+        found = [e["dn"] for e in c.response or [] if e.get("type") == "searchResEntry"]
+        return [dn for dn in found if dn.lower() != self.roots[side].lower()]
 
     def close(self) -> None:
         for side, connection in self.connections.items():

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import ldap3
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from indutech_identity_sync.config import IdentitySyncSettings
+from indutech_identity_sync.sources.ldap import ChangeNotifier
 from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from structlog.testing import capture_logs
@@ -133,6 +139,71 @@ class TestChangeNotification:
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
+
+
+class DroppingProxy:
+    """Forwards one connection to a DC; ``drop()`` ends it as a restarting DC would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, args=(host, port), daemon=True).start()
+
+    def _accept(self, host: str, port: int) -> None:
+        with contextlib.suppress(OSError):
+            client, _ = self.listener.accept()
+            upstream = socket.create_connection((host, port))
+            self.sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+
+    def drop(self) -> None:
+        """Reset the connection (RST, as from a DC killed mid-session)."""
+        for sock in [*self.sockets, self.listener]:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+
+class TestNotifierThread:
+    """The change notifier's receiver thread ends with its connection, and never spins."""
+
+    @pytest.mark.parametrize("ending", ["close", "dc_goes_away"])
+    def test_receiver_thread_ends_with_the_connection(
+        self, stack: StackSettings, live: Live, ending: str
+    ) -> None:
+        dc = urlsplit(stack.ad_onprem.url)
+        assert dc.hostname is not None
+        proxy = DroppingProxy(dc.hostname, dc.port or 636)
+        # The stack certificate names 127.0.0.1 too, so verification stays on.
+        # A short connect timeout makes ldap_connect's receive timeout 2 s, so a thread
+        # that survived its connection would have timed out and spun within the wait.
+        settings = stack.ad_onprem.model_copy(
+            update={"url": f"ldaps://127.0.0.1:{proxy.port}", "connect_timeout_s": 0.5}
+        )
+        notifier = ChangeNotifier(settings, live.roots["onprem"], lambda: None)
+        try:
+            receiver = notifier.connection.strategy.receiver
+            assert notifier.listening
+            if ending == "close":
+                notifier.close()
+            else:
+                # ldap3 took the TLS error of a vanished peer for a receive timeout and
+                # retried recv forever: one thread at 100 % CPU per DC restart.
+                proxy.drop()
+            receiver.join(timeout=5)
+            assert not receiver.is_alive(), "the receiver thread outlived its connection"
+            assert not notifier.listening
+        finally:
+            notifier.close()  # idempotent
+            proxy.drop()
 
 
 class TestDryRun:

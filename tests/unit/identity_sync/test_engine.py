@@ -8,6 +8,7 @@ import pytest
 from indutech_identity_sync.config import Mapping, Side
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
+from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import make_dn, normalize_dn, split_rdn
 from indutech_identity_sync.state import SyncState
 from structlog.testing import capture_logs
@@ -382,7 +383,8 @@ class TestAudit:
         g = p.onprem.group("AuG", members=(dn,))
         report = p.sync()
         assert len(report.changes) == report.total_writes
-        assert {(c.side, c.op) for c in report.changes} == {("aws", "add"), ("aws", "members")}
+        assert {(c.side, c.op) for c in report.changes} == {("aws", "add")}
+        assert "member" in next(c for c in report.changes if c.dn == aws_dn(g)).attributes
         assert all(c.object_guid for c in report.changes)
         assert "mail" in next(c for c in report.changes if c.dn == aws_dn(dn)).attributes
         assert "secret-ish" not in "".join(c.model_dump_json() for c in report.changes)
@@ -401,3 +403,105 @@ class TestAudit:
         p.aws.refuse.clear()
         assert p.sync().writes["aws", "members"] == 1
         assert p.aws.members(aws_dn(g)) == {aws_dn(u)}
+
+
+class Incremental:
+    """Two fake directories with mirrors kept between cycles, as the worker keeps them."""
+
+    def __init__(self) -> None:
+        self.p = Pair()
+        self.mirrors: dict[Side, Mirror] = {}
+
+    def full(self) -> CycleReport:
+        self.mirrors = {
+            "onprem": Mirror("onprem", self.p.mapping, self.p.onprem.snapshot()),
+            "aws": Mirror("aws", self.p.mapping, self.p.aws.snapshot()),
+        }
+        return self._run(None)
+
+    def batch(self, side: Side, *guids: str) -> CycleReport:
+        """Re-read only ``guids`` on ``side`` (as read_changed does) and reconcile them."""
+        fake = self.p.onprem if side == "onprem" else self.p.aws
+        found = [o for o in fake.snapshot() if o.guid in guids]
+        self.mirrors[side].apply(found, set(guids) - {o.guid for o in found})
+        self.mirrors[side].settle(guids)
+        return self._run({side: set(guids), other_side(side): set()})
+
+    def _run(self, focus: dict[Side, set[str]] | None) -> CycleReport:
+        return Reconciler(
+            self.p.mapping,
+            self.p.state,
+            self.mirrors,
+            {"onprem": self.p.onprem, "aws": self.p.aws},
+            focus=focus,
+        ).run()
+
+
+def other_side(side: Side) -> Side:
+    return "aws" if side == "onprem" else "onprem"
+
+
+class TestIncrementalCycle:
+    def test_batch_touches_only_its_objects(self) -> None:
+        """A batch merges only its pairs; drift elsewhere waits for the full reconcile."""
+        inc = Incremental()
+        a = inc.p.onprem.user("A")
+        b = inc.p.onprem.user("B")
+        inc.full()
+        inc.p.onprem.assign(a, title="batched")
+        inc.p.onprem.assign(b, title="drifted")  # not reported: a missed change
+        guid_a = inc.p.onprem.guid(a)
+        assert guid_a is not None
+        report = inc.batch("onprem", guid_a)
+        assert report.merged == 1
+        assert not report.full
+        assert inc.p.aws.get(aws_dn(a), "title") == "batched"
+        assert inc.p.aws.get(aws_dn(b), "title") is None
+        assert inc.full().writes["aws", "modify"] == 1
+        assert inc.p.aws.get(aws_dn(b), "title") == "drifted"
+
+    def test_rename_keeps_references_through_guids(self) -> None:
+        """A renamed user stays the manager and the member it was: references are GUIDs."""
+        inc = Incremental()
+        boss = inc.p.onprem.user("Boss")
+        emp = inc.p.onprem.user("Emp", manager=boss)
+        group = inc.p.onprem.group("G", members=(boss,))
+        inc.full()
+        renamed = inc.p.onprem.rename(boss, "CN=Boss2")
+        guid = inc.p.onprem.guid(renamed)
+        assert guid is not None
+        inc.batch("onprem", guid)  # only the renamed user is reported, as AD does
+        assert aws_dn(renamed) in inc.p.aws.dns()
+        guid_emp = inc.p.onprem.guid(emp)
+        assert guid_emp is not None
+        inc.p.onprem.assign(emp, title="x")
+        assert inc.batch("onprem", guid_emp).writes["aws", "modify"] == 1  # title only
+        assert inc.p.aws.get(aws_dn(emp), "manager") == aws_dn(renamed)
+        assert inc.p.aws.members(aws_dn(group)) == {aws_dn(renamed)}
+        assert inc.full().total_writes == 0
+
+    def test_new_member_reference_resolved_in_the_batch(self) -> None:
+        """A user and the group it joins, reported together, arrive in one batch."""
+        inc = Incremental()
+        group = inc.p.onprem.group("G")
+        inc.full()
+        user = inc.p.onprem.user("New")
+        inc.p.onprem.modify_members(group, [user], [])
+        guids = [inc.p.onprem.guid(user), inc.p.onprem.guid(group)]
+        report = inc.batch("onprem", *[g for g in guids if g is not None])
+        assert inc.p.aws.members(aws_dn(group)) == {aws_dn(user)}
+        assert report.retry == {"onprem": set(), "aws": set()}
+
+    def test_ou_moved_carries_children_in_the_mirror(self) -> None:
+        """An OU renamed on one side: its children follow in the mirror, nothing is duplicated."""
+        inc = Incremental()
+        ou = inc.p.aws.ou("Old")
+        inc.p.aws.user("Kid", ou)
+        inc.full()
+        renamed = inc.p.aws.rename(ou, "OU=New")
+        guid = inc.p.aws.guid(renamed)
+        assert guid is not None
+        inc.batch("aws", guid)
+        assert make_dn("CN", "Kid", "OU=New," + ONPREM_ROOT) in inc.p.onprem.dns()
+        assert inc.full().total_writes == 0
+        assert len(inc.p.onprem.dns()) == 2

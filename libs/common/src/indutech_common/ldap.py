@@ -68,17 +68,24 @@ def ldap_server(settings: LdapSettings) -> ldap3.Server:
 def ldap_connect(settings: LdapSettings, **connection_kwargs: object) -> ldap3.Connection:
     """A bound connection (synchronous ldap3; call it in a thread from async code)."""
     server = ldap_server(settings)
+    connection: ldap3.Connection | None = None
     try:
+        options: dict[str, object] = {
+            "raise_exceptions": False,
+            "receive_timeout": int(settings.connect_timeout_s * 4),
+            **connection_kwargs,  # the caller's choice wins (ASYNC_STREAM needs no timeout)
+        }
         connection = ldap3.Connection(
             server,
             user=settings.bind_dn,
             password=settings.password.get_secret_value(),
-            raise_exceptions=False,
-            receive_timeout=int(settings.connect_timeout_s * 4),
-            **connection_kwargs,
+            **options,
         )
         connection.open()
     except LDAPException as exc:
+        socket = getattr(connection, "socket", None)
+        if socket is not None:  # ldap3 leaves the refused socket open
+            socket.close()
         raise DependencyUnavailableError(
             f"could not open {settings.url}: {type(exc).__name__}: {exc}. Check the DC is up "
             "and that LDAP__CA_FILE names the CA of its certificate."

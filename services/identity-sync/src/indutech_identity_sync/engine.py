@@ -13,12 +13,20 @@ as ``manager`` once their targets exist), then memberships, then deletes
 (children first) behind the deletion guard. A write that fails leaves the base
 unchanged, so the next cycle retries it; an object created before a crash is
 found again at its DN and adopted, so a restart never duplicates.
+
+A cycle is full (every object of both mirrors: start-up and the schedule) or
+focused on a change batch (``focus``: the GUIDs DirSync or the USN poll
+reported, plus last cycle's retries): then only those objects and their pairs
+are merged, references resolved through the GUID state, so its cost follows
+the size of the batch, not of the directory. Deletes are planned over every
+pair either way, so the deletion guard always sees the whole picture.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, TypeVar
@@ -28,6 +36,7 @@ import structlog
 from indutech_identity_sync.config import SIDES, AttributeRule, Mapping, Side, other
 from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.exceptions import DirectoryWriteError
+from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import (
     DirObject,
     Values,
@@ -44,6 +53,7 @@ T = TypeVar("T")
 UAC_ACCOUNTDISABLE = 0x2
 UAC_NORMAL_ACCOUNT = 0x200
 RDN_TYPE = {"ou": "OU", "user": "CN", "group": "CN"}
+KIND_ORDER = {"ou": 0, "user": 1, "group": 2}
 _MAX_PASSES = 50
 
 Op = Literal["add", "modify", "move", "delete", "members"]
@@ -61,66 +71,48 @@ class CycleReport:
     guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> planned deletes
     objects: dict[Side, int] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
+    retry: dict[Side, set[str]] = field(default_factory=lambda: {s: set() for s in SIDES})
+    full: bool = True  # False: a focused cycle over one change batch
+    merged: int = 0  # pairs merged (all of them in a full cycle)
 
     @property
     def total_writes(self) -> int:
         return sum(self.writes.values())
 
 
-class _Side:
-    """The objects of one side, indexed by GUID and normalised DN, kept current as we write."""
-
-    def __init__(self, name: Side, root: str, objects: list[DirObject]) -> None:
-        self.name = name
-        self.root = root
-        self.objects: dict[str, DirObject] = {o.guid: o for o in objects}
-        self.by_dn: dict[str, str] = {normalize_dn(o.dn): o.guid for o in objects}
-
-    def guid_at(self, dn: str) -> str | None:
-        return self.by_dn.get(normalize_dn(dn))
-
-    def insert(self, obj: DirObject) -> None:
-        self.objects[obj.guid] = obj
-        self.by_dn[normalize_dn(obj.dn)] = obj.guid
-
-    def remove(self, guid: str) -> None:
-        obj = self.objects.pop(guid, None)
-        if obj is not None:
-            self.by_dn.pop(normalize_dn(obj.dn), None)
-
-    def moved(self, old_dn: str, new_dn: str) -> None:
-        """Rewrite the DN of the moved object and of everything below it."""
-        old_norm = normalize_dn(old_dn)
-        for obj in self.objects.values():
-            norm = normalize_dn(obj.dn)
-            if norm == old_norm:
-                obj.dn = new_dn
-            elif norm.endswith("," + old_norm):
-                keep = len(obj.dn) - len(old_dn)
-                obj.dn = obj.dn[:keep] + new_dn if keep > 0 else obj.dn
-        self.by_dn = {normalize_dn(o.dn): o.guid for o in self.objects.values()}
-
-
 class Reconciler:
-    """Runs one cycle over two snapshots, writing through the two writers."""
+    """Runs one cycle over the two mirrors (or snapshots), writing through the two writers.
+
+    ``snapshots`` are Mirrors kept by the caller between cycles (the reconciler
+    keeps them current with its own writes) or plain lists of objects read from
+    each side. ``focus`` limits the cycle to the pairs of those GUIDs per side.
+    """
 
     def __init__(
         self,
         mapping: Mapping,
         state: SyncState,
-        snapshots: dict[Side, list[DirObject]],
-        writers: dict[Side, DirectoryWriter],
+        snapshots: MappingOf[Side, Mirror | Iterable[DirObject]],
+        writers: MappingOf[Side, DirectoryWriter],
         *,
+        focus: MappingOf[Side, set[str]] | None = None,
         allow_mass_delete: bool = False,
         dry_run: bool = False,
     ) -> None:
         self.dry_run = dry_run
         self.mapping = mapping
         self.state = state
-        self.sides = {s: _Side(s, mapping.root(s), snapshots[s]) for s in SIDES}
+        self.sides: dict[Side, Mirror] = {}
+        for side in SIDES:
+            given = snapshots[side]
+            self.sides[side] = given if isinstance(given, Mirror) else Mirror(side, mapping, given)
         self.writers = writers
+        self.focus = focus
+        self.dirty: set[str] = set()  # pair ids merged this cycle (focused cycles)
         self.allow_mass_delete = allow_mass_delete
-        self.report = CycleReport(objects={s: len(snapshots[s]) for s in SIDES})
+        self.report = CycleReport(
+            objects={s: len(self.sides[s].objects) for s in SIDES}, full=focus is None
+        )
         self.blocked: set[Side] = set()
         self.log = structlog.get_logger("identity-sync")
         self.pair_of: dict[Side, dict[str, str]] = {s: {} for s in SIDES}
@@ -140,7 +132,7 @@ class Reconciler:
     def _location(self, side: Side, obj: DirObject) -> Location | None:
         """(parent pair id, RDN value), or None while the parent is not paired yet."""
         _, rdn, parent_dn = split_rdn(obj.dn)
-        if normalize_dn(parent_dn) == normalize_dn(self.sides[side].root):
+        if normalize_dn(parent_dn) == self.sides[side].root_norm:
             return ROOT, rdn
         parent_guid = self.sides[side].guid_at(parent_dn)
         if parent_guid is None:
@@ -261,22 +253,55 @@ class Reconciler:
 
     # -- structure: creates, adoptions, renames and moves -------------------------------------
 
+    def _retry(self, side: Side, guid: str) -> None:
+        self.report.retry[side].add(guid)
+
+    def _retry_pair(self, pair: PairState) -> None:
+        for side in SIDES:
+            self._retry(side, guid_of(pair, side))
+
+    def _pairs(self) -> list[tuple[str, PairState]]:
+        """The pairs this cycle merges: all of them, or those of the focus."""
+        if self.focus is None:
+            return list(self.state.pairs.items())
+        pairs = self.state.pairs
+        return [(pid, pairs[pid]) for pid in sorted(self.dirty) if pid in pairs]
+
     def _structure(self) -> None:
-        work: list[tuple[int, Side, str]] = []
+        work: list[tuple[int, int, Side, str]] = []  # parents, then users before groups
+        seen: set[str] = set()
         for side in SIDES:
             paired = self.pair_of[side]
-            for guid, obj in self.sides[side].objects.items():
-                if guid in paired and side == "aws":
-                    continue  # a pair is visited once, from the on-prem side
-                work.append((depth_below(obj.dn, self.sides[side].root), side, guid))
+            mirror = self.sides[side]
+            guids = mirror.objects.keys() if self.focus is None else self.focus.get(side, set())
+            for guid in guids:
+                pid = paired.get(guid)
+                if pid is not None:
+                    self.dirty.add(pid)
+                    if pid in seen:
+                        continue  # a pair is visited once
+                    seen.add(pid)
+                    pair = self.state.pairs[pid]
+                    for visit in SIDES:  # from the first side that holds it
+                        present = self._present(pair, visit)
+                        if present is not None:
+                            depth = depth_below(present.dn, self.sides[visit].root)
+                            work.append((depth, KIND_ORDER[pair.kind], visit, present.guid))
+                            break
+                    continue
+                obj = mirror.objects.get(guid)
+                if obj is not None:
+                    depth = depth_below(obj.dn, mirror.root)
+                    work.append((depth, KIND_ORDER[obj.kind], side, guid))
         work.sort()
         for _ in range(_MAX_PASSES):
-            remaining = [item for item in work if not self._structure_one(item[1], item[2])]
+            remaining = [item for item in work if not self._structure_one(item[2], item[3])]
             if len(remaining) == len(work):
                 break
             work = remaining
         self.report.deferred += len(work)
-        for _, side, guid in work:
+        for _, _, side, guid in work:
+            self._retry(side, guid)
             waiting = self.sides[side].objects.get(guid)
             self.log.info("identity_change_deferred", side=side, dn=waiting.dn if waiting else guid)
 
@@ -310,10 +335,16 @@ class Reconciler:
                 self.report.failed += 1
                 self.log.warning("identity_name_collision", side=target, dn=target_dn)
                 return True
-            self._pair(source, obj, found, location)
+            self.dirty.add(self._pair(source, obj, found, location).onprem_guid)
             self.log.info("identity_object_adopted", side=target, dn=target_dn, guid=existing)
             return True
         attributes = self._creation_attributes(source, target, obj)
+        members: list[DirObject] = []
+        if obj.kind == "group":  # members already synced go in with the add (as ldapadd does)
+            pids, _ = self._member_pids(source, obj)
+            members = self._objects(target, pids or set())
+            if members:
+                attributes["member"] = tuple(m.dn for m in members)
         writer = self.writers[target]
         _, new_guid = self._write(
             target,
@@ -323,15 +354,18 @@ class Reconciler:
             attributes=list(attributes),
         )
         if new_guid is None:
+            self._retry(source, obj.guid)
             return True  # refused or blocked: retried next cycle
         created = DirObject(
             guid=new_guid,
             kind=obj.kind,
             dn=target_dn,
-            attributes={k.lower(): v for k, v in attributes.items()},
+            attributes={k.lower(): v for k, v in attributes.items() if k != "member"},
+            members=frozenset(m.guid for m in members),
         )
         self.sides[target].insert(created)
         pair = self._pair(source, obj, created, location)
+        self.dirty.add(pid_of(pair))
         # The base is what the new twin holds, so the source's values (references
         # included, written by the attribute pass) count as changes to copy over.
         for name, rule in self.mapping.rules_for(obj.kind).items():
@@ -361,7 +395,7 @@ class Reconciler:
             canonical = self._canonical(source, obj, rule)
             if canonical is None or not canonical:
                 continue
-            attr, values = self._to_side(target, None, rule, canonical)
+            attr, values, _ = self._to_side(target, None, rule, canonical)
             attributes[attr] = values
         if obj.kind == "user" and "useraccountcontrol" not in {a.lower() for a in attributes}:
             attributes["userAccountControl"] = (str(UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE),)
@@ -398,8 +432,10 @@ class Reconciler:
         _, new_dn = self._write(
             loser, "move", old_dn, partial(writer.move, old_dn, new_rdn, parent_dn), guid=obj.guid
         )
-        if new_dn is not None:
-            self.sides[loser].moved(old_dn, new_dn)
+        if new_dn is None:
+            self._retry_pair(pair)
+        else:
+            self.sides[loser].moved(obj.guid, new_dn)
             pair.parent, pair.rdn = now[winner]
         return True
 
@@ -412,28 +448,35 @@ class Reconciler:
     # -- attributes --------------------------------------------------------------------------
 
     def _attributes(self) -> None:
-        for pair in self.state.pairs.values():
+        pairs = self._pairs()
+        self.report.merged = len(pairs)
+        for _, pair in pairs:
             objs = {s: self._present(pair, s) for s in SIDES}
             if objs["onprem"] is None or objs["aws"] is None:
                 continue
             changes: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+            mirrored: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
             decided: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
             for name, rule in self.mapping.rules_for(pair.kind).items():
                 onprem = self._canonical("onprem", objs["onprem"], rule)
                 aws = self._canonical("aws", objs["aws"], rule)
                 if onprem is None or aws is None:
+                    self._retry_pair(pair)
                     continue  # a reference not paired yet: retried next cycle
                 merged = self._merge(pair, name, onprem, aws)
                 if merged is None:
                     continue
                 loser, value = merged
-                attr, side_values = self._to_side(loser, objs[loser], rule, value)
+                attr, side_values, mirror_values = self._to_side(loser, objs[loser], rule, value)
                 changes[loser][attr] = side_values
+                mirrored[loser][attr.lower()] = mirror_values
                 decided[loser][name] = value
             for side in SIDES:
-                if self._modify(side, objs[side], changes[side]):
+                if self._modify(side, objs[side], changes[side], mirrored[side]):
                     # the base moves only once the losing side holds the value
                     pair.attributes.update({n: list(v) for n, v in decided[side].items()})
+                else:
+                    self._retry_pair(pair)
 
     def _merge(
         self, pair: PairState, name: str, onprem: Values, aws: Values
@@ -453,7 +496,13 @@ class Reconciler:
             self._conflict(pair, name, winner)
         return other(winner), (onprem if winner == "onprem" else aws)
 
-    def _modify(self, side: Side, obj: DirObject | None, replace: dict[str, Values]) -> bool:
+    def _modify(
+        self,
+        side: Side,
+        obj: DirObject | None,
+        replace: dict[str, Values],
+        mirrored: dict[str, Values],
+    ) -> bool:
         if not replace or obj is None:
             return True
         writer = self.writers[side]
@@ -468,7 +517,7 @@ class Reconciler:
         )
         if not done[0]:
             return False
-        obj.attributes.update({k.lower(): v for k, v in replace.items()})
+        obj.attributes.update(mirrored)
         return True
 
     # -- value translation -------------------------------------------------------------------
@@ -485,94 +534,140 @@ class Reconciler:
             here, onprem = _suffixes(rule, side)
             return tuple(sorted(_swap_suffix(v, here, onprem) for v in raw))
         if rule.transform == "dn":
-            pids = []
-            for dn in raw:
-                guid = self.sides[side].guid_at(dn)
-                if guid is None:
-                    continue  # outside the scope: not synced
-                pid = self.pair_of[side].get(guid)
-                if pid is None:
-                    return None
-                pids.append(pid)
-            return tuple(sorted(pids))
+            return self._references(side, raw)
         return tuple(sorted(raw))
+
+    def _references(self, side: Side, refs: Values) -> Values | None:
+        """Pair ids of the referenced objects; None while one is not synced yet."""
+        mirror = self.sides[side]
+        pids = []
+        for ref in refs:  # references held as GUIDs by the mirror
+            guid = mirror.resolve(ref)
+            if guid is None:
+                if mirror.pending(ref):
+                    return None
+                continue  # gone, or outside the scope: not synced
+            pid = self.pair_of[side].get(guid)
+            if pid is None:
+                return None
+            pids.append(pid)
+        return tuple(sorted(pids))
 
     def _to_side(
         self, side: Side, obj: DirObject | None, rule: AttributeRule, value: Values
-    ) -> tuple[str, Values]:
+    ) -> tuple[str, Values, Values]:
+        """(attribute, values to write, values the mirror keeps: GUIDs for references)."""
         attr = rule.onprem if side == "onprem" else rule.aws_name
         if rule.transform == "enabled":
             current = obj.attributes.get(attr.lower(), ()) if obj else ()
             uac = int(current[0]) if current else UAC_NORMAL_ACCOUNT
             disabled = value == ("FALSE",)
             uac = (uac | UAC_ACCOUNTDISABLE) if disabled else (uac & ~UAC_ACCOUNTDISABLE)
-            return attr, (str(uac),)
+            return attr, (str(uac),), (str(uac),)
         if rule.transform == "suffix":
             here, onprem = _suffixes(rule, side)
-            return attr, tuple(_swap_suffix(v, onprem, here) for v in value)
+            swapped = tuple(_swap_suffix(v, onprem, here) for v in value)
+            return attr, swapped, swapped
         if rule.transform == "dn":
-            dns = []
+            dns, guids = [], []
             for pid in value:
                 pair = self.state.pairs.get(pid)
                 target = None if pair is None else self._present(pair, side)
                 if target is not None:
                     dns.append(target.dn)
-            return attr, tuple(dns)
-        return attr, value
+                    guids.append(target.guid)
+            return attr, tuple(dns), tuple(guids)
+        return attr, value, value
 
     # -- memberships -------------------------------------------------------------------------
 
-    def _member_pids(self, side: Side, obj: DirObject) -> set[str]:
+    def _member_pids(self, side: Side, obj: DirObject) -> tuple[set[str] | None, bool]:
+        """(pair ids of the synced members, or None while a member DN is not resolved yet;
+        True when a member's twin is not created yet, so the group is looked at again)."""
+        mirror = self.sides[side]
         pids = set()
-        for dn in obj.members:
-            guid = self.sides[side].guid_at(dn)
-            pid = None if guid is None else self.pair_of[side].get(guid)
-            if pid is not None:
+        unpaired = False
+        for ref in obj.members:
+            guid = mirror.resolve(ref)
+            if guid is None:
+                if mirror.pending(ref):
+                    return None, True  # it could be a member of the base: do not guess
+                continue
+            pid = self.pair_of[side].get(guid)
+            if pid is None:
+                unpaired = True  # not in the base either: merge the rest, add it later
+            else:
                 pids.add(pid)
-        return pids
+        return pids, unpaired
 
     def _memberships(self) -> None:
-        for pair in self.state.pairs.values():
-            if pair.kind != "group":
-                continue
-            objs = {s: self._present(pair, s) for s in SIDES}
-            if objs["onprem"] is None or objs["aws"] is None:
-                continue
-            now = {s: self._member_pids(s, o) for s, o in objs.items() if o is not None}
-            base = set(pair.members)
-            added = (now["onprem"] - base) | (now["aws"] - base)
-            removed = (base - now["onprem"]) | (base - now["aws"])
-            merged = (base | added) - removed
-            ok = True
-            for side in SIDES:
-                group = objs[side]
-                assert group is not None  # noqa: S101 - checked above
-                add = self._dns(side, merged - now[side])
-                remove = self._dns(side, now[side] - merged)
-                if not add and not remove:
-                    continue
-                writer = self.writers[side]
-                dn = group.dn
-                done = self._write(
-                    side,
-                    "members",
-                    dn,
-                    partial(writer.modify_members, dn, add, remove),
-                    guid=group.guid,
-                    attributes=["member"],
-                )
-                if not done[0]:
-                    ok = False
-            if ok:
-                pair.members = sorted(merged)
+        for _, pair in self._pairs():
+            if pair.kind == "group":
+                self._merge_members(pair)
 
-    def _dns(self, side: Side, pids: set[str]) -> list[str]:
-        dns = []
+    def _merge_members(self, pair: PairState) -> None:
+        """A set merge against the base: adds and removes of both sides, written to each."""
+        objs = {s: self._present(pair, s) for s in SIDES}
+        if objs["onprem"] is None or objs["aws"] is None:
+            return
+        now: dict[Side, set[str]] = {}
+        for side in SIDES:
+            group = objs[side]
+            assert group is not None  # noqa: S101 - checked above
+            pids, waiting = self._member_pids(side, group)
+            if waiting:
+                self._retry_pair(pair)
+            if pids is not None:
+                now[side] = pids
+        if len(now) < len(SIDES):
+            return
+        base = set(pair.members)
+        added = (now["onprem"] - base) | (now["aws"] - base)
+        removed = (base - now["onprem"]) | (base - now["aws"])
+        merged = (base | added) - removed
+        ok = True
+        for side in SIDES:
+            group = objs[side]
+            assert group is not None  # noqa: S101 - checked above
+            add = self._dns(side, merged - now[side])
+            remove = self._dns(side, now[side] - merged)
+            if not add and not remove:
+                continue
+            writer = self.writers[side]
+            dn = group.dn
+            done = self._write(
+                side,
+                "members",
+                dn,
+                partial(writer.modify_members, dn, add, remove),
+                guid=group.guid,
+                attributes=["member"],
+            )
+            if done[0]:
+                joined = {o.guid for o in self._objects(side, merged - now[side])}
+                left = {o.guid for o in self._objects(side, now[side] - merged)}
+                group.members = frozenset((group.members - left) | joined)
+            else:
+                ok = False
+        if ok:
+            pair.members = sorted(merged)
+        else:
+            self._retry_pair(pair)
+
+    def _objects(self, side: Side, pids: set[str]) -> list[DirObject]:
+        objects = []
         for pid in sorted(pids):
             obj = self._present(self.state.pairs[pid], side)
             if obj is not None:
-                dns.append(obj.dn)
-        return dns
+                objects.append(obj)
+        return objects
+
+    def _dns(self, side: Side, pids: set[str]) -> list[str]:
+        return [obj.dn for obj in self._objects(side, pids)]
+
+
+def pid_of(pair: PairState) -> str:
+    return pair.onprem_guid
 
 
 def guid_of(pair: PairState, side: Side) -> str:

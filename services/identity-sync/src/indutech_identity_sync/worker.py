@@ -1,9 +1,12 @@
-"""The identity-sync worker: full reconcile on start and on a schedule, and on every change signal.
+"""The identity-sync worker: a full reconcile on start and on a schedule, and an incremental
+cycle for every change batch.
 
-On-prem changes are noticed through DirSync (cookie stored with the DC that
-issued it), AWS changes through the DC's USN (the delegated admin has no
-DirSync right); each signal runs a reconcile cycle (engine.Reconciler), and the
-anchor state is saved to S3 after every cycle.
+On-prem changes are reported by DirSync (cookie stored with the DC that issued
+it), AWS changes by the DC's uSNChanged (the delegated admin has no DirSync
+right); change notifications wake the loop between polls. A batch re-reads only
+the changed objects into the mirrors (mirror.Mirror, both sides kept in memory
+between cycles) and reconciles only their pairs; the anchor state is saved to
+S3 after every cycle that ran.
 """
 
 from __future__ import annotations
@@ -27,16 +30,24 @@ from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Mapping, Side, load_mapping
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
+from indutech_identity_sync.exceptions import IdentitySyncError
+from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.sinks.audit import KafkaAuditSink
 from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import (
     ChangeNotifier,
     DirSyncWatcher,
+    Scope,
+    close_quietly,
     highest_usn,
+    read_changed,
+    read_dns,
     read_scope,
-    usn_changed_since,
+    usn_changes,
 )
 from indutech_identity_sync.state import S3StateStore, StateStore, SyncState
+
+MAX_RETRIES = 10  # incremental retries of one object before it waits for the full reconcile
 
 
 @dataclass
@@ -71,6 +82,10 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.audit: KafkaAuditSink | None = None
         self._wake = asyncio.Event()
         self._notifiers: list[ChangeNotifier] = []
+        self.mirrors: dict[Side, Mirror] | None = None  # None: the next cycle is a full one
+        self.scopes = {s: Scope(self.mapping, s) for s in SIDES}
+        self.retries: dict[tuple[Side, str], int] = {}
+        self.read_counts: dict[Side, int] = dict.fromkeys(SIDES, 0)
         registry = self.metrics.registry
         self.writes = Counter(
             "indutech_identity_sync_writes", "Directory writes", ["side", "op"], registry=registry
@@ -134,12 +149,19 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
     async def _connect(self) -> None:
         for side in SIDES:
             settings = self.settings.onprem if side == "onprem" else self.settings.aws
-            connection = await asyncio.to_thread(ldap_connect, settings)
+            # auto_range off: ranged `member` values are followed by our own tested code; no
+            # empty attributes: ldap3 2.9 then fails on DirSync's `member;range=0-0` + `1-1`
+            # (linked values added and removed), deleting `member` twice
+            connection = await asyncio.to_thread(
+                ldap_connect, settings, auto_range=False, return_empty_attributes=False
+            )
             self.links[side] = _Link(connection, threading.Lock())
 
     async def _ping(self, side: Side) -> None:
         def ping() -> None:
-            link = self.links[side]
+            link = self.links.get(side)
+            if link is None:
+                raise IdentitySyncError(f"no connection to the {side} DC")
             if not link.lock.acquire(timeout=1):
                 return  # busy with a cycle: it answers
             try:
@@ -153,14 +175,18 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         next_full = 0.0
         while not self.should_exit.is_set():
             detected = time.time()
-            due = time.monotonic() >= next_full
+            full = self.mirrors is None or time.monotonic() >= next_full
             try:
-                changed = due or await asyncio.to_thread(self._changes_pending)
-                if changed:
-                    await self.cycle(detected_at=detected)
-                    if due:
-                        next_full = time.monotonic() + self.settings.reconcile_interval_s
+                if len(self.links) < len(SIDES):  # a DC was away: connect again first
+                    await self._reconnect()
+                    if len(self.links) < len(SIDES):
+                        await self._sleep_or_wake()
+                        continue
+                await self.cycle(full=full, detected_at=detected)
+                if full:
+                    next_full = time.monotonic() + self.settings.reconcile_interval_s
             except (LDAPException, IndutechError) as exc:
+                self.mirrors = None  # what we hold may be half-read: reconcile in full next
                 self.metrics.error(type(exc).__name__)
                 self.log.warning("cycle_failed", error=str(exc), error_type=type(exc).__name__)
                 await self._reconnect()
@@ -184,14 +210,15 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
     async def shutdown(self) -> None:
         await self._stop_notifiers()
         for link in self.links.values():
-            await asyncio.to_thread(link.connection.unbind)
+            await asyncio.to_thread(close_quietly, link.connection)
         self.links.clear()
         await self._exit_stack.aclose()
 
     async def _reconnect(self) -> None:
         try:
             for link in self.links.values():
-                await asyncio.to_thread(link.connection.unbind)
+                await asyncio.to_thread(close_quietly, link.connection)
+            self.links.clear()
             await self._connect()
             await asyncio.to_thread(self._prime_change_signals)
             await self._stop_notifiers()
@@ -209,35 +236,70 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         attributes = [rule.onprem for rule in self.mapping.attributes.values()]
         self._dirsync = DirSyncWatcher(onprem, self.settings.onprem.base_dn, cookie, attributes)
         if cookie is None:
-            self._dirsync.changed()  # drain once: from here on, every change is signalled
+            self._dirsync.changes()  # drain once: the full reconcile at start covers the past
         cookie_state.dc = dc
         cookie_state.dirsync_cookie_hex = (self._dirsync.cookie or b"").hex()
         aws_dc, usn = highest_usn(self.links["aws"].connection)
         if self.state.aws.dc != aws_dc:
             self.state.aws.dc, self.state.aws.highest_usn = aws_dc, usn
 
-    def _changes_pending(self) -> bool:
-        changed = False
-        with self.links["onprem"].lock:
-            if self._dirsync is not None and self._dirsync.changed():
-                changed = True
-            if self._dirsync is not None:
-                self.state.onprem.dirsync_cookie_hex = (self._dirsync.cookie or b"").hex()
-        with self.links["aws"].lock:
-            connection = self.links["aws"].connection
-            _, usn = highest_usn(connection)
-            if usn > self.state.aws.highest_usn:
-                if usn_changed_since(connection, self.mapping.aws_root, self.state.aws.highest_usn):
-                    changed = True
-                self.state.aws.highest_usn = usn
-        return changed
+    def _collect_changes(self) -> dict[Side, set[str]]:
+        """GUIDs changed on each side since the last call, kept when in scope or mirrored
+        (an object deleted or moved out of the scope is no longer in it)."""
+        reported: dict[Side, dict[str, str]] = {s: {} for s in SIDES}
+        if self._dirsync is not None:
+            reported["onprem"] = self._dirsync.changes()
+            self.state.onprem.dirsync_cookie_hex = (self._dirsync.cookie or b"").hex()
+        connection = self.links["aws"].connection
+        _, usn = highest_usn(connection)
+        if usn > self.state.aws.highest_usn:
+            reported["aws"] = usn_changes(
+                connection, self.settings.aws.base_dn, self.state.aws.highest_usn
+            )
+            self.state.aws.highest_usn = usn
+        changes: dict[Side, set[str]] = {}
+        for side in SIDES:
+            mirror = self.mirrors[side].objects if self.mirrors is not None else {}
+            changes[side] = {
+                guid
+                for guid, dn in reported[side].items()
+                if guid in mirror or dn in self.scopes[side]
+            }
+        return changes
+
+    def _refresh(self, mirrors: dict[Side, Mirror], focus: dict[Side, set[str]]) -> None:
+        """Re-read the focus objects into the mirrors: a new OU brings its subtree (an OU
+        moved into the scope is reported alone), an unknown reference is looked up."""
+        for side in SIDES:
+            connection, mirror = self.links[side].connection, mirrors[side]
+            found, gone = read_changed(connection, self.mapping, side, focus[side])
+            new_ous = [o for o in found if o.kind == "ou" and o.guid not in mirror.objects]
+            mirror.apply(found, gone)
+            for ou in new_ous:
+                below = read_scope(connection, self.mapping, side, base=ou.dn)
+                mirror.apply(below, ())
+                found.extend(below)
+            touched = {o.guid for o in found}
+            pending = mirror.pending_dns(touched)
+            if pending:
+                more = read_dns(connection, self.mapping, side, pending)
+                mirror.apply(more, ())
+                touched.update(o.guid for o in more)
+            mirror.settle(touched)
+            focus[side] |= touched
+            self.read_counts[side] += len(found)
 
     # -- one cycle ---------------------------------------------------------------------------
 
-    async def cycle(self, *, detected_at: float | None = None) -> CycleReport:
-        """Read both scopes, reconcile, save the state; returns what was done."""
+    async def cycle(
+        self, *, full: bool = True, detected_at: float | None = None
+    ) -> CycleReport | None:
+        """One cycle (full: both scopes; else the change batch), then the state saved to S3;
+        returns what was done, None when an incremental tick found no change."""
         started = time.monotonic()
-        report = await asyncio.to_thread(self._cycle_in_thread)
+        report = await asyncio.to_thread(self._cycle_in_thread, full)
+        if report is None:
+            return None
         if not self.settings.dry_run and self.store is not None:
             await self.store.save(self.state)
         if self.audit is not None and report.changes and not self.settings.dry_run:
@@ -248,7 +310,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.conflicts.inc(report.conflicts)
         for side in SIDES:
             self.guard.labels(side).set(1 if side in report.guard_tripped else 0)
-            self.metrics.records_in.labels(self.name, side).inc(report.objects.get(side, 0))
+            self.metrics.records_in.labels(self.name, side).inc(self.read_counts[side])
+            self.read_counts[side] = 0
             self.metrics.records_out.labels(self.name, side).inc(
                 sum(c for (s, _), c in report.writes.items() if s == side)
             )
@@ -260,6 +323,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             self.metrics.lag.labels(self.name, "directory").set(time.time() - detected_at)
         self.log.info(
             "cycle_done",
+            full=report.full,
+            merged=report.merged,
             writes=report.total_writes,
             conflicts=report.conflicts,
             failed=report.failed,
@@ -271,24 +336,52 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         )
         return report
 
-    def _cycle_in_thread(self) -> CycleReport:
+    def _cycle_in_thread(self, full: bool) -> CycleReport | None:
         with self.links["onprem"].lock, self.links["aws"].lock:
-            snapshots = {s: read_scope(self.links[s].connection, self.mapping, s) for s in SIDES}
+            changes = self._collect_changes()
+            focus: dict[Side, set[str]] | None = None
+            if full or self.mirrors is None:
+                # changes collected first: what lands during the read comes in the next batch
+                mirrors = {}
+                for side in SIDES:
+                    objects = read_scope(self.links[side].connection, self.mapping, side)
+                    self.read_counts[side] += len(objects)
+                    mirrors[side] = Mirror(side, self.mapping, objects)
+                self.retries.clear()
+            else:
+                mirrors = self.mirrors
+                focus = {s: changes[s] | {g for (r, g) in self.retries if r == s} for s in SIDES}
+                if not any(focus.values()):
+                    return None
+                self._refresh(mirrors, focus)
+            dry_run = self.settings.dry_run
             writers: dict[Side, DirectoryWriter] = {
-                s: DryRunWriter(s)
-                if self.settings.dry_run
-                else LdapWriter(self.links[s].connection)
+                s: DryRunWriter(s) if dry_run else LdapWriter(self.links[s].connection)
                 for s in SIDES
             }
-            state = self.state.model_copy(deep=True)
+            state = self.state.model_copy(deep=True) if dry_run else self.state
             report = Reconciler(
                 self.mapping,
                 state,
-                snapshots,
+                mirrors,
                 writers,
+                focus=focus,
                 allow_mass_delete=self.allow_mass_delete,
-                dry_run=self.settings.dry_run,
+                dry_run=dry_run,
             ).run()
-            if not self.settings.dry_run:
-                self.state = state
+            if not dry_run:
+                self.mirrors = mirrors
+            self._count_retries(report)
             return report
+
+    def _count_retries(self, report: CycleReport) -> None:
+        """Objects to look at again next tick, each at most MAX_RETRIES times in a row."""
+        retries = {}
+        for side, guids in report.retry.items():
+            for guid in guids:
+                count = self.retries.get((side, guid), 0) + 1
+                if count <= MAX_RETRIES:
+                    retries[side, guid] = count
+                elif count == MAX_RETRIES + 1:
+                    self.log.warning("identity_retry_deferred", side=side, object_guid=guid)
+        self.retries = retries

@@ -9,18 +9,22 @@ returns them whole, which this code also accepts.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_bytes
 
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import KINDS, Kind, Mapping, Side
 from indutech_identity_sync.exceptions import IdentitySyncError
-from indutech_identity_sync.model import DirObject, Values, is_under, normalize_dn, split_rdn
+from indutech_identity_sync.model import DirObject, Values, normalize_dn
 
 SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 _RANGE = re.compile(r"^(?P<attr>[^;]+);range=(?P<lo>\d+)-(?P<hi>\d+|\*)$", re.IGNORECASE)
@@ -29,6 +33,16 @@ PAGE_SIZE = 500
 
 class DirectoryReadError(IdentitySyncError):
     """A search failed (the cycle is abandoned and retried)."""
+
+
+def close_quietly(connection: ldap3.Connection) -> None:
+    """Unbind, and close the socket whatever happens (a DC that went away leaves it open)."""
+    with contextlib.suppress(LDAPException, OSError):
+        connection.unbind()
+    sock = getattr(connection, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def guid_text(raw: bytes) -> str:
@@ -49,42 +63,116 @@ def _filter(mapping: Mapping, kind: Kind) -> str:
     ]
 
 
-def read_scope(connection: ldap3.Connection, mapping: Mapping, side: Side) -> list[DirObject]:
-    """Every OU, user and group under the side's root (the root itself excluded)."""
-    root = mapping.root(side)
-    excluded = [f"OU={name},{root}" for name in mapping.exclude_ous] if side == "onprem" else []
+def _attributes(mapping: Mapping, side: Side, kind: Kind) -> list[str]:
+    rules = mapping.rules_for(kind).values()
+    names = {r.onprem if side == "onprem" else r.aws_name for r in rules}
+    return sorted(names | {"objectGUID"} | ({"member"} if kind == "group" else set()))
+
+
+class Scope:
+    """Which DNs a side syncs: below its root (not the root itself), outside the excluded OUs."""
+
+    def __init__(self, mapping: Mapping, side: Side) -> None:
+        root = mapping.root(side)
+        self.root = normalize_dn(root)
+        names = mapping.exclude_ous if side == "onprem" else ()
+        self.excluded = tuple(normalize_dn(f"OU={name},{root}") for name in names)
+
+    def __contains__(self, dn: object) -> bool:
+        if not isinstance(dn, str):
+            return False
+        norm = normalize_dn(dn)
+        if not norm.endswith("," + self.root):
+            return False
+        return not any(norm == x or norm.endswith("," + x) for x in self.excluded)
+
+
+def _to_object(connection: ldap3.Connection, kind: Kind, entry: dict[str, Any]) -> DirObject:
+    dn = entry["dn"]
+    raw = {k.lower(): v for k, v in entry["raw_attributes"].items()}
+    members: frozenset[str] = frozenset()
+    if kind == "group":
+        members = frozenset(collect_members(connection, dn, raw))
+    values = {
+        k: _values(v)
+        for k, v in raw.items()
+        if k not in {"objectguid", "member"} and not k.startswith("member;")
+    }
+    return DirObject(
+        guid=guid_text(raw["objectguid"][0]), kind=kind, dn=dn, attributes=values, members=members
+    )
+
+
+def read_scope(
+    connection: ldap3.Connection, mapping: Mapping, side: Side, base: str | None = None
+) -> list[DirObject]:
+    """Every OU, user and group under the side's root (the root itself excluded), or under
+    ``base`` (an OU inside the scope, itself included)."""
+    root = base or mapping.root(side)
+    scope = Scope(mapping, side)
     objects: list[DirObject] = []
     for kind in KINDS:
-        rules = mapping.rules_for(kind).values()
-        names = {r.onprem if side == "onprem" else r.aws_name for r in rules}
-        attributes = sorted(names | {"objectGUID"} | ({"member"} if kind == "group" else set()))
+        attributes = _attributes(mapping, side, kind)
         for entry in _paged(connection, root, _filter(mapping, kind), attributes):
-            dn = entry["dn"]
-            if normalize_dn(dn) == normalize_dn(root) or any(is_under(dn, x) for x in excluded):
-                continue
-            raw = {k.lower(): v for k, v in entry["raw_attributes"].items()}
-            members: frozenset[str] = frozenset()
-            if kind == "group":
-                members = frozenset(collect_members(connection, dn, raw))
-            values = {
-                k: _values(v)
-                for k, v in raw.items()
-                if k not in {"objectguid", "member"} and not k.startswith("member;")
-            }
-            objects.append(
-                DirObject(
-                    guid=guid_text(raw["objectguid"][0]),
-                    kind=kind,
-                    dn=dn,
-                    attributes=values,
-                    members=members,
-                )
-            )
+            if entry["dn"] in scope:
+                objects.append(_to_object(connection, kind, entry))
     return objects
 
 
+def guid_filter(guids: list[str]) -> str:
+    """An LDAP filter matching any of these objectGUIDs (text form)."""
+    terms = "".join(f"(objectGUID={escape_bytes(uuid.UUID(g).bytes_le)})" for g in guids)
+    return terms if len(guids) == 1 else f"(|{terms})"
+
+
+GUID_CHUNK = 100
+
+
+def read_changed(
+    connection: ldap3.Connection, mapping: Mapping, side: Side, guids: set[str]
+) -> tuple[list[DirObject], set[str]]:
+    """Re-read only these objects: (those found in scope, the GUIDs no longer in it)."""
+    found: list[DirObject] = []
+    scope = Scope(mapping, side)
+    wanted = sorted(guids)
+    for start in range(0, len(wanted), GUID_CHUNK):
+        chunk = guid_filter(wanted[start : start + GUID_CHUNK])
+        for kind in KINDS:
+            search = f"(&{_filter(mapping, kind)}{chunk})"
+            for entry in _paged(
+                connection, mapping.root(side), search, _attributes(mapping, side, kind)
+            ):
+                if entry["dn"] in scope:
+                    found.append(_to_object(connection, kind, entry))
+    return found, guids - {o.guid for o in found}
+
+
+def read_dns(
+    connection: ldap3.Connection, mapping: Mapping, side: Side, dns: set[str]
+) -> list[DirObject]:
+    """The synced objects at these DNs (references not known yet); the others are not synced."""
+    found: list[DirObject] = []
+    scope = Scope(mapping, side)
+    for dn in sorted(dns):
+        if dn not in scope:
+            continue
+        for kind in KINDS:
+            connection.search(
+                dn, _filter(mapping, kind), ldap3.BASE, attributes=_attributes(mapping, side, kind)
+            )
+            entries = _entries(connection)
+            if entries:
+                found.append(_to_object(connection, kind, entries[0]))
+                break
+    return found
+
+
 def _paged(
-    connection: ldap3.Connection, base: str, search_filter: str, attributes: list[str]
+    connection: ldap3.Connection,
+    base: str,
+    search_filter: str,
+    attributes: list[str],
+    controls: list[tuple[str, bool, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     cookie: bytes | None = None
@@ -96,6 +184,7 @@ def _paged(
             attributes=attributes,
             paged_size=PAGE_SIZE,
             paged_cookie=cookie,
+            controls=controls,
         )
         if not ok and connection.result.get("result") not in (0, 4):
             raise DirectoryReadError(
@@ -166,25 +255,25 @@ def highest_usn(connection: ldap3.Connection) -> tuple[str, int]:
     return raw["dsServiceName"][0].decode(), int(raw["highestCommittedUSN"][0])
 
 
-def usn_changed_since(connection: ldap3.Connection, root: str, usn: int) -> bool:
-    """True when an object under ``root`` (or a deleted one) has uSNChanged above ``usn``."""
-    connection.search(
-        root, f"(uSNChanged>={usn + 1})", ldap3.SUBTREE, attributes=["uSNChanged"], size_limit=1
-    )
-    if _entries(connection):
-        return True
-    base = split_rdn(root)[2] if root.upper().startswith("OU=") else root
-    while base.upper().startswith("OU="):
-        base = split_rdn(base)[2]
-    connection.search(
-        base,
-        f"(&(isDeleted=TRUE)(uSNChanged>={usn + 1}))",
-        ldap3.SUBTREE,
-        attributes=["uSNChanged"],
-        size_limit=1,
+def usn_changes(connection: ldap3.Connection, naming_context: str, usn: int) -> dict[str, str]:
+    """{objectGUID: DN} of every object of the domain (tombstones included) whose uSNChanged
+    is above ``usn``. The whole naming context, so an object moved out of the scope or
+    deleted is seen too; the caller keeps those in its scope or its mirror."""
+    entries = _paged(
+        connection,
+        naming_context,
+        f"(uSNChanged>={usn + 1})",
+        ["objectGUID"],
         controls=[(SHOW_DELETED_OID, True, None)],
     )
-    return bool(_entries(connection))
+    return {
+        guid_text(e["raw_attributes"]["objectGUID"][0]): e["dn"]
+        for e in entries
+        if e["raw_attributes"].get("objectGUID")
+    }
+
+
+_EXTENDED_DN = re.compile(r"^(<[^>]*>;)*")
 
 
 class DirSyncWatcher:
@@ -210,12 +299,15 @@ class DirSyncWatcher:
         cookie = self._sync.cookie
         return bytes(cookie) if cookie else None
 
-    def changed(self) -> bool:
-        """True when DirSync returned any entry since the last call."""
-        changes = False
+    def changes(self) -> dict[str, str]:
+        """{objectGUID: DN} of the objects DirSync reported since the last call."""
+        changes: dict[str, str] = {}
         while True:
-            entries = self._sync.loop()
-            changes = changes or bool(entries)
+            for entry in self._sync.loop() or []:
+                raw = entry.get("raw_attributes", {})
+                guid = next((v[0] for k, v in raw.items() if k.lower() == "objectguid" and v), None)
+                if entry.get("type", "searchResEntry") == "searchResEntry" and guid:
+                    changes[guid_text(guid)] = _EXTENDED_DN.sub("", entry.get("dn", ""))
             if not self._sync.more_results:
                 return changes
 
@@ -234,7 +326,13 @@ class ChangeNotifier:
     """
 
     def __init__(self, settings: LdapSettings, base: str, on_change: Callable[[], None]) -> None:
-        self.connection = ldap_connect(settings, client_strategy=ldap3.ASYNC_STREAM)
+        # No receive timeout: with one, ldap3's receiver thread takes every socket
+        # error for a timeout and retries recv forever; after close() it spun at
+        # 100 % CPU for the rest of the process (seen in the test suite). Without
+        # it, the thread ends at the first error or end of stream.
+        self.connection = ldap_connect(
+            settings, client_strategy=ldap3.ASYNC_STREAM, receive_timeout=None
+        )
         self.connection.strategy.callback = lambda _entry: on_change()
         self.message_id = self.connection.search(
             base,
@@ -245,8 +343,20 @@ class ChangeNotifier:
         )
         self.connection.strategy.persistent_search_message_id = self.message_id
 
+    @property
+    def listening(self) -> bool:
+        """The receiver thread is alive (it ends when the connection does)."""
+        receiver = getattr(self.connection.strategy, "receiver", None)
+        return receiver is not None and receiver.is_alive()
+
     def close(self) -> None:
-        try:
+        with contextlib.suppress(LDAPException, OSError):
             self.connection.abandon(self.message_id)
-        finally:
-            self.connection.unbind()
+        sock = getattr(self.connection, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the receiver's blocking recv
+        close_quietly(self.connection)
+        receiver = getattr(self.connection.strategy, "receiver", None)
+        if receiver is not None:
+            receiver.join(timeout=5)
