@@ -15,32 +15,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from indutech_iot_ingest.config import IotIngestSettings, Route
 from indutech_iot_ingest.generator import GenerateOptions, generate
 from indutech_iot_ingest.worker import IotIngestWorker
+from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack
 
 from bench.harness import Result, run_quiet
 from bench.kafka_throughput import _kcat_config
-from indutech_common.kafka import connection_kwargs, create_consumer, start_client
+from indutech_common.kafka import create_consumer, start_client
 
 RECORDS = 200_000
 NOMINAL_BYTES_PER_S = 15_000
 LATENCY_SECONDS = 20
 CORE = 0
-
-
-async def _admin(stack: StackSettings, create: list[NewTopic], delete: list[str]) -> None:
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        if create:
-            await admin.create_topics(create)
-        if delete:
-            await admin.delete_topics(delete)
-    finally:
-        await admin.close()
 
 
 def _topics(prefix: str) -> dict[str, str]:
@@ -52,16 +40,12 @@ def _topics(prefix: str) -> dict[str, str]:
     }
 
 
-def _new_topics(topics: dict[str, str]) -> list[NewTopic]:
-    return [
-        NewTopic(
-            name,
-            num_partitions=1 if key in ("checkpoint_topic", "dead_letter_topic") else 3,
-            replication_factor=1,
-            topic_configs={"cleanup.policy": "compact"} if key == "checkpoint_topic" else None,
-        )
+def _create(stack: StackSettings, topics: dict[str, str], *extra: str) -> None:
+    partitions = {
+        name: 1 if key in ("checkpoint_topic", "dead_letter_topic") else 3
         for key, name in topics.items()
-    ]
+    } | dict.fromkeys(extra, 3)
+    asyncio.run(create_topics(stack.kafka, partitions, compacted=[topics["checkpoint_topic"]]))
 
 
 def _settings(stack: StackSettings, san: Path, topics: dict[str, str]) -> IotIngestSettings:
@@ -118,7 +102,7 @@ def _throughput(stack: StackSettings, directory: Path) -> tuple[float, float, fl
     prefix = f"bench.iot-ingest.{os.getpid()}"
     topics = _topics(prefix)
     kcat_topic = f"{prefix}.kcat"
-    asyncio.run(_admin(stack, [*_new_topics(topics), NewTopic(kcat_topic, 3, 1)], []))
+    _create(stack, topics, kcat_topic)
     try:
         config = _kcat_config(stack, directory)
         started = time.perf_counter()
@@ -149,7 +133,7 @@ def _throughput(stack: StackSettings, directory: Path) -> tuple[float, float, fl
         finally:
             os.sched_setaffinity(0, previous)
     finally:
-        asyncio.run(_admin(stack, [], [*topics.values(), kcat_topic]))
+        asyncio.run(delete_topics(stack.kafka, [*topics.values(), kcat_topic]))
     return RECORDS / ours_s, RECORDS / kcat_s, size_mb
 
 
@@ -221,11 +205,11 @@ def run() -> list[Result]:
         san = directory / "live"
         san.mkdir()
         topics = _topics(f"bench.iot-ingest-latency.{os.getpid()}")
-        asyncio.run(_admin(stack, _new_topics(topics), []))
+        _create(stack, topics)
         try:
             latencies = asyncio.run(_latency(stack, san, topics))
         finally:
-            asyncio.run(_admin(stack, [], list(topics.values())))
+            asyncio.run(delete_topics(stack.kafka, list(topics.values())))
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000

@@ -18,14 +18,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from dotenv import dotenv_values
-from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
+from tests.support.kafka import create_topics, delete_topics
+from tests.support.s3 import delete_prefix
+from tests.support.stack import REPO_ROOT, load_stack, stack_env_file
 
 from bench.harness import Result, run_quiet
 from bench.kafka_throughput import _kcat_config
-from indutech_common.kafka import connection_kwargs
-from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import SensorReading
 
 RECORDS = 200_000
@@ -49,28 +48,6 @@ def _write_records(path: Path, count: int) -> int:
             )
             out.write(reading.to_json_bytes() + b"\n")
     return path.stat().st_size
-
-
-async def _admin(stack: StackSettings, create: list[str], delete: list[str]) -> None:
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        if create:
-            await admin.create_topics(
-                [NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in create]
-            )
-        if delete:
-            await admin.delete_topics(delete)
-    finally:
-        await admin.close()
-
-
-async def _delete_prefix(stack: StackSettings, prefix: str) -> None:
-    async with create_s3_client(stack.s3) as s3:
-        paginator = s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=stack.s3.lake_bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                await s3.delete_object(Bucket=stack.s3.lake_bucket, Key=item["Key"])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -164,7 +141,9 @@ def run() -> list[Result]:
         data = directory / "records.jsonl"
         size_mb = _write_records(data, RECORDS) / 1e6
         config = _kcat_config(stack, directory)
-        asyncio.run(_admin(stack, [topic, f"{topic}.tickets"], []))
+        asyncio.run(
+            create_topics(stack.kafka, dict.fromkeys([topic, f"{topic}.tickets"], PARTITIONS))
+        )
         try:
             run_quiet(
                 "kcat",
@@ -207,8 +186,8 @@ def run() -> list[Result]:
             )
             wall, cpu, peak = _run_worker(topic, prefix, directory / "worker.log")
         finally:
-            asyncio.run(_admin(stack, [], [topic, f"{topic}.tickets"]))
-            asyncio.run(_delete_prefix(stack, prefix))
+            asyncio.run(delete_topics(stack.kafka, [topic, f"{topic}.tickets"]))
+            asyncio.run(delete_prefix(stack.s3, stack.s3.lake_bucket, prefix))
     note = (
         f"{RECORDS:,} sensor readings ({size_mb:.1f} MB JSON) on {PARTITIONS} partitions, "
         "SASL_SSL SCRAM-SHA-512 TLS 1.3; MB of input per CPU-second of the process"

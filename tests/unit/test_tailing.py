@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from pathlib import Path
 
 from indutech_common.tailing import FileState, FileTailer, LineKind, WatchSpec
@@ -145,6 +146,17 @@ class TestLimitsAndFormats:
         assert got[-1].kind is LineKind.TRUNCATED_GZIP
         assert all(line.kind is LineKind.LINE for line in got[:-1])
         assert got[-1].state.complete
+        assert t.read(10_000) == []  # the error is handed out once, not on every read
+
+    def test_corrupt_gzip_yields_one_error_line_at_offset_zero(self, tmp_path: Path) -> None:
+        """A .gz that is not gzip: one corrupt_gzip line, then nothing however often read."""
+        (tmp_path / "plain.log.gz").write_bytes(b"plain text, not gzip\n")
+        t = tailer(tmp_path)
+        got = []
+        for _ in range(4):
+            t.scan()
+            got += t.read(10_000)
+        assert [(line.kind, line.offset) for line in got] == [(LineKind.CORRUPT_GZIP, 0)]
 
     def test_csv_header_is_kept_with_each_line(self, tmp_path: Path) -> None:
         """The header is handed out as HEADER and attached to every line, also after a restart."""
@@ -154,3 +166,51 @@ class TestLimitsAndFormats:
         got = t.read(10)
         assert [line.kind for line in got] == [LineKind.HEADER, LineKind.LINE, LineKind.LINE]
         assert {line.header for line in got} == {b"x,y"}
+
+
+class TestForgetting:
+    def test_a_deleted_file_is_forgotten_after_the_delay_and_the_others_are_kept(
+        self, tmp_path: Path
+    ) -> None:
+        """Only the state of a file no scan has found for after_s is dropped."""
+        t = tailer(tmp_path, gone_idle_s=0.0, close_idle_s=0.0)
+        (tmp_path / "a.log").write_text(lines("a", 3))
+        (tmp_path / "b.log").write_text(lines("b", 3))
+        assert len(drain(t)) == 6
+        assert t.forget_unseen(0.2) == []
+        doomed = next(s for s in t.states.values() if s.path.endswith("a.log"))
+        (tmp_path / "a.log").unlink()
+        drain(t)
+        assert t.forget_unseen(0.2) == []  # not yet: it has been gone for less than 0.2 s
+        time.sleep(0.3)
+        drain(t)
+        assert t.forget_unseen(0.2) == [doomed]
+        assert [s.path for s in t.states.values()] == [str(tmp_path / "b.log")]
+        time.sleep(0.3)
+        drain(t)
+        assert t.forget_unseen(0.2) == []  # b is parked, unchanged, and still seen
+
+    def test_nothing_is_forgotten_while_no_file_is_found(self, tmp_path: Path) -> None:
+        """A SAN that shows no file at all (unmounted) is not a mass deletion."""
+        t = tailer(tmp_path, gone_idle_s=0.0, close_idle_s=0.0)
+        (tmp_path / "a.log").write_text(lines("a", 3))
+        assert len(drain(t)) == 3
+        (tmp_path / "a.log").unlink()
+        time.sleep(0.3)
+        drain(t)
+        assert t.forget_unseen(0.2) == []
+        assert len(t.states) == 1
+
+    def test_restored_states_of_missing_files_are_forgotten_after_the_delay(
+        self, tmp_path: Path
+    ) -> None:
+        """A checkpoint restored for a file deleted while the worker was down goes too."""
+        old = FileState(base="0" * 40, fingerprint_len=64, path=str(tmp_path / "gone.log"))
+        t = tailer(tmp_path)
+        t.restore([old])
+        (tmp_path / "here.log").write_text(lines("h", 2))
+        drain(t)
+        assert t.forget_unseen(0.2) == []
+        time.sleep(0.3)
+        drain(t)
+        assert t.forget_unseen(0.2) == [old]

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.worker import IotIngestWorker
 
-from indutech_common.kafka import connection_kwargs, create_consumer, start_client
+from indutech_common.kafka import create_consumer, start_client
+from tests.support.kafka import temporary_topics
 from tests.support.stack import StackSettings
 
 
@@ -51,26 +51,12 @@ async def topics(stack: StackSettings, unique: str) -> AsyncIterator[IngestTopic
         dead_letter=f"test.{unique}.dlq",
         checkpoint=f"test.{unique}.checkpoints",
     )
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(names.sensor, num_partitions=2, replication_factor=1),
-                NewTopic(names.ticket, num_partitions=2, replication_factor=1),
-                NewTopic(names.dead_letter, num_partitions=1, replication_factor=1),
-                NewTopic(
-                    names.checkpoint,
-                    num_partitions=1,
-                    replication_factor=1,
-                    topic_configs={"cleanup.policy": "compact"},
-                ),
-            ]
-        )
+    async with temporary_topics(
+        stack.kafka,
+        {names.sensor: 2, names.ticket: 2, names.dead_letter: 1, names.checkpoint: 1},
+        compacted=[names.checkpoint],
+    ):
         yield names
-        await admin.delete_topics([names.sensor, names.ticket, names.dead_letter, names.checkpoint])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

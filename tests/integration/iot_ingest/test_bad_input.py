@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 from indutech_common.schemas import derive_event_id
@@ -33,7 +34,7 @@ def _reading(i: int, **changes: object) -> bytes:
 
 
 class TestBadInput:
-    async def test_each_bad_line_is_dead_lettered_and_the_rest_arrives(
+    async def test_each_bad_line_is_dead_lettered_and_the_rest_arrives(  # noqa: PLR0915 - one story
         self, stack: StackSettings, topics: IngestTopics, san: Path, unique: str
     ) -> None:
         """Malformed JSON, wrong types, missing fields, garbage, a 10 MB line, a cut gzip."""
@@ -56,12 +57,18 @@ class TestBadInput:
             position += len(line) + 1
         good_gzip = [_reading(i) for i in range(10, 40)]
         compressed = gzip.compress(b"".join(line + b"\n" for line in good_gzip))
-        (san / "sensors" / "cut.jsonl.gz").write_bytes(compressed[: len(compressed) // 2])
+        cut = compressed[: len(compressed) // 2]
+        (san / "sensors" / "cut.jsonl.gz").write_bytes(cut)
+        readable = zlib.decompressobj(wbits=31).decompress(cut)
+        complete_lines = readable.count(b"\n")
+        cut_offset = readable.rfind(b"\n") + 1  # where the cut line starts
         (san / "sensors" / "not-gzip.jsonl.gz").write_bytes(b"plain text, not gzip\n")
 
         settings = ingest_settings(stack, topics, san, unique, max_line_bytes=MAX_LINE)
         async with running(settings):
-            found = await read_committed(stack, topics, expected=3, expected_dead=8)
+            found = await read_committed(
+                stack, topics, expected=3 + complete_lines, expected_dead=8
+            )
         good = {event_id for event_id in found.ids if event_id.startswith("good-")}
         assert {"good-0", "good-1"} <= good
         assert found.duplicates == {}
@@ -77,8 +84,17 @@ class TestBadInput:
             "truncated_gzip",
             "corrupt_gzip",
         }
+        assert len(found.dead_letters) == 8  # nothing else was refused
         schema = [h for _, h in found.dead_letters if h["reason"] == b"schema_violation"]
-        assert len(schema) == 2  # the wrong type and the missing field
+        # the wrong type and the missing field, each at its own offset with the field named
+        assert sorted(int(h["offset"]) for h in schema) == [
+            offsets["schema_violation"],
+            offsets["missing"],
+        ]
+        by_offset = {int(h["offset"]): h for h in schema}
+        assert b"value" in by_offset[offsets["schema_violation"]]["error"]
+        assert b"site" in by_offset[offsets["missing"]]["error"]
+        assert all(h["file"] == str(path).encode() for h in schema)
         for name in ("invalid_json", "invalid_encoding", "not_an_object", "line_too_long"):
             value, headers = reasons[name]
             assert headers["file"] == str(path).encode()
@@ -94,5 +110,13 @@ class TestBadInput:
         # the readable part of the cut gzip arrived; the cut line is the dead letter
         arrived_from_gzip = good - {"good-0", "good-1"}
         assert arrived_from_gzip
-        assert arrived_from_gzip == {f"good-{i}" for i in range(10, 10 + len(arrived_from_gzip))}
-        assert reasons["truncated_gzip"][1]["file"].endswith(b"cut.jsonl.gz")
+        assert arrived_from_gzip == {f"good-{i}" for i in range(10, 10 + complete_lines)}
+        truncated = reasons["truncated_gzip"][1]
+        assert truncated["file"].endswith(b"cut.jsonl.gz")
+        assert int(truncated["offset"]) == cut_offset  # in the decompressed content
+        assert truncated["error"]
+        corrupt = reasons["corrupt_gzip"][1]
+        assert corrupt["file"].endswith(b"not-gzip.jsonl.gz")
+        assert int(corrupt["offset"]) == 0
+        # nothing else lost: every good line and every readable gzip line, once
+        assert sum(found.ids.values()) == 3 + complete_lines

@@ -21,13 +21,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from dotenv import dotenv_values
 from indutech_iot_to_s3.config import IotToS3Settings
 
-from indutech_common.kafka import connection_kwargs, create_producer, start_client
+from indutech_common.kafka import create_producer, start_client
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import ClientTicket, SensorReading
+from tests.support.kafka import temporary_topics
+from tests.support.s3 import delete_prefix
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
 
 PARTITIONS = 2
@@ -55,25 +56,9 @@ async def lake(stack: StackSettings, unique: str) -> AsyncIterator[Lake]:
         group_id=f"test-iot-to-s3-{unique}",
     )
     topics = [names.sensor_topic, names.ticket_topic, names.dead_letter_topic]
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in topics]
-        )
+    async with temporary_topics(stack.kafka, dict.fromkeys(topics, PARTITIONS)):
         yield names
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-    await delete_prefix(stack, names.prefix)
-
-
-async def delete_prefix(stack: StackSettings, prefix: str) -> None:
-    async with create_s3_client(stack.s3) as s3:
-        paginator = s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=stack.s3.lake_bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                await s3.delete_object(Bucket=stack.s3.lake_bucket, Key=item["Key"])
+    await delete_prefix(stack.s3, stack.s3.lake_bucket, names.prefix)
 
 
 def settings_for(stack: StackSettings, lake: Lake, **overrides: Any) -> IotToS3Settings:

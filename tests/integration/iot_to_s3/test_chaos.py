@@ -98,6 +98,18 @@ def lake_event_ids(stack: StackSettings, lake: Lake) -> Counter[str]:
     return ids
 
 
+async def wait_for_lake(
+    stack: StackSettings, lake: Lake, expected: set[str], timeout_s: float = 60
+) -> Counter[str]:
+    """The lake's event ids once they include ``expected``, or as they are at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = await asyncio.to_thread(lake_event_ids, stack, lake)
+        if set(ids) >= expected or time.monotonic() >= deadline:
+            return ids
+        await asyncio.sleep(1)
+
+
 class TestChaos:
     @pytest.mark.slow
     @pytest.mark.timeout(280)
@@ -134,13 +146,7 @@ class TestChaos:
 
         final = start_worker(worker_env(lake, **base, IOT_TO_S3_ROTATION__IDLE_S="0.3"), log)
         try:
-            deadline = time.monotonic() + 60
-            ids: Counter[str] = Counter()
-            while time.monotonic() < deadline:
-                ids = await asyncio.to_thread(lake_event_ids, stack, lake)
-                if set(ids) >= committed:
-                    break
-                await asyncio.sleep(1)
+            ids = await wait_for_lake(stack, lake, committed)
         finally:
             final.send_signal(signal.SIGTERM)
             exit_code = await asyncio.to_thread(final.wait, 30)

@@ -10,15 +10,14 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.integration.iot_to_s3.conftest import Lake, free_port, start_worker, worker_env
 from tests.integration.iot_to_s3.test_chaos import (
-    lake_event_ids,
     produce_continuously,
+    wait_for_lake,
     wait_for_log,
 )
 from tests.support.stack import REPO_ROOT, StackSettings
@@ -57,7 +56,7 @@ def rss_bytes(pid: int) -> int:
 class TestS3Outage:
     @pytest.mark.slow
     @pytest.mark.timeout(170)
-    async def test_s3_down_30s_no_loss_no_duplicate_memory_capped(  # noqa: PLR0915 - one story
+    async def test_s3_down_30s_no_loss_no_duplicate_memory_capped(
         self, stack: StackSettings, lake: Lake, tmp_path: Path
     ) -> None:
         """MinIO stopped for 30 s while records flow: pause at the cap, then catch up exactly."""
@@ -104,13 +103,7 @@ class TestS3Outage:
             stop.set()
             committed, aborted = await producing if producing else (set(), set())
         try:
-            deadline = time.monotonic() + 60
-            ids: Counter[str] = Counter()
-            while time.monotonic() < deadline:
-                ids = await asyncio.to_thread(lake_event_ids, stack, lake)
-                if set(ids) >= committed:
-                    break
-                await asyncio.sleep(1)
+            ids = await wait_for_lake(stack, lake, committed)
         finally:
             process.send_signal(signal.SIGTERM)
             exit_code = await asyncio.to_thread(process.wait, 30)

@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.integration.iot_to_s3.conftest import Lake, free_port, start_worker, worker_env
 from tests.integration.iot_to_s3.test_chaos import (
-    lake_event_ids,
     produce_continuously,
+    wait_for_lake,
     wait_for_log,
 )
 from tests.support.stack import StackSettings
@@ -60,13 +58,7 @@ class TestRebalance:
             stop.set()
             committed, aborted = await producing
         try:
-            deadline = time.monotonic() + 60
-            ids: Counter[str] = Counter()
-            while time.monotonic() < deadline:
-                ids = await asyncio.to_thread(lake_event_ids, stack, lake)
-                if set(ids) >= committed:
-                    break
-                await asyncio.sleep(1)
+            ids = await wait_for_lake(stack, lake, committed)
         finally:
             for process in (second, third):
                 if process is not None:

@@ -150,6 +150,13 @@ class IotIngestSettings(WorkerSettings):
     retry_backoff_s: float = Field(
         default=1.0, gt=0, description="pause after a failed transaction"
     )
+    forget_after_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="the checkpoint of a file that no scan has found for this long is deleted "
+        "(a tombstone): the compacted topic does not grow forever; such content coming back "
+        "is read again",
+    )
 
     @field_validator("san_dir")
     @classmethod

@@ -24,12 +24,16 @@ from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.sinks import TransactionalSink, load_checkpoints
 from indutech_iot_ingest.sources import LineParser, RejectedLine, watch_specs
 
+FORGET_CHECK_S = 60.0
+
 
 class IotIngestWorker(Worker[IotIngestSettings]):
     name = "iot-ingest"
 
     async def startup(self) -> None:
         settings = self.settings
+        self.forgotten: list[str] = []  # fingerprints whose checkpoints are to be deleted
+        self._next_forget = time.monotonic()
         self.parsers = {
             route.name: LineParser(route, settings.topic_of(route)) for route in settings.routes
         }
@@ -48,6 +52,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             checkpoint_topic=settings.checkpoint_topic,
             dead_letter_topic=settings.dead_letter_topic,
             metrics=self.metrics,
+            record_topics=[settings.topic_of(route) for route in settings.routes],
         )
         await self.sink.start()
         self.health.register_ping("kafka", self._ping_kafka)
@@ -102,13 +107,12 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         sent: Counter[str] = Counter()
         last_event: dict[str, float] = {}
         lines = await self._read(settings.max_batch_records)
-        if not lines and not self.tailer.dirty_states():
+        if not lines and not self.tailer.dirty_states() and not self.forgotten:
             return False
         await self.sink.begin()
         count = 0
         while True:
-            for line in lines:
-                await self._send(line, read, sent, last_event)
+            await self._send(lines, read, sent, last_event)
             count += len(lines)
             remaining = settings.max_batch_records - count
             deadline = started + settings.commit_interval_s
@@ -119,8 +123,12 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             )
             lines = await self._read(remaining)
         states = self.tailer.dirty_states()
-        await self.sink.commit(states)
+        forgotten = list(self.forgotten)
+        await self.sink.commit(states, forgotten)
         self.tailer.mark_committed(states)
+        if forgotten:
+            self.log.info("checkpoints_deleted", files=len(forgotten))
+            del self.forgotten[: len(forgotten)]
         self.metrics.batch_duration.labels(self.name).observe(time.monotonic() - started)
         for stream, number in read.items():
             self.metrics.records_in.labels(self.name, stream).inc(number)
@@ -135,37 +143,54 @@ class IotIngestWorker(Worker[IotIngestSettings]):
     async def _read(self, max_lines: int) -> list[Line]:
         def scan_and_read() -> list[Line]:
             self.tailer.scan()
+            now = time.monotonic()
+            if now >= self._next_forget:
+                self._next_forget = now + min(FORGET_CHECK_S, self.settings.forget_after_s)
+                gone = self.tailer.forget_unseen(self.settings.forget_after_s)
+                self.forgotten += [state.fingerprint for state in gone]
             return self.tailer.read(max_lines)
 
         return await asyncio.to_thread(scan_and_read)
 
     async def _send(
-        self, line: Line, read: Counter[str], sent: Counter[str], last_event: dict[str, float]
+        self,
+        lines: list[Line],
+        read: Counter[str],
+        sent: Counter[str],
+        last_event: dict[str, float],
     ) -> None:
-        if line.kind is LineKind.HEADER:
-            return
-        parser = self.parsers[line.spec]
-        read[line.spec] += 1
-        try:
-            rejected = LineParser.special(line)
-            if rejected is not None:
-                raise rejected
-            record = parser.parse(line)
-        except RejectedLine as exc:
-            await self.sink.dead_letter(
-                line.data,
-                reason=exc.reason,
-                error=exc.error,
-                path=line.state.path,
-                offset=line.offset,
-                fingerprint=line.state.fingerprint,
-            )
-            return
-        if record is None:
-            return
-        await self.sink.send(record.topic, record.value, record.key)
-        sent[line.spec] += 1
-        last_event[line.spec] = record.event_time
+        """Parse the lines and add their records to the open batches (no await per record)."""
+        sink = self.sink
+        parsers = self.parsers
+        plain = LineKind.LINE
+        for line in lines:
+            kind = line.kind
+            if kind is LineKind.HEADER:
+                continue
+            spec = line.spec
+            read[spec] += 1
+            try:
+                if kind is not plain:
+                    rejected = LineParser.special(line)
+                    if rejected is not None:
+                        raise rejected
+                record = parsers[spec].parse(line)
+            except RejectedLine as exc:
+                await sink.dead_letter(
+                    line.data,
+                    reason=exc.reason,
+                    error=exc.error,
+                    path=line.state.path,
+                    offset=line.offset,
+                    fingerprint=line.state.fingerprint,
+                )
+                continue
+            if record is None:
+                continue
+            sink.append(record.topic, record.value, record.key)
+            sent[spec] += 1
+            last_event[spec] = record.event_time
+        await sink.ship()
 
     async def shutdown(self) -> None:
         tailer = getattr(self, "tailer", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from indutech_iot_to_s3.config import RotationSettings
 
@@ -30,7 +30,9 @@ def lake_key(prefix: str, topic: str, hour: datetime, partition: int, first_offs
 
 
 def hour_of(event_time: datetime) -> datetime:
-    return event_time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if event_time.tzinfo is not UTC:  # validated records are UTC already
+        event_time = event_time.astimezone(UTC)
+    return event_time.replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass
@@ -38,9 +40,13 @@ class HourBuffer:
     """The valid records of one event-time hour within a segment, in offset order."""
 
     hour: datetime
+    end: datetime = field(init=False)
     values: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     max_event_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.end = self.hour + timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Segment:
     hours: dict[datetime, HourBuffer] = field(default_factory=dict)
     opened_at: float = 0.0
     last_append_at: float = 0.0
+    _last: HourBuffer | None = field(default=None, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -83,10 +90,13 @@ class Segment:
         if value is None or event_time is None:
             self.invalid += 1
             return
-        hour = hour_of(event_time)
-        buffer = self.hours.get(hour)
-        if buffer is None:
-            buffer = self.hours[hour] = HourBuffer(hour)
+        buffer = self._last  # records mostly come in event-time order: same hour as the last
+        if buffer is None or not buffer.hour <= event_time < buffer.end:
+            hour = hour_of(event_time)
+            buffer = self.hours.get(hour)
+            if buffer is None:
+                buffer = self.hours[hour] = HourBuffer(hour)
+            self._last = buffer
         buffer.values.append(value)
         buffer.offsets.append(offset)
         if buffer.max_event_time is None or event_time > buffer.max_event_time:

@@ -293,6 +293,9 @@ class IotToS3Worker(Worker[IotToS3Settings]):
     async def _take(self, state: PartitionState, records: list[ConsumerRecord[Any, Any]]) -> None:
         topic = state.tp.topic
         counted = 0
+        decode = self.codec.decode
+        max_records = self.settings.rotation.max_records
+        max_bytes = self.settings.rotation.max_bytes
         for record in records:
             if record.offset <= state.last_offset:
                 continue  # already buffered (a re-fetch after a seek)
@@ -302,7 +305,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
                 self._seal(state, "replay_complete")
                 segment = state.open
             try:
-                value, event_time = self.codec.decode(topic, record.value)
+                value, event_time = decode(topic, record.value)
             except InvalidRecordError as exc:
                 await self.dead_letters.send(
                     record.value or b"",
@@ -316,22 +319,13 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             else:
                 segment.add(record.offset, value, event_time)
                 counted += 1
-            if segment.replay_complete():
-                self._seal(state, "replay_complete")
-            elif (
-                segment.replay_end is None
-                and segment.records
-                and (
-                    segment.records >= self.settings.rotation.max_records
-                    or segment.size_bytes >= self.settings.rotation.max_bytes
-                )
+            if segment.replay_end is not None:
+                if segment.replay_complete():
+                    self._seal(state, "replay_complete")
+            elif segment.records and (
+                segment.records >= max_records or segment.size_bytes >= max_bytes
             ):
-                self._seal(
-                    state,
-                    "max_records"
-                    if segment.size_bytes < self.settings.rotation.max_bytes
-                    else "max_bytes",
-                )
+                self._seal(state, "max_records" if segment.size_bytes < max_bytes else "max_bytes")
         self.metrics.records_in.labels(self.name, topic).inc(counted)
 
     def _rotate(self, now: float, *, force: bool = False) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -70,9 +71,12 @@ class WatchSpec:
     header_lines: int = 0
 
 
-@dataclass(frozen=True)
-class Line:
-    """One line handed out: ``data`` without its newline, from ``offset`` to ``end``."""
+class Line(NamedTuple):
+    """One line handed out: ``data`` without its newline, from ``offset`` to ``end``.
+
+    A named tuple, not a dataclass: one is made per line, and a frozen
+    dataclass costs several times more to build.
+    """
 
     spec: str
     state: FileState
@@ -157,6 +161,9 @@ class FileTailer:
         self._trackers: dict[_Inode, _Tracker] = {}
         self._held: dict[str, _Inode] = {}  # fingerprint -> the tracker reading it
         self._parked: dict[_Inode, tuple[int, int]] = {}  # nothing to do until size/mtime change
+        self._parked_fingerprint: dict[_Inode, str] = {}  # the state a parked file belongs to
+        self._last_seen: dict[str, float] = {}  # fingerprint -> when a scan last found its file
+        self._found_files = False  # the last scan found at least one file
         self._gzip_seen: dict[_Inode, tuple[int, int, float]] = {}
         self._truncated_from: dict[_Inode, FileState] = {}
 
@@ -164,8 +171,46 @@ class FileTailer:
 
     def restore(self, states: Iterable[FileState]) -> None:
         """Load committed states (the latest generation of each prefix wins)."""
+        now = time.monotonic()
         for state in states:
             self._index(state)
+            self._last_seen[state.fingerprint] = now  # the forgetting clock starts now
+
+    def forget_unseen(self, after_s: float) -> list[FileState]:
+        """Drop the states whose file no scan has found for ``after_s`` (in this process).
+
+        The caller deletes their checkpoints (a tombstone on a compacted topic), so
+        the checkpoints of deleted files do not pile up forever. Never while the
+        last scan found no file at all (an unmounted SAN is not a deletion), never
+        a state with uncommitted progress or an open file. Content that comes back
+        after being forgotten is read again from its start.
+        """
+        if not self._found_files:
+            return []
+        now = time.monotonic()
+        forgotten = [
+            state
+            for fingerprint, state in self.states.items()
+            if fingerprint not in self._held
+            and not state.dirty
+            and now - self._last_seen.setdefault(fingerprint, now) >= after_s
+        ]
+        for state in forgotten:
+            del self.states[state.fingerprint]
+            del self._last_seen[state.fingerprint]
+        if forgotten:
+            self._latest = {}
+            for state in self.states.values():
+                key = (state.fingerprint_len, state.base)
+                known = self._latest.get(key)
+                if known is None or state.generation >= known.generation:
+                    self._latest[key] = state
+            self._lengths = {state.fingerprint_len for state in self.states.values()}
+            gone = {state.fingerprint for state in forgotten}
+            self._parked_fingerprint = {
+                key: fp for key, fp in self._parked_fingerprint.items() if fp not in gone
+            }
+        return forgotten
 
     def _index(self, state: FileState) -> None:
         self.states[state.fingerprint] = state
@@ -195,6 +240,7 @@ class FileTailer:
         for tracker in self._trackers.values():
             tracker.reset_reader()
         self._parked.clear()
+        self._parked_fingerprint.clear()
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -203,6 +249,7 @@ class FileTailer:
         for tracker in self._trackers.values():
             tracker.seen = False
         seen: set[_Inode] = set()
+        now = time.monotonic()
         for spec, path in self._candidates():
             try:
                 st = path.stat()
@@ -215,6 +262,7 @@ class FileTailer:
             tracked = self._trackers.get(key)
             if tracked is not None:
                 tracked.seen = True
+                self._last_seen[tracked.state.fingerprint] = now
                 if tracked.path != str(path):
                     _log.info("file_renamed", old=tracked.path, new=str(path))
                     tracked.path = str(path)
@@ -224,10 +272,15 @@ class FileTailer:
                     self._check_prefix(tracked, st.st_size)
                 continue
             if self._parked.get(key) == (st.st_size, st.st_mtime_ns):
+                fingerprint = self._parked_fingerprint.get(key)
+                if fingerprint is not None:
+                    self._last_seen[fingerprint] = now
                 continue
             self._discover(spec, path, key, st)
+        self._found_files = bool(seen)
         for key in [k for k in self._parked if k not in seen]:
             del self._parked[key]
+            self._parked_fingerprint.pop(key, None)
         for key in [k for k in self._gzip_seen if k not in seen]:
             del self._gzip_seen[key]
         self._close_finished()
@@ -257,10 +310,14 @@ class FileTailer:
             os.close(fd)
             _log.warning("file_read_failed", path=str(path), error=str(exc))
             return
+        if isinstance(state, FileState):
+            self._last_seen[state.fingerprint] = time.monotonic()
         if not isinstance(state, FileState) or state.complete:
             os.close(fd)
             if state != _RETRY:  # a twin waits for the tracker holding its state to close
                 self._parked[key] = (st.st_size, st.st_mtime_ns)
+                if isinstance(state, FileState):
+                    self._parked_fingerprint[key] = state.fingerprint
             return
         tracker = _Tracker(key=key, path=str(path), spec=spec, fd=fd, gzip=gzip, state=state)
         if spec.header_lines:
@@ -472,8 +529,8 @@ class FileTailer:
                     tracker.skip_keep = bytes(tracker.buf[: self.keep_bytes])
                     del tracker.buf[: self.max_line_bytes]  # the rest may hold its end
                     continue
-                if tracker.at_eof and tracker.gzip:
-                    self._finish_gzip(tracker, out)
+                if tracker.at_eof and tracker.gzip and not state.complete:
+                    self._finish_gzip(tracker, out)  # once: a second call would repeat its error
                 break
             data = bytes(tracker.buf[:newline])
             del tracker.buf[: newline + 1]
@@ -529,15 +586,15 @@ class FileTailer:
         state.lines += 1
         state.path = tracker.path
         return Line(
-            spec=tracker.spec.name,
-            state=state,
-            offset=start,
-            end=end,
-            data=data,
-            kind=kind,
-            error=error,
-            header=tracker.header,
-            length=len(data) if length is None else length,
+            tracker.spec.name,
+            state,
+            start,
+            end,
+            data,
+            kind,
+            error,
+            tracker.header,
+            len(data) if length is None else length,
         )
 
     def _check_prefix(self, tracker: _Tracker, size: int) -> None:
@@ -596,6 +653,7 @@ class FileTailer:
             return
         self._close(tracker)
         self._parked[tracker.key] = (st.st_size, st.st_mtime_ns)
+        self._parked_fingerprint[tracker.key] = tracker.state.fingerprint
 
     def _close(self, tracker: _Tracker) -> None:
         self._trackers.pop(tracker.key, None)

@@ -5,15 +5,24 @@ checkpoint per file that moved (key = fingerprint, value = JSON state) on the
 compacted checkpoint topic. A read_committed reader sees all of it or none;
 after a crash, the checkpoints read back are exactly the lines whose records
 are visible, so nothing is skipped and nothing repeated.
+
+Records are not sent one by one (a future, a partitioner call and an await per
+record cost more than parsing them): :meth:`TransactionalSink.append` adds a
+record to an open record batch of its partition (chosen as the Java client and
+aiokafka's default partitioner do: murmur2 of the key, cached per key), and
+full batches are shipped with ``send_batch`` by :meth:`TransactionalSink.ship`
+and at commit. The order of a partition's records is the order of appends.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from indutech_common.kafka import DeadLetterWriter, create_consumer, create_producer, start_client
 from indutech_common.metrics import WorkerMetrics
@@ -21,8 +30,12 @@ from indutech_common.settings import KafkaSettings
 from indutech_common.tailing import FileState
 from indutech_iot_ingest.sinks.exceptions import CheckpointTopicMissingError
 
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
 _log = structlog.get_logger(__name__)
 STOP_TIMEOUT_S = 2.0
+KEY_HASH_CACHE = 65_536  # distinct keys remembered (sensor and customer ids: a few thousand)
 
 
 async def stop_client(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
@@ -77,16 +90,22 @@ class TransactionalSink:
         checkpoint_topic: str,
         dead_letter_topic: str,
         metrics: WorkerMetrics,
+        record_topics: Sequence[str] = (),
     ) -> None:
         self._settings = settings
         self.transactional_id = transactional_id
         self.checkpoint_topic = checkpoint_topic
         self.dead_letter_topic = dead_letter_topic
+        self.record_topics = tuple(dict.fromkeys(record_topics))
         self._metrics = metrics
         self.producer: AIOKafkaProducer | None = None
         self.dead_letters: DeadLetterWriter | None = None
         self._pending: list[asyncio.Future[object]] = []
         self.in_transaction = False
+        self._partitions: dict[str, list[int]] = {}
+        self._key_hashes: dict[bytes, int] = {}
+        self._open: dict[tuple[str, int], BatchBuilder] = {}
+        self._full: list[tuple[str, int, BatchBuilder]] = []
 
     async def start(self) -> None:
         """Start the producer and settle the transactional id (aborting a zombie's open work)."""
@@ -113,12 +132,53 @@ class TransactionalSink:
         return self.producer
 
     async def begin(self) -> None:
-        await self._require().begin_transaction()
+        producer = self._require()
+        for topic in self.record_topics:  # from the metadata cache; refreshed by the client
+            self._partitions[topic] = sorted(await producer.partitions_for(topic))
+        await producer.begin_transaction()
         self.in_transaction = True
 
     async def send(self, topic: str, value: bytes, key: bytes | None) -> None:
-        """Queue a record in the open transaction (awaits when the buffer is full: backpressure)."""
+        """Queue one record in the open transaction (awaits when the buffer is full)."""
         self._pending.append(await self._require().send(topic, value=value, key=key))
+
+    def append(self, topic: str, value: bytes, key: bytes) -> None:
+        """Add a record of one of ``record_topics`` to its partition's batch (no I/O, no await).
+
+        Call :meth:`ship` now and then to send the batches that filled up.
+        """
+        partitions = self._partitions[topic]
+        hashed = self._key_hashes.get(key)
+        if hashed is None:
+            if len(self._key_hashes) >= KEY_HASH_CACHE:
+                self._key_hashes.clear()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+        slot = (topic, partitions[hashed % len(partitions)])
+        builder = self._open.get(slot)
+        if builder is None:
+            builder = self._open[slot] = self._require().create_batch()
+        if builder.append(timestamp=None, key=key, value=value) is None:
+            self._full.append((*slot, builder))
+            builder = self._open[slot] = self._require().create_batch()
+            builder.append(timestamp=None, key=key, value=value)  # a first record always fits
+
+    @property
+    def batches_waiting(self) -> int:
+        return len(self._full)
+
+    async def ship(self, *, everything: bool = False) -> None:
+        """Send the full batches (and the open ones too when ``everything``).
+
+        ``send_batch`` waits while an earlier batch of the same partition is
+        still queued: that is the backpressure on reading.
+        """
+        if everything:
+            self._full += [(topic, part, builder) for (topic, part), builder in self._open.items()]
+            self._open = {}
+        producer = self._require()
+        full, self._full = self._full, []
+        for topic, partition, builder in full:
+            self._pending.append(await producer.send_batch(builder, topic, partition=partition))
 
     async def dead_letter(
         self, value: bytes, *, reason: str, error: str, path: str, offset: int, fingerprint: str
@@ -135,9 +195,15 @@ class TransactionalSink:
             extra_headers=(("file", path.encode()), ("fingerprint", fingerprint.encode())),
         )
 
-    async def commit(self, states: Iterable[FileState]) -> None:
-        """Add the checkpoints and commit everything; raises when the transaction failed."""
+    async def commit(self, states: Iterable[FileState], forgotten: Iterable[str] = ()) -> None:
+        """Add the checkpoints (and tombstones of the ``forgotten`` fingerprints) and commit
+        everything; raises when the transaction failed."""
         producer = self._require()
+        await self.ship(everything=True)
+        for fingerprint in forgotten:
+            self._pending.append(
+                await producer.send(self.checkpoint_topic, value=None, key=fingerprint.encode())
+            )
         for state in states:
             self._pending.append(
                 await producer.send(
@@ -154,6 +220,8 @@ class TransactionalSink:
     async def abort(self) -> None:
         """Abort the open transaction; on failure, start a fresh producer (same id)."""
         self._pending = []
+        self._open = {}
+        self._full = []
         if not self.in_transaction:
             return
         self.in_transaction = False
