@@ -11,14 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
+from indutech_sql_backup.config import SqlBackupSettings
 
 from indutech_common.settings import WorkerSettings, load_settings
 from tests.support.stack import REPO_ROOT
@@ -28,23 +30,58 @@ SETTINGS_BY_WORKER: dict[str, type[WorkerSettings]] = {
     "iot-ingest": IotIngestSettings,
     "iot-to-s3": IotToS3Settings,
     "identity-sync": IdentitySyncSettings,
+    "sql-backup": SqlBackupSettings,
 }
 # What the indutech-secrets Secret holds in production, one file per field.
-SECRET_FILES = ("kafka__password", "onprem__password", "aws__password")
+SECRET_FILES = ("kafka__password", "onprem__password", "aws__password", "erp__password")
 WORKER_DIRS = sorted(p.name for p in K8S.iterdir() if p.is_dir() and p.name != "base")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One pod template of a worker folder: a Deployment's, or a CronJob's job."""
+
+    kind: str
+    name: str
+    template: dict[str, Any]
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.template["spec"])
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (container,) = self.pod["containers"]
+        return cast(dict[str, Any], container)
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def _deployment(worker: str) -> dict[str, Any]:
-    (deployment,) = [
-        doc
-        for doc in _documents(K8S / worker / "deployment.yaml")
-        if doc["kind"] in {"Deployment", "StatefulSet"}
-    ]
-    return deployment
+def _kustomization(worker: str) -> dict[str, Any]:
+    return _documents(K8S / worker / "kustomization.yaml")[0]
+
+
+def _workloads(worker: str) -> list[Workload]:
+    workloads = []
+    for resource in _kustomization(worker)["resources"]:
+        for doc in _documents(K8S / worker / resource):
+            if doc["kind"] in {"Deployment", "StatefulSet"}:
+                template = doc["spec"]["template"]
+            elif doc["kind"] == "CronJob":
+                template = doc["spec"]["jobTemplate"]["spec"]["template"]
+            else:
+                continue
+            workloads.append(Workload(doc["kind"], doc["metadata"]["name"], template))
+    return workloads
+
+
+WORKLOADS = [
+    pytest.param(workload, id=f"{worker}/{workload.name}")
+    for worker in WORKER_DIRS
+    for workload in _workloads(worker)
+]
 
 
 def _unknown_names(settings_cls: type[WorkerSettings], env: dict[str, str]) -> list[str]:
@@ -64,9 +101,23 @@ def _unknown_names(settings_cls: type[WorkerSettings], env: dict[str, str]) -> l
     return unknown
 
 
-def _shared_env() -> dict[str, str]:
-    (configmap,) = _documents(K8S / "base" / "configmap-shared.yaml")
-    return {key: str(value) for key, value in configmap["data"].items()}
+def _configmaps() -> dict[str, dict[str, str]]:
+    """Every ConfigMap a container can name: the shared one and each folder's generated ones."""
+    (shared,) = _documents(K8S / "base" / "configmap-shared.yaml")
+    maps = {shared["metadata"]["name"]: {k: str(v) for k, v in shared["data"].items()}}
+    for worker in WORKER_DIRS:
+        for generator in _kustomization(worker).get("configMapGenerator", []):
+            literals = generator.get("literals", [])
+            maps[generator["name"]] = dict(item.split("=", 1) for item in literals)
+    return maps
+
+
+def _container_env(container: dict[str, Any]) -> dict[str, str]:
+    maps = _configmaps()
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env |= maps[source["configMapRef"]["name"]]
+    return env | {item["name"]: str(item["value"]) for item in container.get("env", [])}
 
 
 def test_every_worker_folder_is_known_and_listed_in_the_top_kustomization() -> None:
@@ -74,18 +125,24 @@ def test_every_worker_folder_is_known_and_listed_in_the_top_kustomization() -> N
     assert set(WORKER_DIRS) == set(SETTINGS_BY_WORKER)
     assert set(top["resources"]) == {"base", *WORKER_DIRS}
     for worker in WORKER_DIRS:
-        listed = _documents(K8S / worker / "kustomization.yaml")[0]["resources"]
-        assert "deployment.yaml" in listed
+        assert any(w.kind == "Deployment" for w in _workloads(worker)), worker
 
 
-@pytest.mark.parametrize("worker", WORKER_DIRS)
-def test_deployment_env_builds_valid_settings(
-    worker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_every_workload_runs_as_the_base_service_account() -> None:
+    """The ServiceAccount (IRSA role) the pods name is the one base creates."""
+    (account,) = _documents(K8S / "base" / "serviceaccount.yaml")
+    names = {w.pod["serviceAccountName"] for worker in WORKER_DIRS for w in _workloads(worker)}
+    assert names == {account["metadata"]["name"]}
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_workload_env_builds_valid_settings(
+    workload: Workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The ConfigMap plus the Deployment's env, with files where the pod mounts them."""
-    container = _deployment(worker)["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][0] == worker
-    env = _shared_env() | {item["name"]: str(item["value"]) for item in container.get("env", [])}
+    """The ConfigMaps plus the container's env, with files where the pod mounts them."""
+    worker = workload.container["args"][0]
+    assert worker in SETTINGS_BY_WORKER
+    env = _container_env(workload.container)
 
     for name in list(os.environ):
         if name.startswith(("INDUTECH_", "IOT_", "IDENTITY_SYNC_", "SQL_", "METRICS_")):
@@ -119,11 +176,10 @@ def test_deployment_env_builds_valid_settings(
         assert kafka.security_protocol == "SASL_SSL"
 
 
-@pytest.mark.parametrize("worker", WORKER_DIRS)
-def test_deployment_args_parse(worker: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_workload_args_parse(workload: Workload, tmp_path: Path) -> None:
     """The container's args are accepted by the CLI: with no settings it stops at config."""
-    container = _deployment(worker)["spec"]["template"]["spec"]["containers"][0]
-    command, *args = container["args"]
+    command, *args = workload.container["args"]
     script = Path(sys.executable).parent / command
     result = subprocess.run(
         [str(script), *args],
@@ -139,20 +195,20 @@ def test_deployment_args_parse(worker: str, tmp_path: Path) -> None:
     assert "usage:" not in result.stderr
 
 
-@pytest.mark.parametrize("worker", WORKER_DIRS)
-def test_deployment_is_hardened_and_probed(worker: str) -> None:
-    pod = _deployment(worker)["spec"]["template"]["spec"]
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_workload_is_hardened_and_probed(workload: Workload) -> None:
+    pod, container = workload.pod, workload.container
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["serviceAccountName"] == "indutech-flows"
-    shutdown_deadline = float(_shared_env()["INDUTECH_SHUTDOWN_TIMEOUT_S"])
-    assert pod["terminationGracePeriodSeconds"] > shutdown_deadline
-    (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "memory" in container["resources"]["limits"]
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert "/var/run/secrets/indutech" in mounts
-    labels = _deployment(worker)["spec"]["template"]["metadata"]["labels"]
+    labels = workload.template["metadata"]["labels"]
     assert labels["app.kubernetes.io/part-of"] == "indutech-flows"  # the NetworkPolicy's selector
+    if workload.kind == "CronJob":
+        return  # a job runs to completion: no probes, no drain deadline
+    shutdown_deadline = float(_configmaps()["indutech-shared"]["INDUTECH_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > shutdown_deadline
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

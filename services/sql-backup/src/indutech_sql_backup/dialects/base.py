@@ -1,0 +1,148 @@
+"""What a source dialect generates: catalogue queries, chunk reads, positions and deltas.
+
+A dialect only writes SQL text (and connection-string options); running it is
+the source's job. Parameters are always bound as strings and cast in SQL
+(``CAST(? AS type)``), because arrow-odbc binds text parameters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    source_type: str
+    nullable: bool = True
+
+    @property
+    def lob(self) -> bool:
+        """Unbounded text or binary: buffers are sized from the chunk's largest value."""
+        return self.lob_kind is not None
+
+    @property
+    def lob_kind(self) -> str | None:
+        t = self.source_type.lower()
+        if t in ("text", "json", "jsonb", "xml", "character varying", "ntext"):
+            return "text"
+        if t in ("bytea", "image"):
+            return "binary"
+        if t.endswith("(max)"):
+            return "binary" if "binary" in t else "text"
+        return None
+
+
+@dataclass(frozen=True)
+class TableRef:
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> TableRef:
+        schema, dot, name = text.partition(".")
+        if not dot or not schema or not name or "." in name:
+            raise ValueError(f"a table is named schema.table, got {text!r}")
+        return cls(schema, name)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    ref: TableRef
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    watermark: str | None = None
+    key_from: str = "primary key"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    @property
+    def chunk_column(self) -> Column:
+        """Chunks are ranges of the leading key column: every row falls in exactly one."""
+        return self.column(self.key[0])
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    params: tuple[str | None, ...] = ()
+
+
+class Dialect(ABC):
+    name: str
+
+    @abstractmethod
+    def quote(self, identifier: str) -> str: ...
+
+    def table(self, ref: TableRef) -> str:
+        return f"{self.quote(ref.schema)}.{self.quote(ref.name)}"
+
+    @abstractmethod
+    def connection_options(self) -> str:
+        """Extra ODBC options appended to the common connection string."""
+
+    @abstractmethod
+    def list_tables(self) -> Query:
+        """(schema, table) of every base table outside the system schemas."""
+
+    @abstractmethod
+    def list_columns(self, ref: TableRef) -> Query:
+        """(name, type, is_nullable 'YES'/'NO') in ordinal order."""
+
+    @abstractmethod
+    def primary_key(self, ref: TableRef) -> Query:
+        """Primary key column names in key order."""
+
+    @abstractmethod
+    def select_list(self, table: TableInfo) -> str:
+        """The columns as read: timestamps with a zone are converted to UTC."""
+
+    @abstractmethod
+    def boundaries(self, table: TableInfo, every: int) -> Query:
+        """Every ``every``-th distinct value of the chunk column, ascending."""
+
+    @abstractmethod
+    def position(self) -> Query:
+        """One text value: the source's change position now (where the next delta starts)."""
+
+    @abstractmethod
+    def chunk(self, table: TableInfo, lo: str | None, hi: str | None) -> Query:
+        """The rows with ``lo < chunk column <= hi`` (None: unbounded), in key order."""
+
+    @abstractmethod
+    def delta(self, table: TableInfo, since: str) -> Query:
+        """``_op`` ('I'/'U' upsert, 'D' delete) plus the columns of every row changed since
+        ``since``; deletes carry the key columns only."""
+
+    @abstractmethod
+    def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
+        """The largest byte length of each LOB column (over the chunk's rows)."""
+
+    def cast_param(self, column: Column) -> str:
+        return f"CAST(? AS {column.source_type})"
+
+    def range_predicate(self, table: TableInfo, lo: str | None, hi: str | None) -> Query:
+        column = table.chunk_column
+        name = self.quote(column.name)
+        parts: list[str] = []
+        params: list[str | None] = []
+        if lo is not None:
+            parts.append(f"{name} > {self.cast_param(column)}")
+            params.append(lo)
+        if hi is not None:
+            parts.append(f"{name} <= {self.cast_param(column)}")
+            params.append(hi)
+        return Query(" AND ".join(parts) or "1=1", tuple(params))
+
+    def order_by(self, table: TableInfo) -> str:
+        return ", ".join(self.quote(k) for k in table.key)

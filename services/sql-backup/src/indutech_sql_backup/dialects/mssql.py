@@ -1,0 +1,162 @@
+"""SQL Server 2016+ (Microsoft ODBC Driver 18 or FreeTDS): T-SQL generation.
+
+Each read runs under SNAPSHOT isolation (the database needs
+``ALLOW_SNAPSHOT_ISOLATION ON``), so a chunk is one consistent view without
+blocking writers. The position is ``{CHANGE_TRACKING_CURRENT_VERSION()}:
+{MIN_ACTIVE_ROWVERSION()}``: a delta reads rows whose ``rowversion`` is at or
+past the previous run's minimum active rowversion (so a transaction still open
+then is not missed) and deletes from Change Tracking since the previous
+version (``ALTER TABLE … ENABLE CHANGE_TRACKING`` on every backed-up table).
+
+No SQL Server runs on our machines: the generated T-SQL is checked by parsing
+it with sqlglot's ``tsql`` dialect (tests/unit/sql_backup/test_mssql_dialect.py),
+not by executing it.
+"""
+
+from __future__ import annotations
+
+from indutech_sql_backup.dialects.base import Column, Dialect, Query, TableInfo, TableRef
+
+SNAPSHOT_PREAMBLE = "SET NOCOUNT ON; SET TRANSACTION ISOLATION LEVEL SNAPSHOT; "
+_SNAPSHOT = SNAPSHOT_PREAMBLE
+
+
+class MssqlDialect(Dialect):
+    name = "mssql"
+
+    def quote(self, identifier: str) -> str:
+        return "[" + identifier.replace("]", "]]") + "]"
+
+    def connection_options(self) -> str:
+        return "ApplicationIntent=ReadOnly;"
+
+    def list_tables(self) -> Query:
+        return Query(
+            "SELECT s.name, t.name FROM sys.tables AS t JOIN sys.schemas AS s "
+            "ON s.schema_id = t.schema_id WHERE t.is_ms_shipped = 0 ORDER BY s.name, t.name"
+        )
+
+    def list_columns(self, ref: TableRef) -> Query:
+        return Query(
+            "SELECT c.name, CASE "
+            "WHEN ty.name IN ('varchar', 'char', 'varbinary', 'binary') THEN ty.name + '(' + "
+            "CASE WHEN c.max_length = -1 THEN 'max' ELSE CAST(c.max_length AS VARCHAR(10)) END "
+            "+ ')' "
+            "WHEN ty.name IN ('nvarchar', 'nchar') THEN ty.name + '(' + "
+            "CASE WHEN c.max_length = -1 THEN 'max' ELSE CAST(c.max_length / 2 AS VARCHAR(10)) "
+            "END + ')' "
+            "WHEN ty.name IN ('decimal', 'numeric') THEN ty.name + '(' + "
+            "CAST(c.precision AS VARCHAR(10)) + ',' + CAST(c.scale AS VARCHAR(10)) + ')' "
+            "WHEN ty.name IN ('datetime2', 'datetimeoffset', 'time') THEN ty.name + '(' + "
+            "CAST(c.scale AS VARCHAR(10)) + ')' ELSE ty.name END, "
+            "CASE WHEN c.is_nullable = 1 THEN 'YES' ELSE 'NO' END "
+            "FROM sys.columns AS c JOIN sys.types AS ty ON ty.user_type_id = c.user_type_id "
+            "WHERE c.object_id = OBJECT_ID(?) ORDER BY c.column_id",
+            (self.table(ref),),
+        )
+
+    def primary_key(self, ref: TableRef) -> Query:
+        return Query(
+            "SELECT c.name FROM sys.indexes AS i JOIN sys.index_columns AS ic "
+            "ON ic.object_id = i.object_id AND ic.index_id = i.index_id "
+            "JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id "
+            "WHERE i.is_primary_key = 1 AND i.object_id = OBJECT_ID(?) ORDER BY ic.key_ordinal",
+            (self.table(ref),),
+        )
+
+    def _read_as(self, column: Column, value: str) -> str:
+        """How a value is read: UTC µs timestamps, text uuids, rowversion as BIGINT."""
+        kind = column.source_type.lower()
+        if kind.startswith("datetimeoffset"):
+            return f"CAST(SWITCHOFFSET({value}, '+00:00') AS DATETIME2(6))"
+        if kind.startswith("datetime2"):
+            return f"CAST({value} AS DATETIME2(6))"
+        if kind in ("rowversion", "timestamp"):
+            return f"CAST({value} AS BIGINT)"
+        if kind == "uniqueidentifier":
+            return f"LOWER(CAST({value} AS CHAR(36)))"
+        return value
+
+    def _null(self, column: Column) -> str:
+        kind = column.source_type.lower()
+        if kind in ("rowversion", "timestamp"):
+            return "CAST(NULL AS BIGINT)"
+        if kind.startswith("datetimeoffset"):
+            return "CAST(NULL AS DATETIME2(6))"
+        return self._read_as(column, f"CAST(NULL AS {column.source_type.upper()})")
+
+    def _expr(self, column: Column) -> str:
+        name = self.quote(column.name)
+        read = self._read_as(column, name)
+        return name if read == name else f"{read} AS {name}"
+
+    def select_list(self, table: TableInfo) -> str:
+        return ", ".join(self._expr(c) for c in table.columns)
+
+    def cast_param(self, column: Column) -> str:
+        kind = column.source_type.lower()
+        if kind in ("rowversion", "timestamp"):
+            return "CAST(CAST(? AS BIGINT) AS BINARY(8))"
+        return f"CAST(? AS {column.source_type.upper()})"
+
+    def boundaries(self, table: TableInfo, every: int) -> Query:
+        column = self.quote(table.chunk_column.name)
+        return Query(
+            f"SELECT CAST(r.v AS NVARCHAR(400)) FROM (SELECT {column} AS v, "  # noqa: S608
+            f"ROW_NUMBER() OVER (ORDER BY {column}) AS rn FROM {self.table(table.ref)}) AS r "
+            f"WHERE r.rn % {int(every)} = 0 ORDER BY r.rn"
+        )
+
+    def position(self) -> Query:
+        return Query(
+            "SELECT CONCAT(CAST(CHANGE_TRACKING_CURRENT_VERSION() AS VARCHAR(20)), ':', "
+            "CAST(CAST(MIN_ACTIVE_ROWVERSION() AS BIGINT) AS VARCHAR(20)))"
+        )
+
+    def chunk(self, table: TableInfo, lo: str | None, hi: str | None) -> Query:
+        where = self.range_predicate(table, lo, hi)
+        return Query(
+            f"{_SNAPSHOT}SELECT {self.select_list(table)} FROM {self.table(table.ref)} "  # noqa: S608
+            f"WHERE {where.sql} ORDER BY {self.order_by(table)}",
+            where.params,
+        )
+
+    def delta(self, table: TableInfo, since: str) -> Query:
+        if table.watermark is None:
+            raise ValueError(f"{table.ref.qualified} has no watermark column")
+        tracking_version, _, min_active = since.partition(":")
+        watermark = self.quote(table.watermark)
+        deleted = ", ".join(
+            self._read_as(c, f"ct.{self.quote(c.name)}") if c.name in table.key else self._null(c)
+            for c in table.columns
+        )
+        sql = (
+            f"{_SNAPSHOT}SELECT 'U' AS [_op], {self.select_list(table)} "  # noqa: S608
+            f"FROM {self.table(table.ref)} WHERE {watermark} >= "
+            "CAST(CAST(? AS BIGINT) AS BINARY(8)) "
+            f"UNION ALL SELECT 'D' AS [_op], {deleted} FROM "
+            f"CHANGETABLE(CHANGES {self.table(table.ref)}, CAST(? AS BIGINT)) AS ct "
+            "WHERE ct.SYS_CHANGE_OPERATION = 'D'"
+        )
+        return Query(sql, (min_active, tracking_version))
+
+    def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
+        lobs = [c for c in table.columns if c.lob]
+        select = ", ".join(
+            f"CAST(COALESCE(MAX(DATALENGTH({self.quote(c.name)})), 0) AS BIGINT)" for c in lobs
+        )
+        predicate = where or Query("1=1")
+        return Query(
+            f"SELECT {select} FROM {self.table(table.ref)} WHERE {predicate.sql}",  # noqa: S608
+            predicate.params,
+        )
+
+    def enable_change_tracking(self, database: str, ref: TableRef) -> list[str]:
+        """What a DBA runs once on the source (printed by ``sql-backup prepare-source``)."""
+        db = self.quote(database)
+        return [
+            f"ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON",
+            f"ALTER DATABASE {db} SET CHANGE_TRACKING = ON "
+            "(CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON)",
+            f"ALTER TABLE {self.table(ref)} ENABLE CHANGE_TRACKING",
+        ]

@@ -1,0 +1,467 @@
+"""Plan, read and finalise backups: the work shared by the CLI and the worker replicas.
+
+1. **Plan** (one process): take the source position, split the table into
+   key-range chunks of the leading key column, write ``_plan.json``.
+2. **Chunk** (any replica): read the range under snapshot isolation through
+   arrow-odbc, stream it into a zstd Parquet part (checksummed on the way),
+   upload it with its SHA-256 (S3 refuses a body that differs), then write the
+   part record. A chunk whose record names the same plan is skipped, so a
+   restart or a redelivered work item never redoes or duplicates it; a killed
+   chunk is simply redone under the same deterministic name.
+3. **Finalise** (whoever finishes the last chunk): when every chunk has a
+   record, write ``_manifest.json`` (create-only, so exactly one writer wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import structlog
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
+
+from indutech_common.metrics import WorkerMetrics
+from indutech_sql_backup.config import SqlBackupSettings
+from indutech_sql_backup.dialects import Column, Query, TableInfo, dialect_for
+from indutech_sql_backup.errors import (
+    BackupNotFoundError,
+    LobTooLargeError,
+    PlanMismatchError,
+    SqlBackupError,
+)
+from indutech_sql_backup.progress import Progress
+from indutech_sql_backup.sinks import (
+    BackupDir,
+    BackupStore,
+    ChunkSpec,
+    ColumnSpec,
+    Manifest,
+    PartRecord,
+    PartWriter,
+    Plan,
+    chain,
+)
+from indutech_sql_backup.sinks.store import Kind, now_utc
+from indutech_sql_backup.sources import OdbcSource, discover
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+_log = structlog.get_logger(__name__)
+ROW_OVERHEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    record: PartRecord
+    skipped: bool
+
+
+class BackupMetrics:
+    """Per-table metrics on top of the standard ones: rows, bytes, lag, last success."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.base = metrics
+        registry = metrics.registry
+        self.bytes = PromCounter(
+            "indutech_sql_backup_bytes",
+            "Parquet bytes uploaded, per table",
+            ["worker", "table"],
+            registry=registry,
+        )
+        self.chunks = PromCounter(
+            "indutech_sql_backup_chunks",
+            "Chunks done, per table and outcome (written, skipped)",
+            ["worker", "table", "outcome"],
+            registry=registry,
+        )
+        self.table_success = Gauge(
+            "indutech_sql_backup_last_success_timestamp_seconds",
+            "Unix time of the last verified part, per table",
+            ["worker", "table"],
+            registry=registry,
+        )
+
+    def part_done(self, plan: Plan, record: PartRecord, *, skipped: bool) -> None:
+        name = f"{plan.database}.{plan.schema_name}.{plan.table}"
+        worker = self.base.worker
+        self.chunks.labels(worker, name, "skipped" if skipped else "written").inc()
+        if skipped:
+            return
+        self.base.records_in.labels(worker, name).inc(record.rows)
+        self.base.record_success(
+            stream=name, count=record.rows, last_event_time=plan.created_at.timestamp()
+        )
+        self.bytes.labels(worker, name).inc(record.bytes)
+        self.table_success.labels(worker, name).set(time.time())
+
+
+def chunk_specs(boundaries: Iterable[str]) -> tuple[ChunkSpec, ...]:
+    """Ranges ``(b[i-1], b[i]]`` and a last open-ended one; duplicate boundaries collapse."""
+    unique: list[str] = []
+    for value in boundaries:
+        if not unique or unique[-1] != value:
+            unique.append(value)
+    edges: list[str | None] = [None, *unique, None]
+    return tuple(ChunkSpec(chunk=i, lo=edges[i], hi=edges[i + 1]) for i in range(len(edges) - 1))
+
+
+def double_columns(table: TableInfo) -> frozenset[str]:
+    """8-byte floating point columns (kept float64, never narrowed)."""
+    return frozenset(
+        c.name
+        for c in table.columns
+        if c.source_type.lower() in ("double precision", "float8", "float", "float(53)")
+    )
+
+
+def _tz_column(column: Column) -> bool:
+    kind = column.source_type.lower()
+    return "with time zone" in kind or kind.startswith("datetimeoffset")
+
+
+def arrow_schema_for(table: TableInfo, read: pa.Schema, *, delta: bool) -> pa.Schema:
+    """What is stored: the ODBC types, with zoned timestamps marked UTC and every timestamp µs."""
+    fields = []
+    columns = {c.name: c for c in table.columns}
+    for field in read:
+        arrow_type = field.type
+        column = columns.get(field.name)
+        if pa.types.is_timestamp(arrow_type):
+            zone = "UTC" if column is not None and _tz_column(column) else None
+            arrow_type = pa.timestamp("us", tz=zone)
+        nullable = True if delta or column is None else column.nullable
+        fields.append(pa.field(field.name, arrow_type, nullable=nullable))
+    return pa.schema(fields)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: SqlBackupSettings,
+        s3: S3Client,
+        *,
+        metrics: BackupMetrics | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dialect = dialect_for(settings.erp.dialect)
+        self.source = OdbcSource(settings.erp, self.dialect)
+        self.store = BackupStore(
+            s3, bucket=settings.s3.backup_bucket, prefix=settings.backup_prefix
+        )
+        self.metrics = metrics
+        self.progress = progress
+        self._plans: dict[str, Plan] = {}
+
+    @property
+    def database(self) -> str:
+        return self.settings.erp.database
+
+    # -- discovery and planning ----------------------------------------------------------
+
+    async def discover(self, only: Iterable[str] = ()) -> list[TableInfo]:
+        settings = self.settings
+        return await asyncio.to_thread(
+            discover,
+            self.source,
+            include=settings.include,
+            exclude=settings.exclude,
+            overrides=settings.tables,
+            default_watermark=settings.watermark_column,
+            only=tuple(only),
+        )
+
+    def directory(self, table: TableInfo, day: date, kind: Kind) -> BackupDir:
+        return BackupDir(
+            prefix=self.settings.backup_prefix,
+            database=self.database,
+            ref=table.ref,
+            day=day,
+            kind=kind,
+        )
+
+    async def plan(self, table: TableInfo, *, kind: Kind, day: date) -> tuple[Plan, str]:
+        """The plan of (table, day, kind): ``new``, ``resume`` (unfinished) or ``complete``."""
+        directory = self.directory(table, day, kind)
+        manifest = await self.store.manifest(directory.manifest)
+        if manifest is not None:
+            return manifest.plan, "complete"
+        existing = await self.store.plan(directory.plan)
+        if existing is not None:
+            return existing, "resume"
+        position_from = None
+        if kind == "delta":
+            if table.watermark is None:
+                raise SqlBackupError(
+                    f"{table.ref.qualified} has no change column {self.settings.watermark_column!r}"
+                    ": set a watermark override (SQL_BACKUP_TABLES) or enable change capture "
+                    "(sql-backup prepare-source)."
+                )
+            runs = chain(await self.store.manifests(self.database, table.ref), until=day)
+            if not runs:
+                raise BackupNotFoundError(
+                    f"no complete full backup of {table.ref.qualified} on or before {day}: a "
+                    "delta continues one. Run 'sql-backup backup --kind full' first."
+                )
+            position_from = runs[-1].position_to
+        position_to, chunks = await asyncio.to_thread(self._position_and_chunks, table, kind)
+        plan = Plan(
+            plan_id=uuid.uuid4().hex,
+            kind=kind,
+            database=self.database,
+            dialect=self.dialect.name,
+            schema_name=table.ref.schema,
+            table=table.ref.name,
+            day=day,
+            columns=tuple(
+                ColumnSpec(name=c.name, source_type=c.source_type, nullable=c.nullable)
+                for c in table.columns
+            ),
+            key=table.key,
+            key_from=table.key_from,
+            watermark=table.watermark,
+            chunk_column=table.chunk_column.name,
+            chunks=chunks,
+            position_from=position_from,
+            position_to=position_to,
+            created_at=now_utc(),
+        )
+        if not await self.store.put_json(directory.plan, plan, create_only=True):
+            winner = await self.store.plan(directory.plan)  # another planner was first
+            if winner is not None:
+                return winner, "resume"
+        _log.info(
+            "planned",
+            table=table.ref.qualified,
+            kind=kind,
+            day=str(day),
+            chunks=len(chunks),
+            position_from=position_from,
+            position_to=position_to,
+        )
+        return plan, "new"
+
+    def _position_and_chunks(
+        self, table: TableInfo, kind: Kind
+    ) -> tuple[str, tuple[ChunkSpec, ...]]:
+        with self.source.connect() as connection:
+            # The position first: whatever changes after it is the next delta's.
+            position = str(self.source.fetch(connection, self.dialect.position())[0][0])
+            if kind == "delta":
+                return position, (ChunkSpec(chunk=0, lo=None, hi=None),)
+            rows = self.source.fetch(
+                connection, self.dialect.boundaries(table, self.settings.chunk_rows)
+            )
+        return position, chunk_specs(str(r[0]) for r in rows)
+
+    async def load_plan(self, key: str, plan_id: str) -> Plan:
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = await self.store.plan(key)
+            if plan is None:
+                raise PlanMismatchError(f"the plan {self.store.url(key)} does not exist")
+            self._plans[key] = plan
+        if plan.plan_id != plan_id:
+            raise PlanMismatchError(
+                f"work item of plan {plan_id} but {self.store.url(key)} is plan {plan.plan_id}"
+            )
+        return plan
+
+    # -- chunks --------------------------------------------------------------------------
+
+    async def run_chunk(self, plan: Plan, chunk: int) -> ChunkResult:
+        directory = BackupDir.of(self.settings.backup_prefix, plan)
+        raw = await self.store.get_bytes(directory.record(chunk))
+        if raw is not None:
+            record = PartRecord.model_validate_json(raw)
+            if record.plan_id == plan.plan_id:
+                if self.metrics:
+                    self.metrics.part_done(plan, record, skipped=True)
+                return ChunkResult(record, skipped=True)
+        started = time.perf_counter()
+        writer = await asyncio.to_thread(self._read_chunk, plan, chunk)
+        try:
+            data, sha256 = await asyncio.to_thread(writer.finish)
+        finally:
+            writer.close()
+        key = directory.part(chunk)
+        await self.store.put_part(key, data, sha256)
+        record = PartRecord(
+            plan_id=plan.plan_id,
+            chunk=chunk,
+            key=key,
+            rows=writer.rows,
+            bytes=len(data),
+            checksum=writer.checksum.hexdigest(),
+            sha256=sha256.hex(),
+            ops=dict(writer.ops),
+            arrow_schema=tuple(
+                ColumnSpec(name=f.name, source_type="", nullable=f.nullable, arrow_type=str(f.type))
+                for f in writer.schema
+            ),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        await self.store.put_json(directory.record(chunk), record)
+        if self.metrics:
+            self.metrics.part_done(plan, record, skipped=False)
+        _log.info(
+            "chunk_written",
+            table=plan.ref.qualified,
+            kind=plan.kind,
+            chunk=chunk,
+            rows=record.rows,
+            bytes=record.bytes,
+            seconds=record.seconds,
+        )
+        return ChunkResult(record, skipped=False)
+
+    def chunk_query(self, plan: Plan, chunk: int) -> tuple[Query, Query | None]:
+        table = plan.table_info()
+        lobs = any(c.lob for c in table.columns)
+        if plan.kind == "full":
+            spec = plan.chunks[chunk]
+            where = self.dialect.range_predicate(table, spec.lo, spec.hi)
+            lob = self.dialect.lob_lengths(table, where) if lobs else None
+            return self.dialect.chunk(table, spec.lo, spec.hi), lob
+        if plan.position_from is None:
+            raise PlanMismatchError(f"delta plan {plan.plan_id} has no start position")
+        lob_query = getattr(self.dialect, "lob_lengths_delta", None)
+        lob = None
+        if lobs:
+            lob = (
+                lob_query(table, plan.position_from)
+                if lob_query
+                else self.dialect.lob_lengths(table, None)
+            )
+        return self.dialect.delta(table, plan.position_from), lob
+
+    def _buffer_sizes(self, plan: Plan, lob_query: Query | None) -> tuple[int, int, int]:
+        """(batch rows, text bytes per value, binary bytes per value) for this chunk."""
+        settings = self.settings
+        if lob_query is None:
+            return settings.batch_rows, 4096, 4096
+        table = plan.table_info()
+        lobs = [c for c in table.columns if c.lob]
+        with self.source.connect() as connection:
+            lengths = [int(v or 0) for v in self.source.fetch(connection, lob_query)[0]]
+        for column, length in zip(lobs, lengths, strict=True):
+            if length > settings.lob_max_bytes:
+                raise LobTooLargeError(
+                    f"{plan.ref.qualified}.{column.name} holds a value of {length:,} bytes, more "
+                    f"than SQL_BACKUP_LOB_MAX_BYTES={settings.lob_max_bytes:,}. Raise it (and "
+                    "MAX_BATCH_BYTES); nothing is ever truncated."
+                )
+        text = max([n for c, n in zip(lobs, lengths, strict=True) if c.lob_kind == "text"] + [1])
+        binary = max(
+            [n for c, n in zip(lobs, lengths, strict=True) if c.lob_kind == "binary"] + [1]
+        )
+        text, binary = max(text + 16, 1024), max(binary + 16, 1024)
+        row_bytes = ROW_OVERHEAD_BYTES * len(table.columns) + sum(
+            text if c.lob_kind == "text" else binary for c in lobs
+        )
+        rows = max(1, min(settings.batch_rows, settings.max_batch_bytes // row_bytes))
+        return rows, text, binary
+
+    def _read_chunk(self, plan: Plan, chunk: int) -> PartWriter:
+        """Blocking: source → Parquet temp file. Runs in a thread."""
+        query, lob_query = self.chunk_query(plan, chunk)
+        batch_rows, text_bytes, binary_bytes = self._buffer_sizes(plan, lob_query)
+        table = plan.table_info()
+        read_schema, batches = self.source.batches(
+            query,
+            batch_rows=batch_rows,
+            max_text_bytes=text_bytes,
+            max_binary_bytes=binary_bytes,
+            max_batch_bytes=self.settings.max_batch_bytes + self.settings.lob_max_bytes,
+            doubles=double_columns(table),
+        )
+        schema = arrow_schema_for(table, read_schema, delta=plan.kind == "delta")
+        writer = PartWriter(schema)
+        try:
+            for batch in batches:
+                cast = batch.cast(schema)
+                if plan.kind == "delta":
+                    writer.ops.update(cast.column(0).to_pylist())
+                writer.write(cast)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    # -- finalising ----------------------------------------------------------------------
+
+    async def finalize(self, plan: Plan) -> tuple[Manifest | None, bool]:
+        """(manifest, written by this call) once every chunk is verified, else (None, False)."""
+        directory = BackupDir.of(self.settings.backup_prefix, plan)
+        existing = await self.store.manifest(directory.manifest)
+        if existing is not None:
+            return existing, False
+        records = await self.store.records(directory, plan.plan_id)
+        if len(records) < len(plan.chunks):
+            return None, False
+        parts = tuple(records[c.chunk] for c in plan.chunks)
+        manifest = Manifest(
+            plan=plan,
+            parts=parts,
+            rows=sum(p.rows for p in parts),
+            bytes=sum(p.bytes for p in parts),
+            completed_at=now_utc(),
+        )
+        created = await self.store.put_json(directory.manifest, manifest, create_only=True)
+        if created:
+            _log.info(
+                "manifest_written",
+                table=plan.ref.qualified,
+                kind=plan.kind,
+                day=str(plan.day),
+                rows=manifest.rows,
+                parts=len(parts),
+                manifest=self.store.url(directory.manifest),
+            )
+        return (manifest if created else await self.store.manifest(directory.manifest)), created
+
+    # -- a whole run in this process -----------------------------------------------------
+
+    async def backup(
+        self, tables: list[TableInfo], *, kind: Kind, day: date
+    ) -> list[tuple[Manifest, bool]]:
+        """Plan and run every chunk here (``parallel_chunks`` at once); resumes unfinished runs."""
+        plans = [await self.plan(t, kind=kind, day=day) for t in tables]
+        slots = asyncio.Semaphore(self.settings.parallel_chunks)
+        total = sum(len(p.chunks) for p, status in plans if status != "complete")
+        if self.progress:
+            self.progress.start(f"{kind} backup of {len(tables)} table(s)", total=total)
+
+        async def one(plan: Plan, chunk: int) -> None:
+            async with slots:
+                result = await self.run_chunk(plan, chunk)
+            if self.progress:
+                self.progress.advance(
+                    rows=result.record.rows, nbytes=result.record.bytes, skipped=result.skipped
+                )
+
+        await asyncio.gather(
+            *(
+                one(plan, spec.chunk)
+                for plan, status in plans
+                if status != "complete"
+                for spec in plan.chunks
+            )
+        )
+        results = []
+        for plan, _status in plans:
+            manifest, created = await self.finalize(plan)
+            if manifest is None:  # pragma: no cover - every chunk ran above
+                raise SqlBackupError(f"{plan.ref.qualified}: chunks missing after the run")
+            results.append((manifest, created))
+        if self.progress:
+            self.progress.finish()
+        return results

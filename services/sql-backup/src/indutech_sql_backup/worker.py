@@ -1,0 +1,353 @@
+"""sql-backup replicas: one consumer group draining ``sql.backup-work.v1``.
+
+``publish_plans`` (the ``plan`` command) writes each table's ``_plan.json`` and
+sends one work item per chunk not yet verified. Items are keyed by table (the
+contract) but spread over the topic's partitions by chunk number, so the
+chunks of one large table are shared by every replica.
+
+A replica takes up to ``parallel_chunks`` items per poll, runs them at once
+(arrow-odbc reads in threads), and commits a partition's offset only after
+every item before it is uploaded, verified and recorded. A killed replica's
+uncommitted items are redelivered: finished ones are skipped by their record,
+unfinished ones are redone under the same part name. Whoever finishes a
+table's last chunk writes the manifest and announces it on
+``sql.backup-completed.v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from pydantic import BaseModel, ConfigDict
+
+from indutech_common.kafka import create_consumer, create_producer, ping_producer, start_client
+from indutech_common.lifecycle import Worker
+from indutech_common.retry import Backoff
+from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_sql_backup.config import SqlBackupSettings
+from indutech_sql_backup.dialects import TableInfo
+from indutech_sql_backup.engine import BackupMetrics, Engine
+from indutech_sql_backup.errors import PlanMismatchError
+from indutech_sql_backup.sinks import BackupDir, Manifest, Plan
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import ConsumerRecord
+
+POLL_TIMEOUT_MS = 500
+RETRY_DELAY_S = 5.0
+
+
+class WorkItem(BaseModel):
+    """One chunk to back up (value of ``sql.backup-work.v1``, key = table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = 1
+    event_id: str
+    event_time: datetime
+    kind: Literal["full", "delta"]
+    database: str
+    table: str
+    day: date
+    chunk: int
+    chunks: int
+    plan_id: str
+    plan_key: str
+
+
+class BackupCompleted(BaseModel):
+    """A verified run (value of ``sql.backup-completed.v1``, key = table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = 1
+    event_id: str
+    event_time: datetime
+    kind: Literal["full", "delta"]
+    database: str
+    table: str
+    day: date
+    manifest: str
+    rows: int
+    bytes: int
+    parts: int
+    position_from: str | None
+    position_to: str
+
+
+def _table_key(plan: Plan) -> bytes:
+    return f"{plan.database}.{plan.schema_name}.{plan.table}".encode()
+
+
+def work_items(engine: Engine, plan: Plan, done: set[int]) -> list[WorkItem]:
+    directory = BackupDir.of(engine.settings.backup_prefix, plan)
+    return [
+        WorkItem(
+            event_id=f"{plan.plan_id}:{spec.chunk:05d}",
+            event_time=plan.created_at,
+            kind=plan.kind,
+            database=plan.database,
+            table=f"{plan.schema_name}.{plan.table}",
+            day=plan.day,
+            chunk=spec.chunk,
+            chunks=len(plan.chunks),
+            plan_id=plan.plan_id,
+            plan_key=directory.plan,
+        )
+        for spec in plan.chunks
+        if spec.chunk not in done
+    ]
+
+
+def completed_message(engine: Engine, manifest: Manifest) -> BackupCompleted:
+    plan = manifest.plan
+    key = BackupDir.of(engine.settings.backup_prefix, plan).manifest
+    return BackupCompleted(
+        event_id=engine.store.url(key),
+        event_time=manifest.completed_at,
+        kind=plan.kind,
+        database=plan.database,
+        table=f"{plan.schema_name}.{plan.table}",
+        day=plan.day,
+        manifest=engine.store.url(key),
+        rows=manifest.rows,
+        bytes=manifest.bytes,
+        parts=len(manifest.parts),
+        position_from=plan.position_from,
+        position_to=plan.position_to,
+    )
+
+
+async def _producer(settings: SqlBackupSettings) -> AIOKafkaProducer:
+    assert settings.kafka is not None  # noqa: S101 - checked by the CLI
+    producer = create_producer(settings.kafka)
+    await start_client(producer, settings.kafka)
+    return producer
+
+
+async def announce(settings: SqlBackupSettings, engine: Engine, manifests: list[Manifest]) -> None:
+    if not manifests:
+        return
+    producer = await _producer(settings)
+    try:
+        for manifest in manifests:
+            message = completed_message(engine, manifest)
+            await producer.send_and_wait(
+                settings.completed_topic,
+                message.model_dump_json().encode(),
+                key=_table_key(manifest.plan),
+            )
+    finally:
+        await producer.stop()
+
+
+async def publish_plans(
+    settings: SqlBackupSettings,
+    engine: Engine,
+    tables: list[TableInfo],
+    *,
+    kind: Literal["full", "delta"],
+    day: date,
+) -> int:
+    """Plan every table (or resume its unfinished plan) and publish the chunks not yet done."""
+    producer = await _producer(settings)
+    published = 0
+    try:
+        partitions = sorted(await producer.partitions_for(settings.work_topic) or {0})
+        for table in tables:
+            plan, status = await engine.plan(table, kind=kind, day=day)
+            if status == "complete":
+                manifest, _ = await engine.finalize(plan)
+                if manifest is not None:  # announce again: the event id is stable
+                    await producer.send_and_wait(
+                        settings.completed_topic,
+                        completed_message(engine, manifest).model_dump_json().encode(),
+                        key=_table_key(plan),
+                    )
+                continue
+            directory = BackupDir.of(settings.backup_prefix, plan)
+            done = set(await engine.store.records(directory, plan.plan_id))
+            futures = [
+                await producer.send(
+                    settings.work_topic,
+                    item.model_dump_json().encode(),
+                    key=_table_key(plan),
+                    partition=partitions[item.chunk % len(partitions)],
+                )
+                for item in work_items(engine, plan, done)
+            ]
+            await asyncio.gather(*futures)
+            published += len(futures)
+    finally:
+        await producer.stop()
+    return published
+
+
+class SqlBackupWorker(Worker[SqlBackupSettings]):
+    name = "sql-backup"
+
+    def __init__(self, settings: SqlBackupSettings) -> None:
+        super().__init__(settings)
+        self.backup_metrics = BackupMetrics(self.metrics)
+        self._stack = AsyncExitStack()
+        self._idle_since = time.monotonic()
+        self.chunks_done = 0
+        self.chunks_written = 0
+
+    async def startup(self) -> None:
+        settings = self.settings
+        assert settings.kafka is not None  # noqa: S101 - checked by the CLI
+        s3 = await self._stack.enter_async_context(create_s3_client(settings.s3))
+        bucket = settings.s3.backup_bucket
+        self.health.register_ping("s3", lambda: ping_bucket(s3, bucket))
+        self.engine = Engine(settings, s3, metrics=self.backup_metrics)
+        self.producer: AIOKafkaProducer = create_producer(settings.kafka)
+        await start_client(self.producer, settings.kafka)
+        self._stack.push_async_callback(self.producer.stop)
+        self.health.register_ping("kafka", lambda: ping_producer(self.producer))
+        self.consumer: AIOKafkaConsumer = create_consumer(
+            settings.kafka,
+            settings.work_topic,
+            group_id=settings.group_id,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4),
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+        )
+        await start_client(self.consumer, settings.kafka)
+        self._stack.push_async_callback(self.consumer.stop)
+        self.log.info(
+            "consuming",
+            topic=settings.work_topic,
+            group_id=settings.group_id,
+            parallel_chunks=settings.parallel_chunks,
+            backup=f"s3://{bucket}/{settings.backup_prefix}sql-server/",
+        )
+
+    async def shutdown(self) -> None:
+        await self._stack.aclose()
+
+    async def main_loop(self) -> None:
+        idle_exit = self.settings.idle_exit_s
+        while not self.should_exit.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.parallel_chunks
+            )
+            records = [r for rs in batches.values() for r in rs]
+            if not records:
+                if idle_exit is not None and time.monotonic() - self._idle_since > idle_exit:
+                    self.log.info(
+                        "idle_exit",
+                        chunks_done=self.chunks_done,
+                        chunks_written=self.chunks_written,
+                    )
+                    return
+                continue
+            await self._process(records)
+            self._idle_since = time.monotonic()
+
+    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(self._one(record) for record in records), return_exceptions=True
+        )
+        commit: dict[TopicPartition, int] = {}
+        failed: dict[TopicPartition, int] = {}
+        for record, outcome in zip(records, outcomes, strict=True):
+            tp = TopicPartition(record.topic, record.partition)
+            if isinstance(outcome, BaseException) or tp in failed:
+                if tp not in failed:
+                    failed[tp] = record.offset
+                    self.metrics.error(type(outcome).__name__ if outcome else "after_failure")
+                    self.log.error(
+                        "chunk_failed", partition=str(tp), offset=record.offset, error=str(outcome)
+                    )
+                continue
+            commit[tp] = record.offset + 1
+        if commit:
+            try:
+                await self.consumer.commit(commit)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # Partitions moved during the batch: the new owner skips what is recorded.
+                self.log.warning("commit_lost_partition", error=str(exc))
+                self.metrics.error("commit_failed")
+        if failed:
+            for tp, offset in failed.items():
+                self.consumer.seek(tp, offset)  # redo from the first failure, after a pause
+            await self.sleep_or_exit(RETRY_DELAY_S)
+        self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
+
+    async def _one(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        item = WorkItem.model_validate_json(record.value)
+        try:
+            plan = await self.engine.load_plan(item.plan_key, item.plan_id)
+        except PlanMismatchError as exc:
+            # A replaced or deleted plan: its items are obsolete, never a reason to stall.
+            self.log.warning("obsolete_work_item", event_id=item.event_id, error=str(exc))
+            self.metrics.error("obsolete_work_item")
+            return
+        result = await self.engine.run_chunk(plan, item.chunk)
+        self.chunks_done += 1
+        self.chunks_written += int(not result.skipped)
+        manifest, created = await self.engine.finalize(plan)
+        if manifest is not None and created:
+            message = completed_message(self.engine, manifest)
+            await self.producer.send_and_wait(
+                self.settings.completed_topic,
+                message.model_dump_json().encode(),
+                key=_table_key(plan),
+            )
+
+
+PLANNING_BACKOFF = Backoff(initial_s=30.0, max_s=900.0)
+
+
+def next_run(now: datetime, at_utc: str) -> datetime:
+    hour, minute = (int(part) for part in at_utc.split(":"))
+    candidate = now.astimezone(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return candidate if candidate > now else candidate + timedelta(days=1)
+
+
+class DeltaScheduler(Worker[SqlBackupSettings]):
+    """Plans a delta of every selected table each day at ``delta_at_utc`` (run one of these)."""
+
+    name = "sql-backup-scheduler"
+
+    async def startup(self) -> None:
+        self._stack = AsyncExitStack()
+        self.s3 = await self._stack.enter_async_context(create_s3_client(self.settings.s3))
+
+    async def shutdown(self) -> None:
+        await self._stack.aclose()
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            due = next_run(datetime.now(UTC), self.settings.delta_at_utc)
+            self.log.info("next_delta", at=due.isoformat())
+            if await self.sleep_or_exit((due - datetime.now(UTC)).total_seconds()):
+                return
+            # A failed planning retries the same day with backoff: waiting for tomorrow
+            # would lose nothing (the next delta starts at the last position) but
+            # would leave a day without its restore point.
+            delays = PLANNING_BACKOFF.delays()
+            while True:
+                engine = Engine(self.settings, self.s3)
+                try:
+                    tables = await engine.discover()
+                    count = await publish_plans(
+                        self.settings, engine, tables, kind="delta", day=due.date()
+                    )
+                    break
+                except Exception:
+                    self.log.exception("delta_planning_failed", day=due.date().isoformat())
+                    self.metrics.error("delta_planning")
+                if await self.sleep_or_exit(next(delays)):
+                    return
+            self.metrics.record_success(stream="plans", count=count, last_event_time=None)
+            self.log.info("delta_planned", work_items=count, tables=len(tables))
