@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
 UV := python3 -m uv
 endif
-PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py $(wildcard services/*/src)
+PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py deploy/local/demo_sql.py $(wildcard services/*/src)
 PYTEST_ARGS ?=
 STACK := deploy/local/stack
 

@@ -6,7 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import identity_sync, iot_ingest, iot_to_s3, kafka_throughput, stack_start
+from bench import (
+    identity_sync,
+    iot_ingest,
+    iot_pipeline,
+    iot_to_s3,
+    kafka_throughput,
+    sql_backup,
+    stack_start,
+)
 from bench.harness import BENCHMARKS_MD, RESULTS_JSON, Result, save
 from indutech_common.logging import configure_logging
 
@@ -15,7 +23,9 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "kafka": kafka_throughput.run,
     "iot-ingest": iot_ingest.run,
     "iot-to-s3": iot_to_s3.run,
+    "iot-pipeline": iot_pipeline.run,
     "identity": identity_sync.run,
+    "sql-backup": sql_backup.run,
 }
 
 

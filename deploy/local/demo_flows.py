@@ -29,11 +29,11 @@ from typing import Any
 import ldap3
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from demo_sql import sql_demo
 from dotenv import dotenv_values
+from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
 
-from indutech_common.kafka.config import connection_kwargs
 from indutech_common.ldap import ldap_connect
 from indutech_common.logging import configure_logging
 
@@ -52,6 +52,10 @@ class DemoTopics:
     dead_letter: str
     checkpoint: str
 
+    @property
+    def partitions(self) -> dict[str, int]:
+        return {self.sensor: 3, self.ticket: 3, self.dead_letter: 1, self.checkpoint: 3}
+
     @classmethod
     def for_run(cls, run: str) -> DemoTopics:
         return cls(
@@ -62,30 +66,9 @@ class DemoTopics:
         )
 
 
-async def create_topics(stack: StackSettings, topics: DemoTopics) -> None:
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(topics.sensor, num_partitions=3, replication_factor=1),
-                NewTopic(topics.ticket, num_partitions=3, replication_factor=1),
-                NewTopic(topics.dead_letter, num_partitions=1, replication_factor=1),
-                NewTopic(
-                    topics.checkpoint,
-                    num_partitions=3,
-                    replication_factor=1,
-                    topic_configs={"cleanup.policy": "compact"},
-                ),
-            ]
-        )
-    finally:
-        await admin.close()
-
-
 def base_env() -> dict[str, str]:
     """This process's environment minus worker settings, plus the stack's INDUTECH_*."""
-    prefixes = ("INDUTECH_", "IOT_INGEST_", "IOT_TO_S3_", "IDENTITY_SYNC_")
+    prefixes = ("INDUTECH_", "IOT_INGEST_", "IOT_TO_S3_", "IDENTITY_SYNC_", "SQL_BACKUP_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update({k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None})
     env.update({"PYTHONUNBUFFERED": "1", "INDUTECH_LOGGING__FORMAT": "json"})
@@ -151,7 +134,7 @@ def stop(name: str, process: subprocess.Popen[bytes]) -> None:
 def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: float) -> bool:
     say("== IoT: generator → SAN files → iot-ingest → Kafka (exactly-once) → iot-to-s3 → lake")
     topics = DemoTopics.for_run(run)
-    asyncio.run(create_topics(stack, topics))
+    asyncio.run(create_topics(stack.kafka, topics.partitions, compacted=[topics.checkpoint]))
     san = work / "san"
     san.mkdir(parents=True)
     prefix = f"demo/{run}/"
@@ -220,6 +203,7 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
             generator.kill()
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
+        asyncio.run(delete_topics(stack.kafka, list(topics.partitions)))
     exact = expected is not None and rows == expected == distinct
     verdict = "exactly once" if exact else "MISMATCH (see the logs above)"
     say(f"   lake: {rows} rows, {distinct} distinct event ids for {expected} generated: {verdict}")
@@ -383,6 +367,8 @@ def main() -> int:
     results = {"iot": iot_demo(stack, run, work, args.seconds, args.rate)}
     say("")
     results["identity"] = identity_demo(stack, run, work)
+    say("")
+    results["erp backup"] = sql_demo(stack, run, work, base_env())
     say("")
     for name, ok in results.items():
         say(f"{name:<9} {'OK' if ok else 'FAILED'}")

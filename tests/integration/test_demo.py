@@ -15,7 +15,7 @@ from tests.support.stack import REPO_ROOT, StackSettings
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INDUTECH_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
@@ -25,17 +25,25 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=400,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exactly once" in result.stdout
     assert "both sides equal: True" in result.stdout
+    assert "restored tables equal the source: True" in result.stdout
+    chunks = re.search(r"(\d+) work items → (\d+) parts in S3", result.stdout)
+    assert chunks is not None, result.stdout
+    assert chunks.group(1) == chunks.group(2) != "0"  # one part per chunk
     match = re.search(r"worker logs in (\S+)", result.stdout)
     assert match is not None, result.stdout
-    logs = [path.read_text(errors="replace") for path in Path(match.group(1)).glob("*.log")]
-    assert len(logs) == 2  # iot-ingest and iot-to-s3
-    assert '"event": "' in logs[0]  # JSON logs, so the scan below reads real output
+    log_files = {path.name: path for path in Path(match.group(1)).glob("*.log")}
+    assert {"iot-ingest.log", "iot-to-s3.log", "sql-backup-0.log", "sql-backup-1.log"} <= set(
+        log_files
+    )
+    logs = [path.read_text(errors="replace") for path in log_files.values()]
+    # JSON logs, so the scan below reads real output
+    assert '"event": "' in log_files["iot-ingest.log"].read_text()
     secrets = [
         secret.get_secret_value()
         for secret in (
@@ -43,10 +51,12 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
             stack.s3.secret_access_key,
             stack.ad_onprem.password,
             stack.ad_aws.password,
+            stack.erp.password,
+            stack.warehouse.password,
         )
         if secret is not None
     ]
-    assert len(secrets) == 4
+    assert len(secrets) == 6
     for text in [result.stdout, result.stderr, *logs]:
         for secret in secrets:
             assert secret not in text
