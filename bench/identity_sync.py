@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import ldap3
+
+from bench.harness import Result, run_quiet
+from indutech_common.ldap import ldap_connect
+from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Side, load_mapping
 from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.engine import Reconciler
@@ -23,10 +27,6 @@ from indutech_identity_sync.sources.ldap import read_scope
 from indutech_identity_sync.state import MemoryStateStore, SyncState
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.support.stack import StackSettings, load_stack
-
-from bench.harness import Result, run_quiet
-from indutech_common.ldap import ldap_connect
-from indutech_common.settings import LdapSettings
 
 USERS = int(os.environ.get("BENCH_IDENTITY_USERS", "2000"))
 GROUPS = USERS // 10

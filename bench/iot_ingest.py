@@ -15,15 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.harness import Result, run_quiet
+from bench.kafka_throughput import _kcat_config
+from indutech_common.kafka import create_consumer, start_client
 from indutech_iot_ingest.config import IotIngestSettings, Route
 from indutech_iot_ingest.generator import GenerateOptions, generate
 from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack
-
-from bench.harness import Result, run_quiet
-from bench.kafka_throughput import _kcat_config
-from indutech_common.kafka import create_consumer, start_client
 
 RECORDS = 200_000
 NOMINAL_BYTES_PER_S = 15_000

@@ -25,6 +25,10 @@ import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from bench.harness import Result
+from indutech_common.kafka import create_consumer, start_client
+from indutech_common.s3 import create_s3_client
 from indutech_iot_ingest.config import IotIngestSettings, Route
 from indutech_iot_ingest.worker import IotIngestWorker
 from indutech_iot_to_s3.config import IotToS3Settings
@@ -32,10 +36,6 @@ from indutech_iot_to_s3.worker import IotToS3Worker
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings, load_stack
-
-from bench.harness import Result
-from indutech_common.kafka import create_consumer, start_client
-from indutech_common.s3 import create_s3_client
 
 NOMINAL_BYTES_PER_S = 15_000
 WRITE_S = 20.0

@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dotenv import dotenv_values
-from tests.support.kafka import create_topics, delete_topics
-from tests.support.s3 import delete_prefix
-from tests.support.stack import REPO_ROOT, load_stack, stack_env_file
 
 from bench.harness import Result, run_quiet
 from bench.kafka_throughput import _kcat_config
 from indutech_common.schemas import SensorReading
+from tests.support.kafka import create_topics, delete_topics
+from tests.support.s3 import delete_prefix
+from tests.support.stack import REPO_ROOT, load_stack, stack_env_file
 
 RECORDS = 200_000
 PARTITIONS = 3

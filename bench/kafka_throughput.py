@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from tests.support.stack import StackSettings, load_stack
 
 from bench.harness import Result, run_quiet
 from indutech_common.kafka import connection_kwargs, create_consumer, create_producer, start_client
+from tests.support.stack import StackSettings, load_stack
 
 RECORDS = 200_000
 

@@ -15,6 +15,9 @@ import uuid
 from datetime import date
 from typing import Any
 
+from bench.harness import Result, run_quiet
+from indutech_common.s3 import create_s3_client
+from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
@@ -24,10 +27,6 @@ from indutech_sql_backup.sources import OdbcSource
 from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack
-
-from bench.harness import Result, run_quiet
-from indutech_common.s3 import create_s3_client
-from indutech_common.warehouse import connect_warehouse
 
 SCALE = 60
 TABLE = "order_lines"

@@ -29,13 +29,13 @@ from typing import Any
 import ldap3
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from demo_sql import sql_demo
 from dotenv import dotenv_values
-from tests.support.kafka import create_topics, delete_topics
-from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
 
+from demo_sql import sql_demo
 from indutech_common.ldap import ldap_connect
 from indutech_common.logging import configure_logging
+from tests.support.kafka import create_topics, delete_topics
+from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
 
 TREE_DELETE_OID = "1.2.840.113556.1.4.805"
 BIN = Path(sys.executable).parent

@@ -19,15 +19,15 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
+
+from indutech_common.settings import WarehouseSettings
+from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.s3 import list_keys
 from tests.support.stack import REPO_ROOT, StackSettings
 from tests.support.warehouse import table_rows
-
-from indutech_common.settings import WarehouseSettings
-from indutech_common.warehouse import connect_warehouse
 
 TABLES = ("customers", "products", "orders", "order_lines", "invoices", "gl_entries")
 KEYS = {"order_lines": "order_id, line_no"}

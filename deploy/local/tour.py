@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 import ldap3
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tests.support.stack import load_stack
 
 from indutech_common.kafka import create_consumer, create_producer, start_client
 from indutech_common.ldap import ldap_connect
@@ -26,6 +25,7 @@ from indutech_common.logging import configure_logging
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import SensorReading, Topics
 from indutech_common.warehouse import connect_warehouse
+from tests.support.stack import load_stack
 
 SITES = ["lyon", "porto", "gdansk", "monterrey"]
 METRICS = {"temperature": "C", "pressure": "bar", "vibration": "mm/s", "power": "kW"}

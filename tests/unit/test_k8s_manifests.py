@@ -17,12 +17,12 @@ from typing import Any, cast
 
 import pytest
 import yaml
+
+from indutech_common.settings import WorkerSettings, load_settings
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_sql_backup.config import SqlBackupSettings
-
-from indutech_common.settings import WorkerSettings, load_settings
 from tests.support.stack import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"

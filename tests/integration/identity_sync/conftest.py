@@ -8,6 +8,9 @@ from typing import Any
 
 import ldap3
 import pytest
+
+from indutech_common.ldap import ldap_connect
+from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import SIDES, Mapping, Side, load_mapping
 from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
@@ -15,9 +18,6 @@ from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import close_quietly, read_scope
 from indutech_identity_sync.state import SyncState
-
-from indutech_common.ldap import ldap_connect
-from indutech_common.settings import LdapSettings
 from tests.support.stack import StackSettings
 
 TREE_DELETE_OID = "1.2.840.113556.1.4.805"

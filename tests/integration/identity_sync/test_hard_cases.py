@@ -12,14 +12,14 @@ from pathlib import Path
 
 import ldap3
 import pytest
-from indutech_identity_sync.model import make_dn
-from indutech_identity_sync.sources.ldap import read_member_ranges
-from indutech_identity_sync.state import MemoryStateStore
-from indutech_identity_sync.worker import IdentitySyncWorker
 from structlog.testing import capture_logs
 
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
+from indutech_identity_sync.model import make_dn
+from indutech_identity_sync.sources.ldap import read_member_ranges
+from indutech_identity_sync.state import MemoryStateStore
+from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
 from tests.integration.identity_sync.test_worker import settings_for

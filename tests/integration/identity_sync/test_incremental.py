@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from structlog.testing import capture_logs
+
 from indutech_identity_sync.config import Side
 from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
-from structlog.testing import capture_logs
-
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_worker import settings_for
 from tests.support.stack import StackSettings

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
+
 from indutech_identity_sync.config import Side
 from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.sources.ldap import read_member_ranges
-from structlog.testing import capture_logs
-
 from tests.integration.identity_sync.conftest import Live
 
 HARD_OU = 'Ops, "Nord"+Süd'

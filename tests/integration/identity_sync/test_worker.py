@@ -20,14 +20,14 @@ from urllib.parse import urlsplit
 import ldap3
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from indutech_identity_sync.config import IdentitySyncSettings
-from indutech_identity_sync.sources.ldap import ChangeNotifier
-from indutech_identity_sync.state import MemoryStateStore
-from indutech_identity_sync.worker import IdentitySyncWorker
 from structlog.testing import capture_logs
 
 from indutech_common.kafka import connection_kwargs, create_consumer, start_client
 from indutech_common.s3 import create_s3_client
+from indutech_identity_sync.config import IdentitySyncSettings
+from indutech_identity_sync.sources.ldap import ChangeNotifier
+from indutech_identity_sync.state import MemoryStateStore
+from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.support.stack import REPO_ROOT, StackSettings
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from indutech_iot_ingest.config import IotIngestSettings
-from indutech_iot_ingest.worker import IotIngestWorker
 
 from indutech_common.kafka import create_consumer, start_client
+from indutech_iot_ingest.config import IotIngestSettings
+from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import temporary_topics
 from tests.support.stack import StackSettings
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
-from indutech_iot_ingest.sinks import load_checkpoints
 
 from indutech_common.kafka import create_producer, start_client
+from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_iot_ingest.sinks import load_checkpoints
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     generated_ids,

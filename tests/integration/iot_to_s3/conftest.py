@@ -22,11 +22,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 from dotenv import dotenv_values
-from indutech_iot_to_s3.config import IotToS3Settings
 
 from indutech_common.kafka import create_producer, start_client
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import ClientTicket, SensorReading
+from indutech_iot_to_s3.config import IotToS3Settings
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file

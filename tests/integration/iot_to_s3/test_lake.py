@@ -14,13 +14,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from indutech_iot_to_s3.segments import PlannedObject
-from indutech_iot_to_s3.sinks import Intent, IntentConflictError, IntentJournal, S3Calls
-from indutech_iot_to_s3.worker import IotToS3Worker
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.s3 import create_s3_client
+from indutech_iot_to_s3.segments import PlannedObject
+from indutech_iot_to_s3.sinks import Intent, IntentConflictError, IntentJournal, S3Calls
+from indutech_iot_to_s3.worker import IotToS3Worker
 from tests.integration.iot_to_s3.conftest import (
     BASE_TIME,
     Lake,

@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import pytest
 from dotenv import dotenv_values
+
+from indutech_common.settings import WarehouseSettings
+from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.generator import change_statements, create_statements
 from indutech_sql_backup.sources import OdbcSource
-
-from indutech_common.settings import WarehouseSettings
-from indutech_common.warehouse import connect_warehouse
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix, list_keys
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file

@@ -7,10 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from indutech_sql_backup.cli import main
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
-
 from tests.integration.sql_backup.conftest import Erp, backup_keys, generate, worker_env
 from tests.support.stack import StackSettings
 

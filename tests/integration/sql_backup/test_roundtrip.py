@@ -6,13 +6,13 @@ from datetime import date
 
 import pyarrow as pa
 import pytest
+
+from indutech_common.s3 import create_s3_client
 from indutech_sql_backup.dialects import TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.restore import Restorer
 from indutech_sql_backup.sinks import read_part
 from indutech_sql_backup.verify import verify
-
-from indutech_common.s3 import create_s3_client
 from tests.integration.sql_backup.conftest import (
     DEMO_TABLES,
     Erp,

@@ -11,15 +11,15 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+
+from indutech_common.kafka import create_consumer, start_client
+from indutech_common.s3 import create_s3_client
 from indutech_sql_backup.dialects import TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.restore import Restorer
 from indutech_sql_backup.sinks import BackupDir, read_part
 from indutech_sql_backup.verify import verify
 from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
-
-from indutech_common.kafka import create_consumer, start_client
-from indutech_common.s3 import create_s3_client
 from tests.integration.sql_backup.conftest import (
     Erp,
     generate,

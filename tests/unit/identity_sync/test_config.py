@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from indutech_identity_sync.cli import main
 from indutech_identity_sync.config import load_mapping
 from indutech_identity_sync.exceptions import DirectoryWriteError, MappingError

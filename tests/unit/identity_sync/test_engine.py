@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
+
 from indutech_identity_sync.config import Mapping, Side
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import make_dn, normalize_dn, split_rdn
 from indutech_identity_sync.state import SyncState
-from structlog.testing import capture_logs
-
 from tests.support.fake_directory import FakeDirectory
 
 ONPREM_ROOT = "OU=InduTech,DC=corp,DC=indutech,DC=test"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from indutech_iot_ingest.cli import main
 
 KAFKA_ENV = {

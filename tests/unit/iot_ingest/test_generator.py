@@ -7,9 +7,8 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
-
 from indutech_common.schemas import ClientTicket, SensorReading
+from indutech_iot_ingest.generator import GenerateOptions, generate, records
 
 
 class TestGenerator:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from indutech_iot_ingest.config import CsvOptions, Route
-from indutech_iot_ingest.sources import LineParser, RejectedLine
 
 from indutech_common.schemas import derive_event_id
 from indutech_common.tailing import FileState, Line
+from indutech_iot_ingest.config import CsvOptions, Route
+from indutech_iot_ingest.sources import LineParser, RejectedLine
 
 STATE = FileState(base="f" * 40, fingerprint_len=64, path="/san/x")
 TICKET = {

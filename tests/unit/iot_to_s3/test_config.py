@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+
 from indutech_iot_to_s3.cli import main
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks import Intent, is_transient
-
 from tests.support.stack import REPO_ROOT
 
 VALID = {

@@ -9,11 +9,11 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from indutech_iot_to_s3.sinks import ParquetEncoder
-from indutech_iot_to_s3.sources import InvalidRecordError, RecordCodec
 
 from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_common.schemas.arrow import arrow_schema
+from indutech_iot_to_s3.sinks import ParquetEncoder
+from indutech_iot_to_s3.sources import InvalidRecordError, RecordCodec
 
 CODEC = RecordCodec(sensor_topic="s", ticket_topic="t")
 TICKET = (

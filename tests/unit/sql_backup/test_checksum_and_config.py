@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
+
 from indutech_sql_backup.checksum import TableChecksum, table_checksum
 from indutech_sql_backup.cli import main
 from indutech_sql_backup.dialects import TableRef

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import sqlglot
+
 from indutech_sql_backup.dialects import Column, MssqlDialect, PostgresDialect, TableInfo, TableRef
 from indutech_sql_backup.dialects.mssql import SNAPSHOT_PREAMBLE
 from indutech_sql_backup.engine import chunk_specs
