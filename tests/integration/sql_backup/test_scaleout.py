@@ -22,6 +22,7 @@ from indutech_sql_backup.verify import verify
 from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
 from tests.integration.sql_backup.conftest import (
     Erp,
+    backup_keys,
     generate,
     rows_of,
     settings_for,
@@ -77,6 +78,33 @@ class TestReplicas:
         assert str(messages[0]["manifest"]).endswith(
             BackupDir.of(settings.backup_prefix, plan).manifest
         )
+
+
+class TestAnnouncement:
+    async def test_an_announcement_lost_in_a_crash_is_sent_once_by_the_next_replica(
+        self, stack: StackSettings, erp: Erp
+    ) -> None:
+        """The writer died after _manifest.json and before its message (and offset commit):
+        the replica that gets the redelivered items announces the backup, exactly once."""
+        await generate(stack, erp)
+        settings = settings_for(stack, erp, idle_exit_s=4.0, announce_grace_s=1.0)
+        async with create_s3_client(stack.s3) as s3:
+            engine = Engine(settings, s3)
+            tables = await engine.discover([f"{erp.schema}.orders"])
+            published = await publish_plans(settings, engine, tables, kind="full", day=DAY)
+            assert published >= 2
+            plan, _ = await engine.plan(tables[0], kind="full", day=DAY)
+            for spec in plan.chunks:  # what the crashed writer did: no message, no commit
+                await engine.run_chunk(plan, spec.chunk)
+            _, created = await engine.finalize(plan)
+            assert created
+        worker = SqlBackupWorker(settings)
+        assert await worker.serve(install_signal_handlers=False) == 0
+        assert (worker.chunks_done, worker.chunks_written) == (published, 0)
+        messages = await completed_messages(stack, erp, 2)  # a second one would be a duplicate
+        assert [m["table"] for m in messages] == [f"{erp.schema}.orders"]
+        marker = BackupDir.of(settings.backup_prefix, plan).announced
+        assert marker in await backup_keys(stack, erp.prefix)
 
 
 class TestChaos:

@@ -105,7 +105,7 @@ async def cmd_backup(settings: SqlBackupSettings, args: argparse.Namespace) -> i
         if settings.kafka is not None:
             from indutech_sql_backup.worker import announce  # noqa: PLC0415
 
-            await announce(settings, engine, [m for m, created in results if created])
+            await announce(settings, engine, results)
         return EXIT_OK
 
     return await with_engine(settings, body, progress=True)

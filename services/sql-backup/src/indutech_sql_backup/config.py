@@ -78,6 +78,12 @@ class SqlBackupSettings(WorkerSettings):
         default=3_600_000, gt=0, description="longest a chunk may take before a rebalance"
     )
     delta_at_utc: str = Field(default="02:00", description="nightly delta time, HH:MM UTC")
+    announce_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long a replica that did not write a manifest waits for its writer's "
+        "announcement before sending it itself (the writer may have died in between)",
+    )
     idle_exit_s: float | None = Field(
         default=None, description="worker exits 0 after this long without work (batch jobs)"
     )

@@ -39,3 +39,7 @@ class PlanMismatchError(SqlBackupError):
 
 class VerificationError(SqlBackupError):
     """A part does not match its manifest (count, checksum or bytes)."""
+
+
+class AnnouncementInterruptedError(SqlBackupError):
+    """Shutdown came while waiting to announce a backup: its work item is not committed."""

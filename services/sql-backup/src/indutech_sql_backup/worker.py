@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import BaseModel, ConfigDict
@@ -33,7 +34,7 @@ from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import TableInfo
 from indutech_sql_backup.engine import BackupMetrics, Engine
-from indutech_sql_backup.errors import PlanMismatchError
+from indutech_sql_backup.errors import AnnouncementInterruptedError, PlanMismatchError
 from indutech_sql_backup.sinks import BackupDir, Manifest, Plan
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 
 POLL_TIMEOUT_MS = 500
 RETRY_DELAY_S = 5.0
+ANNOUNCE_POLL_S = 0.5
+MAX_ANNOUNCE_LOCKS = 1000
+
+_log = structlog.get_logger(__name__)
 
 
 class WorkItem(BaseModel):
@@ -132,18 +137,55 @@ async def _producer(settings: SqlBackupSettings) -> AIOKafkaProducer:
     return producer
 
 
-async def announce(settings: SqlBackupSettings, engine: Engine, manifests: list[Manifest]) -> None:
-    if not manifests:
+async def announce_once(
+    producer: AIOKafkaProducer,
+    engine: Engine,
+    manifest: Manifest,
+    *,
+    written_here: bool,
+    should_exit: asyncio.Event | None = None,
+) -> bool:
+    """Send sql.backup-completed.v1 for ``manifest`` unless its ``_announced.json`` exists.
+
+    The marker is written after the send, so a crash in between sends it again (consumers
+    dedupe by event_id, the manifest URL); a crash between the manifest and the send no
+    longer loses the announcement: whoever handles a redelivered chunk of the finished
+    plan sends it. A replica that did not write the manifest first gives its writer
+    ``announce_grace_s`` to mark it, so two replicas finishing the last chunks together
+    do not both announce. Returns whether this call sent it.
+    """
+    settings = engine.settings
+    marker = BackupDir.of(settings.backup_prefix, manifest.plan).announced
+    if not written_here:
+        grace_ends = manifest.completed_at.timestamp() + settings.announce_grace_s
+        while True:
+            if await engine.store.get_bytes(marker) is not None:
+                return False
+            left = grace_ends - time.time()
+            if left <= 0:
+                break
+            if should_exit is not None and should_exit.is_set():
+                raise AnnouncementInterruptedError("shutting down before the announcement")
+            await asyncio.sleep(min(left, ANNOUNCE_POLL_S))
+    message = completed_message(engine, manifest)
+    await producer.send_and_wait(
+        settings.completed_topic, message.model_dump_json().encode(), key=_table_key(manifest.plan)
+    )
+    await engine.store.put_json(marker, message)
+    _log.info("backup_announced", table=message.table, day=str(message.day), kind=message.kind)
+    return True
+
+
+async def announce(
+    settings: SqlBackupSettings, engine: Engine, results: list[tuple[Manifest, bool]]
+) -> None:
+    """Announce every manifest of a run in this process that is not announced yet."""
+    if not results:
         return
     producer = await _producer(settings)
     try:
-        for manifest in manifests:
-            message = completed_message(engine, manifest)
-            await producer.send_and_wait(
-                settings.completed_topic,
-                message.model_dump_json().encode(),
-                key=_table_key(manifest.plan),
-            )
+        for manifest, created in results:
+            await announce_once(producer, engine, manifest, written_here=created)
     finally:
         await producer.stop()
 
@@ -200,6 +242,8 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         self._idle_since = time.monotonic()
         self.chunks_done = 0
         self.chunks_written = 0
+        # Items of one plan run concurrently: one announcement check at a time per plan.
+        self._announcing: dict[str, asyncio.Lock] = {}
 
     async def startup(self) -> None:
         settings = self.settings
@@ -296,13 +340,17 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         self.chunks_done += 1
         self.chunks_written += int(not result.skipped)
         manifest, created = await self.engine.finalize(plan)
-        if manifest is not None and created:
-            message = completed_message(self.engine, manifest)
-            await self.producer.send_and_wait(
-                self.settings.completed_topic,
-                message.model_dump_json().encode(),
-                key=_table_key(plan),
-            )
+        if manifest is not None:
+            if len(self._announcing) > MAX_ANNOUNCE_LOCKS:  # a long-lived replica: forget idle ones
+                self._announcing = {k: v for k, v in self._announcing.items() if v.locked()}
+            async with self._announcing.setdefault(plan.plan_id, asyncio.Lock()):
+                await announce_once(
+                    self.producer,
+                    self.engine,
+                    manifest,
+                    written_here=created,
+                    should_exit=self.should_exit,
+                )
 
 
 PLANNING_BACKOFF = Backoff(initial_s=30.0, max_s=900.0)

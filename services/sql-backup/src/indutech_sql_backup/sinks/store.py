@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 Kind = Literal["full", "delta"]
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 MANIFEST = "_manifest.json"
+ANNOUNCED = "_announced.json"
 PLAN = "_plan.json"
 
 
@@ -146,6 +147,11 @@ class BackupDir:
     @property
     def manifest(self) -> str:
         return self.base + MANIFEST
+
+    @property
+    def announced(self) -> str:
+        """Written after sql.backup-completed.v1 was sent for this directory's manifest."""
+        return self.base + ANNOUNCED
 
 
 def _is_missing(exc: ClientError) -> bool:
