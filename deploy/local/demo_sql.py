@@ -124,6 +124,7 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
     say("== ERP backup: PostgreSQL 'erp' (SQL Server stand-in, over ODBC) → S3 Parquet")
     say(f"   s3://{stack.s3.backup_bucket}/{prefix}sql-server/…, schema {schema}")
     asyncio.run(create_topics(stack.kafka, {work_topic: 4, completed_topic: 1}))
+    replicas: list[subprocess.Popen[bytes]] = []
     try:
         sql_backup(env, "generate", "--schema", schema, "--scale", str(SCALE))
         say(f"-- full backup of {full_day}: plan, then {REPLICAS} worker replicas share the chunks")
@@ -131,7 +132,6 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
         match = re.search(r"published (\d+) work item", planned)
         published = int(match.group(1)) if match else -1
         logs = [work / f"sql-backup-{n}.log" for n in range(REPLICAS)]
-        replicas = []
         for log in logs:
             with log.open("ab") as out:
                 replicas.append(
@@ -192,5 +192,9 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
         say(f"   restored tables equal the source: {same}")
         return same and codes == [0] * REPLICAS and parts == published
     finally:
+        for replica in replicas:
+            if replica.poll() is None:  # the demo failed or timed out around it
+                replica.kill()
+                replica.wait()
         asyncio.run(drop_schemas(stack, schema, restore_schema))
         asyncio.run(delete_topics(stack.kafka, [work_topic, completed_topic]))
