@@ -26,6 +26,7 @@ from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import read_scope
 from indutech_identity_sync.state import MemoryStateStore, SyncState
 from indutech_identity_sync.worker import IdentitySyncWorker
+from tests.support.directory import delete_subtree
 from tests.support.stack import StackSettings, load_stack
 
 USERS = int(os.environ.get("BENCH_IDENTITY_USERS", "2000"))
@@ -34,7 +35,6 @@ MEMBERS_PER_GROUP = 10  # every user in one group: the issue's 10,000 users / 1,
 CHANGES = 60
 CHANGE_RATE_PER_S = 5.0  # the steady stream: one change every 200 ms, alternating sides
 POLL_INTERVAL_S = 1.0  # the production default; change notifications wake it sooner
-TREE_DELETE = [("1.2.840.113556.1.4.805", True, None)]
 EXAMPLE = Path(__file__).resolve().parents[1] / "services/identity-sync/mapping.example.toml"
 
 
@@ -233,11 +233,11 @@ def run() -> list[Result]:
 
             samples = asyncio.run(_latencies(stack, mapping_file, connections, roots))
     finally:
-        for side in SIDES:
-            connections[side].delete(roots[side], controls=TREE_DELETE)
-        connections["aws"].delete(peer_root, controls=TREE_DELETE)
         for connection in connections.values():
             connection.unbind()
+        for side in SIDES:
+            delete_subtree(stack.ad_onprem if side == "onprem" else stack.ad_aws, roots[side])
+        delete_subtree(stack.ad_aws, peer_root)
     objects = USERS + GROUPS
     samples.sort()
     p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]

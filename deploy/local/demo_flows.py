@@ -34,10 +34,10 @@ from dotenv import dotenv_values
 from demo_sql import sql_demo
 from indutech_common.ldap import ldap_connect
 from indutech_common.logging import configure_logging
+from tests.support.directory import delete_subtree
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
 
-TREE_DELETE_OID = "1.2.840.113556.1.4.805"
 BIN = Path(sys.executable).parent
 
 
@@ -221,6 +221,7 @@ class Directories:
     """The demo's OU on each DC, written as an administrator would."""
 
     def __init__(self, stack: StackSettings, run: str) -> None:
+        self.settings = {"onprem": stack.ad_onprem, "aws": stack.ad_aws}
         self.roots = {
             "onprem": f"OU=demo-{run},OU=InduTech,{stack.ad_onprem.base_dn}",
             "aws": f"OU=demo-{run},OU=AWS,{stack.ad_aws.base_dn}",
@@ -267,8 +268,8 @@ class Directories:
 
     def close(self) -> None:
         for side, root in self.roots.items():
-            self.connections[side].delete(root, controls=[(TREE_DELETE_OID, True, None)])
             self.connections[side].unbind()
+            delete_subtree(self.settings[side], root)
 
 
 def identity_demo(stack: StackSettings, run: str, work: Path) -> bool:

@@ -18,9 +18,8 @@ from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import close_quietly, read_scope
 from indutech_identity_sync.state import SyncState
+from tests.support.directory import TREE_DELETE, delete_subtree
 from tests.support.stack import StackSettings
-
-TREE_DELETE_OID = "1.2.840.113556.1.4.805"
 
 MAPPING_TOML = """
 onprem_root = "{onprem_root}"
@@ -118,8 +117,8 @@ class Live:
 
     def close(self) -> None:
         for side, connection in self.connections.items():
-            connection.delete(self.roots[side], controls=[(TREE_DELETE_OID, True, None)])
-            connection.unbind()
+            close_quietly(connection)
+            delete_subtree(self.settings[side], self.roots[side])
 
     def ok(self, side: Side, done: bool) -> None:
         assert done, self.connections[side].result
@@ -164,7 +163,7 @@ class Live:
         return f"{new_rdn},{new_parent}"
 
     def delete(self, side: Side, dn: str) -> None:
-        self.ok(side, self.connections[side].delete(dn, controls=[(TREE_DELETE_OID, True, None)]))
+        self.ok(side, self.connections[side].delete(dn, controls=TREE_DELETE))
 
     def twin(self, dn: str, side: Side) -> str:
         """The DN ``dn`` (from the other side) should have on ``side``."""
