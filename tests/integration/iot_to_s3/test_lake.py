@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -76,6 +77,11 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30) -> Non
             return
         await asyncio.sleep(0.3)
     raise AssertionError("condition not met in time")
+
+
+async def has_read(counter: Any, count: int) -> bool:
+    """A worker's records_in counter (one labelled child) has reached ``count``."""
+    return bool(counter._value.get() >= count)
 
 
 class TestLakeLayout:
@@ -168,7 +174,9 @@ class TestRotation:
 
     async def test_rotation_by_age(self, stack: StackSettings, lake: Lake) -> None:
         """With a steady trickle and no idle gap, max_age_s still closes segments."""
-        async with running_worker(stack, lake, rotation={"max_age_s": 1.0, "idle_s": 60}):
+        async with running_worker(stack, lake, rotation={"max_age_s": 1.0, "idle_s": 60}) as worker:
+            read = worker.metrics.records_in.labels(worker.name, lake.sensor_topic)
+
             for batch in range(4):
                 await produce(
                     stack,
@@ -176,6 +184,9 @@ class TestRotation:
                     records(5 * (batch + 1), "age", start=5 * batch),
                     partition=0,
                 )
+                # Each batch is in the worker before the next one: a slow group join
+                # would otherwise hand it all four at once, as one segment.
+                await wait_until(partial(has_read, read, 5 * (batch + 1)))
                 await asyncio.sleep(0.7)
             await wait_for_rows(stack, lake, lake.sensor_topic, 15)
         sizes = object_sizes(stack, await parquet_keys(stack, lake, lake.sensor_topic))

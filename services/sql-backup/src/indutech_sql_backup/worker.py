@@ -49,8 +49,8 @@ MAX_ANNOUNCE_LOCKS = 1000
 _log = structlog.get_logger(__name__)
 
 
-class WorkItem(BaseModel):
-    """One chunk to back up (value of ``sql.backup-work.v1``, key = table)."""
+class _BackupEvent(BaseModel):
+    """What every sql-backup message says first: which run of which table."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,24 +61,20 @@ class WorkItem(BaseModel):
     database: str
     table: str
     day: date
+
+
+class WorkItem(_BackupEvent):
+    """One chunk to back up (value of ``sql.backup-work.v1``, key = table)."""
+
     chunk: int
     chunks: int
     plan_id: str
     plan_key: str
 
 
-class BackupCompleted(BaseModel):
+class BackupCompleted(_BackupEvent):
     """A verified run (value of ``sql.backup-completed.v1``, key = table)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: int = 1
-    event_id: str
-    event_time: datetime
-    kind: Literal["full", "delta"]
-    database: str
-    table: str
-    day: date
     manifest: str
     rows: int
     bytes: int
