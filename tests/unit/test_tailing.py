@@ -134,6 +134,32 @@ class TestLimitsAndFormats:
         assert got[1].length == 5000
         assert (got[1].offset, got[2].offset) == (5, 5006)
 
+    def test_lines_read_in_small_batches_have_the_offsets_of_the_file(self, tmp_path: Path) -> None:
+        """Batches of 3 cut anywhere (around a long line, an empty line, a partial last line):
+        every line once, with its own start and end in the file, and the state at the end."""
+        content = (
+            b"a\n\nbb\nccc\n" + b"y" * 2000 + b"\nd\ne\nf\ng\nh\ni\n" + b"x" * 40 + b"\nj\npartial"
+        )
+        (tmp_path / "a.log").write_bytes(content)
+        t = tailer(tmp_path, max_line_bytes=1024, keep_bytes=10)
+        t.scan()
+        got = []
+        while batch := t.read(3):
+            assert len(batch) <= 3
+            got += batch
+        expected_starts = [0]
+        for line in content.split(b"\n")[:-1]:
+            expected_starts.append(expected_starts[-1] + len(line) + 1)
+        assert [line.offset for line in got] == expected_starts[:-1]
+        assert [line.end for line in got] == expected_starts[1:]
+        assert [line.data for line in got if line.kind is LineKind.LINE] == [
+            b"a", b"", b"bb", b"ccc", b"d", b"e", b"f", b"g", b"h", b"i", b"x" * 40, b"j"
+        ]  # fmt: skip
+        assert [line.kind for line in got].count(LineKind.TOO_LONG) == 1
+        (state,) = t.dirty_states()
+        assert state.offset == expected_starts[-1]
+        assert state.lines == len(got)
+
     def test_truncated_gzip_yields_the_readable_lines_then_an_error(self, tmp_path: Path) -> None:
         """A cut gzip stream: the lines before the cut, then one truncated_gzip line."""
         data = gzip.compress(lines("z", 200).encode())

@@ -47,7 +47,7 @@ class TestJsonLines:
         assert parsed is not None
         value = json.loads(parsed.value)
         assert value["revenue"] == "12.50"
-        assert value["event_time"] == "2026-01-01T00:00:00.000000Z"
+        assert value["event_time"] == "2026-01-01T00:00:00Z"
         assert parsed.event_id == derive_event_id(STATE.fingerprint, 100)
         assert parsed.key == b"CUST-1"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import datetime
 
 from aiokafka.errors import KafkaError, ProducerFenced
 
@@ -105,7 +106,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         started = time.monotonic()
         read: Counter[str] = Counter()
         sent: Counter[str] = Counter()
-        last_event: dict[str, float] = {}
+        last_event: dict[str, datetime] = {}
         lines = await self._read(settings.max_batch_records)
         if not lines and not self.tailer.dirty_states() and not self.forgotten:
             return False
@@ -134,7 +135,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             self.metrics.records_in.labels(self.name, stream).inc(number)
         for stream, number in sent.items():
             self.metrics.record_success(
-                stream=stream, count=number, last_event_time=last_event.get(stream)
+                stream=stream, count=number, last_event_time=_timestamp(last_event.get(stream))
             )
         if not sent:
             self.metrics.last_success.labels(self.name).set(time.time())
@@ -157,7 +158,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         lines: list[Line],
         read: Counter[str],
         sent: Counter[str],
-        last_event: dict[str, float],
+        last_event: dict[str, datetime],
     ) -> None:
         """Parse the lines and add their records to the open batches (no await per record)."""
         sink = self.sink
@@ -201,3 +202,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             if sink.in_transaction:
                 await sink.abort()
             await sink.stop()
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()

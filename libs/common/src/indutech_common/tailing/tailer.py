@@ -501,6 +501,8 @@ class FileTailer:
 
     def _drain_buffer(self, tracker: _Tracker, out: list[Line], max_lines: int) -> None:
         state = tracker.state
+        if not tracker.skipping and state.lines >= tracker.spec.header_lines:
+            self._drain_plain_lines(tracker, out, max_lines)
         while len(out) < max_lines:
             if tracker.skipping:
                 newline = tracker.buf.find(b"\n")
@@ -539,6 +541,46 @@ class FileTailer:
             if state.lines < tracker.spec.header_lines:
                 kind = LineKind.HEADER
             out.append(self._emit(tracker, start, start + newline + 1, data, kind))
+
+    def _drain_plain_lines(self, tracker: _Tracker, out: list[Line], max_lines: int) -> None:
+        """The common case in bulk: complete lines of normal length, one split per buffer.
+
+        Per-line work in Python is what limits a tailer's rate, so this hands out
+        the lines of the buffer with one ``split`` and one state update; it stops
+        before a line over ``max_line_bytes`` and leaves that (and anything
+        unusual) to the line-by-line loop of :meth:`_drain_buffer`.
+        """
+        wanted = max_lines - len(out)
+        buf = tracker.buf
+        last_newline = buf.rfind(b"\n")
+        if wanted <= 0 or last_newline < 0:
+            return
+        pieces = bytes(buf[: last_newline + 1]).split(b"\n", wanted)
+        # the piece after the last split is either the empty tail of the region or
+        # the unsplit rest beyond ``wanted`` lines: neither is handed out here
+        pieces.pop()
+        state = tracker.state
+        spec_name = tracker.spec.name
+        header = tracker.header
+        limit = self.max_line_bytes
+        plain = LineKind.LINE
+        start = state.offset
+        emitted = 0
+        for data in pieces:
+            length = len(data)
+            if length > limit:
+                break
+            end = start + length + 1
+            # tuple.__new__ skips the generated Python __new__ of the named tuple
+            line = (spec_name, state, start, end, data, plain, None, header, length)
+            out.append(tuple.__new__(Line, line))
+            start = end
+            emitted += 1
+        if emitted:
+            del buf[: start - state.offset]
+            state.offset = start
+            state.lines += emitted
+            state.path = tracker.path
 
     def _finish_gzip(self, tracker: _Tracker, out: list[Line]) -> None:
         kind, error = tracker.end_kind, tracker.end_error
