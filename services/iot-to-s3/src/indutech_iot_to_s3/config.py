@@ -17,14 +17,15 @@ S3_MIN_PART_BYTES = 5 * MIB
 class RotationSettings(BaseModel):
     """When a partition's open segment is sealed and written (whichever comes first).
 
-    Sizes are measured on the buffered record bytes (what memory holds); the
-    Parquet files are several times smaller.
+    Sizes are measured on the buffered Arrow columns of the valid records (what
+    memory holds, about half the JSON input); the Parquet files are several times
+    smaller.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_records: int = Field(default=500_000, gt=0, description="records per segment")
-    max_bytes: int = Field(default=64 * MIB, gt=0, description="buffered bytes per segment")
+    max_bytes: int = Field(default=64 * MIB, gt=0, description="buffered Arrow bytes per segment")
     max_age_s: float = Field(
         default=300.0, gt=0, description="seconds from a segment's first record to its flush"
     )
@@ -56,7 +57,7 @@ class IotToS3Settings(WorkerSettings):
     memory_cap_bytes: int = Field(
         default=256 * MIB,
         gt=0,
-        description="buffered bytes over all partitions: flush early, then pause consumption",
+        description="buffered Arrow bytes over all partitions: flush early, then pause consumption",
     )
     poll_max_records: int = Field(default=5_000, gt=0, description="records per poll")
     multipart_threshold_bytes: int = Field(

@@ -57,10 +57,10 @@ from indutech_common.kafka import (
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_iot_to_s3.config import IotToS3Settings
-from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Segment
+from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Poll, Segment
 from indutech_iot_to_s3.sinks import Intent, IntentJournal, LakeWriter, ParquetEncoder, S3Calls
 from indutech_iot_to_s3.sinks.exceptions import IntentConflictError
-from indutech_iot_to_s3.sources import InvalidRecordError, RecordCodec
+from indutech_iot_to_s3.sources import RecordCodec
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -111,7 +111,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         registry = self.metrics.registry
         self.buffered_bytes = Gauge(
             "indutech_iot_to_s3_buffered_bytes",
-            "Record bytes held in memory (open and in-flight segments)",
+            "Arrow bytes of the records held in memory (open and in-flight segments)",
             ["worker"],
             registry=registry,
         )
@@ -291,42 +291,36 @@ class IotToS3Worker(Worker[IotToS3Settings]):
     # -- buffering and rotation --------------------------------------------------------------
 
     async def _take(self, state: PartitionState, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """Buffer one poll of a partition: validated at once straight into Arrow columns,
+        the refused records sent to the dead letters, then fed to the open segment(s)."""
+        if records and records[0].offset <= state.last_offset:
+            # already buffered (a re-fetch after a seek)
+            records = [r for r in records if r.offset > state.last_offset]
+        if not records:
+            return
+        state.last_offset = records[-1].offset
         topic = state.tp.topic
-        counted = 0
-        decode = self.codec.decode
-        max_records = self.settings.rotation.max_records
-        max_bytes = self.settings.rotation.max_bytes
-        for record in records:
-            if record.offset <= state.last_offset:
-                continue  # already buffered (a re-fetch after a seek)
-            state.last_offset = record.offset
-            segment = state.open
-            if segment.replay_end is not None and record.offset > segment.replay_end:
-                self._seal(state, "replay_complete")
-                segment = state.open
-            try:
-                value, event_time = decode(topic, record.value)
-            except InvalidRecordError as exc:
-                await self.dead_letters.send(
-                    record.value or b"",
-                    reason=exc.reason,
-                    error=str(exc),
-                    source=f"{topic}[{state.tp.partition}]",
-                    offset=record.offset,
-                    key=record.key,
-                )
-                segment.add(record.offset, None, None)
-            else:
-                segment.add(record.offset, value, event_time)
-                counted += 1
-            if segment.replay_end is not None:
-                if segment.replay_complete():
-                    self._seal(state, "replay_complete")
-            elif segment.records and (
-                segment.records >= max_records or segment.size_bytes >= max_bytes
-            ):
-                self._seal(state, "max_records" if segment.size_bytes < max_bytes else "max_bytes")
-        self.metrics.records_in.labels(self.name, topic).inc(counted)
+        offsets = [r.offset for r in records]
+        decoded = self.codec.decode_batch(topic, offsets, [r.value for r in records])
+        for rejected in decoded.rejected:
+            record = records[rejected.index]
+            await self.dead_letters.send(
+                record.value or b"",
+                reason=rejected.reason,
+                error=rejected.detail,
+                source=f"{topic}[{state.tp.partition}]",
+                offset=record.offset,
+                key=record.key,
+            )
+        rotation = self.settings.rotation
+        poll = Poll(offsets, decoded.valid)
+        while not poll.done() and self.partitions.get(state.tp) is state and not state.recovering:
+            reason = poll.feed(
+                state.open, max_records=rotation.max_records, max_bytes=rotation.max_bytes
+            )
+            if reason is not None:
+                self._seal(state, reason)
+        self.metrics.records_in.labels(self.name, topic).inc(decoded.valid_count)
 
     def _rotate(self, now: float, *, force: bool = False) -> None:
         rotation = self.settings.rotation
@@ -503,9 +497,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         intent: Intent,
     ) -> None:
         async with self._upload_slots:
-            body = await asyncio.to_thread(
-                encoder.encode, buffer.values, tp.partition, buffer.offsets
-            )
+            body = await asyncio.to_thread(encoder.encode, buffer.batches, tp.partition)
             metadata = {
                 "first-offset": str(planned.first_offset),
                 "last-offset": str(planned.last_offset),

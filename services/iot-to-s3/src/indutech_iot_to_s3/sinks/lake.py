@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import structlog
@@ -24,6 +24,7 @@ from botocore.exceptions import (
 
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.retry import Backoff, retry_async
+from indutech_common.s3 import upload_multipart
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks.exceptions import IntentConflictError, S3TransientError
 
@@ -257,29 +258,12 @@ class LakeWriter:
             )
 
     async def _multipart(self, key: str, body: bytes, metadata: dict[str, str]) -> None:
-        created = await self._s3.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ContentType=PARQUET_CONTENT_TYPE, Metadata=metadata
+        await upload_multipart(
+            self._s3,
+            bucket=self.bucket,
+            key=key,
+            body=body,
+            part_bytes=self._part_bytes,
+            ContentType=PARQUET_CONTENT_TYPE,
+            Metadata=metadata,
         )
-        upload_id = created["UploadId"]
-        parts: list[Any] = []
-        try:
-            for number, start in enumerate(range(0, len(body), self._part_bytes), start=1):
-                part = await self._s3.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body[start : start + self._part_bytes],
-                )
-                parts.append({"ETag": part["ETag"], "PartNumber": number})
-            await self._s3.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        except BaseException:
-            try:
-                await self._s3.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id
-                )
-            except Exception as exc:  # S3 may be down; a lifecycle rule reaps orphans
-                _log.warning("multipart_abort_failed", key=key, error=type(exc).__name__)
-            raise

@@ -3,51 +3,45 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from indutech_common.schemas.arrow import arrow_schema
+from indutech_iot_to_s3.sources.records import OFFSET_COLUMN, batch_schema
 
-KAFKA_COLUMNS = (
-    pa.field("kafka_partition", pa.int32(), nullable=False),
-    pa.field("kafka_offset", pa.int64(), nullable=False),
-)
-# A whole canonical record always fits one JSON block.
-JSON_BLOCK_BYTES = 4 * 1024 * 1024
+PARTITION_FIELD = pa.field("kafka_partition", pa.int32(), nullable=False)
+OFFSET_FIELD = pa.field(OFFSET_COLUMN, pa.int64(), nullable=False)
+# Columns that are (nearly) unique per record: a dictionary only costs time and, as its
+# indices do not compress, size. Every other column is dictionary-encoded.
+PLAIN_COLUMNS = frozenset({"event_id", "event_time", "ticket_id", OFFSET_COLUMN})
 
 
 class ParquetEncoder:
-    """Builds the Parquet bytes of one object from canonical JSON records of one model."""
+    """Builds the Parquet bytes of one object from buffered batches of one model."""
 
     def __init__(self, model: type[BaseModel]) -> None:
         self.record_schema = arrow_schema(model)
-        self.schema = pa.schema([*self.record_schema, *KAFKA_COLUMNS])
-        self._parse = pa_json.ParseOptions(
-            explicit_schema=self.record_schema, unexpected_field_behavior="error"
-        )
-        self._read = pa_json.ReadOptions(use_threads=False, block_size=JSON_BLOCK_BYTES)
+        self.batch_schema = batch_schema(self.record_schema)
+        self.schema = pa.schema([*self.record_schema, PARTITION_FIELD, OFFSET_FIELD])
+        self._dictionary = [n for n in self.schema.names if n not in PLAIN_COLUMNS]
 
-    def table(self, values: list[bytes], partition: int, offsets: list[int]) -> pa.Table:
-        records = pa_json.read_json(
-            io.BytesIO(b"\n".join(values)), read_options=self._read, parse_options=self._parse
-        )
-        records = records.select(self.record_schema.names).cast(self.record_schema)
-        columns = [
-            *records.columns,
-            pa.array([partition] * len(offsets), pa.int32()),
-            pa.array(offsets, pa.int64()),
-        ]
-        return pa.Table.from_arrays(columns, schema=self.schema)
+    def table(self, batches: Sequence[pa.RecordBatch], partition: int) -> pa.Table:
+        """The rows of ``batches`` (model columns + ``kafka_offset``) with ``kafka_partition``."""
+        records = pa.Table.from_batches(list(batches), schema=self.batch_schema)
+        column = pa.repeat(pa.scalar(partition, pa.int32()), records.num_rows)
+        position = len(self.record_schema)
+        return records.add_column(position, PARTITION_FIELD, column)
 
-    def encode(self, values: list[bytes], partition: int, offsets: list[int]) -> bytes:
+    def encode(self, batches: Sequence[pa.RecordBatch], partition: int) -> bytes:
         sink = io.BytesIO()
         pq.write_table(
-            self.table(values, partition, offsets),
+            self.table(batches, partition),
             sink,
             compression="zstd",
+            use_dictionary=self._dictionary,
             coerce_timestamps="us",
             allow_truncated_timestamps=False,
             write_statistics=True,

@@ -1,52 +1,170 @@
-"""Decoding the records of the iot.* topics: validated against their model, made canonical.
+"""Decoding the records of the iot.* topics: validated against their model, made columnar.
 
-The canonical form (the model's own JSON: UTC timestamps with microseconds and
-a ``Z``, revenue as a two-place string) is what the Parquet encoder reads, so
-the files never depend on how a producer happened to format a value.
+Each record is validated by pydantic-core against its model (the model is the
+contract: the same rules as every other reader and writer of the topic). The
+valid records of a poll are then turned straight into Arrow columns with the
+model's explicit schema (``indutech_common.schemas.arrow``): timestamps are
+UTC microseconds, revenue is ``decimal128(18, 2)``, enums are their string
+value. The columns hold the canonical values, so the files never depend on how
+a producer happened to format a value, and no per-record JSON is re-encoded.
+
+A record whose value fits its model but not its Arrow column (an integer beyond
+int64) is refused with reason ``out_of_range`` instead of failing the whole
+batch, so one bad record never blocks a partition.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from indutech_common.schemas import ClientTicket, SensorReading
-from indutech_iot_to_s3.sources.exceptions import InvalidRecordError
+from indutech_common.schemas.arrow import arrow_schema
 
 MAX_ERROR_CHARS = 1000
+OFFSET_COLUMN = "kafka_offset"
+EVENT_TIME_COLUMN = "event_time"
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record of a batch that goes to the dead letters."""
+
+    index: int  # position in the decoded batch
+    reason: str
+    detail: str
+
+
+@dataclass
+class DecodedBatch:
+    """The valid records of a batch as one Arrow batch (model columns + ``kafka_offset``,
+    in input order), and the refused ones in input order."""
+
+    valid: pa.RecordBatch | None
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def valid_count(self) -> int:
+        return 0 if self.valid is None else self.valid.num_rows
 
 
 class RecordCodec:
-    """Maps each topic to its record model."""
+    """Maps each topic to its record model and its Arrow columns."""
 
     def __init__(self, *, sensor_topic: str, ticket_topic: str) -> None:
         self.models: dict[str, type[SensorReading] | type[ClientTicket]] = {
             sensor_topic: SensorReading,
             ticket_topic: ClientTicket,
         }
-        # pydantic-core directly, per topic: model_validate_json/model_dump_json add a
-        # Python layer per call that costs as much as a third of the validation itself
-        self._codecs = {
-            topic: (model.__pydantic_validator__, model.__pydantic_serializer__)
-            for topic, model in self.models.items()
+        # pydantic-core directly: model_validate_json adds a Python layer per call
+        self._validators = {
+            topic: model.__pydantic_validator__ for topic, model in self.models.items()
+        }
+        self._schemas = {topic: arrow_schema(model) for topic, model in self.models.items()}
+        self._batch_schemas = {
+            topic: batch_schema(schema) for topic, schema in self._schemas.items()
         }
 
     def model_for(self, topic: str) -> type[BaseModel]:
         return self.models[topic]
 
-    def decode(self, topic: str, value: bytes | None) -> tuple[bytes, datetime]:
-        """The canonical JSON bytes and the event time, or InvalidRecordError."""
-        if not value:
-            raise InvalidRecordError("empty_value", "the record has no value")
-        validator, serializer = self._codecs[topic]
+    def batch_schema(self, topic: str) -> pa.Schema:
+        """The schema of the buffered batches of ``topic``: model columns + ``kafka_offset``."""
+        return self._batch_schemas[topic]
+
+    def decode_batch(
+        self, topic: str, offsets: Sequence[int], values: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        """Validate every value; the valid ones become Arrow columns, in input order."""
+        validate = self._validators[topic].validate_json
+        rows: list[dict[str, Any]] = []
+        kept: list[int] = []
+        rejected: list[Rejected] = []
+        for index, value in enumerate(values):
+            if not value:
+                rejected.append(Rejected(index, "empty_value", "the record has no value"))
+                continue
+            try:
+                record = validate(value)
+            except ValidationError as exc:
+                reason = "invalid_json" if _is_json_error(exc) else "schema_validation"
+                rejected.append(Rejected(index, reason, str(exc)[:MAX_ERROR_CHARS]))
+                continue
+            rows.append(record.__dict__)
+            kept.append(offsets[index])
+        schema = self._batch_schemas[topic]
         try:
-            record: SensorReading | ClientTicket = validator.validate_json(value)
-        except ValidationError as exc:
-            detail = str(exc)[:MAX_ERROR_CHARS]
-            reason = "invalid_json" if _is_json_error(exc) else "schema_validation"
-            raise InvalidRecordError(reason, detail) from None
-        return serializer.to_json(record), record.event_time
+            valid = to_batch(schema, rows, kept)
+        except _ARROW_ERRORS:
+            valid, unfit = _to_batch_row_by_row(schema, rows, kept)
+            positions = {offset: index for index, offset in enumerate(offsets)}
+            rejected += [Rejected(positions[offset], "out_of_range", why) for offset, why in unfit]
+            rejected.sort(key=lambda r: r.index)
+        return DecodedBatch(valid, rejected)
+
+
+def batch_schema(record_schema: pa.Schema) -> pa.Schema:
+    return pa.schema([*record_schema, pa.field(OFFSET_COLUMN, pa.int64(), nullable=False)])
+
+
+def to_batch(
+    schema: pa.Schema, rows: list[dict[str, Any]], offsets: list[int]
+) -> pa.RecordBatch | None:
+    """Columns of validated records (their ``__dict__``) plus their offsets; None when empty.
+
+    Raises an Arrow error (or OverflowError) when a value does not fit its column.
+    """
+    if not rows:
+        return None
+    fields = [(f.name, f.type) for f in schema if f.name != OFFSET_COLUMN]
+    # the name is looked up once per column: a Field's .name builds a new str per call
+    columns = [pa.array([row[name] for row in rows], type=type_) for name, type_ in fields]
+    columns.append(pa.array(offsets, type=pa.int64()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def row_bytes(batch: pa.RecordBatch) -> pa.Array:
+    """The Arrow bytes of each row: fixed widths, string lengths and their 4-byte offsets.
+
+    A pure function of the row (unlike the ``nbytes`` of a slice), so a segment's size
+    does not depend on how its records were polled.
+    """
+    fixed = 0
+    sizes: pa.Array | None = None
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
+            fixed += 4
+            lengths = pc.fill_null(pc.binary_length(column), 0).cast(pa.int64())
+            sizes = lengths if sizes is None else pc.add(sizes, lengths)
+        else:
+            fixed += max(1, column.type.bit_width // 8)
+    if sizes is None:
+        return pa.repeat(pa.scalar(fixed, pa.int64()), batch.num_rows)
+    return pc.add(sizes, fixed)
+
+
+def _to_batch_row_by_row(
+    schema: pa.Schema, rows: list[dict[str, Any]], offsets: list[int]
+) -> tuple[pa.RecordBatch | None, list[tuple[int, str]]]:
+    """The slow path after a conversion error: find the rows that do not fit."""
+    fit_rows: list[dict[str, Any]] = []
+    fit_offsets: list[int] = []
+    unfit: list[tuple[int, str]] = []
+    for row, offset in zip(rows, offsets, strict=True):
+        try:
+            to_batch(schema, [row], [offset])
+        except _ARROW_ERRORS as exc:
+            unfit.append((offset, f"a value does not fit its column: {exc}"[:MAX_ERROR_CHARS]))
+        else:
+            fit_rows.append(row)
+            fit_offsets.append(offset)
+    return to_batch(schema, fit_rows, fit_offsets), unfit
 
 
 def _is_json_error(exc: ValidationError) -> bool:
