@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+from typing import Any
+
 import pytest
 from botocore.exceptions import ClientError
 
-from indutech_common.s3 import SseRequiredError, create_s3_client, ping_bucket
+from indutech_common.s3 import (
+    MIN_PART_BYTES,
+    SseRequiredError,
+    create_s3_client,
+    ping_bucket,
+    upload_multipart,
+)
 from tests.support.stack import StackSettings
 
 
@@ -51,6 +61,81 @@ class TestS3Client:
             await s3.delete_object(Bucket=bucket, Key=key)
         assert part["ServerSideEncryption"] == "aws:kms"
         assert head["ServerSideEncryption"] == "aws:kms"
+
+    @pytest.mark.parametrize("source", ["bytes", "file"])
+    async def test_upload_multipart_sends_parts_encrypted_and_whole(
+        self, stack: StackSettings, unique: str, tmp_path: Path, source: str
+    ) -> None:
+        """upload_multipart: 2 full parts and a short last one, every part checksummed, the
+        object byte for byte the body, SSE on it; from bytes or read from a file part by part."""
+        key = f"tests/{unique}/multipart-{source}.bin"
+        bucket = stack.s3.lake_bucket
+        body = bytes(range(256)) * ((2 * MIN_PART_BYTES + 12_345) // 256)
+        path = tmp_path / "body.bin"
+        path.write_bytes(body)
+        async with create_s3_client(stack.s3) as s3:
+            parts = await upload_multipart(
+                s3,
+                bucket=bucket,
+                key=key,
+                body=path if source == "file" else body,
+                part_bytes=MIN_PART_BYTES,
+                checksum_sha256=True,
+                ContentType="application/octet-stream",
+                Metadata={"origin": "test"},
+            )
+            head = await s3.head_object(Bucket=bucket, Key=key)
+            got = await s3.get_object(Bucket=bucket, Key=key)
+            async with got["Body"] as stream:
+                stored = await stream.read()
+            await s3.delete_object(Bucket=bucket, Key=key)
+        assert parts == 3
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(body).digest()
+        assert head["ETag"].strip('"').endswith("-3"), head["ETag"]
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith(str(stack.s3.kms_key_id))
+        assert head["Metadata"] == {"origin": "test"}
+
+    async def test_upload_multipart_aborts_on_failure(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        """A part that fails aborts the upload: no object, no parts left behind."""
+        key = f"tests/{unique}/aborted.bin"
+        bucket = stack.s3.lake_bucket
+        async with create_s3_client(stack.s3) as s3:
+            real_upload_part = s3.upload_part
+            calls = 0
+
+            async def second_part_fails(**kwargs: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 2:
+                    raise ConnectionResetError("the network dropped the second part")
+                return await real_upload_part(**kwargs)
+
+            s3.upload_part = second_part_fails  # type: ignore[method-assign]
+            with pytest.raises(ConnectionResetError):
+                await upload_multipart(
+                    s3,
+                    bucket=bucket,
+                    key=key,
+                    body=b"x" * (MIN_PART_BYTES + 1),
+                    part_bytes=MIN_PART_BYTES,
+                )
+            uploads = await s3.list_multipart_uploads(Bucket=bucket, Prefix=key)
+            with pytest.raises(ClientError):
+                await s3.head_object(Bucket=bucket, Key=key)
+        assert calls == 2
+        assert not uploads.get("Uploads"), uploads.get("Uploads")
+
+    async def test_upload_multipart_refuses_parts_below_the_s3_minimum(
+        self, stack: StackSettings
+    ) -> None:
+        async with create_s3_client(stack.s3) as s3:
+            with pytest.raises(ValueError, match="at least"):
+                await upload_multipart(
+                    s3, bucket=stack.s3.lake_bucket, key="never", body=b"x", part_bytes=1024
+                )
 
     async def test_unencrypted_put_is_impossible(self, stack: StackSettings, unique: str) -> None:
         """Asking for no encryption is refused before anything reaches the server."""

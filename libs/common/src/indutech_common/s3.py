@@ -11,8 +11,12 @@ CreateMultipartUpload, CompleteMultipartUpload and CopyObject).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger(__name__)
 
+MIB = 1024 * 1024
+MIN_PART_BYTES = 5 * MIB  # S3's smallest part (all but the last)
+DEFAULT_PART_BYTES = 16 * MIB
 WRITE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
 CONFIRMED_OPERATIONS = ("PutObject", "UploadPart")
 ENCRYPTIONS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
@@ -123,3 +130,69 @@ def _reveal(secret: SecretStr | None) -> str | None:
 async def ping_bucket(client: S3Client, bucket: str) -> None:
     """Readiness: the bucket exists and our credentials reach it."""
     await client.head_bucket(Bucket=bucket)
+
+
+def _read_part(path: Path, start: int, size: int) -> bytes:
+    with path.open("rb") as file:
+        file.seek(start)
+        return file.read(size)
+
+
+async def upload_multipart(
+    client: S3Client,
+    *,
+    bucket: str,
+    key: str,
+    body: bytes | Path,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    checksum_sha256: bool = False,
+    **create_args: Any,
+) -> int:
+    """Upload ``body`` (bytes, or a file read one part at a time) as an S3 multipart upload.
+
+    ``create_args`` go to CreateMultipartUpload (ContentType, Metadata, …); the SSE policy of
+    the client encrypts the object and checks every UploadPart's confirmation. With
+    ``checksum_sha256`` each part carries its SHA-256, which S3 verifies on arrival (the object
+    then has a composite checksum, not the SHA-256 of the whole body). Any failure, or a
+    cancellation, aborts the upload, so no parts are left behind to bill or to be completed
+    later. Returns the number of parts.
+    """
+    if part_bytes < MIN_PART_BYTES:
+        raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's smallest part)")
+    size = (await asyncio.to_thread(body.stat)).st_size if isinstance(body, Path) else len(body)
+    if checksum_sha256:
+        create_args["ChecksumAlgorithm"] = "SHA256"
+    created = await client.create_multipart_upload(Bucket=bucket, Key=key, **create_args)
+    upload_id = created["UploadId"]
+    parts: list[dict[str, Any]] = []
+    try:
+        for number, start in enumerate(range(0, max(size, 1), part_bytes), start=1):
+            if isinstance(body, Path):
+                data = await asyncio.to_thread(_read_part, body, start, part_bytes)
+            else:
+                data = body[start : start + part_bytes]
+            extra: dict[str, str] = {}
+            if checksum_sha256:
+                extra["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            part = await client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                **extra,  # type: ignore[arg-type]
+            )
+            parts.append({"ETag": part["ETag"], "PartNumber": number, **extra})
+        await client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+        )
+    except BaseException:
+        try:
+            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:  # S3 may be down; a lifecycle rule reaps orphans
+            _log.warning("multipart_abort_failed", key=key, error=type(exc).__name__)
+        raise
+    return len(parts)

@@ -8,6 +8,7 @@ from typing import ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from indutech_common.s3 import MIN_PART_BYTES
 from indutech_common.settings import (
     KafkaSettings,
     OdbcSourceSettings,
@@ -70,6 +71,12 @@ class SqlBackupSettings(WorkerSettings):
         default=64 * MIB, gt=0, description="largest LOB value accepted (never truncated)"
     )
     parallel_chunks: int = Field(default=2, gt=0, description="chunks read at once per worker")
+    multipart_threshold_bytes: int = Field(
+        default=64 * MIB, gt=0, description="parts this large or larger go up as S3 multipart"
+    )
+    multipart_part_bytes: int = Field(
+        default=16 * MIB, ge=MIN_PART_BYTES, description="size of each multipart piece"
+    )
     work_topic: str = Field(default=WORK_TOPIC, min_length=1)
     completed_topic: str = Field(default=COMPLETED_TOPIC, min_length=1)
     group_id: str = Field(default="sql-backup", min_length=1, description="Kafka consumer group")

@@ -153,7 +153,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.dialect = dialect_for(settings.erp.dialect)
-        self.source = OdbcSource(settings.erp, self.dialect)
+        self.source = OdbcSource(settings.erp, self.dialect, pool_size=settings.parallel_chunks)
         self.store = BackupStore(
             s3, bucket=settings.s3.backup_bucket, prefix=settings.backup_prefix
         )
@@ -288,18 +288,25 @@ class Engine:
                 return ChunkResult(record, skipped=True)
         started = time.perf_counter()
         writer = await asyncio.to_thread(self._read_chunk, plan, chunk)
+        key = directory.part(chunk)
         try:
-            data, sha256 = await asyncio.to_thread(writer.finish)
+            size, sha256 = await asyncio.to_thread(writer.finish)
+            await self.store.put_part(
+                key,
+                writer.path,
+                size=size,
+                sha256=sha256,
+                multipart_threshold=self.settings.multipart_threshold_bytes,
+                part_bytes=self.settings.multipart_part_bytes,
+            )
         finally:
             writer.close()
-        key = directory.part(chunk)
-        await self.store.put_part(key, data, sha256)
         record = PartRecord(
             plan_id=plan.plan_id,
             chunk=chunk,
             key=key,
             rows=writer.rows,
-            bytes=len(data),
+            bytes=size,
             checksum=writer.checksum.hexdigest(),
             sha256=sha256.hex(),
             ops=dict(writer.ops),
@@ -404,6 +411,9 @@ class Engine:
         existing = await self.store.manifest(directory.manifest)
         if existing is not None:
             return existing, False
+        # Listing is one request per 1,000 records: read them only when all may be there.
+        if len(await self.store.list_keys(directory.base + "_parts/")) < len(plan.chunks):
+            return None, False
         records = await self.store.records(directory, plan.plan_id)
         if len(records) < len(plan.chunks):
             return None, False

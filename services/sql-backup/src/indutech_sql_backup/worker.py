@@ -5,9 +5,10 @@ sends one work item per chunk not yet verified. Items are keyed by table (the
 contract) but spread over the topic's partitions by chunk number, so the
 chunks of one large table are shared by every replica.
 
-A replica takes up to ``parallel_chunks`` items per poll, runs them at once
-(arrow-odbc reads in threads), and commits a partition's offset only after
-every item before it is uploaded, verified and recorded. A killed replica's
+A replica keeps up to ``parallel_chunks`` items running at once (arrow-odbc
+reads in threads): a slot that frees takes the next item at once, without
+waiting for the other running chunks. A partition's offset is committed only
+after every item before it is uploaded, verified and recorded. A killed replica's
 uncommitted items are redelivered: finished ones are skipped by their record,
 unfinished ones are redone under the same part name. Whoever finishes a
 table's last chunk writes the manifest and announces it on
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
 POLL_TIMEOUT_MS = 500
+BUSY_POLL_TIMEOUT_MS = 100  # a free slot while others run: look for work, then check them
 RETRY_DELAY_S = 5.0
 ANNOUNCE_POLL_S = 0.5
 MAX_ANNOUNCE_LOCKS = 1000
@@ -81,6 +83,12 @@ class BackupCompleted(_BackupEvent):
     parts: int
     position_from: str | None
     position_to: str
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a task's outcome as seen (asyncio logs exceptions nobody retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _table_key(plan: Plan) -> bytes:
@@ -272,56 +280,127 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
 
     async def shutdown(self) -> None:
         await self._stack.aclose()
+        engine: Engine | None = getattr(self, "engine", None)
+        if engine is not None:
+            engine.source.close()
 
     async def main_loop(self) -> None:
-        idle_exit = self.settings.idle_exit_s
-        while not self.should_exit.is_set():
-            batches = await self.consumer.getmany(
-                timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.parallel_chunks
-            )
-            records = [r for rs in batches.values() for r in rs]
-            if not records:
-                if idle_exit is not None and time.monotonic() - self._idle_since > idle_exit:
-                    self.log.info(
-                        "idle_exit",
-                        chunks_done=self.chunks_done,
-                        chunks_written=self.chunks_written,
-                    )
+        slots = self.settings.parallel_chunks
+        # Items in poll order per partition, with the task running each.
+        pending: dict[TopicPartition, list[tuple[int, asyncio.Task[None]]]] = {}
+        running: dict[tuple[str, bytes | None], asyncio.Task[None]] = {}
+        try:
+            while True:
+                busy = {t for items in pending.values() for _, t in items if not t.done()}
+                if busy:
+                    self._idle_since = time.monotonic()
+                failed = await self._commit_done(pending)
+                if failed or self.should_exit.is_set():
+                    if await self._settle(pending, busy, failed):
+                        return
+                    continue
+                if len(busy) >= slots:
+                    await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batches = await self.consumer.getmany(
+                    timeout_ms=BUSY_POLL_TIMEOUT_MS if busy else POLL_TIMEOUT_MS,
+                    max_records=slots - len(busy),
+                )
+                records = [r for rs in batches.values() for r in rs]
+                if records:
+                    self._idle_since = time.monotonic()
+                elif not busy and self._idle_expired():
                     return
-                continue
-            await self._process(records)
-            self._idle_since = time.monotonic()
+                for record in records:
+                    task = self._start(record, running)
+                    tp = TopicPartition(record.topic, record.partition)
+                    pending.setdefault(tp, []).append((record.offset, task))
+        finally:
+            left = [t for t in running.values() if not t.done()]
+            for task in left:  # cancelled (drain deadline): the chunks are redone later
+                task.cancel()
+            if left:
+                await asyncio.gather(*left, return_exceptions=True)
 
-    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _settle(
+        self,
+        pending: dict[TopicPartition, list[tuple[int, asyncio.Task[None]]]],
+        busy: set[asyncio.Task[None]],
+        failed: dict[TopicPartition, int],
+    ) -> bool:
+        """After a failure or an exit request: finish what is in hand and commit it, then
+        redo from each first failure after a pause. True when the loop should return."""
+        if busy:
+            await asyncio.wait(busy)
+        failed = {**await self._commit_done(pending), **failed}
+        if not failed:
+            return True
+        for tp, offset in failed.items():
+            self.consumer.seek(tp, offset)
+        pending.clear()
+        return await self.sleep_or_exit(RETRY_DELAY_S)
+
+    def _idle_expired(self) -> bool:
+        idle_exit = self.settings.idle_exit_s
+        if idle_exit is None or time.monotonic() - self._idle_since <= idle_exit:
+            return False
+        self.log.info("idle_exit", chunks_done=self.chunks_done, chunks_written=self.chunks_written)
+        return True
+
+    def _start(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        running: dict[tuple[str, bytes | None], asyncio.Task[None]],
+    ) -> asyncio.Task[None]:
+        """The task of a work item; the same item redelivered while it runs here (partitions
+        taken away and given back) joins that run instead of writing the part twice at once."""
+        key = (record.topic, record.value)
+        task = running.get(key)
+        if task is not None:
+            return task
         started = time.perf_counter()
-        outcomes = await asyncio.gather(
-            *(self._one(record) for record in records), return_exceptions=True
-        )
+        task = asyncio.create_task(self._one(record))
+
+        def finished(_: asyncio.Task[None]) -> None:
+            running.pop(key, None)
+            self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
+
+        task.add_done_callback(finished)
+        running[key] = task
+        return task
+
+    async def _commit_done(
+        self, pending: dict[TopicPartition, list[tuple[int, asyncio.Task[None]]]]
+    ) -> dict[TopicPartition, int]:
+        """Commit each partition up to its first unfinished item. A partition whose oldest
+        finished item failed is dropped from ``pending`` (its later items are redone after
+        the seek) and returned with that item's offset."""
         commit: dict[TopicPartition, int] = {}
         failed: dict[TopicPartition, int] = {}
-        for record, outcome in zip(records, outcomes, strict=True):
-            tp = TopicPartition(record.topic, record.partition)
-            if isinstance(outcome, BaseException) or tp in failed:
-                if tp not in failed:
-                    failed[tp] = record.offset
-                    self.metrics.error(type(outcome).__name__ if outcome else "after_failure")
+        for tp, items in list(pending.items()):
+            while items and items[0][1].done():
+                offset, task = items[0]
+                error = None if task.cancelled() else task.exception()
+                if task.cancelled() or error is not None:
+                    failed[tp] = offset
+                    self.metrics.error(type(error).__name__ if error else "cancelled")
                     self.log.error(
-                        "chunk_failed", partition=str(tp), offset=record.offset, error=str(outcome)
+                        "chunk_failed", partition=str(tp), offset=offset, error=str(error)
                     )
-                continue
-            commit[tp] = record.offset + 1
+                    for _, later in items[1:]:  # their outcome no longer matters: retrieve it
+                        later.add_done_callback(_retrieve)
+                    del pending[tp]
+                    break
+                items.pop(0)
+                commit[tp] = offset + 1
         if commit:
             try:
                 await self.consumer.commit(commit)
             except (CommitFailedError, IllegalStateError) as exc:
-                # Partitions moved during the batch: the new owner skips what is recorded.
+                # Partitions moved meanwhile: the new owner skips what is recorded.
                 self.log.warning("commit_lost_partition", error=str(exc))
                 self.metrics.error("commit_failed")
-        if failed:
-            for tp, offset in failed.items():
-                self.consumer.seek(tp, offset)  # redo from the first failure, after a pause
-            await self.sleep_or_exit(RETRY_DELAY_S)
-        self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
+        return failed
 
     async def _one(self, record: ConsumerRecord[bytes, bytes]) -> None:
         item = WorkItem.model_validate_json(record.value)

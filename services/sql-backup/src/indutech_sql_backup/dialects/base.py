@@ -109,7 +109,8 @@ class Dialect(ABC):
 
     @abstractmethod
     def boundaries(self, table: TableInfo, every: int) -> Query:
-        """Every ``every``-th distinct value of the chunk column, ascending."""
+        """Every ``every``-th value of the chunk column, ascending, below its maximum (a
+        boundary at the maximum would only add an empty last chunk)."""
 
     @abstractmethod
     def position(self) -> Query:

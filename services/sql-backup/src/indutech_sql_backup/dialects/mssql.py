@@ -104,7 +104,8 @@ class MssqlDialect(Dialect):
         return Query(
             f"SELECT CAST(r.v AS NVARCHAR(400)) FROM (SELECT {column} AS v, "  # noqa: S608
             f"ROW_NUMBER() OVER (ORDER BY {column}) AS rn FROM {self.table(table.ref)}) AS r "
-            f"WHERE r.rn % {int(every)} = 0 ORDER BY r.rn"
+            f"WHERE r.rn % {int(every)} = 0 AND r.v < (SELECT MAX({column}) FROM "
+            f"{self.table(table.ref)}) ORDER BY r.rn"
         )
 
     def position(self) -> Query:

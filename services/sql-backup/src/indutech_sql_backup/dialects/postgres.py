@@ -78,7 +78,8 @@ class PostgresDialect(Dialect):
         return Query(
             f"SELECT CAST(v AS text) FROM (SELECT {column} AS v, "  # noqa: S608 - identifiers quoted
             f"row_number() OVER (ORDER BY {column}) AS rn FROM {self.table(table.ref)}) r "
-            f"WHERE rn % {int(every)} = 0 ORDER BY rn"
+            f"WHERE rn % {int(every)} = 0 AND v < (SELECT max({column}) FROM "
+            f"{self.table(table.ref)}) ORDER BY rn"
         )
 
     def position(self) -> Query:

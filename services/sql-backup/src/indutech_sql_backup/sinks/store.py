@@ -15,15 +15,18 @@ next run resumes: chunks whose record names the same plan are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from indutech_common.s3 import upload_multipart
 from indutech_sql_backup.dialects import Column, TableInfo, TableRef
 
 if TYPE_CHECKING:
@@ -198,8 +201,33 @@ class BackupStore:
             raise
         return True
 
-    async def put_part(self, key: str, data: bytes, sha256: bytes) -> None:
-        """Upload a part; S3 recomputes the SHA-256 and refuses a body that differs."""
+    async def put_part(
+        self,
+        key: str,
+        path: Path,
+        *,
+        size: int,
+        sha256: bytes,
+        multipart_threshold: int,
+        part_bytes: int,
+    ) -> None:
+        """Upload a part file. Below ``multipart_threshold`` one PUT with the file's SHA-256
+        (S3 recomputes it and refuses a body that differs); from it on, a multipart upload
+        read from the file one part at a time, each part with its own SHA-256 that S3
+        verifies the same way (aborted on any failure). The whole file's SHA-256 is in the
+        part record either way."""
+        if size >= multipart_threshold:
+            await upload_multipart(
+                self.s3,
+                bucket=self.bucket,
+                key=key,
+                body=path,
+                part_bytes=part_bytes,
+                checksum_sha256=True,
+                ContentType=PARQUET_CONTENT_TYPE,
+            )
+            return
+        data = await asyncio.to_thread(path.read_bytes)
         await self.s3.put_object(
             Bucket=self.bucket,
             Key=key,
