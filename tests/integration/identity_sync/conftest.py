@@ -188,13 +188,29 @@ class Live:
         c.search(self.roots[side], search_filter, ldap3.SUBTREE, attributes=["objectGUID"])
         return sum(e.get("type") == "searchResEntry" for e in c.response or [])
 
-    def sync(self, *, allow_mass_delete: bool = False) -> CycleReport:
+    def sync(self, *, allow_mass_delete: bool = False, writers: int = 1) -> CycleReport:
+        """One full cycle; ``writers`` > 1: that many connections per DC write concurrently
+        (the worker's ``writer_concurrency``)."""
         mapping = self.mapping
         snapshots = {s: read_scope(self.connections[s], mapping, s) for s in SIDES}
-        writers: dict[Side, DirectoryWriter] = {s: LdapWriter(self.connections[s]) for s in SIDES}
-        return Reconciler(
-            mapping, self.state, snapshots, writers, allow_mass_delete=allow_mass_delete
-        ).run()
+        primary: dict[Side, DirectoryWriter] = {s: LdapWriter(self.connections[s]) for s in SIDES}
+        extra = {s: [ldap_connect(self.settings[s]) for _ in range(writers - 1)] for s in SIDES}
+        pools: dict[Side, list[DirectoryWriter]] = {
+            s: [primary[s], *(LdapWriter(c) for c in extra[s])] for s in SIDES
+        }
+        try:
+            return Reconciler(
+                mapping,
+                self.state,
+                snapshots,
+                primary,
+                allow_mass_delete=allow_mass_delete,
+                pools=pools,
+            ).run()
+        finally:
+            for connections in extra.values():
+                for connection in connections:
+                    close_quietly(connection)
 
 
 @pytest.fixture

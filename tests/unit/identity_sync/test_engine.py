@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from indutech_identity_sync.config import Mapping, Side
+from indutech_identity_sync.config import Kind, Mapping, Side
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
-from indutech_identity_sync.model import make_dn, normalize_dn, split_rdn
+from indutech_identity_sync.model import Values, make_dn, normalize_dn, split_rdn
 from indutech_identity_sync.state import SyncState
 from tests.support.fake_directory import FakeDirectory
 
@@ -45,14 +48,65 @@ def mapping(**overrides: Any) -> Mapping:
     return Mapping.model_validate(raw)
 
 
+class Connection:
+    """One of several connections to a fake directory: each write waits a random moment
+    first, so writes sent together finish in a shuffled order (as on a real DC)."""
+
+    def __init__(self, directory: FakeDirectory, lock: threading.Lock, seed: int) -> None:
+        self.directory = directory
+        self.lock = lock
+        self.random = random.Random(seed)
+
+    def _jitter(self) -> None:
+        time.sleep(self.random.random() / 1000)
+
+    def add(self, kind: Kind, dn: str, attributes: dict[str, Values]) -> str:
+        self._jitter()
+        with self.lock:
+            return self.directory.add(kind, dn, attributes)
+
+    def modify(self, dn: str, replace: dict[str, Values]) -> None:
+        self._jitter()
+        with self.lock:
+            self.directory.modify(dn, replace)
+
+    def move(self, dn: str, new_rdn: str, new_parent: str) -> str:
+        self._jitter()
+        with self.lock:
+            return self.directory.move(dn, new_rdn, new_parent)
+
+    def delete(self, dn: str) -> None:
+        self._jitter()
+        with self.lock:
+            self.directory.delete(dn)
+
+    def modify_members(self, group_dn: str, add: list[str], remove: list[str]) -> None:
+        self._jitter()
+        with self.lock:
+            self.directory.modify_members(group_dn, add, remove)
+
+
 class Pair:
-    """Two fake directories and the state between them."""
+    """Two fake directories and the state between them; ``writers`` per side (the autouse
+    fixture below runs every test with one writer and with a pool of three)."""
+
+    writers = 1
 
     def __init__(self, rules: Mapping | None = None) -> None:
         self.mapping = rules or mapping()
         self.onprem = FakeDirectory(ONPREM_ROOT)
         self.aws = FakeDirectory(AWS_ROOT)
         self.state = SyncState()
+
+    def pools(self) -> dict[Side, list[DirectoryWriter]] | None:
+        if self.writers == 1:
+            return None
+        directories: dict[Side, FakeDirectory] = {"onprem": self.onprem, "aws": self.aws}
+        pools: dict[Side, list[DirectoryWriter]] = {}
+        for side, directory in directories.items():
+            lock = threading.Lock()
+            pools[side] = [Connection(directory, lock, seed) for seed in range(self.writers)]
+        return pools
 
     def sync(self, *, allow_mass_delete: bool = False, save: bool = True) -> CycleReport:
         state = self.state.model_copy(deep=True)
@@ -62,6 +116,7 @@ class Pair:
             {"onprem": self.onprem.snapshot(), "aws": self.aws.snapshot()},
             {"onprem": self.onprem, "aws": self.aws},
             allow_mass_delete=allow_mass_delete,
+            pools=self.pools(),
         ).run()
         if save:
             self.state = state
@@ -70,6 +125,15 @@ class Pair:
     def converge(self) -> None:
         self.sync()
         assert self.sync().total_writes == 0
+
+
+@pytest.fixture(autouse=True, params=[1, 3], ids=["one-writer", "three-writers"])
+def writers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every test here runs with one writer per side and with a pool of three: the
+    order guarantees and the outcome must be the same."""
+    count: int = request.param
+    monkeypatch.setattr(Pair, "writers", count)
+    return count
 
 
 def aws_dn(onprem_dn: str) -> str:

@@ -152,7 +152,13 @@ def load_mapping(path: Path, **overrides: object) -> Mapping:
 
 
 class IdentitySyncSettings(WorkerSettings):
-    """Settings of identity-sync (env prefix IDENTITY_SYNC_)."""
+    """Settings of identity-sync (env prefix IDENTITY_SYNC_).
+
+    ``writer_concurrency`` (``IDENTITY_SYNC_WRITER_CONCURRENCY``, 1-16, default 4): how
+    many LDAPS connections per DC write at the same time; the reconciler sends only
+    writes independent of each other together (engine module docstring), so the
+    order guarantees do not depend on it. A dry run always plans one write at a time.
+    """
 
     service_name: ClassVar[str] = "identity-sync"
     model_config = SettingsConfigDict(env_prefix="IDENTITY_SYNC_")
@@ -168,6 +174,13 @@ class IdentitySyncSettings(WorkerSettings):
         default=900.0, gt=0, description="full reconcile that repairs drift"
     )
     dry_run: bool = Field(default=False, description="print the planned changes, write nothing")
+    writer_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="LDAPS connections per DC that write concurrently (1: one write at a time); "
+        "writes that depend on each other still wait (parents, members, moves, deletes)",
+    )
     audit_kafka: KafkaSettings | None = Field(
         default=None, description="where to publish the audit records (unset: log only)"
     )

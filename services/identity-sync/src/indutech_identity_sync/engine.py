@@ -20,21 +20,35 @@ reported, plus last cycle's retries): then only those objects and their pairs
 are merged, references resolved through the GUID state, so its cost follows
 the size of the batch, not of the directory. Deletes are planned over every
 pair either way, so the deletion guard always sees the whole picture.
+
+Parallel writers (``pools``: several writers of one side, one connection each):
+the plan is still made in one thread, in the order above, and every decision
+that depends on an earlier write waits for it. Writes that cannot depend on
+each other are sent to the pool together and their results applied in the
+order they were planned, at a barrier (``_flush``): the creates of one wave
+(same depth below the root and same kind: a parent is one level up, so in an
+earlier wave, and users come before the groups of their level), the attribute
+writes of all pairs, the membership writes of all groups, the deletes of one
+depth. A rename or move waits for what is in flight and is applied alone.
+So parents are created before children, users before the groups that list them,
+memberships after both, deletes children first, and what waits on a reference
+not created yet goes to the retry queue exactly as with one writer.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingOf
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
-from indutech_identity_sync.config import SIDES, AttributeRule, Mapping, Side, other
-from indutech_identity_sync.directory import DirectoryWriter
+from indutech_identity_sync.config import SIDES, AttributeRule, Kind, Mapping, Side, other
+from indutech_identity_sync.directory import DirectoryWriter, WriterPool
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import (
@@ -58,6 +72,20 @@ _MAX_PASSES = 50
 
 Op = Literal["add", "modify", "move", "delete", "members"]
 Location = tuple[str, str]  # (parent pair id or ROOT, RDN value)
+Then = Callable[[bool, Any], None]  # (written, the writer's result) -> apply it to the plan
+
+
+@dataclass
+class _Pending:
+    """A write in flight in a side's pool, applied at the next barrier."""
+
+    side: Side
+    op: Op
+    dn: str
+    future: Future[Any]
+    guid: str
+    attributes: list[str] | None
+    then: Then
 
 
 @dataclass
@@ -86,6 +114,9 @@ class Reconciler:
     ``snapshots`` are Mirrors kept by the caller between cycles (the reconciler
     keeps them current with its own writes) or plain lists of objects read from
     each side. ``focus`` limits the cycle to the pairs of those GUIDs per side.
+    ``pools``: per side, several writers (one connection each) to write with
+    concurrently where the order allows it; without them (or with one writer, or
+    in a dry run) every write goes through ``writers`` one at a time.
     """
 
     def __init__(
@@ -98,8 +129,17 @@ class Reconciler:
         focus: MappingOf[Side, set[str]] | None = None,
         allow_mass_delete: bool = False,
         dry_run: bool = False,
+        pools: MappingOf[Side, Sequence[DirectoryWriter]] | None = None,
     ) -> None:
         self.dry_run = dry_run
+        self._pool_writers = {
+            side: list(writers)
+            for side, writers in (pools or {}).items()
+            if len(writers) > 1 and not dry_run
+        }
+        self.pools: dict[Side, WriterPool] = {}
+        self._pending: list[_Pending] = []
+        self._pending_dns: set[tuple[Side, str]] = set()  # targets of the creates in flight
         self.mapping = mapping
         self.state = state
         self.sides: dict[Side, Mirror] = {}
@@ -150,11 +190,17 @@ class Reconciler:
     # -- the cycle ---------------------------------------------------------------------------
 
     def run(self) -> CycleReport:
-        deletes = self._plan_deletes()
-        self._structure()
-        self._attributes()
-        self._memberships()
-        self._deletes(deletes)
+        self.pools = {side: WriterPool(writers) for side, writers in self._pool_writers.items()}
+        try:
+            deletes = self._plan_deletes()
+            self._structure()
+            self._attributes()
+            self._memberships()
+            self._deletes(deletes)
+        finally:
+            for pool in self.pools.values():
+                pool.close()  # after a failure: waits for the writes in flight, drops the rest
+            self.pools = {}
         return self.report
 
     def _write(
@@ -173,9 +219,25 @@ class Reconciler:
         try:
             result = action()
         except DirectoryWriteError as exc:
-            self.report.failed += 1
-            self.log.warning("identity_change_failed", side=side, op=op, dn=dn, error=str(exc))
+            self._refused(side, op, dn, exc)
             return False, None
+        self._applied(side, op, dn, result, guid=guid, attributes=attributes)
+        return True, result
+
+    def _refused(self, side: Side, op: Op, dn: str, exc: DirectoryWriteError) -> None:
+        self.report.failed += 1
+        self.log.warning("identity_change_failed", side=side, op=op, dn=dn, error=str(exc))
+
+    def _applied(
+        self,
+        side: Side,
+        op: Op,
+        dn: str,
+        result: object,
+        *,
+        guid: str,
+        attributes: list[str] | None,
+    ) -> None:
         self.report.writes[side, op] += 1
         record = ChangeRecord(
             side=side,
@@ -196,7 +258,53 @@ class Reconciler:
             event_id=record.event_id,
             dry_run=self.dry_run,
         )
-        return True, result
+
+    def _submit(
+        self,
+        side: Side,
+        op: Op,
+        dn: str,
+        call: Callable[[DirectoryWriter], object],
+        then: Then,
+        *,
+        guid: str = "",
+        attributes: list[str] | None = None,
+    ) -> None:
+        """A write whose outcome ``then`` applies: at once with one writer, else at the next
+        barrier (``_flush``); the caller only submits writes independent of each other."""
+        pool = self.pools.get(side)
+        if pool is None or side in self.blocked:
+            writer = self.writers[side]
+            done, result = self._write(
+                side, op, dn, partial(call, writer), guid=guid, attributes=attributes
+            )
+            then(done, result)
+            return
+        future = pool.submit(call)
+        self._pending.append(_Pending(side, op, dn, future, guid, attributes, then))
+
+    def _flush(self) -> None:
+        """The barrier: wait for the writes in flight and apply them in the order planned.
+        A connection error is raised once every other write is applied (the cycle fails)."""
+        pending, self._pending = self._pending, []
+        self._pending_dns.clear()
+        error: BaseException | None = None
+        for item in pending:
+            try:
+                result = item.future.result()
+            except DirectoryWriteError as exc:
+                self._refused(item.side, item.op, item.dn, exc)
+                item.then(False, None)
+                continue
+            except Exception as exc:  # re-raised below, once the rest is applied
+                error = error or exc
+                continue
+            self._applied(
+                item.side, item.op, item.dn, result, guid=item.guid, attributes=item.attributes
+            )
+            item.then(True, result)
+        if error is not None:
+            raise error
 
     # -- deletes -----------------------------------------------------------------------------
 
@@ -242,14 +350,27 @@ class Reconciler:
                 obj = self._present(self.state.pairs[pid], side)
                 if obj is not None:
                     victims.append((depth_below(obj.dn, self.sides[side].root), pid, obj))
-            for _, pid, obj in sorted(victims, key=lambda v: -v[0]):
-                writer = self.writers[side]
+            depth = None
+            for level, pid, obj in sorted(victims, key=lambda v: -v[0]):
+                if level != depth:  # children first: one depth at a time
+                    self._flush()
+                    depth = level
                 dn = obj.dn
-                deleted = self._write(side, "delete", dn, partial(writer.delete, dn), guid=obj.guid)
-                if deleted[0]:
-                    self.sides[side].remove(obj.guid)
-                    del self.state.pairs[pid]
+                self._submit(
+                    side,
+                    "delete",
+                    dn,
+                    partial(_delete, dn=dn),
+                    partial(self._deleted, side=side, pid=pid, guid=obj.guid),
+                    guid=obj.guid,
+                )
+            self._flush()
         self._reindex()
+
+    def _deleted(self, done: bool, _: object, *, side: Side, pid: str, guid: str) -> None:
+        if done:
+            self.sides[side].remove(guid)
+            del self.state.pairs[pid]
 
     # -- structure: creates, adoptions, renames and moves -------------------------------------
 
@@ -294,8 +415,21 @@ class Reconciler:
                     depth = depth_below(obj.dn, mirror.root)
                     work.append((depth, KIND_ORDER[obj.kind], side, guid))
         work.sort()
+        self._structure_passes(work)
+
+    def _structure_passes(self, work: list[tuple[int, int, Side, str]]) -> None:
+        """The work list, in order, until no progress: the retry queue of what waits on a
+        parent not synced yet. Creates go out a wave (depth, kind) at a time."""
         for _ in range(_MAX_PASSES):
-            remaining = [item for item in work if not self._structure_one(item[2], item[3])]
+            remaining = []
+            wave: tuple[int, int] | None = None
+            for item in work:
+                if item[:2] != wave:  # a new depth or kind: what it waits on must be written
+                    self._flush()
+                    wave = item[:2]
+                if not self._structure_one(item[2], item[3]):
+                    remaining.append(item)
+            self._flush()
             if len(remaining) == len(work):
                 break
             work = remaining
@@ -328,6 +462,9 @@ class Reconciler:
             return False
         rdn_type = RDN_TYPE[obj.kind]
         target_dn = make_dn(rdn_type, location[1], parent_dn)
+        planned = (target, normalize_dn(target_dn))
+        if planned in self._pending_dns:
+            self._flush()  # the same name is being created: decide once it exists
         existing = self.sides[target].guid_at(target_dn)
         if existing is not None:
             found = self.sides[target].objects[existing]
@@ -345,17 +482,41 @@ class Reconciler:
             members = self._objects(target, pids or set())
             if members:
                 attributes["member"] = tuple(m.dn for m in members)
-        writer = self.writers[target]
-        _, new_guid = self._write(
+        self._pending_dns.add(planned)
+        self._submit(
             target,
             "add",
             target_dn,
-            partial(writer.add, obj.kind, target_dn, attributes),
+            partial(_add, kind=obj.kind, dn=target_dn, attributes=attributes),
+            partial(
+                self._created,
+                source=source,
+                obj=obj,
+                target_dn=target_dn,
+                attributes=attributes,
+                members=members,
+                location=location,
+            ),
             attributes=list(attributes),
         )
-        if new_guid is None:
+        return True
+
+    def _created(
+        self,
+        done: bool,
+        new_guid: object,
+        *,
+        source: Side,
+        obj: DirObject,
+        target_dn: str,
+        attributes: dict[str, Values],
+        members: list[DirObject],
+        location: Location,
+    ) -> None:
+        target = other(source)
+        if not done or not isinstance(new_guid, str):
             self._retry(source, obj.guid)
-            return True  # refused or blocked: retried next cycle
+            return  # refused or blocked: retried next cycle
         created = DirObject(
             guid=new_guid,
             kind=obj.kind,
@@ -371,7 +532,6 @@ class Reconciler:
         for name, rule in self.mapping.rules_for(obj.kind).items():
             base = () if rule.transform == "dn" else self._canonical(target, created, rule)
             pair.attributes[name] = list(base or ())
-        return True
 
     def _pair(self, source: Side, obj: DirObject, twin: DirObject, location: Location) -> PairState:
         onprem, aws = (obj, twin) if source == "onprem" else (twin, obj)
@@ -428,16 +588,33 @@ class Reconciler:
         assert obj is not None  # noqa: S101 - checked above
         new_rdn = make_rdn(RDN_TYPE[pair.kind], now[winner][1])
         old_dn = obj.dn
-        writer = self.writers[loser]
-        _, new_dn = self._write(
-            loser, "move", old_dn, partial(writer.move, old_dn, new_rdn, parent_dn), guid=obj.guid
+        self._flush()  # a move is applied alone: it changes the DNs the next writes use
+        self._submit(
+            loser,
+            "move",
+            old_dn,
+            partial(_move, dn=old_dn, new_rdn=new_rdn, new_parent=parent_dn),
+            partial(self._moved, pair=pair, side=loser, guid=obj.guid, location=now[winner]),
+            guid=obj.guid,
         )
-        if new_dn is None:
+        self._flush()
+        return True
+
+    def _moved(
+        self,
+        done: bool,
+        new_dn: object,
+        *,
+        pair: PairState,
+        side: Side,
+        guid: str,
+        location: Location,
+    ) -> None:
+        if not done or not isinstance(new_dn, str):
             self._retry_pair(pair)
         else:
-            self.sides[loser].moved(obj.guid, new_dn)
-            pair.parent, pair.rdn = now[winner]
-        return True
+            self.sides[side].moved(guid, new_dn)
+            pair.parent, pair.rdn = location
 
     def _conflict(self, pair: PairState, attribute: str, winner: Side) -> None:
         self.report.conflicts += 1
@@ -472,11 +649,37 @@ class Reconciler:
                 mirrored[loser][attr.lower()] = mirror_values
                 decided[loser][name] = value
             for side in SIDES:
-                if self._modify(side, objs[side], changes[side], mirrored[side]):
-                    # the base moves only once the losing side holds the value
-                    pair.attributes.update({n: list(v) for n, v in decided[side].items()})
-                else:
-                    self._retry_pair(pair)
+                self._modify(
+                    side,
+                    objs[side],
+                    changes[side],
+                    partial(
+                        self._modified,
+                        pair=pair,
+                        obj=objs[side],
+                        mirrored=mirrored[side],
+                        decided=decided[side],
+                    ),
+                )
+        self._flush()
+
+    def _modified(
+        self,
+        done: bool,
+        _: object,
+        *,
+        pair: PairState,
+        obj: DirObject | None,
+        mirrored: dict[str, Values],
+        decided: dict[str, Values],
+    ) -> None:
+        if not done:
+            self._retry_pair(pair)
+            return
+        if obj is not None:
+            obj.attributes.update(mirrored)
+        # the base moves only once the losing side holds the value
+        pair.attributes.update({n: list(v) for n, v in decided.items()})
 
     def _merge(
         self, pair: PairState, name: str, onprem: Values, aws: Values
@@ -497,28 +700,21 @@ class Reconciler:
         return other(winner), (onprem if winner == "onprem" else aws)
 
     def _modify(
-        self,
-        side: Side,
-        obj: DirObject | None,
-        replace: dict[str, Values],
-        mirrored: dict[str, Values],
-    ) -> bool:
+        self, side: Side, obj: DirObject | None, replace: dict[str, Values], then: Then
+    ) -> None:
         if not replace or obj is None:
-            return True
-        writer = self.writers[side]
+            then(True, None)
+            return
         dn = obj.dn
-        done = self._write(
+        self._submit(
             side,
             "modify",
             dn,
-            partial(writer.modify, dn, replace),
+            partial(_modify, dn=dn, replace=replace),
+            then,
             guid=obj.guid,
             attributes=list(replace),
         )
-        if not done[0]:
-            return False
-        obj.attributes.update(mirrored)
-        return True
 
     # -- value translation -------------------------------------------------------------------
 
@@ -604,6 +800,7 @@ class Reconciler:
         for _, pair in self._pairs():
             if pair.kind == "group":
                 self._merge_members(pair)
+        self._flush()
 
     def _merge_members(self, pair: PairState) -> None:
         """A set merge against the base: adds and removes of both sides, written to each."""
@@ -625,30 +822,54 @@ class Reconciler:
         added = (now["onprem"] - base) | (now["aws"] - base)
         removed = (base - now["onprem"]) | (base - now["aws"])
         merged = (base | added) - removed
-        ok = True
+        writes = []
         for side in SIDES:
             group = objs[side]
             assert group is not None  # noqa: S101 - checked above
-            add = self._dns(side, merged - now[side])
-            remove = self._dns(side, now[side] - merged)
-            if not add and not remove:
-                continue
-            writer = self.writers[side]
+            joining = self._objects(side, merged - now[side])
+            leaving = self._objects(side, now[side] - merged)
+            if joining or leaving:
+                writes.append((side, group, joining, leaving))
+        outcome = _Join(len(writes), partial(self._members_merged, pair, merged))
+        for side, group, joining, leaving in writes:
             dn = group.dn
-            done = self._write(
+            self._submit(
                 side,
                 "members",
                 dn,
-                partial(writer.modify_members, dn, add, remove),
+                partial(
+                    _modify_members,
+                    dn=dn,
+                    add=[o.dn for o in joining],
+                    remove=[o.dn for o in leaving],
+                ),
+                partial(
+                    self._members_written,
+                    group=group,
+                    joining=joining,
+                    leaving=leaving,
+                    outcome=outcome,
+                ),
                 guid=group.guid,
                 attributes=["member"],
             )
-            if done[0]:
-                joined = {o.guid for o in self._objects(side, merged - now[side])}
-                left = {o.guid for o in self._objects(side, now[side] - merged)}
-                group.members = frozenset((group.members - left) | joined)
-            else:
-                ok = False
+
+    @staticmethod
+    def _members_written(
+        done: bool,
+        _: object,
+        *,
+        group: DirObject,
+        joining: list[DirObject],
+        leaving: list[DirObject],
+        outcome: _Join,
+    ) -> None:
+        if done:
+            left = {o.guid for o in leaving}
+            group.members = frozenset((group.members - left) | {o.guid for o in joining})
+        outcome.one(done)
+
+    def _members_merged(self, pair: PairState, merged: set[str], ok: bool) -> None:
         if ok:
             pair.members = sorted(merged)
         else:
@@ -662,8 +883,43 @@ class Reconciler:
                 objects.append(obj)
         return objects
 
-    def _dns(self, side: Side, pids: set[str]) -> list[str]:
-        return [obj.dn for obj in self._objects(side, pids)]
+
+class _Join:
+    """Calls ``then(all written)`` once ``count`` writes are settled (at once when none)."""
+
+    def __init__(self, count: int, then: Callable[[bool], None]) -> None:
+        self.left = count
+        self.ok = True
+        self.then = then
+        if count == 0:
+            then(True)
+
+    def one(self, done: bool) -> None:
+        self.ok = self.ok and done
+        self.left -= 1
+        if self.left == 0:
+            self.then(self.ok)
+
+
+# The writes, as calls on whichever writer of the side runs them.
+def _add(writer: DirectoryWriter, *, kind: Kind, dn: str, attributes: dict[str, Values]) -> str:
+    return writer.add(kind, dn, attributes)
+
+
+def _modify(writer: DirectoryWriter, *, dn: str, replace: dict[str, Values]) -> None:
+    writer.modify(dn, replace)
+
+
+def _move(writer: DirectoryWriter, *, dn: str, new_rdn: str, new_parent: str) -> str:
+    return writer.move(dn, new_rdn, new_parent)
+
+
+def _delete(writer: DirectoryWriter, *, dn: str) -> None:
+    writer.delete(dn)
+
+
+def _modify_members(writer: DirectoryWriter, *, dn: str, add: list[str], remove: list[str]) -> None:
+    writer.modify_members(dn, add, remove)
 
 
 def pid_of(pair: PairState) -> str:

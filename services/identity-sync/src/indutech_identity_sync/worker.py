@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import ldap3
@@ -48,14 +48,26 @@ from indutech_identity_sync.sources.ldap import (
 from indutech_identity_sync.state import S3StateStore, StateStore, SyncState
 
 MAX_RETRIES = 10  # incremental retries of one object before it waits for the full reconcile
+# Extra writer connections idle longer than this are checked (a rootDSE read) before a cycle
+# writes with them, and opened again if the DC dropped them: DCs close idle LDAP connections
+# (AD after MaxConnIdleTime, 900 s by default), and only the main one is used on every tick.
+WRITER_IDLE_S = 60.0
 
 
 @dataclass
 class _Link:
-    """One side's connection and the lock that keeps ldap3 to one thread at a time."""
+    """One side's connection and the lock that keeps ldap3 to one thread at a time, plus the
+    extra connections of the parallel writers (``writer_concurrency`` - 1), used only by a
+    cycle, which holds the lock."""
 
     connection: ldap3.Connection
     lock: threading.Lock
+    writers: list[ldap3.Connection] = field(default_factory=list)
+    writers_used: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        for connection in [self.connection, *self.writers]:
+            close_quietly(connection)
 
 
 class IdentitySyncWorker(Worker[IdentitySyncSettings]):
@@ -155,7 +167,18 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             connection = await asyncio.to_thread(
                 ldap_connect, settings, auto_range=False, return_empty_attributes=False
             )
-            self.links[side] = _Link(connection, threading.Lock())
+            link = _Link(connection, threading.Lock())
+            extra = [
+                asyncio.to_thread(ldap_connect, settings)
+                for _ in range(self.settings.writer_concurrency - 1)
+            ]
+            opened = await asyncio.gather(*extra, return_exceptions=True)
+            link.writers = [c for c in opened if isinstance(c, ldap3.Connection)]
+            failed = [e for e in opened if isinstance(e, BaseException)]
+            if failed:
+                await asyncio.to_thread(link.close)
+                raise failed[0]
+            self.links[side] = link
 
     async def _ping(self, side: Side) -> None:
         def ping() -> None:
@@ -210,14 +233,14 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
     async def shutdown(self) -> None:
         await self._stop_notifiers()
         for link in self.links.values():
-            await asyncio.to_thread(close_quietly, link.connection)
+            await asyncio.to_thread(link.close)
         self.links.clear()
         await self._exit_stack.aclose()
 
     async def _reconnect(self) -> None:
         try:
             for link in self.links.values():
-                await asyncio.to_thread(close_quietly, link.connection)
+                await asyncio.to_thread(link.close)
             self.links.clear()
             await self._connect()
             await asyncio.to_thread(self._prime_change_signals)
@@ -359,6 +382,12 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 s: DryRunWriter(s) if dry_run else LdapWriter(self.links[s].connection)
                 for s in SIDES
             }
+            pools: dict[Side, list[DirectoryWriter]] = {}
+            if not dry_run:  # a dry run plans one write at a time
+                pools = {
+                    s: [writers[s], *(LdapWriter(c) for c in self._writer_connections(s))]
+                    for s in SIDES
+                }
             state = self.state.model_copy(deep=True) if dry_run else self.state
             report = Reconciler(
                 self.mapping,
@@ -368,11 +397,28 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 focus=focus,
                 allow_mass_delete=self.allow_mass_delete,
                 dry_run=dry_run,
+                pools=pools,
             ).run()
             if not dry_run:
                 self.mirrors = mirrors
             self._count_retries(report)
             return report
+
+    def _writer_connections(self, side: Side) -> list[ldap3.Connection]:
+        """The extra writer connections of ``side``, checked first when idle for a while
+        and opened again if the DC dropped them (in the cycle's thread, under its lock)."""
+        link = self.links[side]
+        if time.monotonic() - link.writers_used > WRITER_IDLE_S:
+            settings = self.settings.onprem if side == "onprem" else self.settings.aws
+            for i, connection in enumerate(link.writers):
+                try:
+                    highest_usn(connection)
+                except (LDAPException, IndutechError) as exc:
+                    self.log.info("writer_connection_renewed", side=side, error=str(exc))
+                    close_quietly(connection)
+                    link.writers[i] = ldap_connect(settings)
+        link.writers_used = time.monotonic()
+        return link.writers
 
     def _count_retries(self, report: CycleReport) -> None:
         """Objects to look at again next tick, each at most MAX_RETRIES times in a row."""
