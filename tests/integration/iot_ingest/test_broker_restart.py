@@ -89,12 +89,16 @@ class TestBrokerRestart:
         text = log.read_text()
         print(
             f"failed transactions {text.count('transaction_failed')}, "
+            f"waiting warnings {text.count('transaction_waiting')}, "
             f"worker starts {text.count('ingest_ready')}"
         )
         assert exit_code == 0
         # one process throughout: the open transaction waited for the broker (or failed,
         # was aborted and redone from the checkpoints) instead of crashing the worker
         assert text.count('"event": "ingest_ready"') == 1
+        # and the wait was said: a hung transaction warns, a failed one is logged
+        waits = text.count('"event": "transaction_waiting"')
+        assert waits + text.count('"event": "transaction_failed"') >= 1, text[-3000:]
         # reading waited instead of piling lines up: 5,000 lines are ~1 MB
         assert max(rss_during) - min(rss_during) < 64 * 1024, rss_during
         assert found.duplicates == {}

@@ -26,6 +26,7 @@ from indutech_iot_ingest.sinks import TransactionalSink, load_checkpoints
 from indutech_iot_ingest.sources import LineParser, RejectedLine, watch_specs
 
 FORGET_CHECK_S = 60.0
+TRANSACTION_WAIT_WARNING_S = 10.0
 
 
 class IotIngestWorker(Worker[IotIngestSettings]):
@@ -84,7 +85,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
             try:
-                moved = await self._transaction()
+                moved = await self._watched_transaction()
             except ProducerFenced:
                 self.log.exception(
                     "producer_fenced", transactional_id=self.settings.transactional_id
@@ -99,6 +100,29 @@ class IotIngestWorker(Worker[IotIngestSettings]):
                 continue
             if not moved:
                 await self.sleep_or_exit(self.settings.poll_interval_s)
+
+    async def _watched_transaction(self) -> bool:
+        """:meth:`_transaction`, with a warning every ``TRANSACTION_WAIT_WARNING_S`` it hangs.
+
+        While Kafka is away the producer waits inside the open transaction (nothing is
+        read meanwhile, nothing is lost); without this the worker would be silent.
+        """
+        started = time.monotonic()
+        transaction = asyncio.ensure_future(self._transaction())
+        try:
+            while True:
+                done, _ = await asyncio.wait({transaction}, timeout=TRANSACTION_WAIT_WARNING_S)
+                if done:
+                    return transaction.result()
+                self.log.warning(
+                    "transaction_waiting",
+                    waited_s=round(time.monotonic() - started, 1),
+                    hint="the producer is waiting for Kafka: check the brokers and "
+                    "the kafka ping of /readyz; the transaction commits when they answer",
+                )
+        except asyncio.CancelledError:
+            transaction.cancel()
+            raise
 
     async def _transaction(self) -> bool:
         """One transaction of at most commit_interval_s; False when there was nothing to do."""
