@@ -9,8 +9,9 @@ on our machines, so that path is written but not exercised here).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic_settings import SettingsConfigDict
 
@@ -25,6 +26,17 @@ from indutech_common.settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def stack_service(action: Literal["up", "down"], service: str, *, timeout_s: float = 180.0) -> None:
+    """``deploy/local/stack <action> <service>``: the outage and restart tests stop and start
+    one real service of the shared stack (run them only under the stack lock)."""
+    subprocess.run(
+        [str(REPO_ROOT / "deploy/local/stack"), action, service],
+        check=True,
+        capture_output=True,
+        timeout=timeout_s,
+    )
 
 
 class StackSettings(WorkerSettings):

@@ -23,7 +23,7 @@ from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
 from tests.integration.identity_sync.test_worker import settings_for
-from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.stack import REPO_ROOT, StackSettings, stack_service
 
 BIG_GROUP = 5000
 
@@ -122,12 +122,7 @@ def stop_samba(name: str) -> None:
 
 def start_samba() -> None:
     """`stack up samba`: starts the DC that is down, leaves the running one alone."""
-    subprocess.run(
-        [str(REPO_ROOT / "deploy/local/stack"), "up", "samba"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    stack_service("up", "samba", timeout_s=120)
 
 
 class TestDcRestartedMidSync:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,20 +23,11 @@ from tests.integration.iot_ingest.conftest import (
     worker_env,
 )
 from tests.integration.iot_ingest.test_process import start_worker, wait_for_log
-from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.stack import StackSettings, stack_service
 
 OUTAGE_S = 12
 RATE = 200
 COUNT = 5_000  # 25 s of writing at RATE: before, during and after the outage
-
-
-def stack_command(action: str) -> None:
-    subprocess.run(
-        [str(REPO_ROOT / "deploy/local/stack"), action, "kafka"],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
 
 
 def _rss_kib(pid: int) -> int:
@@ -70,13 +60,13 @@ class TestBrokerRestart:
             await asyncio.sleep(3)  # transactions committing at the nominal rate
             stopped = time.monotonic()
             try:
-                await asyncio.to_thread(stack_command, "down")
+                await asyncio.to_thread(stack_service, "down", "kafka")
                 while time.monotonic() - stopped < OUTAGE_S:
                     assert process.poll() is None, log.read_text()[-3000:]
                     rss_during.append(_rss_kib(process.pid))
                     await asyncio.sleep(1)
             finally:
-                await asyncio.to_thread(stack_command, "up")
+                await asyncio.to_thread(stack_service, "up", "kafka")
             print(f"broker away {time.monotonic() - stopped:.1f}s, rss KiB {rss_during}")
             await asyncio.to_thread(writer.join, 60)
             found = await read_committed(stack, topics, expected=len(expected), timeout_s=90)

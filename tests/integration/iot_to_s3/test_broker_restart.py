@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,20 +25,11 @@ from tests.integration.iot_to_s3.conftest import (
     worker_env,
 )
 from tests.integration.iot_to_s3.test_chaos import lake_event_ids, wait_for_log
-from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.stack import StackSettings, stack_service
 
 OUTAGE_S = 12
 BEFORE = 3000
 AFTER = 1000
-
-
-def stack_command(action: str) -> None:
-    subprocess.run(
-        [str(REPO_ROOT / "deploy/local/stack"), action, "kafka"],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
 
 
 class TestBrokerRestart:
@@ -68,11 +58,11 @@ class TestBrokerRestart:
             await asyncio.sleep(0.3)  # fetched and buffered, not yet sealed
             stopped = time.monotonic()
             try:
-                await asyncio.to_thread(stack_command, "down")
+                await asyncio.to_thread(stack_service, "down", "kafka")
                 await asyncio.sleep(OUTAGE_S)
                 assert process.poll() is None, log.read_text()[-3000:]
             finally:
-                await asyncio.to_thread(stack_command, "up")
+                await asyncio.to_thread(stack_service, "up", "kafka")
             print(f"broker away {time.monotonic() - stopped:.1f}s")
             await produce(stack, lake.sensor_topic, after, transactional_id=f"{lake.group_id}-b")
             expected = {str(r.event_id) for r in before + after}

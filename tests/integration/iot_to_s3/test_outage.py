@@ -7,7 +7,6 @@ import asyncio
 import random
 import re
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from tests.integration.iot_to_s3.test_chaos import (
     wait_for_lake,
     wait_for_log,
 )
-from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.stack import StackSettings, stack_service
 
 OUTAGE_S = 30
 MEMORY_CAP = 1_000_000
@@ -28,15 +27,6 @@ POLL_MAX_RECORDS = 200
 # A canonical record is < 400 bytes; one poll may land after the cap is reached.
 POLL_OVERSHOOT = POLL_MAX_RECORDS * (400 + 96)
 _METRIC = re.compile(r'^(indutech_iot_to_s3_\w+)\{worker="iot-to-s3"\} ([0-9.e+]+)$', re.M)
-
-
-def stack_command(action: str) -> None:
-    subprocess.run(
-        [str(REPO_ROOT / "deploy/local/stack"), action, "minio"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
 
 
 def read_metrics(port: int) -> dict[str, float]:
@@ -83,7 +73,7 @@ class TestS3Outage:
             )
             await asyncio.sleep(3)
             baseline_rss = rss_bytes(process.pid)
-            await asyncio.to_thread(stack_command, "down")
+            await asyncio.to_thread(stack_service, "down", "minio")
             try:
                 outage_ends = time.monotonic() + OUTAGE_S
                 while time.monotonic() < outage_ends:
@@ -97,7 +87,7 @@ class TestS3Outage:
                     )
                     await asyncio.sleep(0.5)
             finally:
-                await asyncio.to_thread(stack_command, "up")
+                await asyncio.to_thread(stack_service, "up", "minio")
             await asyncio.sleep(3)
         finally:
             stop.set()
