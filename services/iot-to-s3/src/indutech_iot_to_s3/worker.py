@@ -53,6 +53,7 @@ from indutech_common.kafka import (
     create_producer,
     ping_producer,
     start_client,
+    stop_client,
 )
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
@@ -155,7 +156,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         )
         self.producer: AIOKafkaProducer = create_producer(settings.kafka)
         await start_client(self.producer, settings.kafka)
-        self._stack.push_async_callback(self.producer.stop)
+        self._stack.push_async_callback(stop_client, self.producer)
         self.health.register_ping("kafka", lambda: ping_producer(self.producer))
         self.dead_letters = DeadLetterWriter(
             self.producer, metrics=self.metrics, topic=settings.dead_letter_topic
@@ -171,7 +172,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             max_partition_fetch_bytes=min(fetch_max, 1024 * 1024),
         )
         await start_client(self.consumer, settings.kafka)
-        self._stack.push_async_callback(self.consumer.stop)
+        self._stack.push_async_callback(stop_client, self.consumer)
         self.consumer.subscribe(list(settings.topics), listener=_Rebalance(self))
         self.log.info(
             "consuming",

@@ -28,7 +28,13 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import BaseModel, ConfigDict
 
-from indutech_common.kafka import create_consumer, create_producer, ping_producer, start_client
+from indutech_common.kafka import (
+    create_consumer,
+    create_producer,
+    ping_producer,
+    start_client,
+    stop_client,
+)
 from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
 from indutech_common.s3 import create_s3_client, ping_bucket
@@ -258,7 +264,7 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         self.engine = Engine(settings, s3, metrics=self.backup_metrics)
         self.producer: AIOKafkaProducer = create_producer(settings.kafka)
         await start_client(self.producer, settings.kafka)
-        self._stack.push_async_callback(self.producer.stop)
+        self._stack.push_async_callback(stop_client, self.producer)
         self.health.register_ping("kafka", lambda: ping_producer(self.producer))
         self.consumer: AIOKafkaConsumer = create_consumer(
             settings.kafka,
@@ -269,7 +275,7 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )
         await start_client(self.consumer, settings.kafka)
-        self._stack.push_async_callback(self.consumer.stop)
+        self._stack.push_async_callback(stop_client, self.consumer)
         self.log.info(
             "consuming",
             topic=settings.work_topic,

@@ -5,6 +5,7 @@ from indutech_common.kafka.clients import (
     create_producer,
     ping_producer,
     start_client,
+    stop_client,
 )
 from indutech_common.kafka.config import connection_kwargs
 from indutech_common.kafka.deadletter import DeadLetterWriter
@@ -26,4 +27,5 @@ __all__ = [
     "create_producer",
     "ping_producer",
     "start_client",
+    "stop_client",
 ]

@@ -12,6 +12,7 @@ import contextlib
 import ssl
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import create_conn
@@ -133,6 +134,20 @@ def translate_connection_error(exc: BaseException, settings: KafkaSettings) -> E
         f"could not connect to Kafka at {where}: {detail}. Is the broker up and the address "
         f"right?{hint}"
     )
+
+
+STOP_TIMEOUT_S = 2.0
+
+
+async def stop_client(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """Stop a client, but never hang: under uvloop, closing a TLS connection can wait forever
+    for the peer's close_notify (uvloop#471), which would eat a worker's whole drain deadline."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout=STOP_TIMEOUT_S)
+    except TimeoutError:
+        structlog.get_logger(__name__).warning(
+            "kafka_client_stop_timed_out", timeout_s=STOP_TIMEOUT_S
+        )
 
 
 async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:

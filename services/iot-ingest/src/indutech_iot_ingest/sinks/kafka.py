@@ -21,10 +21,16 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from indutech_common.kafka import DeadLetterWriter, create_consumer, create_producer, start_client
+from indutech_common.kafka import (
+    DeadLetterWriter,
+    create_consumer,
+    create_producer,
+    start_client,
+    stop_client,
+)
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import KafkaSettings
 from indutech_common.tailing import FileState
@@ -34,17 +40,7 @@ if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder
 
 _log = structlog.get_logger(__name__)
-STOP_TIMEOUT_S = 2.0
 KEY_HASH_CACHE = 65_536  # distinct keys remembered (sensor and customer ids: a few thousand)
-
-
-async def stop_client(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
-    """Stop a client, but never hang: under uvloop, closing a TLS connection can wait forever
-    for the peer's close_notify (uvloop#471), which would block start-up or a drain."""
-    try:
-        await asyncio.wait_for(client.stop(), timeout=STOP_TIMEOUT_S)
-    except TimeoutError:
-        _log.warning("kafka_client_stop_timed_out", timeout_s=STOP_TIMEOUT_S)
 
 
 async def load_checkpoints(
