@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a connection until it ends, then close the writing side."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
@@ -26,9 +27,7 @@ async def tcp_forwarder(listen_host: str, target_host: str, target_port: int) ->
         client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
         server_reader, server_writer = await asyncio.open_connection(target_host, target_port)
-        await asyncio.gather(
-            _pipe(client_reader, server_writer), _pipe(server_reader, client_writer)
-        )
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
 
     server = await asyncio.start_server(handle, listen_host, 0)
     try:

@@ -30,6 +30,7 @@ default_authority = "onprem"
 max_count = {max_count}
 max_percent = 50.0
 min_objects_for_percent = 1000
+window_max_count = {window_max_count}
 
 [attributes.sAMAccountName]
 onprem = "sAMAccountName"
@@ -87,10 +88,13 @@ class Live:
         self.state = SyncState()
         self._sam = 0
 
-    def write_mapping(self, *, max_count: int) -> None:
+    def write_mapping(self, *, max_count: int, window_max_count: int = 200) -> None:
         self.mapping_file.write_text(
             MAPPING_TOML.format(
-                onprem_root=self.roots["onprem"], aws_root=self.roots["aws"], max_count=max_count
+                onprem_root=self.roots["onprem"],
+                aws_root=self.roots["aws"],
+                max_count=max_count,
+                window_max_count=window_max_count,
             )
         )
 

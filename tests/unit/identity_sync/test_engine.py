@@ -108,7 +108,14 @@ class Pair:
             pools[side] = [Connection(directory, lock, seed) for seed in range(self.writers)]
         return pools
 
-    def sync(self, *, allow_mass_delete: bool = False, save: bool = True) -> CycleReport:
+    def sync(
+        self,
+        *,
+        allow_mass_delete: bool = False,
+        save: bool = True,
+        now: float | None = None,
+        hold_deletes: tuple[Side, ...] = (),
+    ) -> CycleReport:
         state = self.state.model_copy(deep=True)
         report = Reconciler(
             self.mapping,
@@ -117,6 +124,8 @@ class Pair:
             {"onprem": self.onprem, "aws": self.aws},
             allow_mass_delete=allow_mass_delete,
             pools=self.pools(),
+            hold_deletes=hold_deletes,
+            clock=(lambda: now) if now is not None else time.time,
         ).run()
         if save:
             self.state = state
@@ -327,6 +336,127 @@ class TestDeletePercent:
         assert len(p.aws.dns()) == 30
         p.onprem.user("Late")
         assert p.sync().writes["aws", "add"] == 0  # exports to the side stay stopped
+
+
+def window_mapping(**guard: Any) -> Mapping:
+    rules: dict[str, Any] = {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 1000}
+    rules.update(window_s=3600, window_max_count=6, window_max_percent=None)
+    rules.update(guard)
+    return mapping(deletion_guard=rules)
+
+
+class TestDeletionWindow:
+    """The cumulative guard: deletes applied over the rolling window count with this cycle's."""
+
+    @staticmethod
+    def trickle(p: Pair, users: list[str], start: float, step: float = 60.0) -> list[CycleReport]:
+        """Delete ``users`` on-prem two at a time, one cycle each, ``step`` seconds apart."""
+        reports = []
+        for i in range(0, len(users), 2):
+            for user in users[i : i + 2]:
+                p.onprem.remove(user)
+            reports.append(p.sync(now=start + step * i / 2))
+        return reports
+
+    def test_trickle_is_stopped_once_the_window_is_full(self) -> None:
+        """Two deletes a cycle pass the per-cycle limit (10), but the fourth pair would make
+        8 in an hour (limit 6): nothing is written to that side, the log says what to do."""
+        p = Pair(window_mapping())
+        users = [p.onprem.user(f"T{i}") for i in range(8)]
+        keep = p.onprem.user("Keep")
+        p.converge()
+        with capture_logs() as logs:
+            reports = self.trickle(p, users, start=1_000_000.0)
+        assert [r.guard_tripped for r in reports] == [{}, {}, {}, {"aws": 2}]
+        assert reports[3].guard_rule == {"aws": "window"}
+        assert [r.deletes_in_window["aws"] for r in reports] == [2, 4, 6, 6]
+        assert len(p.aws.dns()) == 3  # the last two and Keep
+        event = next(e for e in logs if e["event"] == "deletion_guard_tripped")
+        assert (event["rule"], event["deleted_in_window"], event["window_max_count"]) == (
+            "window",
+            6,
+            6,
+        )
+        assert "window_max_count" in event["action"]
+        assert "--allow-mass-delete" in event["action"]
+        p.onprem.assign(keep, title="Boss")
+        p.sync(now=1_000_000.0 + 300)
+        assert p.aws.get(aws_dn(keep), "title") is None  # no writes to the side, as per cycle
+
+    def test_deletes_go_out_once_the_window_slides(self) -> None:
+        """The held deletes are written when the older ones have left the window."""
+        p = Pair(window_mapping())
+        users = [p.onprem.user(f"S{i}") for i in range(8)]
+        p.converge()
+        start = 1_000_000.0
+        self.trickle(p, users, start=start)
+        assert p.sync(now=start + 3599).guard_tripped == {"aws": 2}
+        report = p.sync(now=start + 3601)  # the first cycle's two deletes are out of it
+        assert report.guard_tripped == {}
+        assert report.writes["aws", "delete"] == 2
+        assert report.deletes_in_window["aws"] == 6
+        assert p.aws.dns() == set()
+
+    def test_window_is_in_the_state(self) -> None:
+        """The applied deletes are kept in the saved state (so a restart keeps the window),
+        and entries older than the window are dropped from it."""
+        p = Pair(window_mapping())
+        users = [p.onprem.user(f"W{i}") for i in range(4)]
+        p.converge()
+        start = 1_000_000.0
+        self.trickle(p, users, start=start)
+        restored = SyncState.model_validate_json(p.state.model_dump_json())
+        assert restored.deletes == {"aws": [(start, 2), (start + 60, 2)]}
+        p.sync(now=start + 3630)
+        assert p.state.deletes == {"aws": [(start + 60, 2)]}
+        p.sync(now=start + 7200)
+        assert p.state.deletes == {}
+
+    def test_percent_of_the_side(self) -> None:
+        """The window's percentage rule: 3 + 3 of 20 objects is 30 % > 25 %."""
+        p = Pair(
+            window_mapping(min_objects_for_percent=10, window_max_count=None, window_max_percent=25)
+        )
+        users = [p.onprem.user(f"P{i}") for i in range(20)]
+        p.converge()
+        for user in users[:3]:
+            p.onprem.remove(user)
+        assert p.sync(now=1000.0).guard_tripped == {}
+        for user in users[3:6]:
+            p.onprem.remove(user)
+        report = p.sync(now=1060.0)
+        assert report.guard_tripped == {"aws": 3}
+        assert report.guard_rule == {"aws": "window"}
+
+    def test_allow_mass_delete_passes_and_restarts_the_window(self) -> None:
+        """An operator's --allow-mass-delete run writes the deletes and empties the window."""
+        p = Pair(window_mapping())
+        users = [p.onprem.user(f"A{i}") for i in range(10)]
+        p.converge()
+        self.trickle(p, users[:8], start=1000.0)
+        report = p.sync(now=1300.0, allow_mass_delete=True)
+        assert report.writes["aws", "delete"] == 2
+        assert p.state.deletes == {}
+        p.onprem.remove(users[8])
+        assert p.sync(now=1400.0).writes["aws", "delete"] == 1
+
+
+class TestDeleteHold:
+    def test_deletes_wait_while_held_and_nothing_else_does(self) -> None:
+        """A side whose deletes are held (the other side moved to another DC) keeps its
+        objects; other writes go on, and the deletes go out once the hold ends."""
+        p = Pair()
+        gone = p.aws.user("Gone")
+        p.converge()
+        p.aws.remove(gone)
+        p.aws.user("New")
+        with capture_logs() as logs:
+            report = p.sync(hold_deletes=("onprem",))
+        assert report.deletes_held == {"onprem": 1}
+        assert report.writes["onprem", "add"] == 1
+        assert report.writes["onprem", "delete"] == 0
+        assert any(e["event"] == "deletes_held_after_dc_change" for e in logs)
+        assert p.sync().writes["onprem", "delete"] == 1
 
 
 class TestDnHelpers:

@@ -12,15 +12,25 @@ per field, nested names joined with ``__`` (``kafka__password``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     NestedSecretsSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -138,17 +148,69 @@ class OdbcSourceSettings(_Block):
     login_timeout_s: int = Field(default=10, gt=0)
 
 
+def _ldaps_urls(value: object) -> object:
+    """``urls`` from the environment: a comma-separated list (or a JSON list)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class LdapSettings(_Block):
-    """One Active Directory domain controller, LDAPS only."""
+    """The domain controllers of one Active Directory domain, LDAPS only.
+
+    ``url`` alone names one DC (as before). ``urls`` names several, in the order they are
+    tried (env: comma-separated, ``ldaps://dc1:636,ldaps://dc2:636``); ``url`` is then the
+    first of them. ``dc_urls`` is the list either way, ``for_dc(url)`` the settings of one.
+    """
 
     url: str = Field(
-        pattern=r"^ldaps://", description="ldaps://host:636 (plain ldap:// is refused)"
+        pattern=r"^ldaps://",
+        description="ldaps://host:636 (plain ldap:// is refused); the first of urls when unset",
+    )
+    urls: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_ldaps_urls)] = Field(
+        default=(),
+        description="the DCs of the domain in the order they are tried (comma-separated); "
+        "each ldaps://",
     )
     bind_dn: str
     password: SecretStr
     base_dn: str
     ca_file: Path | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("url") and data.get("urls"):
+            urls = _ldaps_urls(data["urls"])
+            if isinstance(urls, list | tuple) and urls:
+                data = {**data, "url": urls[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _urls_are_ldaps(self) -> Self:
+        for url in self.urls:
+            if not url.startswith("ldaps://"):
+                raise ValueError(f"{url!r} in urls: only ldaps:// is accepted")
+        if len(set(self.urls)) != len(self.urls):
+            raise ValueError("urls lists a DC twice")
+        if self.urls and self.url != self.urls[0]:
+            raise ValueError(
+                "url and urls disagree: set urls alone (url is then its first DC), or url alone"
+            )
+        return self
+
+    @property
+    def dc_urls(self) -> tuple[str, ...]:
+        """Every DC, in the order they are tried."""
+        return self.urls or (self.url,)
+
+    def for_dc(self, url: str) -> LdapSettings:
+        """These settings for one DC only (what ``ldap_connect`` opens)."""
+        return self.model_copy(update={"url": url, "urls": ()})
 
 
 class CloudWatchSettings(_Block):

@@ -84,12 +84,27 @@ class AttributeRule(_Model):
 
 
 class DeletionGuard(_Model):
-    """Exports to a side stop when one cycle would delete more than this."""
+    """Exports to a side stop when one cycle would delete more than ``max_count`` /
+    ``max_percent``, or when the deletes applied to that side over the last ``window_s``
+    plus those of this cycle would pass ``window_max_count`` / ``window_max_percent`` (a
+    slow trickle of deletes, each cycle under the per-cycle limits). None turns a rule off."""
 
     max_count: int = Field(default=50, ge=0)
     max_percent: float = Field(default=10.0, ge=0, le=100)
     min_objects_for_percent: int = Field(
-        default=20, ge=0, description="below this many objects only max_count applies"
+        default=20, ge=0, description="below this many objects only the count limits apply"
+    )
+    window_s: float = Field(
+        default=3600.0, gt=0, description="the rolling window of the cumulative limits"
+    )
+    window_max_count: int | None = Field(
+        default=200, ge=0, description="deletes per side and window (None: no count limit)"
+    )
+    window_max_percent: float | None = Field(
+        default=25.0,
+        ge=0,
+        le=100,
+        description="deletes per window as a percentage of the side (None: no such limit)",
     )
 
 
@@ -174,6 +189,18 @@ class IdentitySyncSettings(WorkerSettings):
         default=900.0, gt=0, description="full reconcile that repairs drift"
     )
     dry_run: bool = Field(default=False, description="print the planned changes, write nothing")
+    dc_backoff_initial_s: float = Field(
+        default=1.0, gt=0, description="first wait before a DC that did not answer is tried again"
+    )
+    dc_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="longest wait before a DC that did not answer is retried"
+    )
+    dc_change_delete_hold_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="after a side moves to another DC, deletes on the other side wait this "
+        "long (writes not yet replicated to the new DC must not read as deletes)",
+    )
     writer_concurrency: int = Field(
         default=4,
         ge=1,

@@ -37,6 +37,7 @@ not created yet goes to the retry queue exactly as with one writer.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingOf
@@ -97,6 +98,9 @@ class CycleReport:
     failed: int = 0
     deferred: int = 0
     guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> planned deletes
+    guard_rule: dict[Side, str] = field(default_factory=dict)  # side -> "cycle" or "window"
+    deletes_in_window: dict[Side, int] = field(default_factory=dict)  # applied, this included
+    deletes_held: dict[Side, int] = field(default_factory=dict)  # waiting after a DC change
     objects: dict[Side, int] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
     retry: dict[Side, set[str]] = field(default_factory=lambda: {s: set() for s in SIDES})
@@ -116,7 +120,9 @@ class Reconciler:
     each side. ``focus`` limits the cycle to the pairs of those GUIDs per side.
     ``pools``: per side, several writers (one connection each) to write with
     concurrently where the order allows it; without them (or with one writer, or
-    in a dry run) every write goes through ``writers`` one at a time.
+    in a dry run) every write goes through ``writers`` one at a time. ``hold_deletes``: sides
+    whose deletes wait this cycle (the other side just moved to another DC). ``clock``: wall
+    time in seconds, for the deletion guard's rolling window (kept in the state).
     """
 
     def __init__(
@@ -130,8 +136,13 @@ class Reconciler:
         allow_mass_delete: bool = False,
         dry_run: bool = False,
         pools: MappingOf[Side, Sequence[DirectoryWriter]] | None = None,
+        hold_deletes: Iterable[Side] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.dry_run = dry_run
+        self.hold_deletes = frozenset(hold_deletes)
+        self.now = clock()
+        self.deleted: Counter[Side] = Counter()
         self._pool_writers = {
             side: list(writers)
             for side, writers in (pools or {}).items()
@@ -161,10 +172,18 @@ class Reconciler:
     # -- indexes -----------------------------------------------------------------------------
 
     def _reindex(self) -> None:
-        for side in SIDES:
-            self.pair_of[side] = {
-                guid_of(pair, side): pid for pid, pair in self.state.pairs.items()
-            }
+        """pair_of from the state, in one pass (once a cycle; kept current after that)."""
+        onprem: dict[str, str] = {}
+        aws: dict[str, str] = {}
+        for pid, pair in self.state.pairs.items():
+            onprem[pair.onprem_guid] = pid
+            aws[pair.aws_guid] = pid
+        self.pair_of = {"onprem": onprem, "aws": aws}
+
+    def _unpair(self, pid: str) -> None:
+        pair = self.state.pairs.pop(pid)
+        self.pair_of["onprem"].pop(pair.onprem_guid, None)
+        self.pair_of["aws"].pop(pair.aws_guid, None)
 
     def _present(self, pair: PairState, side: Side) -> DirObject | None:
         return self.sides[side].objects.get(guid_of(pair, side))
@@ -201,6 +220,7 @@ class Reconciler:
             for pool in self.pools.values():
                 pool.close()  # after a failure: waits for the writes in flight, drops the rest
             self.pools = {}
+            self._record_deletes()  # those applied before a failure count too
         return self.report
 
     def _write(
@@ -309,37 +329,114 @@ class Reconciler:
     # -- deletes -----------------------------------------------------------------------------
 
     def _plan_deletes(self) -> dict[Side, list[str]]:
+        """Pairs with one side gone (a delete to write on the other), over every pair: one
+        pass of set lookups, the only per-cycle step that grows with the directory."""
         planned: dict[Side, list[str]] = {s: [] for s in SIDES}
-        for pid, pair in list(self.state.pairs.items()):
-            present = {s: self._present(pair, s) is not None for s in SIDES}
-            if not any(present.values()):
-                del self.state.pairs[pid]
+        onprem, aws = self.sides["onprem"].objects, self.sides["aws"].objects
+        gone = []
+        for pid, pair in self.state.pairs.items():
+            on_onprem = pair.onprem_guid in onprem
+            on_aws = pair.aws_guid in aws
+            if on_onprem and on_aws:
                 continue
-            for side in SIDES:
-                if present[side] and not present[other(side)]:
-                    planned[side].append(pid)
-        self._reindex()
-        guard = self.mapping.deletion_guard
+            if on_onprem:
+                planned["onprem"].append(pid)
+            elif on_aws:
+                planned["aws"].append(pid)
+            else:
+                gone.append(pid)
+        for pid in gone:
+            self._unpair(pid)
         for side in SIDES:
-            count = len(planned[side])
-            total = max(len(self.sides[side].objects), 1)
-            percent = 100.0 * count / total
-            over_count = count > guard.max_count
-            over_percent = total >= guard.min_objects_for_percent and percent > guard.max_percent
-            if count and (over_count or over_percent) and not self.allow_mass_delete:
-                self.blocked.add(side)
-                self.report.guard_tripped[side] = count
-                self.log.error(
-                    "deletion_guard_tripped",
+            if planned[side] and side in self.hold_deletes:
+                self.report.deletes_held[side] = len(planned[side])
+                self.log.warning(
+                    "deletes_held_after_dc_change",
                     side=side,
-                    planned_deletes=count,
-                    objects=total,
-                    percent=round(percent, 1),
-                    max_count=guard.max_count,
-                    max_percent=guard.max_percent,
-                    action="no writes to this side until resolved (or --allow-mass-delete)",
+                    planned_deletes=len(planned[side]),
+                    reason=f"the {other(side)} side moved to another DC that may not hold "
+                    "every write yet; the deletes wait for the hold to end",
                 )
+                planned[side] = []
+            self._guard(side, len(planned[side]))
         return planned
+
+    def _window(self, side: Side) -> int:
+        """Deletes applied to ``side`` within the rolling window (older entries dropped)."""
+        start = self.now - self.mapping.deletion_guard.window_s
+        kept = [(at, n) for at, n in self.state.deletes.get(side, []) if at > start]
+        if kept:
+            self.state.deletes[side] = kept
+        else:
+            self.state.deletes.pop(side, None)
+        return sum(n for _, n in kept)
+
+    def _guard(self, side: Side, count: int) -> None:
+        """Block every write to ``side`` this cycle when its ``count`` planned deletes pass a
+        limit of this cycle or, with the deletes of the rolling window, a cumulative one."""
+        guard = self.mapping.deletion_guard
+        recent = self._window(side)
+        self.report.deletes_in_window[side] = recent
+        if not count or self.allow_mass_delete:
+            return
+        total = max(len(self.sides[side].objects), 1)
+        percent_applies = total >= guard.min_objects_for_percent
+        percent = 100.0 * count / total
+        window_percent = 100.0 * (recent + count) / total
+        if count > guard.max_count or (percent_applies and percent > guard.max_percent):
+            rule = "cycle"
+            action = (
+                "no writes to this side until resolved: check the deletes on the other side; "
+                "if intended, run once with --allow-mass-delete or raise "
+                "deletion_guard.max_count / max_percent in the mapping file"
+            )
+        elif (guard.window_max_count is not None and recent + count > guard.window_max_count) or (
+            percent_applies
+            and guard.window_max_percent is not None
+            and window_percent > guard.window_max_percent
+        ):
+            rule = "window"
+            action = (
+                f"no writes to this side until resolved: {recent} deletes were applied in the "
+                f"last {guard.window_s:.0f} s; check the deletes on the other side; if intended, "
+                "run once with --allow-mass-delete (which also starts the window afresh), raise "
+                "deletion_guard.window_max_count / window_max_percent in the mapping file, or "
+                "wait: they go out once the window's older deletes leave it"
+            )
+        else:
+            return
+        self.blocked.add(side)
+        self.report.guard_tripped[side] = count
+        self.report.guard_rule[side] = rule
+        self.log.error(
+            "deletion_guard_tripped",
+            side=side,
+            rule=rule,
+            planned_deletes=count,
+            objects=total,
+            percent=round(percent, 1),
+            max_count=guard.max_count,
+            max_percent=guard.max_percent,
+            deleted_in_window=recent,
+            window_s=guard.window_s,
+            window_max_count=guard.window_max_count,
+            window_max_percent=guard.window_max_percent,
+            action=action,
+        )
+
+    def _record_deletes(self) -> None:
+        """Count this cycle's applied deletes in the rolling window (a dry run's state is a
+        copy). With --allow-mass-delete an operator acknowledged them: the window restarts."""
+        for side in SIDES:
+            if self.allow_mass_delete:
+                self.state.deletes.pop(side, None)
+                self.report.deletes_in_window[side] = 0
+                continue
+            if self.deleted[side]:
+                self.state.deletes.setdefault(side, []).append((self.now, self.deleted[side]))
+                self.report.deletes_in_window[side] = (
+                    self.report.deletes_in_window.get(side, 0) + self.deleted[side]
+                )
 
     def _deletes(self, planned: dict[Side, list[str]]) -> None:
         for side in SIDES:
@@ -365,12 +462,12 @@ class Reconciler:
                     guid=obj.guid,
                 )
             self._flush()
-        self._reindex()
 
     def _deleted(self, done: bool, _: object, *, side: Side, pid: str, guid: str) -> None:
         if done:
             self.sides[side].remove(guid)
-            del self.state.pairs[pid]
+            self._unpair(pid)
+            self.deleted[side] += 1
 
     # -- structure: creates, adoptions, renames and moves -------------------------------------
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field
 
-from indutech_identity_sync.config import Kind
+from indutech_identity_sync.config import Kind, Side
 from indutech_identity_sync.exceptions import StateError
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class SyncState(BaseModel):
     pairs: dict[str, PairState] = Field(default_factory=dict)  # pair id -> pair
     onprem: CookieState = CookieState()
     aws: CookieState = CookieState()
+    # deletes applied per side as [epoch seconds of the cycle, count], within the deletion
+    # guard's rolling window (older ones are dropped): the window survives a restart
+    deletes: dict[Side, list[tuple[float, int]]] = Field(default_factory=dict)
 
 
 class StateStore(Protocol):

@@ -22,15 +22,24 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 from prometheus_client import Counter, Gauge
 
-from indutech_common.errors import IndutechError
+from indutech_common.errors import DependencyUnavailableError, IndutechError
 from indutech_common.kafka import create_producer, ping_producer, start_client
 from indutech_common.ldap import ldap_connect
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
-from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Mapping, Side, load_mapping
+from indutech_common.settings import LdapSettings
+from indutech_identity_sync.config import (
+    SIDES,
+    IdentitySyncSettings,
+    Mapping,
+    Side,
+    load_mapping,
+    other,
+)
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.exceptions import IdentitySyncError
+from indutech_identity_sync.failover import DcPool
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.sinks.audit import KafkaAuditSink
 from indutech_identity_sync.sinks.ldap import LdapWriter
@@ -62,6 +71,7 @@ class _Link:
 
     connection: ldap3.Connection
     lock: threading.Lock
+    url: str = ""  # the DC these connections go to
     writers: list[ldap3.Connection] = field(default_factory=list)
     writers_used: float = field(default_factory=time.monotonic)
 
@@ -98,6 +108,17 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.scopes = {s: Scope(self.mapping, s) for s in SIDES}
         self.retries: dict[tuple[Side, str], int] = {}
         self.read_counts: dict[Side, int] = dict.fromkeys(SIDES, 0)
+        self.dcs = {
+            s: DcPool(
+                self._ldap(s).dc_urls,
+                backoff_initial_s=settings.dc_backoff_initial_s,
+                backoff_max_s=settings.dc_backoff_max_s,
+            )
+            for s in SIDES
+        }
+        # monotonic time until which deletes on a side wait: the other side moved to a DC
+        # that may not hold our latest writes yet (replication), whose absence reads as a delete
+        self.delete_hold_until: dict[Side, float] = {}
         registry = self.metrics.registry
         self.writes = Counter(
             "indutech_identity_sync_writes", "Directory writes", ["side", "op"], registry=registry
@@ -111,6 +132,34 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             ["side"],
             registry=registry,
         )
+        self.deletes_in_window = Gauge(
+            "indutech_identity_sync_deletes_in_window",
+            "Deletes applied to a side within the deletion guard's rolling window",
+            ["side"],
+            registry=registry,
+        )
+        self.dc = Gauge(
+            "indutech_identity_sync_dc",
+            "1 for the DC each side uses now, 0 for its other DCs (all 0: none answers)",
+            ["side", "url"],
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "indutech_identity_sync_dc_failovers",
+            "Moves of a side to another of its DCs",
+            ["side"],
+            registry=registry,
+        )
+        for side in SIDES:
+            self._show_dc(side)
+
+    def _ldap(self, side: Side) -> LdapSettings:
+        return self.settings.onprem if side == "onprem" else self.settings.aws
+
+    def _show_dc(self, side: Side) -> None:
+        pool = self.dcs[side]
+        for url in pool.urls:
+            self.dc.labels(side, url).set(1 if url == pool.current else 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -140,10 +189,12 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             loop.call_soon_threadsafe(self._wake.set)
 
         for side in SIDES:
-            settings = self.settings.onprem if side == "onprem" else self.settings.aws
+            link = self.links.get(side)
+            if link is None:
+                continue
             try:
                 notifier = await asyncio.to_thread(
-                    ChangeNotifier, settings, self.mapping.root(side), wake
+                    ChangeNotifier, self._ldap(side).for_dc(link.url), self.mapping.root(side), wake
                 )
             except (LDAPException, IndutechError) as exc:
                 self.log.warning("change_notification_unavailable", side=side, error=str(exc))
@@ -159,32 +210,78 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self._notifiers.clear()
 
     async def _connect(self) -> None:
+        """At start: a DC of each side, or fail naming every DC tried."""
         for side in SIDES:
-            settings = self.settings.onprem if side == "onprem" else self.settings.aws
-            # auto_range off: ranged `member` values are followed by our own tested code; no
-            # empty attributes: ldap3 2.9 then fails on DirSync's `member;range=0-0` + `1-1`
-            # (linked values added and removed), deleting `member` twice
-            connection = await asyncio.to_thread(
-                ldap_connect, settings, auto_range=False, return_empty_attributes=False
-            )
-            link = _Link(connection, threading.Lock())
-            extra = [
-                asyncio.to_thread(ldap_connect, settings)
-                for _ in range(self.settings.writer_concurrency - 1)
-            ]
-            opened = await asyncio.gather(*extra, return_exceptions=True)
-            link.writers = [c for c in opened if isinstance(c, ldap3.Connection)]
-            failed = [e for e in opened if isinstance(e, BaseException)]
-            if failed:
-                await asyncio.to_thread(link.close)
-                raise failed[0]
+            if not await self._connect_side(side):
+                pool = self.dcs[side]
+                tried = "; ".join(f"{url}: {pool.reason(url)}" for url in pool.urls)
+                raise DependencyUnavailableError(f"no DC of the {side} side answers ({tried})")
+
+    async def _connect_side(self, side: Side) -> bool:
+        """Connect ``side`` to the first of its DCs that answers (the one used last first);
+        False when none does (each waits its backoff before it is tried again)."""
+        pool = self.dcs[side]
+        tried = False
+        for url in pool.candidates():
+            tried = True
+            try:
+                link = await self._open_link(self._ldap(side).for_dc(url))
+            except (LDAPException, IndutechError) as exc:
+                wait = pool.failed(url, str(exc))
+                self.log.warning(
+                    "dc_unreachable", side=side, url=url, error=str(exc), retry_in_s=round(wait, 1)
+                )
+                continue
+            replaced = pool.connected(url)
             self.links[side] = link
+            self._show_dc(side)
+            if replaced is not None:
+                self.failovers.labels(side).inc()
+                self.log.warning(
+                    "dc_failover",
+                    side=side,
+                    from_dc=replaced,
+                    to_dc=url,
+                    reason=pool.reason(replaced) or "did not answer",
+                )
+            return True
+        self._show_dc(side)
+        if tried:
+            self.log.error(
+                "no_dc_answers",
+                side=side,
+                urls=list(pool.urls),
+                retry_in_s=round(pool.retry_in(), 1),
+            )
+        return False
+
+    async def _open_link(self, settings: LdapSettings) -> _Link:
+        """The main connection to one DC and the writers' extra ones."""
+        # auto_range off: ranged `member` values are followed by our own tested code; no
+        # empty attributes: ldap3 2.9 then fails on DirSync's `member;range=0-0` + `1-1`
+        # (linked values added and removed), deleting `member` twice
+        connection = await asyncio.to_thread(
+            ldap_connect, settings, auto_range=False, return_empty_attributes=False
+        )
+        link = _Link(connection, threading.Lock(), url=settings.url)
+        extra = [
+            asyncio.to_thread(ldap_connect, settings)
+            for _ in range(self.settings.writer_concurrency - 1)
+        ]
+        opened = await asyncio.gather(*extra, return_exceptions=True)
+        link.writers = [c for c in opened if isinstance(c, ldap3.Connection)]
+        failed = [e for e in opened if isinstance(e, BaseException)]
+        if failed:
+            await asyncio.to_thread(link.close)
+            raise failed[0]
+        return link
 
     async def _ping(self, side: Side) -> None:
         def ping() -> None:
             link = self.links.get(side)
             if link is None:
-                raise IdentitySyncError(f"no connection to the {side} DC")
+                urls = ", ".join(self.dcs[side].urls)
+                raise IdentitySyncError(f"no DC of the {side} side answers ({urls})")
             if not link.lock.acquire(timeout=1):
                 return  # busy with a cycle: it answers
             try:
@@ -200,8 +297,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             detected = time.time()
             full = self.mirrors is None or time.monotonic() >= next_full
             try:
-                if len(self.links) < len(SIDES):  # a DC was away: connect again first
-                    await self._reconnect()
+                if len(self.links) < len(SIDES):  # no DC of a side answered: try again first
+                    await self._reconnect([s for s in SIDES if s not in self.links])
                     if len(self.links) < len(SIDES):
                         await self._sleep_or_wake()
                         continue
@@ -237,12 +334,20 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.links.clear()
         await self._exit_stack.aclose()
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, sides: list[Side] | None = None) -> None:
+        """Close the links of ``sides`` (default both: after a failed cycle any connection may
+        be broken) and connect each again, to the DC it used if that one answers, else to the
+        next that does; once both sides are connected, the change signals start again."""
         try:
-            for link in self.links.values():
-                await asyncio.to_thread(link.close)
-            self.links.clear()
-            await self._connect()
+            for side in sides or SIDES:
+                link = self.links.pop(side, None)
+                if link is not None:
+                    self.dcs[side].disconnected()
+                    await asyncio.to_thread(link.close)
+            for side in sides or SIDES:
+                await self._connect_side(side)
+            if len(self.links) < len(SIDES):
+                return
             await asyncio.to_thread(self._prime_change_signals)
             await self._stop_notifiers()
             await self._start_notifiers()
@@ -252,9 +357,13 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
     # -- change signals ----------------------------------------------------------------------
 
     def _prime_change_signals(self) -> None:
+        """Change detection resumes where the state says only on the DC that issued the cookie
+        (on-prem) and the USN (AWS); on another DC both start afresh from now, after the full
+        reconcile that follows every (re)connect, and deletes on the other side wait a while."""
         onprem = self.links["onprem"].connection
         dc, _ = highest_usn(onprem)
         cookie_state = self.state.onprem
+        self._dc_changed("onprem", cookie_state.dc, dc)
         cookie = bytes.fromhex(cookie_state.dirsync_cookie_hex) if cookie_state.dc == dc else None
         attributes = [rule.onprem for rule in self.mapping.attributes.values()]
         self._dirsync = DirSyncWatcher(onprem, self.settings.onprem.base_dn, cookie, attributes)
@@ -263,8 +372,25 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         cookie_state.dc = dc
         cookie_state.dirsync_cookie_hex = (self._dirsync.cookie or b"").hex()
         aws_dc, usn = highest_usn(self.links["aws"].connection)
+        self._dc_changed("aws", self.state.aws.dc, aws_dc)
         if self.state.aws.dc != aws_dc:
             self.state.aws.dc, self.state.aws.highest_usn = aws_dc, usn
+
+    def _dc_changed(self, side: Side, before: str, now: str) -> None:
+        if not before or before == now:
+            return
+        hold = self.settings.dc_change_delete_hold_s
+        if hold > 0:
+            self.delete_hold_until[other(side)] = time.monotonic() + hold
+        self.log.warning(
+            "dc_changed",
+            side=side,
+            from_dc=before,
+            to_dc=now,
+            action="full reconcile; change detection starts afresh on this DC",
+            deletes_held_on=other(side),
+            hold_s=hold,
+        )
 
     def _collect_changes(self) -> dict[Side, set[str]]:
         """GUIDs changed on each side since the last call, kept when in scope or mirrored
@@ -333,6 +459,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.conflicts.inc(report.conflicts)
         for side in SIDES:
             self.guard.labels(side).set(1 if side in report.guard_tripped else 0)
+            self.deletes_in_window.labels(side).set(report.deletes_in_window.get(side, 0))
             self.metrics.records_in.labels(self.name, side).inc(self.read_counts[side])
             self.read_counts[side] = 0
             self.metrics.records_out.labels(self.name, side).inc(
@@ -389,6 +516,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                     for s in SIDES
                 }
             state = self.state.model_copy(deep=True) if dry_run else self.state
+            now = time.monotonic()
+            held = {s for s, until in self.delete_hold_until.items() if until > now}
             report = Reconciler(
                 self.mapping,
                 state,
@@ -398,6 +527,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 allow_mass_delete=self.allow_mass_delete,
                 dry_run=dry_run,
                 pools=pools,
+                hold_deletes=held,
             ).run()
             if not dry_run:
                 self.mirrors = mirrors
@@ -409,7 +539,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         and opened again if the DC dropped them (in the cycle's thread, under its lock)."""
         link = self.links[side]
         if time.monotonic() - link.writers_used > WRITER_IDLE_S:
-            settings = self.settings.onprem if side == "onprem" else self.settings.aws
+            settings = self._ldap(side).for_dc(link.url)
             for i, connection in enumerate(link.writers):
                 try:
                     highest_usn(connection)
