@@ -11,6 +11,7 @@ import sqlglot
 from indutech_sql_backup.dialects import Column, MssqlDialect, PostgresDialect, TableInfo, TableRef
 from indutech_sql_backup.dialects.mssql import SNAPSHOT_PREAMBLE
 from indutech_sql_backup.engine import chunk_specs
+from indutech_sql_backup.errors import ChangeTrackingError
 
 TABLE = TableInfo(
     ref=TableRef("sales", "Order Lines"),
@@ -92,6 +93,56 @@ class TestMssqlDialect:
         assert "CAST(NULL AS ROWVERSION)" not in query.sql  # not a castable type in T-SQL
         assert query.params == ("0x99", "1234")
 
+    def test_delta_chunk_reads_its_key_range_of_upserts_and_deletes(self) -> None:
+        """Both halves of a delta chunk are bounded by the same range of the leading key
+        column, so a key's upsert and its deletes always land in the same part."""
+        query = MssqlDialect().delta(TABLE, "1234:99", "10", "20")
+        union = parse_tsql(query.sql)[-1]
+        assert isinstance(union, sqlglot.exp.Union)
+        assert "[order_id] > CAST(? AS BIGINT) AND [order_id] <= CAST(? AS BIGINT)" in query.sql
+        assert "ct.[order_id] > CAST(? AS BIGINT) AND ct.[order_id] <= CAST(? AS BIGINT)" in (
+            query.sql
+        )
+        assert query.params == ("99", "10", "20", "1234", "10", "20")
+        assert query.sql.count("?") == len(query.params)
+        open_ended = MssqlDialect().delta(TABLE, "1234:99", "20", None)
+        parse_tsql(open_ended.sql)
+        assert open_ended.params == ("99", "20", "1234", "20")
+
+    def test_delta_boundaries_split_the_changes_since_the_last_run(self) -> None:
+        query = MssqlDialect().delta_boundaries(TABLE, "1234:99", 50_000)
+        select = parse_tsql(query.sql)[-1]
+        assert isinstance(select, sqlglot.exp.Select)
+        assert "CHANGETABLE(CHANGES [sales].[Order Lines], CAST(? AS BIGINT)) AS ct" in query.sql
+        assert "[row_version] >= CAST(CAST(? AS BIGINT) AS BINARY(8))" in query.sql
+        assert "r.rn % 50000 = 0 AND r.v < r.last_v" in query.sql
+        assert query.params == ("99", "1234")
+        assert query.sql.count("?") == len(query.params)
+
+    def test_min_valid_version_check_parses(self) -> None:
+        """The TRUNCATE check: the table's CHANGE_TRACKING_MIN_VALID_VERSION, by object id."""
+        query = MssqlDialect().delta_check(TABLE)
+        select = parse_tsql(query.sql)[-1]
+        assert isinstance(select, sqlglot.exp.Select)
+        call = select.expressions[0]
+        assert call.sql(dialect="tsql").upper().startswith("CHANGE_TRACKING_MIN_VALID_VERSION(")
+        assert "OBJECT_ID(?)" in query.sql
+        assert query.params == ("[sales].[Order Lines]",)
+
+    @pytest.mark.parametrize(
+        ("since", "min_valid", "possible"),
+        [("100:5", 100, True), ("100:5", 99, True), ("100:5", 101, False), ("7:0", 0, True)],
+    )
+    def test_delta_is_possible_only_from_a_valid_version(
+        self, since: str, min_valid: int, *, possible: bool
+    ) -> None:
+        """A stored version below the minimum valid one (TRUNCATE, retention): re-snapshot."""
+        assert MssqlDialect().delta_possible(since, min_valid) is possible
+
+    def test_change_tracking_off_is_an_error_not_a_silent_full(self) -> None:
+        with pytest.raises(ChangeTrackingError, match="prepare-source"):
+            MssqlDialect().delta_possible("100:5", None)
+
     def test_identifiers_are_quoted(self) -> None:
         assert MssqlDialect().quote("a]b") == "[a]]b]"
         quoted = MssqlDialect().table(TableRef("s", "x]; DROP TABLE y; --"))
@@ -102,6 +153,18 @@ class TestMssqlDialect:
         for statement in MssqlDialect().enable_change_tracking("erp", TABLE.ref):
             assert statement.startswith("ALTER ")
         parse_tsql(MssqlDialect().enable_change_tracking("erp", TABLE.ref)[2])
+
+
+ORDERS = TableInfo(
+    ref=TableRef("erp", "orders"),
+    columns=(
+        Column("id", "bigint", nullable=False),
+        Column("placed", "timestamp with time zone"),
+        Column("row_version", "bigint", nullable=False),
+    ),
+    key=("id",),
+    watermark="row_version",
+)
 
 
 class TestPostgresDialect:
@@ -127,6 +190,65 @@ class TestPostgresDialect:
             sqlglot.parse_one(query.sql, read="postgres")
             assert query.sql.count("?") == len(query.params)
         assert "AT TIME ZONE 'UTC'" in dialect.select_list(table)
+
+    def test_delta_chunk_bounds_upserts_and_deletes_and_emits_truncates(self) -> None:
+        dialect = PostgresDialect()
+        query = dialect.delta(ORDERS, "10:20:15", "100", "200")
+        sqlglot.parse_one(query.sql, read="postgres")
+        assert query.sql.count("?") == len(query.params)
+        assert '"id" > CAST(? AS bigint) AND "id" <= CAST(? AS bigint)' in query.sql
+        assert (
+            "CAST(d.pk ->> 'id' AS bigint) > CAST(? AS bigint) AND "
+            "CAST(d.pk ->> 'id' AS bigint) <= CAST(? AS bigint)"
+        ) in query.sql
+        assert "d.op = 'D'" in query.sql
+        assert "SELECT 'T' AS _op" in query.sql
+        assert "d.op = 'T'" in query.sql
+        assert query.params == (
+            "10:20:15",
+            "10:20:15",
+            "100",
+            "200",
+            "orders",
+            "10:20:15",
+            "100",
+            "200",
+            "orders",
+            "10:20:15",
+        )
+        unbounded = dialect.delta(ORDERS, "10:20:15")
+        sqlglot.parse_one(unbounded.sql, read="postgres")
+        assert unbounded.sql.count("?") == len(unbounded.params) == 6
+
+    def test_delta_boundaries_count_upserts_and_deletes(self) -> None:
+        query = PostgresDialect().delta_boundaries(ORDERS, "10:20:15", 1000)
+        sqlglot.parse_one(query.sql, read="postgres")
+        assert "UNION ALL SELECT CAST(d.pk ->> 'id' AS bigint)" in query.sql
+        assert "rn % 1000 = 0 AND v < top" in query.sql
+        assert query.params == ("10:20:15", "10:20:15", "orders", "10:20:15")
+        assert PostgresDialect().delta_check(ORDERS) is None
+
+    def test_lob_lengths_of_a_delta_chunk_are_bounded_by_its_range(self) -> None:
+        table = TableInfo(
+            ref=ORDERS.ref,
+            columns=(*ORDERS.columns, Column("notes", "text")),
+            key=ORDERS.key,
+            watermark=ORDERS.watermark,
+        )
+        query = PostgresDialect().lob_lengths_delta(table, "10:20:15", "100", None)
+        sqlglot.parse_one(query.sql, read="postgres")
+        assert query.params == ("10:20:15", "10:20:15", "100")
+
+    def test_change_capture_logs_truncates(self) -> None:
+        """A statement-level AFTER TRUNCATE trigger writes an op = 'T' marker to the log."""
+        ddl = PostgresDialect().install_change_capture(TableRef("erp", "orders"), ("id",))
+        text = "\n".join(ddl)
+        assert "ADD COLUMN IF NOT EXISTS op text NOT NULL DEFAULT 'D'" in text
+        assert (
+            'CREATE TRIGGER "orders_log_truncate" AFTER TRUNCATE ON "erp"."orders" '
+            'FOR EACH STATEMENT EXECUTE FUNCTION "erp".indutech_log_truncate()'
+        ) in ddl
+        assert "CAST('{}' AS jsonb), 'T'" in text
 
 
 class TestChunkSpecs:

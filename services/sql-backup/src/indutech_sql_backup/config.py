@@ -63,6 +63,11 @@ class SqlBackupSettings(WorkerSettings):
         description="default change column: rowversion on SQL Server, trigger-kept on postgres",
     )
     chunk_rows: int = Field(default=250_000, gt=0, description="rows per full-snapshot chunk")
+    delta_chunk_rows: int = Field(
+        default=250_000,
+        gt=0,
+        description="changes (upserted rows + deletes) per delta chunk, counted when planned",
+    )
     batch_rows: int = Field(default=10_000, gt=0, description="rows per Arrow batch (no LOBs)")
     max_batch_bytes: int = Field(
         default=256 * MIB, ge=MIB, description="memory for one batch's buffers (LOB tables)"

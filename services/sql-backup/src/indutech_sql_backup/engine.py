@@ -52,6 +52,7 @@ from indutech_sql_backup.sinks.store import Kind, now_utc
 from indutech_sql_backup.sources import OdbcSource, discover
 
 if TYPE_CHECKING:
+    import pyodbc
     from types_aiobotocore_s3 import S3Client
 
 _log = structlog.get_logger(__name__)
@@ -212,7 +213,9 @@ class Engine:
                     "delta continues one. Run 'sql-backup backup --kind full' first."
                 )
             position_from = runs[-1].position_to
-        position_to, chunks = await asyncio.to_thread(self._position_and_chunks, table, kind)
+        position_to, chunks, snapshot = await asyncio.to_thread(
+            self._position_and_chunks, table, kind, position_from
+        )
         plan = Plan(
             plan_id=uuid.uuid4().hex,
             kind=kind,
@@ -233,6 +236,7 @@ class Engine:
             position_from=position_from,
             position_to=position_to,
             created_at=now_utc(),
+            snapshot=snapshot,
         )
         if not await self.store.put_json(directory.plan, plan, create_only=True):
             winner = await self.store.plan(directory.plan)  # another planner was first
@@ -244,23 +248,50 @@ class Engine:
             kind=kind,
             day=str(day),
             chunks=len(chunks),
+            snapshot=snapshot,
             position_from=position_from,
             position_to=position_to,
         )
         return plan, "new"
 
     def _position_and_chunks(
-        self, table: TableInfo, kind: Kind
-    ) -> tuple[str, tuple[ChunkSpec, ...]]:
+        self, table: TableInfo, kind: Kind, position_from: str | None
+    ) -> tuple[str, tuple[ChunkSpec, ...], bool]:
+        """Blocking: (position, chunks, re-snapshot). A full's chunks split the table; a
+        delta's split its changes since ``position_from``, unless the source can no longer
+        say what changed since then (re-snapshot: the whole table, chunked like a full)."""
         with self.source.connect() as connection:
             # The position first: whatever changes after it is the next delta's.
             position = str(self.source.fetch(connection, self.dialect.position())[0][0])
-            if kind == "delta":
-                return position, (ChunkSpec(chunk=0, lo=None, hi=None),)
-            rows = self.source.fetch(
-                connection, self.dialect.boundaries(table, self.settings.chunk_rows)
-            )
-        return position, chunk_specs(str(r[0]) for r in rows)
+            since = str(position_from)
+            resnapshot = kind == "delta" and not self._delta_possible(connection, table, since)
+            if kind == "full" or resnapshot:
+                boundaries = self.dialect.boundaries(table, self.settings.chunk_rows)
+            else:
+                boundaries = self.dialect.delta_boundaries(
+                    table, since, self.settings.delta_chunk_rows
+                )
+            rows = self.source.fetch(connection, boundaries)
+        return position, chunk_specs(str(r[0]) for r in rows), resnapshot
+
+    def _delta_possible(
+        self, connection: pyodbc.Connection, table: TableInfo, position_from: str
+    ) -> bool:
+        check = self.dialect.delta_check(table)
+        if check is None:
+            return True
+        value = self.source.fetch(connection, check)[0][0]
+        if self.dialect.delta_possible(position_from, value):
+            return True
+        _log.warning(
+            "delta_resnapshot",
+            table=table.ref.qualified,
+            position_from=position_from,
+            min_valid=str(value),
+            reason="the source no longer holds the changes since the last run (a TRUNCATE, or "
+            "change retention passed): this delta re-reads the whole table",
+        )
+        return False
 
     async def load_plan(self, key: str, plan_id: str) -> Plan:
         plan = self._plans.get(key)
@@ -331,24 +362,19 @@ class Engine:
         return ChunkResult(record, skipped=False)
 
     def chunk_query(self, plan: Plan, chunk: int) -> tuple[Query, Query | None]:
+        """The chunk's read and, for tables with LOBs, the query of their largest values."""
         table = plan.table_info()
         lobs = any(c.lob for c in table.columns)
-        if plan.kind == "full":
-            spec = plan.chunks[chunk]
+        spec = plan.chunks[chunk]
+        if not plan.reads_changes:  # a full, or a delta that re-reads the table
             where = self.dialect.range_predicate(table, spec.lo, spec.hi)
             lob = self.dialect.lob_lengths(table, where) if lobs else None
             return self.dialect.chunk(table, spec.lo, spec.hi), lob
         if plan.position_from is None:
             raise PlanMismatchError(f"delta plan {plan.plan_id} has no start position")
-        lob_query = getattr(self.dialect, "lob_lengths_delta", None)
-        lob = None
-        if lobs:
-            lob = (
-                lob_query(table, plan.position_from)
-                if lob_query
-                else self.dialect.lob_lengths(table, None)
-            )
-        return self.dialect.delta(table, plan.position_from), lob
+        since = plan.position_from
+        lob = self.dialect.lob_lengths_delta(table, since, spec.lo, spec.hi) if lobs else None
+        return self.dialect.delta(table, since, spec.lo, spec.hi), lob
 
     def _buffer_sizes(self, plan: Plan, lob_query: Query | None) -> tuple[int, int, int]:
         """(batch rows, text bytes per value, binary bytes per value) for this chunk."""
@@ -391,11 +417,12 @@ class Engine:
             doubles=double_columns(table),
         )
         schema = arrow_schema_for(table, read_schema, delta=plan.kind == "delta")
+        changes = plan.reads_changes
         writer = PartWriter(schema)
         try:
             for batch in batches:
                 cast = batch.cast(schema)
-                if plan.kind == "delta":
+                if changes:
                     writer.ops.update(cast.column(0).to_pylist())
                 writer.write(cast)
         except BaseException:

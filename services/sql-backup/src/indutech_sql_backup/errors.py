@@ -43,3 +43,7 @@ class VerificationError(SqlBackupError):
 
 class AnnouncementInterruptedError(SqlBackupError):
     """Shutdown came while waiting to announce a backup: its work item is not committed."""
+
+
+class ChangeTrackingError(SqlBackupError):
+    """The source cannot report a table's changes (Change Tracking off for the table)."""

@@ -66,7 +66,7 @@ def _orders(s: str, first: str, last: str) -> list[str]:
         "date '2025-01-01' + (i % 400), "
         "(ARRAY['new','confirmed','shipped','invoiced'])[1 + i % 4], "
         "CASE WHEN i = 1 THEN 9999999999999999.99 WHEN i = 2 THEN -0.01 "
-        "ELSE round(((i * 7919) % 1000003) / 7.0, 2) END, "
+        "ELSE round(((i::bigint * 7919) % 1000003) / 7.0, 2) END, "
         "(ARRAY['EUR','USD','PLN','MXN'])[1 + i % 4], "
         "timestamp '2025-01-01 00:00:00' + i * interval '1 minute 0.000123 seconds', "
         "CASE WHEN i % 6 = 0 THEN NULL WHEN i % 50 = 0 THEN repeat('Lieferschein ' || i || "
@@ -79,7 +79,7 @@ def _orders(s: str, first: str, last: str) -> list[str]:
         f"INSERT INTO {s}.invoices SELECT i, i, "
         "timestamptz '2025-01-02 08:00:00+00' + i * interval '61 seconds 0.5 milliseconds', "
         "CASE WHEN i % 9 = 0 THEN NULL ELSE date '2025-02-01' + (i % 400) END, "
-        "round(((i * 7919) % 1000003) / 7.0, 2), i % 3 = 0, "
+        "round(((i::bigint * 7919) % 1000003) / 7.0, 2), i % 3 = 0, "
         "CASE WHEN i % 25 = 0 THEN decode(repeat(md5(i::text), 300), 'hex') END "
         f"FROM generate_series({first}, {last}) AS i",
         f"INSERT INTO {s}.gl_entries SELECT i, date '2025-01-01' + (i / 2) % 400, "

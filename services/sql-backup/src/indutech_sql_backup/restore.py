@@ -4,7 +4,9 @@ Everything happens in one transaction of the target database: a failed
 restore leaves nothing behind. Parts are checked against their manifest
 (SHA-256 of the object, row count and content checksum) before loading; rows
 go in with binary COPY (never row by row); each delta is staged, its keys
-deleted from the table, and its upserts inserted (``_op`` 'D' rows only delete).
+deleted from the table, and its upserts inserted (``_op`` 'D' rows only delete; a
+'T' truncate marker first clears its chunk's key range). A delta that re-read the
+whole table (``plan.snapshot``: SQL Server after a TRUNCATE) replaces the table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.errors import BackupNotFoundError, SqlBackupError, VerificationError
 from indutech_sql_backup.progress import Progress
-from indutech_sql_backup.sinks import BackupStore, Manifest, PartRecord, chain, read_part
+from indutech_sql_backup.sinks import BackupStore, Manifest, PartRecord, Plan, chain, read_part
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -196,23 +198,51 @@ class Restorer:
         key = ", ".join(_q(k) for k in full.plan.key)
         await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
         for delta in runs[1:]:
+            if delta.plan.snapshot:
+                # The source lost the changes (SQL Server after a TRUNCATE): the table as
+                # re-read replaces what the earlier runs built.
+                await connection.execute(f"TRUNCATE {name}")
             for part in delta.parts:
-                await self._apply_delta(connection, name, target, names, full, part, types)
+                data = await self._part(part)
+                if delta.plan.snapshot:
+                    await connection.copy_records_to_table(
+                        target.name,
+                        schema_name=target.schema,
+                        columns=names,
+                        records=_records(data.select(names)),
+                    )
+                else:
+                    await self._apply_delta(
+                        connection,
+                        data,
+                        plan=delta.plan,
+                        chunk=part.chunk,
+                        name=name,
+                        target=target,
+                        names=names,
+                        types=types,
+                    )
                 self._advance(part)
         count: int = await connection.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
         return count
 
-    async def _apply_delta(  # noqa: PLR0917 - private helper, called once
+    async def _apply_delta(
         self,
         connection: asyncpg.Connection,
+        data: pa.Table,
+        *,
+        plan: Plan,
+        chunk: int,
         name: str,
         target: TableRef,
         names: list[str],
-        full: Manifest,
-        part: PartRecord,
         types: dict[str, str],
     ) -> None:
-        data = await self._part(part)
+        """One part of a delta, all its keys in the chunk's key range: a truncate marker
+        ('T') first clears that range, then every key the part names (upserted or deleted)
+        is deleted, then the upserts are inserted. The upserts are the rows as they were
+        when the chunk was read, after every delete and truncate it saw, so this order
+        gives that state whatever order the changes happened in."""
         staging = f"indutech_restore_{target.name}"[:60]
         columns_sql = ", ".join(f"{_q(c)} {types[c]}" for c in names)
         await connection.execute(
@@ -221,12 +251,28 @@ class Restorer:
         await connection.copy_records_to_table(
             staging, columns=["_op", *names], records=_records(data.select(["_op", *names]))
         )
-        match = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in full.plan.key)
+        if await connection.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {_q(staging)} WHERE _op = 'T')"  # noqa: S608
+        ):
+            spec = plan.chunks[chunk]
+            column = _q(plan.chunk_column)
+            as_key = f"CAST(CAST(${{}} AS text) AS {types[plan.chunk_column]})"
+            bounds: list[str] = []
+            params: list[str] = []
+            if spec.lo is not None:
+                params.append(spec.lo)
+                bounds.append(f"{column} > {as_key.format(len(params))}")
+            if spec.hi is not None:
+                params.append(spec.hi)
+                bounds.append(f"{column} <= {as_key.format(len(params))}")
+            where = " AND ".join(bounds) or "true"
+            await connection.execute(f"DELETE FROM {name} WHERE {where}", *params)  # noqa: S608
+        match = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in plan.key)
         await connection.execute(f"DELETE FROM {name} AS t USING {_q(staging)} AS s WHERE {match}")  # noqa: S608
         column_list = ", ".join(_q(c) for c in names)
         await connection.execute(
             f"INSERT INTO {name} ({column_list}) SELECT {column_list} FROM {_q(staging)} "  # noqa: S608
-            "WHERE _op <> 'D'"
+            "WHERE _op NOT IN ('D', 'T')"
         )
         await connection.execute(f"DROP TABLE {_q(staging)}")
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from pydantic import BaseModel, ConfigDict
 
 from indutech_common.kafka import (
     create_consumer,
@@ -38,6 +37,7 @@ from indutech_common.kafka import (
 from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
 from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.schemas.sql_backup import BackupCompleted, BackupEvent
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import TableInfo
 from indutech_sql_backup.engine import BackupMetrics, Engine
@@ -57,38 +57,13 @@ MAX_ANNOUNCE_LOCKS = 1000
 _log = structlog.get_logger(__name__)
 
 
-class _BackupEvent(BaseModel):
-    """What every sql-backup message says first: which run of which table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: int = 1
-    event_id: str
-    event_time: datetime
-    kind: Literal["full", "delta"]
-    database: str
-    table: str
-    day: date
-
-
-class WorkItem(_BackupEvent):
+class WorkItem(BackupEvent):
     """One chunk to back up (value of ``sql.backup-work.v1``, key = table)."""
 
     chunk: int
     chunks: int
     plan_id: str
     plan_key: str
-
-
-class BackupCompleted(_BackupEvent):
-    """A verified run (value of ``sql.backup-completed.v1``, key = table)."""
-
-    manifest: str
-    rows: int
-    bytes: int
-    parts: int
-    position_from: str | None
-    position_to: str
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -7,9 +7,12 @@ from indutech_common.schemas.iot import (
     TicketStatus,
     derive_event_id,
 )
+from indutech_common.schemas.sql_backup import BackupCompleted, BackupEvent
 from indutech_common.schemas.topics import Topics
 
 __all__ = [
+    "BackupCompleted",
+    "BackupEvent",
     "ClientTicket",
     "Quality",
     "SensorReading",

@@ -121,9 +121,29 @@ class Dialect(ABC):
         """The rows with ``lo < chunk column <= hi`` (None: unbounded), in key order."""
 
     @abstractmethod
-    def delta(self, table: TableInfo, since: str) -> Query:
-        """``_op`` ('I'/'U' upsert, 'D' delete) plus the columns of every row changed since
-        ``since``; deletes carry the key columns only."""
+    def delta(
+        self, table: TableInfo, since: str, lo: str | None = None, hi: str | None = None
+    ) -> Query:
+        """``_op`` plus the columns of every row changed since ``since`` whose chunk column is
+        in ``(lo, hi]`` (None: unbounded): 'U' (insert or update: the row as it is now), 'D'
+        (delete: the key columns only, the rest NULL) and, where the dialect captures
+        TRUNCATE, one 'T' row (every column NULL) when the table was truncated since
+        ``since``. A key's upsert and its deletes always fall in the same range."""
+
+    @abstractmethod
+    def delta_boundaries(self, table: TableInfo, since: str, every: int) -> Query:
+        """Like ``boundaries``, over the chunk-column values of the changes since ``since``
+        (changed rows and deletes): the key ranges of a delta's chunks."""
+
+    def delta_check(self, table: TableInfo) -> Query | None:
+        """One value that ``delta_possible`` judges (None: deltas are always possible)."""
+        del table
+        return None
+
+    def delta_possible(self, since: str, value: object) -> bool:
+        """Whether the changes since ``since`` can still be read (else: re-snapshot)."""
+        del since, value
+        return True
 
     @abstractmethod
     def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
@@ -132,18 +152,28 @@ class Dialect(ABC):
     def cast_param(self, column: Column) -> str:
         return f"CAST(? AS {column.source_type})"
 
-    def range_predicate(self, table: TableInfo, lo: str | None, hi: str | None) -> Query:
-        column = table.chunk_column
-        name = self.quote(column.name)
+    def lob_lengths_delta(
+        self, table: TableInfo, since: str, lo: str | None, hi: str | None
+    ) -> Query:
+        """The largest LOB bytes a delta chunk will read (by default: over its key range)."""
+        del since
+        return self.lob_lengths(table, self.range_predicate(table, lo, hi))
+
+    def range_on(self, expression: str, column: Column, lo: str | None, hi: str | None) -> Query:
+        """``lo < expression <= hi`` (None: unbounded), the bounds cast to the column's type."""
         parts: list[str] = []
         params: list[str | None] = []
         if lo is not None:
-            parts.append(f"{name} > {self.cast_param(column)}")
+            parts.append(f"{expression} > {self.cast_param(column)}")
             params.append(lo)
         if hi is not None:
-            parts.append(f"{name} <= {self.cast_param(column)}")
+            parts.append(f"{expression} <= {self.cast_param(column)}")
             params.append(hi)
         return Query(" AND ".join(parts) or "1=1", tuple(params))
+
+    def range_predicate(self, table: TableInfo, lo: str | None, hi: str | None) -> Query:
+        column = table.chunk_column
+        return self.range_on(self.quote(column.name), column, lo, hi)
 
     def order_by(self, table: TableInfo) -> str:
         return ", ".join(self.quote(k) for k in table.key)

@@ -7,15 +7,20 @@ blocking writers. The position is ``{CHANGE_TRACKING_CURRENT_VERSION()}:
 past the previous run's minimum active rowversion (so a transaction still open
 then is not missed) and deletes from Change Tracking since the previous
 version (``ALTER TABLE … ENABLE CHANGE_TRACKING`` on every backed-up table).
+Change Tracking records no row for a TRUNCATE; it raises the table's
+``CHANGE_TRACKING_MIN_VALID_VERSION`` instead (as its retention cleanup does):
+when the previous run's version is below it, the planner turns that table's delta
+into a re-snapshot of the whole table, which restore loads in place of the table.
 
 No SQL Server runs on our machines: the generated T-SQL is checked by parsing
-it with sqlglot's ``tsql`` dialect (tests/unit/sql_backup/test_mssql_dialect.py),
+it with sqlglot's ``tsql`` dialect (tests/unit/sql_backup/test_dialects.py),
 not by executing it.
 """
 
 from __future__ import annotations
 
 from indutech_sql_backup.dialects.base import Column, Dialect, Query, TableInfo, TableRef
+from indutech_sql_backup.errors import ChangeTrackingError
 
 SNAPSHOT_PREAMBLE = "SET NOCOUNT ON; SET TRANSACTION ISOLATION LEVEL SNAPSHOT; "
 _SNAPSHOT = SNAPSHOT_PREAMBLE
@@ -122,24 +127,64 @@ class MssqlDialect(Dialect):
             where.params,
         )
 
-    def delta(self, table: TableInfo, since: str) -> Query:
+    def _since_rowversion(self, table: TableInfo) -> str:
         if table.watermark is None:
             raise ValueError(f"{table.ref.qualified} has no watermark column")
+        return f"{self.quote(table.watermark)} >= CAST(CAST(? AS BIGINT) AS BINARY(8))"
+
+    def _changes(self, table: TableInfo) -> str:
+        return f"CHANGETABLE(CHANGES {self.table(table.ref)}, CAST(? AS BIGINT)) AS ct"
+
+    def delta(
+        self, table: TableInfo, since: str, lo: str | None = None, hi: str | None = None
+    ) -> Query:
         tracking_version, _, min_active = since.partition(":")
-        watermark = self.quote(table.watermark)
+        column = table.chunk_column
+        in_range = self.range_predicate(table, lo, hi)
+        deleted_range = self.range_on(f"ct.{self.quote(column.name)}", column, lo, hi)
         deleted = ", ".join(
             self._read_as(c, f"ct.{self.quote(c.name)}") if c.name in table.key else self._null(c)
             for c in table.columns
         )
         sql = (
             f"{_SNAPSHOT}SELECT 'U' AS [_op], {self.select_list(table)} "  # noqa: S608
-            f"FROM {self.table(table.ref)} WHERE {watermark} >= "
-            "CAST(CAST(? AS BIGINT) AS BINARY(8)) "
-            f"UNION ALL SELECT 'D' AS [_op], {deleted} FROM "
-            f"CHANGETABLE(CHANGES {self.table(table.ref)}, CAST(? AS BIGINT)) AS ct "
-            "WHERE ct.SYS_CHANGE_OPERATION = 'D'"
+            f"FROM {self.table(table.ref)} WHERE {self._since_rowversion(table)} "
+            f"AND {in_range.sql} "
+            f"UNION ALL SELECT 'D' AS [_op], {deleted} FROM {self._changes(table)} "
+            f"WHERE ct.SYS_CHANGE_OPERATION = 'D' AND {deleted_range.sql}"
+        )
+        return Query(sql, (min_active, *in_range.params, tracking_version, *deleted_range.params))
+
+    def delta_boundaries(self, table: TableInfo, since: str, every: int) -> Query:
+        tracking_version, _, min_active = since.partition(":")
+        column = self.quote(table.chunk_column.name)
+        sql = (
+            f"SELECT CAST(r.v AS NVARCHAR(400)) FROM (SELECT c.v, "  # noqa: S608
+            "ROW_NUMBER() OVER (ORDER BY c.v) AS rn, MAX(c.v) OVER () AS last_v FROM "
+            f"(SELECT {column} AS v FROM {self.table(table.ref)} "
+            f"WHERE {self._since_rowversion(table)} UNION ALL SELECT ct.{column} "
+            f"FROM {self._changes(table)} WHERE ct.SYS_CHANGE_OPERATION = 'D') AS c) AS r "
+            f"WHERE r.rn % {int(every)} = 0 AND r.v < r.last_v ORDER BY r.rn"
         )
         return Query(sql, (min_active, tracking_version))
+
+    def delta_check(self, table: TableInfo) -> Query:
+        """The oldest Change Tracking version still valid for the table. A TRUNCATE (which
+        Change Tracking does not record row by row) raises it, and so does the retention
+        cleanup: changes since an older version are lost, the table must be read again."""
+        return Query(
+            "SELECT CHANGE_TRACKING_MIN_VALID_VERSION(OBJECT_ID(?))", (self.table(table.ref),)
+        )
+
+    def delta_possible(self, since: str, value: object) -> bool:
+        tracking_version = since.partition(":")[0]
+        if value is None:
+            raise ChangeTrackingError(
+                "Change Tracking is not enabled on the table (CHANGE_TRACKING_MIN_VALID_VERSION "
+                "is NULL): run the T-SQL of 'sql-backup prepare-source', then the next delta "
+                "re-reads the table."
+            )
+        return int(tracking_version) >= int(str(value))
 
     def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
         lobs = [c for c in table.columns if c.lob]

@@ -6,7 +6,9 @@ sets to the writing transaction's id (``pg_current_xact_id()``); its
 which lists the transactions still in flight). A delta since a snapshot ``S``
 is every row whose transaction ``S`` could not see: exact, even for
 transactions that were open while ``S`` was taken. Change Tracking's deletes
-become a ``indutech_deletes`` log table filled by an ``AFTER DELETE`` trigger.
+become a ``indutech_deletes`` log table filled by an ``AFTER DELETE`` trigger; a
+statement-level ``AFTER TRUNCATE`` trigger logs a truncate marker (``op = 'T'``) there
+too, which SQL Server's Change Tracking has no equivalent of (see the mssql dialect).
 ``install_change_capture`` writes that DDL (the generator and ``sql-backup
 prepare-source`` run it).
 """
@@ -99,27 +101,80 @@ class PostgresDialect(Dialect):
             "CAST(? AS pg_snapshot))"
         )
 
-    def delta(self, table: TableInfo, since: str) -> Query:
+    def _rows_changed(self, table: TableInfo, since: str) -> Query:
+        """The rows written by a transaction the snapshot ``since`` could not see."""
         if table.watermark is None:
             raise ValueError(f"{table.ref.qualified} has no watermark column")
         watermark = self.quote(table.watermark)
-        log = f"{self.quote(table.ref.schema)}.{self.quote(DELETES_TABLE)}"
-        deleted = ", ".join(
-            self._read_as(
-                c, f"CAST(d.pk ->> '{c.name.replace(chr(39), chr(39) * 2)}' AS {c.source_type})"
-            )
+        return Query(
+            f"{watermark} >= CAST(CAST(pg_snapshot_xmin(CAST(? AS pg_snapshot)) AS text) "
+            f"AS bigint) AND {self._changed_since(watermark)}",
+            (since, since),
+        )
+
+    def _log(self, table: TableInfo) -> str:
+        return f"{self.quote(table.ref.schema)}.{self.quote(DELETES_TABLE)}"
+
+    def _logged(self, table: TableInfo, op: str, since: str) -> Query:
+        """Log entries of the table of kind ``op`` ('D' delete, 'T' truncate) since ``since``."""
+        return Query(
+            f"d.table_name = ? AND d.op = '{op}' AND {self._changed_since('d.txid')}",
+            (table.ref.name, since),
+        )
+
+    def _deleted_key(self, column: Column) -> str:
+        """A key column of a logged delete, as its own type."""
+        return (
+            f"CAST(d.pk ->> '{column.name.replace(chr(39), chr(39) * 2)}' AS {column.source_type})"
+        )
+
+    def delta(
+        self, table: TableInfo, since: str, lo: str | None = None, hi: str | None = None
+    ) -> Query:
+        changed = self._rows_changed(table, since)
+        in_range = self.range_predicate(table, lo, hi)
+        deleted = self._logged(table, "D", since)
+        deleted_range = self.range_on(
+            self._deleted_key(table.chunk_column), table.chunk_column, lo, hi
+        )
+        truncated = self._logged(table, "T", since)
+        deleted_columns = ", ".join(
+            self._read_as(c, self._deleted_key(c))
             if c.name in table.key
             else self._read_as(c, f"CAST(NULL AS {c.source_type})")
             for c in table.columns
         )
+        nulls = ", ".join(
+            f"{self._read_as(c, f'CAST(NULL AS {c.source_type})')} AS {self.quote(c.name)}"
+            for c in table.columns
+        )
         sql = (
             f"SELECT 'U' AS _op, {self.select_list(table)} FROM {self.table(table.ref)} "  # noqa: S608
-            f"WHERE {watermark} >= CAST(CAST(pg_snapshot_xmin(CAST(? AS pg_snapshot)) AS text) "
-            f"AS bigint) AND {self._changed_since(watermark)} "
-            f"UNION ALL SELECT 'D' AS _op, {deleted} FROM {log} d "
-            f"WHERE d.table_name = ? AND {self._changed_since('d.txid')}"
+            f"WHERE {changed.sql} AND {in_range.sql} "
+            f"UNION ALL SELECT 'D' AS _op, {deleted_columns} FROM {self._log(table)} d "
+            f"WHERE {deleted.sql} AND {deleted_range.sql} "
+            # A TRUNCATE logs no row: one marker row per chunk, and restore clears the chunk's
+            # key range before its upserts (which are the rows as they are now).
+            f"UNION ALL SELECT 'T' AS _op, {nulls} WHERE EXISTS (SELECT 1 FROM "
+            f"{self._log(table)} d WHERE {truncated.sql})"
         )
-        return Query(sql, (since, since, table.ref.name, since))
+        params = (
+            changed.params + in_range.params + deleted.params + deleted_range.params
+        ) + truncated.params
+        return Query(sql, params)
+
+    def delta_boundaries(self, table: TableInfo, since: str, every: int) -> Query:
+        column = table.chunk_column
+        changed = self._rows_changed(table, since)
+        deleted = self._logged(table, "D", since)
+        sql = (
+            "SELECT CAST(v AS text) FROM (SELECT v, row_number() OVER (ORDER BY v) AS rn, "  # noqa: S608
+            f"max(v) OVER () AS top FROM (SELECT {self.quote(column.name)} AS v FROM "
+            f"{self.table(table.ref)} WHERE {changed.sql} UNION ALL SELECT "
+            f"{self._deleted_key(column)} FROM {self._log(table)} d WHERE {deleted.sql}) c) r "
+            f"WHERE rn % {int(every)} = 0 AND v < top ORDER BY rn"
+        )
+        return Query(sql, changed.params + deleted.params)
 
     def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
         lobs = [c for c in table.columns if c.lob]
@@ -130,17 +185,15 @@ class PostgresDialect(Dialect):
         sql = f"SELECT {select} FROM {self.table(table.ref)} WHERE {predicate.sql}"  # noqa: S608
         return Query(sql, predicate.params)
 
-    def lob_lengths_delta(self, table: TableInfo, since: str) -> Query:
-        """The largest LOB bytes among the rows a delta since ``since`` will read."""
-        if table.watermark is None:
-            raise ValueError(f"{table.ref.qualified} has no watermark column")
-        watermark = self.quote(table.watermark)
-        where = Query(
-            f"{watermark} >= CAST(CAST(pg_snapshot_xmin(CAST(? AS pg_snapshot)) AS text) "
-            f"AS bigint) AND {self._changed_since(watermark)}",
-            (since, since),
+    def lob_lengths_delta(
+        self, table: TableInfo, since: str, lo: str | None, hi: str | None
+    ) -> Query:
+        """The largest LOB bytes among the rows a delta chunk since ``since`` will read."""
+        changed = self._rows_changed(table, since)
+        in_range = self.range_predicate(table, lo, hi)
+        return self.lob_lengths(
+            table, Query(f"{changed.sql} AND {in_range.sql}", changed.params + in_range.params)
         )
-        return self.lob_lengths(table, where)
 
     def install_change_capture(self, ref: TableRef, key: tuple[str, ...]) -> list[str]:
         """DDL that gives a table SQL Server's change features (idempotent)."""
@@ -148,19 +201,28 @@ class PostgresDialect(Dialect):
         table = self.table(ref)
         trigger_base = ref.name.replace('"', "")
         key_args = ", ".join("'" + k.replace("'", "''") + "'" for k in key)
+        log = f"{schema}.{DELETES_TABLE}"
         return [
-            f"CREATE TABLE IF NOT EXISTS {schema}.{DELETES_TABLE} (table_name text NOT NULL, "
+            f"CREATE TABLE IF NOT EXISTS {log} (table_name text NOT NULL, "
             "pk jsonb NOT NULL, txid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
-            "deleted_at timestamptz NOT NULL DEFAULT now())",
+            "deleted_at timestamptz NOT NULL DEFAULT now(), op text NOT NULL DEFAULT 'D')",
+            # Logs made before TRUNCATE was captured hold deletes only.
+            f"ALTER TABLE {log} ADD COLUMN IF NOT EXISTS op text NOT NULL DEFAULT 'D'",
             f"CREATE OR REPLACE FUNCTION {schema}.indutech_row_version() RETURNS trigger "
             "LANGUAGE plpgsql AS $$ BEGIN "
             "NEW.row_version := CAST(CAST(pg_current_xact_id() AS text) AS bigint); "
             "RETURN NEW; END $$",
             f"CREATE OR REPLACE FUNCTION {schema}.indutech_log_delete() RETURNS trigger "  # noqa: S608 - quoted identifiers
             "LANGUAGE plpgsql AS $$ BEGIN "
-            f"INSERT INTO {schema}.{DELETES_TABLE} (table_name, pk) VALUES (TG_TABLE_NAME, "
+            f"INSERT INTO {log} (table_name, pk) VALUES (TG_TABLE_NAME, "
             "(SELECT jsonb_object_agg(k, to_jsonb(OLD) -> k) FROM unnest(TG_ARGV) AS k)); "
             "RETURN OLD; END $$",
+            # TRUNCATE fires no row trigger: one marker per statement and table, in the
+            # truncating transaction (its txid places it among the other changes).
+            f"CREATE OR REPLACE FUNCTION {schema}.indutech_log_truncate() RETURNS trigger "  # noqa: S608 - quoted identifiers
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"INSERT INTO {log} (table_name, pk, op) VALUES (TG_TABLE_NAME, "
+            "CAST('{}' AS jsonb), 'T'); RETURN NULL; END $$",
             f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS row_version bigint NOT NULL "
             "DEFAULT CAST(CAST(pg_current_xact_id() AS text) AS bigint)",
             f'DROP TRIGGER IF EXISTS "{trigger_base}_row_version" ON {table}',
@@ -169,4 +231,7 @@ class PostgresDialect(Dialect):
             f'DROP TRIGGER IF EXISTS "{trigger_base}_log_delete" ON {table}',
             f'CREATE TRIGGER "{trigger_base}_log_delete" AFTER DELETE ON {table} '
             f"FOR EACH ROW EXECUTE FUNCTION {schema}.indutech_log_delete({key_args})",
+            f'DROP TRIGGER IF EXISTS "{trigger_base}_log_truncate" ON {table}',
+            f'CREATE TRIGGER "{trigger_base}_log_truncate" AFTER TRUNCATE ON {table} '
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.indutech_log_truncate()",
         ]

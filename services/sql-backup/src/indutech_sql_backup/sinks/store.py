@@ -74,6 +74,16 @@ class Plan(_Model):
     position_from: str | None = Field(description="where this run starts (the previous end)")
     position_to: str = Field(description="the source position when planned: the next start")
     created_at: datetime
+    snapshot: bool = Field(
+        default=False,
+        description="a delta that re-reads the whole table (the source lost its changes, e.g. "
+        "SQL Server after a TRUNCATE): its parts replace the table on restore",
+    )
+
+    @property
+    def reads_changes(self) -> bool:
+        """Parts hold changes with an ``_op`` column (a delta that is not a re-snapshot)."""
+        return self.kind == "delta" and not self.snapshot
 
     @property
     def ref(self) -> TableRef:
