@@ -7,9 +7,13 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = REPO_ROOT / "bench" / "results.json"
@@ -50,6 +54,15 @@ def machine_description() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     system = f"{platform.system()} {platform.release()}"
     return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB, {system}"
+
+
+T = TypeVar("T")
+
+
+def run_workers(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark's workers on the event loop production uses (``Worker.run()``:
+    uvloop), so TLS and the loop itself cost what they cost in a pod."""
+    return uvloop.run(main)
 
 
 def run_quiet(*command: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Result, run_quiet
+from bench.harness import Result, run_quiet, run_workers
 from bench.kafka_throughput import _kcat_config
 from indutech_common.kafka import create_consumer, start_client
 from indutech_iot_ingest.config import IotIngestSettings, Route
@@ -128,7 +128,7 @@ def _throughput(stack: StackSettings, directory: Path) -> tuple[float, float, fl
         previous = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {CORE})
         try:
-            ours_s = asyncio.run(_ingest_file(stack, san, topics, data.stat().st_size))
+            ours_s = run_workers(_ingest_file(stack, san, topics, data.stat().st_size))
         finally:
             os.sched_setaffinity(0, previous)
     finally:
@@ -206,7 +206,7 @@ def run() -> list[Result]:
         topics = _topics(f"bench.iot-ingest-latency.{os.getpid()}")
         _create(stack, topics)
         try:
-            latencies = asyncio.run(_latency(stack, san, topics))
+            latencies = run_workers(_latency(stack, san, topics))
         finally:
             asyncio.run(delete_topics(stack.kafka, list(topics.values())))
     latencies.sort()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench.harness import Result
+from bench.harness import Result, run_workers
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
 from indutech_iot_ingest.config import IotIngestSettings, Route
@@ -221,7 +221,7 @@ def run() -> list[Result]:
         for label, rotation in (("default", {}), ("short", SHORT_ROTATION)):
             san = Path(tmp) / label
             san.mkdir()
-            runs[label] = asyncio.run(_Run(stack, san, dict(rotation)).measure())
+            runs[label] = run_workers(_Run(stack, san, dict(rotation)).measure())
     topic_p50, topic_p99 = _percentiles(runs["default"][0])
     lines = len(runs["default"][1])
     common = (
