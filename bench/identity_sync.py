@@ -275,8 +275,11 @@ def run() -> list[Result]:
     finally:
         for connection in connections.values():
             connection.unbind()
-        cleanups = [(stack.ad_onprem, roots["onprem"]), (stack.ad_aws, roots["aws"])]
-        for settings, root in [*cleanups, (stack.ad_aws, peer_root)]:
+        for settings, root in (
+            (stack.ad_onprem, roots["onprem"]),
+            (stack.ad_aws, roots["aws"]),
+            (stack.ad_aws, peer_root),
+        ):
             _clean_up(settings, root)
     objects = USERS + GROUPS
     samples.sort()
