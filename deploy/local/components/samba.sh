@@ -54,9 +54,10 @@ samba_ensure_ips() {
 samba_install() {
     local fresh=0
     dpkg-query -W -f='${Status}' samba 2>/dev/null | grep "install ok installed" >/dev/null || fresh=1
-    # samba-dsdb-modules and samba-ad-provision are only Recommends of samba,
-    # and apt_ensure installs without recommends: the DC needs both.
-    apt_ensure samba samba-dsdb-modules samba-ad-provision ldap-utils iproute2
+    # samba-dsdb-modules, samba-vfs-modules (acl_xattr.so, which provisioning
+    # loads) and samba-ad-provision are only Recommends of samba,
+    # and apt_ensure installs without recommends: the DC needs all three.
+    apt_ensure samba samba-dsdb-modules samba-vfs-modules samba-ad-provision ldap-utils iproute2
     if (( fresh )) && [[ -d /run/systemd/system ]]; then
         # The package starts its own file server; the stack runs only its own processes.
         local sudo=""; (( EUID == 0 )) || sudo=sudo
