@@ -47,3 +47,11 @@ class AnnouncementInterruptedError(SqlBackupError):
 
 class ChangeTrackingError(SqlBackupError):
     """The source cannot report a table's changes (Change Tracking off for the table)."""
+
+
+class UnsupportedTypeError(SqlBackupError):
+    """A column's type cannot be backed up exactly: refused before anything is written."""
+
+
+class RestoreDecodeError(SqlBackupError):
+    """A part's column cannot be loaded into its restored type (restore and verify say so)."""
