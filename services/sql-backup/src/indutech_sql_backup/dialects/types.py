@@ -61,11 +61,11 @@ _TEXT = pa.string()
 def _parens(source_type: str) -> tuple[str, tuple[int, ...]]:
     """('numeric', (10, 2)) from 'numeric(10,2)'; ('time without time zone', (3,)) from
     'time(3) without time zone'."""
-    match = re.search(r"\(([\d,\s]*)\)", source_type)
+    match = re.search(r"\(([^)]*)\)", source_type)
     if match is None:
         return source_type.strip().lower(), ()
-    base = (source_type[: match.start()] + source_type[match.end() :]).strip().lower()
-    numbers = tuple(int(n) for n in match.group(1).replace(" ", "").split(",") if n)
+    base = " ".join((source_type[: match.start()] + source_type[match.end() :]).lower().split())
+    numbers = tuple(int(n) for n in match.group(1).replace(" ", "").split(",") if n.isdigit())
     return base, numbers
 
 
