@@ -8,6 +8,7 @@ import asyncio
 from datetime import date
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from indutech_common.s3 import create_s3_client
@@ -17,6 +18,7 @@ from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.errors import SqlBackupError
 from indutech_sql_backup.restore import Restorer
+from indutech_sql_backup.sinks import BackupDir, PartWriter, read_part
 from indutech_sql_backup.sources import OdbcSource
 from indutech_sql_backup.verify import verify
 from tests.integration.sql_backup.conftest import Erp, erp_database, settings_for
@@ -187,3 +189,60 @@ class TestTypeMatrix:
                 await engine.backup(tables, kind="full", day=DAY0)
             keys = await engine.store.list_keys(erp.prefix)
         assert not any(k.endswith("_manifest.json") for k in keys)
+
+
+class TestVerifyRestorability:
+    async def test_a_part_restore_cannot_load_fails_verify_though_its_checksums_match(
+        self, stack: StackSettings, erp: Erp
+    ) -> None:
+        """A part as an older sql-backup wrote it (an unconstrained numeric cut to
+        decimal128(28,6)), with a manifest whose SHA-256 and checksum match it: integrity
+        alone says "equal"; verify decodes it as restore does and reports the column."""
+        source = OdbcSource(stack.erp, PostgresDialect())
+        await asyncio.to_thread(
+            source.execute,
+            [
+                f'CREATE SCHEMA "{erp.schema}"',
+                f'CREATE TABLE "{erp.schema}".amounts (id integer PRIMARY KEY, amount numeric)',
+                f'INSERT INTO "{erp.schema}".amounts VALUES (1, 1.23456789), (2, NULL)',  # noqa: S608
+            ],
+        )
+        ref = TableRef(erp.schema, "amounts")
+        async with create_s3_client(stack.s3) as s3:
+            engine = Engine(settings_for(stack, erp), s3)
+            [(manifest, _)] = await engine.backup(await engine.discover(), kind="full", day=DAY0)
+            assert (await verify(engine, ref, day=None, source=False)).ok
+            [part] = manifest.parts
+            data = await engine.store.get_bytes(part.key)
+            assert data is not None
+            old = read_part(data)
+            old = old.set_column(
+                1, "amount", old.column("amount").cast(pa.decimal128(28, 6), safe=False)
+            )
+            with PartWriter(old.schema) as writer:
+                writer.write(old.to_batches()[0])
+                size, sha256 = writer.finish()
+                await engine.store.put_part(
+                    part.key,
+                    writer.path,
+                    size=size,
+                    sha256=sha256,
+                    multipart_threshold=1 << 30,
+                    part_bytes=1 << 24,
+                )
+                record = part.model_copy(
+                    update={
+                        "checksum": writer.checksum.hexdigest(),
+                        "sha256": sha256.hex(),
+                        "bytes": size,
+                    }
+                )
+            directory = BackupDir.of(erp.prefix, manifest.plan)
+            await engine.store.put_json(
+                directory.manifest, manifest.model_copy(update={"parts": (record,)})
+            )
+            report = await verify(engine, ref, day=None, source=False)
+        assert not report.ok
+        [line] = [line for line in report.lines if line.startswith("MISMATCH")]
+        assert "restore cannot load it" in line
+        assert "column amount (numeric) is stored as decimal128(28, 6)" in line
