@@ -46,11 +46,11 @@ class TestRefusals:
     @pytest.mark.parametrize("driver", ["FreeTDS", "/usr/lib/x86_64-linux-gnu/odbc/libtdsodbc.so"])
     def test_freetds_without_a_ca_file_is_refused(self, driver: str) -> None:
         """Without a CA file FreeTDS encrypts but verifies nothing: refused at start-up."""
-        with pytest.raises(ValidationError, match="Set ERP__CA_FILE"):
+        with pytest.raises(ValidationError, match=r"Set ERP__CA_FILE"):
             mssql(driver, None)
 
     def test_a_ca_file_driver_18_would_ignore_is_refused(self) -> None:
-        with pytest.raises(ValidationError, match="takes no CA file.*update-ca-certificates"):
+        with pytest.raises(ValidationError, match=r"takes no CA file.*update-ca-certificates"):
             mssql("ODBC Driver 18 for SQL Server", CA)
 
 
@@ -85,7 +85,7 @@ class TestFreeTds:
 
     def test_a_value_that_would_inject_a_setting_is_refused(self) -> None:
         settings = mssql("FreeTDS", Path("/ca.crt\n\tcheck certificate hostname = no"))
-        with pytest.raises(ValueError, match="cannot be written to freetds.conf"):
+        with pytest.raises(ValueError, match=r"cannot be written to freetds\.conf"):
             freetds_conf(settings)
 
 

@@ -130,14 +130,14 @@ class TestTypeMatrix:
             assert report.ok, report.lines
             expected = {DAY0: await typed_texts(erp_database(stack), erp.schema)}
             sets = ", ".join(f"{column(i)} = src.{column(i)}" for i in range(len(MATRIX)))
+            all_columns = ", ".join(column(i) for i in range(len(MATRIX)))
             await asyncio.to_thread(
                 source.execute,
                 [
                     f"UPDATE {table} AS t SET {sets} FROM {table} AS src "  # noqa: S608
                     "WHERE t.id = 4 AND src.id = 2",
                     f"DELETE FROM {table} WHERE id = 1",  # noqa: S608
-                    f"INSERT INTO {table} SELECT 5, {', '.join(column(i) for i in range(len(MATRIX)))} "  # noqa: S608
-                    f"FROM {table} WHERE id = 2",
+                    f"INSERT INTO {table} SELECT 5, {all_columns} FROM {table} WHERE id = 2",  # noqa: S608
                 ],
             )
             await engine.backup(tables, kind="delta", day=DAY1)

@@ -5,6 +5,7 @@ parsed by sqlglot; the PostgreSQL rows also round-trip for real (integration tes
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 import pyarrow as pa
 import pytest
@@ -114,10 +115,12 @@ def one_column(type_name: str, *, key_type: str = "int") -> TableInfo:
     )
 
 
-def plan_of(dialect: str, columns: list[tuple[str, str]], *, kind: str = "full") -> Plan:
+def plan_of(
+    dialect: str, columns: list[tuple[str, str]], *, kind: Literal["full", "delta"] = "full"
+) -> Plan:
     return Plan(
         plan_id="p",
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         database="erp",
         dialect=dialect,
         schema_name="sales",
@@ -261,7 +264,7 @@ class TestRestoreDecoding:
                 "amount": pa.array([1], pa.decimal128(28, 6)),
             }
         )
-        with pytest.raises(RestoreDecodeError, match="amount.*new full backup"):
+        with pytest.raises(RestoreDecodeError, match=r"amount.*new full backup"):
             decode_part(plan, data)
 
     def test_100ns_digits_are_refused_not_rounded(self) -> None:

@@ -115,7 +115,7 @@ class ColumnLoad:
 
 
 def _base_type(type_name: str) -> str:
-    return type_name.split("(")[0].strip().lower()
+    return type_name.split("(", maxsplit=1)[0].strip().lower()
 
 
 def column_loads(plan: Plan, schema: pa.Schema) -> list[ColumnLoad]:
@@ -169,13 +169,14 @@ def _column_values(name: str, column: pa.ChunkedArray) -> list[Any]:
             ) from None
     try:
         if pa.types.is_date32(column.type):
-            return pc.subtract(column.cast(pa.int32()), _PG_EPOCH_DAYS).to_pylist()
-        if pa.types.is_timestamp(column.type):
+            column = pc.subtract(column.cast(pa.int32()), _PG_EPOCH_DAYS)
+        elif pa.types.is_timestamp(column.type):
             micros = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
-            return pc.subtract(micros, _PG_EPOCH_MICROS).to_pylist()
-        return column.to_pylist()
+            column = pc.subtract(micros, _PG_EPOCH_MICROS)
+        values: list[Any] = column.to_pylist()
     except (ValueError, OverflowError, pa.ArrowException) as exc:
         raise RestoreDecodeError(f"column {name} cannot be decoded: {exc}") from None
+    return values
 
 
 # Dates and timestamps go to PostgreSQL as its own integers (days / µs since 2000-01-01):

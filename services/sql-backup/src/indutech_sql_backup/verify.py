@@ -104,9 +104,8 @@ async def verify(
         " and decode as restore loads them"
     )
     if report.cast_columns:
-        report.lines.append(
-            f"restored from their source text by a server cast: {', '.join(sorted(report.cast_columns))}"
-        )
+        cast = ", ".join(sorted(report.cast_columns))
+        report.lines.append(f"restored from their source text by a server cast: {cast}")
     if not source:
         return report
     if len(runs) > 1:

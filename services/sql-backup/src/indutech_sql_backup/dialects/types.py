@@ -123,15 +123,15 @@ _PG_NATIVE = {
         _TEXT, "time with time zone", read="CAST({} AS text)", via_text=True
     ),
 }
-_NAN = "{0} = CAST('NaN' AS numeric) OR {0} IN (CAST('Infinity' AS numeric), CAST('-Infinity' AS numeric))"
+_NAN = (
+    "{0} = CAST('NaN' AS numeric) "
+    "OR {0} IN (CAST('Infinity' AS numeric), CAST('-Infinity' AS numeric))"
+)
 
 
 def postgres_type(source_type: str) -> ColumnType:
     """The matrix row of a PostgreSQL column type (as ``format_type`` spells it)."""
     base, numbers = _parens(source_type)
-    if base.endswith("[]"):
-        # Arrays keep their own literal ('{a,"b c",NULL}'): nesting, NULLs and quoting exact.
-        return ColumnType(_TEXT, source_type, read="CAST({} AS text)", via_text=True, lob="text")
     if base in ("numeric", "decimal"):
         if numbers and numbers[0] <= DECIMAL128_MAX_PRECISION:
             precision, scale = numbers[0], (numbers[1] if len(numbers) > 1 else 0)
@@ -151,20 +151,14 @@ def postgres_type(source_type: str) -> ColumnType:
             via_text=True,
             lob=None if numbers else "text",
         )
-    if base in (
-        "time without time zone",
-        "timestamp without time zone",
-        "timestamp with time zone",
-    ):
-        return _PG_NATIVE[base]
+    if base == "character varying" and not numbers:
+        return _PG_NATIVE["text"]
     if base in _PG_NATIVE:
-        row = _PG_NATIVE[base]
-        if base == "character varying" and not numbers:
-            return ColumnType(_TEXT, "text", lob="text")
-        return row
-    # Everything else (enums, domains, ranges, inet, bit strings, tsvector, …) as its text
-    # form: PostgreSQL's own output/input pair, exact by design. Restore needs the type in
-    # the target database (an enum must be created there first).
+        return _PG_NATIVE[base]
+    # Everything else (arrays, enums, domains, ranges, inet, bit strings, tsvector, …) as
+    # its text form: PostgreSQL's own output/input pair, exact by design (an array literal
+    # keeps nesting, NULLs and quoting). Restore needs the type in the target database (an
+    # enum must be created there first).
     return ColumnType(_TEXT, source_type, read="CAST({} AS text)", via_text=True, lob="text")
 
 
@@ -240,15 +234,16 @@ def mssql_type(source_type: str) -> ColumnType:
         unit = _mssql_time_unit(scale)
         # 7 digits (100 ns, the default) are kept as ns: exact in Parquet; restore refuses a
         # value whose 100 ns digit PostgreSQL (µs) cannot hold rather than rounding it.
-        if base == "time":
-            return ColumnType(pa.time64(unit), "time")
-        if base == "datetime2":
-            return ColumnType(pa.timestamp(unit), "timestamp")
-        return ColumnType(
-            pa.timestamp(unit, tz="UTC"),
-            "timestamptz",
-            read=f"CAST(SWITCHOFFSET({{}}, '+00:00') AS DATETIME2({scale}))",
-        )
+        arrow, restore, read = {
+            "time": (pa.time64(unit), "time", "{}"),
+            "datetime2": (pa.timestamp(unit), "timestamp", "{}"),
+            "datetimeoffset": (
+                pa.timestamp(unit, tz="UTC"),
+                "timestamptz",
+                f"CAST(SWITCHOFFSET({{}}, '+00:00') AS DATETIME2({scale}))",
+            ),
+        }[base]
+        return ColumnType(arrow, restore, read=read)
     if base in _MSSQL_REFUSED:
         reason, fix = _MSSQL_REFUSED[base]
         raise UnsupportedTypeError(f"{source_type} is refused: {reason}. To back it up, {fix}.")
@@ -271,31 +266,28 @@ def lob_kind(source_type: str) -> str | None:
         return None
 
 
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type))
+
+
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type))
+
+
+_SAME_FAMILY = (pa.types.is_integer, pa.types.is_time, pa.types.is_date, _is_text, _is_binary)
+
+
 def stored_type(expected: pa.DataType, read: pa.DataType) -> bool:
-    """Whether what the driver returned converts to ``expected`` without changing a value
-    (a safe Arrow cast then does it, failing on any value that would change)."""
+    """Whether what the driver returned converts to ``expected`` without changing a value:
+    the same family, never narrower (a safe Arrow cast then does it, and fails on any value
+    that would change, such as an integer out of range or a truncated time)."""
     if read == expected:
         return True
-    families = (
-        pa.types.is_integer,
-        pa.types.is_floating,
-        pa.types.is_timestamp,
-        pa.types.is_time,
-        pa.types.is_date,
-    )
-    for family in families:
-        if family(read) and family(expected):
-            if pa.types.is_floating(read):
-                return read.bit_width <= expected.bit_width
-            if pa.types.is_timestamp(read):
-                return bool(read.tz) == bool(expected.tz) or expected.tz == "UTC"
-            return True
-    text = (pa.types.is_string, pa.types.is_large_string)
-    if any(t(read) for t in text) and any(t(expected) for t in text):
-        return True
-    binary = (pa.types.is_binary, pa.types.is_large_binary)
-    if any(b(read) for b in binary) and any(b(expected) for b in binary):
-        return True
+    if pa.types.is_floating(read) and pa.types.is_floating(expected):
+        return bool(read.bit_width <= expected.bit_width)
     if pa.types.is_decimal(read) and pa.types.is_decimal(expected):
-        return read.scale == expected.scale and read.precision <= expected.precision
-    return False
+        return bool(read.scale == expected.scale and read.precision <= expected.precision)
+    if pa.types.is_timestamp(read) and pa.types.is_timestamp(expected):
+        # A zoned column is read as UTC wall time (AT TIME ZONE 'UTC' / SWITCHOFFSET).
+        return bool(read.tz == expected.tz or (read.tz is None and expected.tz == "UTC"))
+    return any(family(read) and family(expected) for family in _SAME_FAMILY)
