@@ -246,3 +246,46 @@ class TestVerifyRestorability:
         [line] = [line for line in report.lines if line.startswith("MISMATCH")]
         assert "restore cannot load it" in line
         assert "column amount (numeric) is stored as decimal128(28, 6)" in line
+
+    async def test_a_type_the_target_cannot_parse_back_fails_verify_until_it_exists(
+        self, stack: StackSettings, erp: Erp
+    ) -> None:
+        """An enum travels as text and restore casts it back on the target: verify runs that
+        cast there first, so a target without the type fails verify naming the column, and
+        once the type exists there verify passes and the restore is equal."""
+        source = OdbcSource(stack.erp, PostgresDialect())
+        mood = f'"{erp.schema}".mood'
+        await asyncio.to_thread(
+            source.execute,
+            [
+                f'CREATE SCHEMA "{erp.schema}"',
+                f"CREATE TYPE {mood} AS ENUM ('sad', 'ok', 'glad')",
+                f'CREATE TABLE "{erp.schema}".feelings (id integer PRIMARY KEY, m {mood})',
+                f"INSERT INTO \"{erp.schema}\".feelings VALUES (1, 'glad'), (2, NULL)",  # noqa: S608
+            ],
+        )
+        ref = TableRef(erp.schema, "feelings")
+        warehouse = await connect_warehouse(stack.warehouse)
+        try:
+            async with create_s3_client(stack.s3) as s3:
+                engine = Engine(settings_for(stack, erp), s3)
+                await engine.backup(await engine.discover(), kind="full", day=DAY0)
+                report = await verify(engine, ref, day=None, source=False)
+                assert not report.ok
+                assert any(
+                    "column m: the target cannot cast its text back" in line
+                    for line in report.lines
+                ), report.lines
+                await warehouse.execute(f'CREATE SCHEMA "{erp.schema}"')
+                await warehouse.execute(f"CREATE TYPE {mood} AS ENUM ('sad', 'ok', 'glad')")
+                report = await verify(engine, ref, day=None)
+                assert report.ok, report.lines
+                target = TableRef(erp.target_schema, "feelings")
+                await Restorer(settings_for(stack, erp), s3).restore(ref, day=None, target=target)
+            rows = await warehouse.fetch(
+                f'SELECT id, CAST(m AS text) FROM "{erp.target_schema}".feelings ORDER BY id'  # noqa: S608
+            )
+            assert [tuple(r) for r in rows] == [(1, "glad"), (2, None)]
+        finally:
+            await warehouse.execute(f'DROP SCHEMA IF EXISTS "{erp.schema}" CASCADE')
+            await warehouse.close()

@@ -219,6 +219,33 @@ def decode_part(plan: Plan, data: pa.Table) -> tuple[list[ColumnLoad], list[tupl
     return loads, list(zip(*columns, strict=True))
 
 
+async def check_casts(
+    connection: asyncpg.Connection, loads: list[ColumnLoad], records: list[tuple[Any, ...]]
+) -> None:
+    """Run restore's server casts of the text-kept columns on ``connection`` (the restore
+    target) without writing anything: a value the target cannot parse back, or a type it
+    lacks, raises ``RestoreDecodeError`` naming the column."""
+    offset = len(records[0]) - len(loads) if records else 0  # a delta's leading _op
+    for index, load in enumerate(loads):
+        if not load.via_text:
+            continue
+        values = sorted({r[offset + index] for r in records if r[offset + index] is not None})
+        if not values:
+            continue
+        try:
+            # count(expression) evaluates the cast for every value (count(*) would not).
+            await connection.fetchval(
+                f"SELECT count({load.value()}) FROM unnest(CAST($1 AS text[])) "  # noqa: S608
+                f"AS u({_q(load.name)})",
+                values,
+            )
+        except asyncpg.PostgresError as exc:
+            raise RestoreDecodeError(
+                f"column {load.name}: the target cannot cast its text back to "
+                f"{load.target_type}: {exc}"
+            ) from None
+
+
 class Restorer:
     def __init__(
         self, settings: SqlBackupSettings, s3: S3Client, *, progress: Progress | None = None

@@ -6,7 +6,8 @@
    (``restore.decode_part``) must load every column of every row: each column
    stored as the type matrix stores it, every value convertible to what the
    target's binary COPY takes. Columns kept as their source text (interval,
-   arrays, …) are cast by the target server at restore time; they are listed.
+   arrays, …) are cast back by the restore target (when TARGET__* is set) exactly
+   as restore will, inside nothing that writes; they are listed.
 2. Source (default): when the full run is the last of the chain (no delta
    after it), each chunk's key range is read again from the source and its
    count and checksum compared. After deltas the source has moved on by design;
@@ -20,11 +21,14 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import date
 
+import asyncpg
+
+from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.checksum import TableChecksum
 from indutech_sql_backup.dialects import TableRef
 from indutech_sql_backup.engine import Engine, arrow_schema_for, double_columns
 from indutech_sql_backup.errors import BackupNotFoundError, RestoreDecodeError
-from indutech_sql_backup.restore import decode_part
+from indutech_sql_backup.restore import check_casts, decode_part
 from indutech_sql_backup.sinks import Manifest, Plan, chain, read_part
 
 
@@ -61,7 +65,12 @@ def _source_checksum(engine: Engine, plan: Plan, chunk: int) -> tuple[int, str]:
     return checksum.rows, checksum.hexdigest()
 
 
-async def _integrity(engine: Engine, manifest: Manifest, report: VerifyReport) -> None:
+async def _integrity(
+    engine: Engine,
+    manifest: Manifest,
+    report: VerifyReport,
+    target: asyncpg.Connection | None,
+) -> None:
     for part in manifest.parts:
         data = await engine.store.get_bytes(part.key)
         where = engine.store.url(part.key)
@@ -80,7 +89,9 @@ async def _integrity(engine: Engine, manifest: Manifest, report: VerifyReport) -
         try:
             # Restore's own decoding, every column of every row: equal checksums of a part
             # restore cannot load would be no backup.
-            loads, _ = decode_part(manifest.plan, table)
+            loads, records = decode_part(manifest.plan, table)
+            if target is not None:
+                await check_casts(target, loads, records)
         except RestoreDecodeError as exc:
             report.fail(f"{where}: restore cannot load it: {exc}")
             continue
@@ -96,8 +107,15 @@ async def verify(
     if not runs:
         raise BackupNotFoundError(f"no complete backup of {table.qualified} to verify")
     report = VerifyReport()
-    for manifest in runs:
-        await _integrity(engine, manifest, report)
+    target = None
+    if engine.settings.target is not None:
+        target = await connect_warehouse(engine.settings.target)
+    try:
+        for manifest in runs:
+            await _integrity(engine, manifest, report, target)
+    finally:
+        if target is not None:
+            await target.close()
     report.lines.append(
         f"{table.qualified}: {report.parts} part(s), {report.rows:,} rows in "
         f"{' + '.join(f'{m.plan.day}/{m.plan.kind}' for m in runs)} match their manifests"
@@ -105,7 +123,12 @@ async def verify(
     )
     if report.cast_columns:
         cast = ", ".join(sorted(report.cast_columns))
-        report.lines.append(f"restored from their source text by a server cast: {cast}")
+        checked = (
+            "each value cast by the restore target as restore will"
+            if target is not None
+            else "NOT cast-checked: set TARGET__* (the restore target) to check them"
+        )
+        report.lines.append(f"restored from their source text by a server cast: {cast} ({checked})")
     if not source:
         return report
     if len(runs) > 1:
