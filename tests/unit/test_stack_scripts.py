@@ -12,9 +12,11 @@ from tests.support.stack import REPO_ROOT
 COMPONENTS = REPO_ROOT / "deploy" / "local" / "components"
 
 
-def run_stack_function(tmp_path: Path, component: str, call: str) -> subprocess.CompletedProcess[str]:
+def run_stack_function(
+    tmp_path: Path, component: str, call: str
+) -> subprocess.CompletedProcess[str]:
     """Source lib.sh and one component (functions only) and run ``call`` in bash."""
-    script = f'. deploy/local/lib.sh; . deploy/local/components/{component}.sh; {call}'
+    script = f". deploy/local/lib.sh; . deploy/local/components/{component}.sh; {call}"
     return subprocess.run(
         ["bash", "-c", script],
         cwd=REPO_ROOT,
