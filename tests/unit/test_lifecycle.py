@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from indutech_common.protocols import Resource
 from tests.support.sample_worker import SampleSettings, SampleWorker
 from tests.support.stack import REPO_ROOT
 
@@ -183,3 +184,37 @@ class TestResources:
         assert [e["step"] for e in failures] == ["broken"]
         lines = (tmp_path / "journal.txt").read_text().splitlines()
         assert lines[-2:] == ["closed second", "closed first"]
+
+    async def test_adopted_resource_is_pinged_and_closed(self, tmp_path: Path) -> None:
+        """``adopt`` puts the resource's ping on /readyz and closes it at stop."""
+
+        class Journal:
+            name = "journal-dir"
+
+            def __init__(self, directory: Path) -> None:
+                self.directory = directory
+                self.closed = False
+
+            async def ping(self) -> None:
+                if not self.directory.is_dir():
+                    raise FileNotFoundError(self.directory)
+
+            async def close(self) -> None:
+                self.closed = True
+
+        journal = Journal(tmp_path / "missing")
+        assert isinstance(journal, Resource)
+        settings = SampleSettings(
+            journal=tmp_path / "journal.txt",
+            health={"host": "127.0.0.1", "port": 0},
+        )
+        worker = SampleWorker(settings)
+        assert worker.adopt(journal) is journal
+        checks = {r.name: r for r in await worker.health.check()}
+        assert checks["journal-dir"].ok is False
+        assert "FileNotFoundError" in (checks["journal-dir"].error or "")
+        journal.directory.mkdir()
+        assert {r.name: r.ok for r in await worker.health.check()}["journal-dir"] is True
+        worker.request_exit()
+        assert await worker.serve(install_signal_handlers=False) == 0
+        assert journal.closed

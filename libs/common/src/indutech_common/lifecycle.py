@@ -29,10 +29,12 @@ import uvloop
 from indutech_common.health import HealthServer
 from indutech_common.logging import configure_logging, register_secrets_of
 from indutech_common.metrics import WorkerMetrics
+from indutech_common.protocols import Resource
 from indutech_common.settings import WorkerSettings
 
 SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
 ResourceT = TypeVar("ResourceT")
+ResourceProtocolT = TypeVar("ResourceProtocolT", bound=Resource)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -84,6 +86,12 @@ class Worker(ABC, Generic[SettingsT]):
     def add_closer(self, name: str, close: Callable[[], Awaitable[object]]) -> None:
         """Close a resource at stop, after ``shutdown``, last-registered first."""
         self._closers.append((name, close))
+
+    def adopt(self, resource: ResourceProtocolT) -> ResourceProtocolT:
+        """Serve the resource's ping on ``/readyz`` and close it at stop; returns it."""
+        self.health.register_ping(resource.name, resource.ping)
+        self.add_closer(resource.name, resource.close)
+        return resource
 
     async def enter(self, name: str, resource: AbstractAsyncContextManager[ResourceT]) -> ResourceT:
         """Enter an async context manager now and exit it at stop (see ``add_closer``)."""
