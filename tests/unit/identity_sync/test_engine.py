@@ -42,7 +42,13 @@ def mapping(**overrides: Any) -> Mapping:
             },
             "description": {"onprem": "description", "kinds": ["ou", "user", "group"]},
         },
-        "deletion_guard": {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 5},
+        # no settle time: a delete goes out with the cycle that sees it (TestSettle has one)
+        "deletion_guard": {
+            "max_count": 10,
+            "max_percent": 50,
+            "min_objects_for_percent": 5,
+            "settle_s": 0,
+        },
     }
     raw.update(overrides)
     return Mapping.model_validate(raw)
@@ -324,7 +330,12 @@ class TestDeletePercent:
         """Under max_count but over max_percent of a side: the guard still stops the deletes."""
         p = Pair(
             mapping(
-                deletion_guard={"max_count": 50, "max_percent": 10, "min_objects_for_percent": 20}
+                deletion_guard={
+                    "max_count": 50,
+                    "max_percent": 10,
+                    "min_objects_for_percent": 20,
+                    "settle_s": 0,
+                }
             )
         )
         users = [p.onprem.user(f"P{i}") for i in range(30)]
@@ -335,11 +346,19 @@ class TestDeletePercent:
         assert report.guard_tripped == {"aws": 5}
         assert len(p.aws.dns()) == 30
         p.onprem.user("Late")
-        assert p.sync().writes["aws", "add"] == 0  # exports to the side stay stopped
+        report = p.sync()
+        assert report.guard_tripped == {"aws": 5}  # the deletes stay held...
+        assert report.writes["aws", "add"] == 1  # ...and every other change goes out
+        assert len(p.aws.dns()) == 31
 
 
 def window_mapping(**guard: Any) -> Mapping:
-    rules: dict[str, Any] = {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 1000}
+    rules: dict[str, Any] = {
+        "max_count": 10,
+        "max_percent": 50,
+        "min_objects_for_percent": 1000,
+        "settle_s": 0,
+    }
     rules.update(window_s=3600, window_max_count=6, window_max_percent=None)
     rules.update(guard)
     return mapping(deletion_guard=rules)
@@ -380,8 +399,10 @@ class TestDeletionWindow:
         assert "window_max_count" in event["action"]
         assert "--allow-mass-delete" in event["action"]
         p.onprem.assign(keep, title="Boss")
-        p.sync(now=1_000_000.0 + 300)
-        assert p.aws.get(aws_dn(keep), "title") is None  # no writes to the side, as per cycle
+        report = p.sync(now=1_000_000.0 + 300)
+        assert report.guard_tripped == {"aws": 2}
+        assert p.aws.get(aws_dn(keep), "title") == "Boss"  # only the deletes are held
+        assert len(p.aws.dns()) == 3
 
     def test_deletes_go_out_once_the_window_slides(self) -> None:
         """The held deletes are written when the older ones have left the window."""
