@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from indutech_identity_sync.config import Kind, Mapping, Side
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
@@ -121,6 +122,7 @@ class Pair:
         save: bool = True,
         now: float | None = None,
         hold_deletes: tuple[Side, ...] = (),
+        guard: DeleteGuard | None = None,
     ) -> CycleReport:
         state = self.state.model_copy(deep=True)
         report = Reconciler(
@@ -132,6 +134,7 @@ class Pair:
             pools=self.pools(),
             hold_deletes=hold_deletes,
             clock=(lambda: now) if now is not None else time.time,
+            guard=guard,
         ).run()
         if save:
             self.state = state
@@ -304,7 +307,7 @@ class TestDelete:
         assert p.onprem.dns() == set()
         assert p.state.pairs == {}
 
-    def test_threshold_stops_exports_and_says_so(self) -> None:
+    def test_threshold_holds_the_deletes_and_says_so(self) -> None:
         """Deleting a whole OU over the threshold deletes nothing and raises the guard."""
         p = Pair()
         ou = p.onprem.ou("Big")
@@ -327,7 +330,8 @@ class TestDelete:
 
 class TestDeletePercent:
     def test_percentage_rule_alone_trips(self) -> None:
-        """Under max_count but over max_percent of a side: the guard still stops the deletes."""
+        """Under max_count but over max_percent of a side: the guard still holds the deletes,
+        and only them."""
         p = Pair(
             mapping(
                 deletion_guard={
@@ -379,7 +383,7 @@ class TestDeletionWindow:
 
     def test_trickle_is_stopped_once_the_window_is_full(self) -> None:
         """Two deletes a cycle pass the per-cycle limit (10), but the fourth pair would make
-        8 in an hour (limit 6): nothing is written to that side, the log says what to do."""
+        8 in an hour (limit 6): no delete is written to that side, the log says what to do."""
         p = Pair(window_mapping())
         users = [p.onprem.user(f"T{i}") for i in range(8)]
         keep = p.onprem.user("Keep")
