@@ -3,6 +3,7 @@ and a trip is logged once, then as a reminder."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
@@ -42,7 +43,7 @@ def guard_mapping(**limits: Any) -> Mapping:
     return mapping(deletion_guard=rules)
 
 
-def guard_events(logs: list[dict[str, Any]]) -> list[str]:
+def guard_events(logs: Sequence[MutableMapping[str, Any]]) -> list[str]:
     return [e["event"] for e in logs if str(e["event"]).startswith("deletion_guard")]
 
 
