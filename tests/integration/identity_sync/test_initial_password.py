@@ -4,6 +4,7 @@ under the DC's password policy (the AWS-side DC runs AWS Managed AD's default: c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import ldap3
@@ -59,6 +60,7 @@ class TestInitialPassword:
         onprem_user = live.user("onprem", "Pat Enabled", displayName="Pat Enabled")
         aws_user = live.user("aws", "Kim Enabled")
         recorder = Recorder()
+        caplog.set_level(logging.DEBUG)  # every library log record, ldap3's included
         with capture_logs() as logs:
             report = live.sync(password=recorder)
         assert report.failed == 0
