@@ -67,7 +67,7 @@ class FakeDeadLetters:
         self.sent: list[dict[str, Any]] = []
         self.delivered = 0
 
-    async def send(  # noqa: PLR0913 - DeadLetterWriter.send's signature
+    async def send(
         self,
         value: bytes,
         *,
@@ -85,6 +85,7 @@ class FakeDeadLetters:
                 "error": error,
                 "source": source,
                 "offset": offset,
+                "key": key,
                 "headers": dict(extra_headers),
             }
         )
@@ -191,6 +192,7 @@ class TestPoisonItems:
         assert letter["value"] == b"item-1"
         assert letter["offset"] == 1
         assert letter["reason"] == "work_item_failed"
+        assert letter["key"] == b"t"
         assert 'relation "erp.gone" does not exist' in letter["error"]
         assert letter["headers"]["attempts"] == b"3"
         assert letters.delivered == 1
@@ -212,6 +214,7 @@ class TestPoisonItems:
         calls = 0
 
         async def one(item: ConsumerRecord[bytes, bytes]) -> None:
+            del item
             nonlocal calls
             calls += 1
             if calls <= 4:
