@@ -466,12 +466,15 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
     async def _give_up(
         self, record: ConsumerRecord[bytes, bytes], exc: Exception, attempts: int
     ) -> None:
-        """Dead-letter an item that failed ``attempts`` times, mark its chunk failed (so no
-        manifest claims the run), count it, and say when its run ended incomplete."""
+        """Mark the chunk of an item that failed ``attempts`` times as failed (so no manifest
+        claims its run), dead-letter the item, count it, and say when its run ended
+        incomplete. The marker comes first: if S3 is down the item is simply tried again
+        later, with no dead letter sent twice."""
         error = scrub(f"{type(exc).__name__}: {exc}")
         item: WorkItem | None = None
         with contextlib.suppress(ValueError):  # malformed: dead-lettered as is, no chunk to mark
             item = WorkItem.model_validate_json(record.value)
+        plan = await self._mark_failed(item, error, attempts) if item is not None else None
         headers: list[tuple[str, bytes]] = [("attempts", str(attempts).encode())]
         if item is not None:
             headers += [
@@ -504,20 +507,32 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
             next_step="fix the cause, then run 'sql-backup plan' for that table and day "
             "again: it republishes the chunks not recorded",
         )
-        if item is None:
-            return
+        if plan is not None:
+            try:
+                await self._report_incomplete(plan)
+            except Exception as report_exc:  # the dead letter is out: never redo the item for this
+                self.log.warning("incomplete_check_failed", error=scrub(str(report_exc))[:300])
+
+    async def _mark_failed(self, item: WorkItem, error: str, attempts: int) -> Plan | None:
+        """Write the chunk's failure marker; the plan, or None when there is none to mark (a
+        replaced plan, an unreadable one: the dead letter still goes out)."""
         try:
             plan = await self.engine.load_plan(item.plan_key, item.plan_id)
-        except PlanMismatchError:
-            return
-        await self.engine.record_failure(
-            plan,
-            item.chunk,
-            error,
-            attempts=attempts,
-            dead_letter_topic=self.settings.dead_letter_topic,
-        )
-        await self._report_incomplete(plan)
+            await self.engine.record_failure(
+                plan,
+                item.chunk,
+                error,
+                attempts=attempts,
+                dead_letter_topic=self.settings.dead_letter_topic,
+            )
+        except Exception as exc:
+            if environment_error(exc):
+                raise
+            self.log.warning(
+                "failure_marker_not_written", event_id=item.event_id, error=scrub(str(exc))[:300]
+            )
+            return None
+        return plan
 
     async def _report_incomplete(self, plan: Plan) -> None:
         """The run of ``plan`` ended without a manifest (chunks given up on): say so once."""
