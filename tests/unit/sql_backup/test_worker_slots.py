@@ -226,3 +226,27 @@ class TestPoisonItems:
         assert calls == 5
         assert letters.sent == []
         assert consumer.commits[-1] == 1
+
+    async def test_a_malformed_work_item_is_dead_lettered_by_the_real_item_runner(self) -> None:
+        """No stand-in here: the worker's own process_item refuses bytes that are no work
+        item; after max_attempts they go to the dead letters as they came."""
+        consumer = FakeConsumer(1)
+        redelivering(consumer, 1)
+        letters = FakeDeadLetters()
+        settings = SqlBackupSettings(
+            erp={"database": "erp", "host": "erp.invalid", "user": "backup"},
+            s3={"kms_key_id": "k"},
+            health={"host": "127.0.0.1", "port": 0},
+            idle_exit_s=0.2,
+            max_attempts=2,
+            retry_delay_s=0.01,
+        )
+        worker = SqlBackupWorker(settings)
+        worker.consumer = consumer
+        worker.dead_letters = letters
+        await asyncio.wait_for(worker.main_loop(), timeout=5)
+        assert [(d["value"], d["headers"]) for d in letters.sent] == [
+            (b"item-0", {"attempts": b"2"})
+        ]
+        assert "ValidationError" in letters.sent[0]["error"]
+        assert consumer.commits[-1] == 1

@@ -96,6 +96,10 @@ def pg_type(arrow_type: pa.DataType) -> str:
     raise SqlBackupError(f"no PostgreSQL type for Arrow type {arrow_type}")
 
 
+def _run_names(runs: list[Manifest]) -> tuple[str, ...]:
+    return tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs)
+
+
 def _records(table: pa.Table) -> list[tuple[Any, ...]]:
     columns = [column.to_pylist() for column in table.columns]
     return list(zip(*columns, strict=True))
@@ -165,7 +169,7 @@ class Restorer:
         connection: asyncpg.Connection = await connect_warehouse(self.target)
         rows = 0
         try:
-            async with connection.transaction():
+            async with connection.transaction(), self._key_errors(table, runs):
                 rows = await self._load(
                     connection, runs, target, replace=replace, same=same_dialect
                 )
@@ -177,7 +181,7 @@ class Restorer:
             table=table.qualified,
             target=target.qualified,
             day=day,
-            runs=tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs),
+            runs=_run_names(runs),
             rows=rows,
             seconds=round(time.perf_counter() - started, 3),
             bytes_read=self.bytes_read,
@@ -220,19 +224,26 @@ class Restorer:
         for index, part in enumerate(full.parts):
             data = first_part if index == 0 and first_part is not None else await self._part(part)
             await connection.copy_records_to_table(
-                target.name,
-                schema_name=target.schema,
-                columns=names,
-                records=_records(data.select(names)),
+                target.name, schema_name=target.schema, columns=names, records=_records(data)
             )
             self._advance(part)
         key = ", ".join(_q(k) for k in full.plan.key)
-        async with self._key_errors(full.plan, f"the {full.plan.kind} of {full.plan.day}"):
-            await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
-        for delta in runs[1:]:  # deltas of changes: the base is the last run that re-read all
+        await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
+        for delta in runs[1:]:
+            if delta.plan.snapshot:
+                # The source lost the changes (SQL Server after a TRUNCATE): the table as
+                # re-read replaces what the earlier runs built.
+                await connection.execute(f"TRUNCATE {name}")
             for part in delta.parts:
                 data = await self._part(part)
-                async with self._key_errors(delta.plan, f"the delta of {delta.plan.day}"):
+                if delta.plan.snapshot:
+                    await connection.copy_records_to_table(
+                        target.name,
+                        schema_name=target.schema,
+                        columns=names,
+                        records=_records(data.select(names)),
+                    )
+                else:
                     await self._apply_delta(
                         connection,
                         data,
@@ -299,18 +310,23 @@ class Restorer:
 
     @staticmethod
     @asynccontextmanager
-    async def _key_errors(plan: Plan, run: str) -> AsyncIterator[None]:
-        """A key the backup's rows break, said as what it means (no database traceback)."""
+    async def _key_errors(table: TableRef, runs: list[Manifest]) -> AsyncIterator[None]:
+        """Rows that break the key, said as what it means (no database traceback): a key
+        override that was not unique when the chunks ran (it is checked when planned)."""
         try:
             yield
         except (asyncpg.UniqueViolationError, asyncpg.NotNullViolationError) as exc:
+            plan = runs[-1].plan
+            if isinstance(exc, asyncpg.NotNullViolationError) and exc.column_name not in plan.key:
+                raise  # not the key's: the columns' own NOT NULL, said by the database
             detail = getattr(exc, "detail", None) or str(exc)
             raise SqlBackupError(
-                f"{run} of {plan.ref.qualified} holds rows that break its key "
-                f"({', '.join(plan.key)}, from {plan.key_from}): {scrub(detail)[:300]}. The key "
-                "is not unique (or has NULLs) in the backup, so no table can be rebuilt under "
-                "it. Fix the key (SQL_BACKUP_TABLES or a primary key on the source) and take a "
-                "new full backup; sql-backup now checks a key override when it plans."
+                f"the backup of {table.qualified} ({' + '.join(_run_names(runs))}) holds rows "
+                f"that break its key ({', '.join(plan.key)}, from {plan.key_from}): "
+                f"{scrub(detail)[:300]}. The key is not unique (or has NULLs) there, so no table "
+                "can be rebuilt under it. Fix the key (SQL_BACKUP_TABLES or a primary key on the "
+                "source) and take a new full backup; sql-backup checks a key override when it "
+                "plans."
             ) from None
 
     def _advance(self, part: PartRecord) -> None:
