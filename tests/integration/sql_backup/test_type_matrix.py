@@ -16,7 +16,6 @@ from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
-from indutech_sql_backup.errors import SqlBackupError
 from indutech_sql_backup.restore import Restorer
 from indutech_sql_backup.sinks import BackupDir, PartWriter, read_part
 from indutech_sql_backup.sources import OdbcSource
@@ -176,7 +175,7 @@ class TestTypeMatrix:
         self, stack: StackSettings, erp: Erp, type_name: str, value: str
     ) -> None:
         """psqlODBC turns these into other values (9999-12-31, today, 0, AD, midnight): the
-        chunk fails naming the column, and no manifest is written."""
+        chunk fails naming the column, the table is skipped, and no manifest is written."""
         source = OdbcSource(stack.erp, PostgresDialect())
         await asyncio.to_thread(
             source.execute,
@@ -188,10 +187,12 @@ class TestTypeMatrix:
         )
         async with create_s3_client(stack.s3) as s3:
             engine = Engine(settings_for(stack, erp), s3)
-            tables = await engine.discover()
-            with pytest.raises(SqlBackupError, match="refuses column odd"):
-                await engine.backup(tables, kind="full", day=DAY0)
+            results = await engine.backup(await engine.discover(), kind="full", day=DAY0)
             keys = await engine.store.list_keys(erp.prefix)
+        assert results == []
+        [skipped] = engine.skipped
+        assert skipped.table == f"{erp.schema}.special"
+        assert "refuses column odd" in skipped.reason
         assert not any(k.endswith("_manifest.json") for k in keys)
 
 
