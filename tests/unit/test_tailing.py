@@ -419,9 +419,7 @@ class TestUnterminatedLastLine:
         again.restore(saved)
         assert drain(again) == []
 
-    def test_a_settled_csv_with_only_its_header_is_not_fingerprinted(
-        self, tmp_path: Path
-    ) -> None:
+    def test_a_settled_csv_with_only_its_header_is_not_fingerprinted(self, tmp_path: Path) -> None:
         """Every file with that header would match such a fingerprint: it waits for a row."""
         (tmp_path / "a.csv").write_text("x,y\n")
         old = time.time() - 10
