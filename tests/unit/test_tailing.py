@@ -444,4 +444,5 @@ class TestLineReader:
             got += t.read(100)
         (too_long,) = [line for line in got if line.kind is LineKind.TOO_LONG]
         assert too_long.data == long_line[:100]
-        assert b"".join(t.line_reader(too_long, chunk_bytes=4000)) == long_line
+        with t.line_reader(too_long, chunk_bytes=4000) as chunks:
+            assert b"".join(chunks) == long_line

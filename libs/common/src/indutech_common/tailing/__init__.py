@@ -15,13 +15,21 @@ from indutech_common.tailing.exceptions import TailingError
 from indutech_common.tailing.fingerprint import fingerprint_id, prefix_hash
 from indutech_common.tailing.paths import OutsideRootError, open_under
 from indutech_common.tailing.state import FileState
-from indutech_common.tailing.tailer import FileTailer, Line, LineKind, SkipReason, WatchSpec
+from indutech_common.tailing.tailer import (
+    FileTailer,
+    Line,
+    LineKind,
+    LineReader,
+    SkipReason,
+    WatchSpec,
+)
 
 __all__ = [
     "FileState",
     "FileTailer",
     "Line",
     "LineKind",
+    "LineReader",
     "OutsideRootError",
     "SkipReason",
     "TailingError",

@@ -35,7 +35,7 @@ import os
 import stat
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -832,7 +832,7 @@ class FileTailer:
             len(data) if length is None else length,
         )
 
-    def line_reader(self, line: Line, *, chunk_bytes: int = 8 << 20) -> Iterator[bytes]:
+    def line_reader(self, line: Line, *, chunk_bytes: int = 8 << 20) -> LineReader:
         """The whole content of a line handed out by the last :meth:`read` (a ``too_long``
         one is handed out with its first ``keep_bytes`` only), read again from its file
         in chunks of at most ``chunk_bytes``, without its newline.
@@ -850,9 +850,8 @@ class FileTailer:
                 f"at offset {line.offset} was read): its bytes cannot be read again"
             )
         fd = os.dup(tracker.fd)  # ours to close, whatever the tracker does next
-        if tracker.gzip:
-            return _gzip_range(fd, line.offset, line.length, chunk_bytes)
-        return _plain_range(fd, line.offset, line.length, chunk_bytes)
+        ranged = _gzip_range if tracker.gzip else _plain_range
+        return LineReader(fd, ranged(fd, line.offset, line.length, chunk_bytes))
 
     def _check_prefix(self, tracker: _Tracker, size: int) -> None:
         """A file rewritten between two scans (truncated, then grown past our offset) has
@@ -942,49 +941,70 @@ def _first_lines(prefix: bytes, count: int) -> bytes | None:
     return prefix[: end - 1] if end else None
 
 
-def _plain_range(fd: int, start: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
-    try:
-        position, end = start, start + length
-        while position < end:
-            chunk = os.pread(fd, min(chunk_bytes, end - position), position)
-            if not chunk:
-                raise TailingError(f"the file ended at byte {position}, before the line's end")
-            position += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+class LineReader:
+    """The chunks of one line read again from its file (:meth:`FileTailer.line_reader`);
+    ``close()`` (or the end of a ``with`` block) closes its own file descriptor."""
+
+    def __init__(self, fd: int, chunks: Generator[bytes]) -> None:
+        self._fd: int | None = fd
+        self._chunks = chunks
+
+    def __iter__(self) -> LineReader:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> LineReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
-def _gzip_range(fd: int, start: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
+def _plain_range(fd: int, start: int, length: int, chunk_bytes: int) -> Generator[bytes]:
+    position, end = start, start + length
+    while position < end:
+        chunk = os.pread(fd, min(chunk_bytes, end - position), position)
+        if not chunk:
+            raise TailingError(f"the file ended at byte {position}, before the line's end")
+        position += len(chunk)
+        yield chunk
+
+
+def _gzip_range(fd: int, start: int, length: int, chunk_bytes: int) -> Generator[bytes]:
     """Bytes ``[start, start + length)`` of the decompressed content (members concatenated)."""
-    try:
-        raw_pos = 0
-        position = 0  # in the decompressed content
-        end = start + length
-        inflater = zlib.decompressobj(wbits=31)
-        pending = b""
-        while position < end:
+    raw_pos = 0
+    position = 0  # in the decompressed content
+    end = start + length
+    inflater = zlib.decompressobj(wbits=31)
+    pending = b""
+    while position < end:
+        if not pending:
+            pending = os.pread(fd, _READ_CHUNK, raw_pos)
+            raw_pos += len(pending)
             if not pending:
-                pending = os.pread(fd, _READ_CHUNK, raw_pos)
-                raw_pos += len(pending)
-                if not pending:
-                    break
-            try:
-                out = inflater.decompress(pending, chunk_bytes)
-            except zlib.error as exc:
-                raise TailingError(f"corrupt gzip data at byte {raw_pos}: {exc}") from None
-            pending = inflater.unconsumed_tail
-            if inflater.eof:
-                rest = inflater.unused_data
-                inflater = zlib.decompressobj(wbits=31)
-                pending = rest if rest.startswith(_GZIP_MAGIC) else b""
-                if rest and not pending:
-                    break  # trailing garbage: the tailer ignored it too
-            piece_start, piece_end = max(start, position), min(end, position + len(out))
-            if piece_end > piece_start:
-                yield out[piece_start - position : piece_end - position]
-            position += len(out)
-        if position < start + length:
-            raise TailingError(f"the gzip content ended at byte {position}, before the line's end")
-    finally:
-        os.close(fd)
+                break
+        try:
+            out = inflater.decompress(pending, chunk_bytes)
+        except zlib.error as exc:
+            raise TailingError(f"corrupt gzip data at byte {raw_pos}: {exc}") from None
+        pending = inflater.unconsumed_tail
+        if inflater.eof:
+            rest = inflater.unused_data
+            inflater = zlib.decompressobj(wbits=31)
+            pending = rest if rest.startswith(_GZIP_MAGIC) else b""
+            if rest and not pending:
+                break  # trailing garbage: the tailer ignored it too
+        piece_start, piece_end = max(start, position), min(end, position + len(out))
+        if piece_end > piece_start:
+            yield out[piece_start - position : piece_end - position]
+        position += len(out)
+    if position < start + length:
+        raise TailingError(f"the gzip content ended at byte {position}, before the line's end")
