@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import os
 import time
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from indutech_iot_ingest.worker import IotIngestWorker
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     ingest_settings,
@@ -46,9 +46,8 @@ def _ids(prefix: str, start: int, stop: int) -> set[str]:
     return {f"{prefix}-{i}" for i in range(start, stop)}
 
 
-def _sample(worker: object, name: str, **labels: str) -> float:
-    registry = worker.metrics.registry  # type: ignore[attr-defined]
-    value = registry.get_sample_value(name, {"worker": WORKER, **labels})
+def _sample(worker: IotIngestWorker, name: str, **labels: str) -> float:
+    value = worker.metrics.registry.get_sample_value(name, {"worker": WORKER, **labels})
     return 0.0 if value is None else float(value)
 
 
@@ -135,7 +134,8 @@ class TestUnterminatedLastLine:
     ) -> None:
         """A finished file whose last line has no newline, and a short file of one such line:
         both arrive after last_line_settle_s, counted in indutech_unterminated_lines."""
-        (san / "sensors" / "finished.jsonl").write_text(_lines("f", 0, 3) + _reading("f-3", 3))
+        finished = san / "sensors" / "finished.jsonl"
+        finished.write_text(_lines("f", 0, 3) + _reading("f-3", 3))
         short = san / "sensors" / "short.jsonl"
         short.write_text(_reading("s-0"))
         settings = ingest_settings(stack, topics, san, unique, last_line_settle_s=1.0)
@@ -151,6 +151,4 @@ class TestUnterminatedLastLine:
         assert counted == 2
         assert waited >= 1.0
         assert states["short.jsonl"].committed_offset == short.stat().st_size
-        assert os.path.getsize(san / "sensors" / "finished.jsonl") == (
-            states["finished.jsonl"].committed_offset
-        )
+        assert states["finished.jsonl"].committed_offset == finished.stat().st_size

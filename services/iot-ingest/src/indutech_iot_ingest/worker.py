@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from contextlib import AsyncExitStack
 from datetime import datetime
 
 import prometheus_client
@@ -62,7 +61,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             registry=registry,
         )
         self.store: DeadLetterStore | None = None
-        self._exit_stack = AsyncExitStack()
 
     def _skipped(self, _path: str, reason: SkipReason) -> None:
         # called from the tailer's thread: prometheus counters are thread-safe
@@ -123,7 +121,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             )
             return
         s3 = settings.s3
-        client = await self._exit_stack.enter_async_context(create_s3_client(s3))
+        client = await self.enter("s3", create_s3_client(s3))
         self.store = DeadLetterStore(
             client,
             bucket=s3.lake_bucket,
@@ -309,7 +307,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             if sink.in_transaction:
                 await sink.abort()
             await sink.stop()
-        await self._exit_stack.aclose()
 
 
 def _timestamp(moment: datetime | None) -> float | None:
