@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from indutech_common.tailing import (
@@ -19,6 +22,7 @@ from indutech_common.tailing import (
     WatchSpec,
     open_under,
 )
+from indutech_common.tailing.paths import glob_regex, walk
 
 SPEC = WatchSpec(name="logs", patterns=("*.log", "*.log.gz"))
 CSV = WatchSpec(name="csv", patterns=("*.csv",), header_lines=1)
@@ -446,3 +450,45 @@ class TestLineReader:
         assert too_long.data == long_line[:100]
         with t.line_reader(too_long, chunk_bytes=4000) as chunks:
             assert b"".join(chunks) == long_line
+
+
+class TestRoot:
+    def test_a_missing_root_shows_no_file_and_is_logged_once(self, tmp_path: Path) -> None:
+        """An unmounted SAN is no file at all (nothing forgotten), logged once, not raised."""
+        t = tailer(tmp_path / "not-mounted")
+        with capture_logs() as logs:
+            assert drain(t) == []
+            assert drain(t) == []
+        assert [entry["event"] for entry in logs] == ["root_unreadable"]
+        assert t.forget_unseen(0.0) == []
+
+
+_NAME = st.sampled_from(["a", "b", ".h", "x.log", "x.log.1", "x.log.1.gz", "y.csv", "[z]"])
+_GLOB = st.sampled_from(["*", "**", "*.log", "*.log.[0-9]*", "?.log", "[!a]", ".*", "x.log*"])
+
+
+class TestGlobsMatchPathlib:
+    @settings(max_examples=60, deadline=None)
+    @given(
+        files=st.lists(st.lists(_NAME, min_size=1, max_size=4), min_size=1, max_size=12),
+        pattern=st.lists(_GLOB, min_size=1, max_size=3),
+    )
+    def test_the_walk_finds_what_path_glob_finds(
+        self, files: list[list[str]], pattern: list[str]
+    ) -> None:
+        """On a tree without links, walk + glob_regex select the regular files Path.glob does."""
+        if pattern[-1] == "**":
+            pattern = [*pattern, "*"]
+        glob = "/".join(pattern)
+        with tempfile.TemporaryDirectory() as directory:
+            root = Path(directory)
+            for parts in files:
+                path = root.joinpath(*parts)
+                if any(parent.is_file() for parent in path.parents) or path.is_dir():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x\n")
+            expected = {str(p.relative_to(root)) for p in root.glob(glob) if p.is_file()}
+            match = glob_regex([glob]).match
+            found = {relative for relative, _ in walk(str(root)) if match(relative)}
+        assert found == expected

@@ -179,6 +179,7 @@ class FileTailer:
         self._routes: dict[str, WatchSpec | None] = {}  # relative path -> its spec (a cache)
         self._reported: set[str] = set()  # relative paths already reported as skipped
         self._park_until: dict[_Inode, float] = {}  # parked without a fingerprint: look again
+        self._root_unreadable = False
         self.fingerprint_bytes = fingerprint_bytes
         self.max_line_bytes = max_line_bytes
         self.keep_bytes = min(keep_bytes, max_line_bytes)
@@ -323,7 +324,15 @@ class FileTailer:
         """
         routes: dict[str, WatchSpec | None] = {}
         known = self._routes
-        for relative, entry in walk(str(self.root)):
+        try:
+            entries = list(walk(str(self.root)))
+        except OSError as exc:  # the root itself: an unmounted SAN shows no file, as before
+            if not self._root_unreadable:
+                _log.warning("root_unreadable", path=str(self.root), error=str(exc))
+            self._root_unreadable = True
+            return
+        self._root_unreadable = False
+        for relative, entry in entries:
             if relative in known:
                 spec = known[relative]
             else:
