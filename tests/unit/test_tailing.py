@@ -424,13 +424,17 @@ class TestUnterminatedLastLine:
         assert drain(again) == []
 
     def test_a_settled_csv_with_only_its_header_is_not_fingerprinted(self, tmp_path: Path) -> None:
-        """Every file with that header would match such a fingerprint: it waits for a row."""
+        """Every file with that header would match such a fingerprint: it waits for a row,
+        and is read from its header on once one comes."""
         (tmp_path / "a.csv").write_text("x,y\n")
         old = time.time() - 10
         os.utime(tmp_path / "a.csv", (old, old))
         t = tailer(tmp_path, CSV, tail_settle_s=0.1)
         drain(t)
         assert t.states == {}
+        with (tmp_path / "a.csv").open("a") as out:
+            out.write("1,2\n")
+        assert drain(t) == [b"1,2"]
 
 
 class TestLineReader:

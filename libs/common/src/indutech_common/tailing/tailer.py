@@ -438,10 +438,11 @@ class FileTailer:
                 self._parked[key] = (st.st_size, st.st_mtime_ns)
                 if isinstance(state, FileState):
                     self._parked_fingerprint[key] = state.fingerprint
-                elif not gzip and self.tail_settle_s is not None:
+                elif not gzip and (wait := -self._settled_since(st)) > 0 and wait < _NEVER:
                     # too short for a fingerprint and no newline yet: once it has not
                     # changed for tail_settle_s, its whole content is the fingerprint
-                    wait = max(0.0, -self._settled_since(st))
+                    # (already settled and still too short, e.g. a CSV header alone:
+                    # parked until it changes)
                     self._park_until[key] = time.monotonic() + wait
             return
         tracker = _Tracker(key=key, path=str(path), spec=spec, fd=fd, gzip=gzip, state=state)
