@@ -65,8 +65,12 @@ class TestDeadLetterStore:
         settings = ingest_settings(
             stack, topics, san, unique, max_line_bytes=MAX_LINE, dead_letter_keep_bytes=KEEP
         )
-        async with running(settings):
+        async with running(settings) as worker:
             found = await read_committed(stack, topics, expected=3, expected_dead=2)
+            stored = worker.metrics.registry.get_sample_value(
+                "indutech_dead_letter_objects_total", {"worker": "iot-ingest"}
+            )
+        assert stored == 2
         assert set(found.ids) == {"p-0", "p-1", "g-0"}
         assert len(found.dead_letters) == 2
         urls = set()

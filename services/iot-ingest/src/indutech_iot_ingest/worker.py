@@ -61,6 +61,8 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             registry=registry,
         )
         self.store: DeadLetterStore | None = None
+        # counted into the metrics when their transaction commits (an abort replays them)
+        self._pending_counts: Counter[str] = Counter()
 
     def _skipped(self, _path: str, reason: SkipReason) -> None:
         # called from the tailer's thread: prometheus counters are thread-safe
@@ -153,6 +155,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
                 self.log.warning("transaction_failed", error=f"{type(exc).__name__}: {exc}")
                 await self.sink.abort()
                 self.tailer.rewind()
+                self._pending_counts.clear()
                 await self.sleep_or_exit(self.settings.retry_backoff_s)
                 continue
             if not moved:
@@ -208,6 +211,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         forgotten = list(self.forgotten)
         await self.sink.commit(states, forgotten)
         self.tailer.mark_committed(states)
+        counts, self._pending_counts = self._pending_counts, Counter()
+        self.unterminated_lines.labels(self.name).inc(counts["unterminated"])
+        self.dead_letter_objects.labels(self.name).inc(counts["stored"])
         if forgotten:
             self.log.info("checkpoints_deleted", files=len(forgotten))
             del self.forgotten[: len(forgotten)]
@@ -254,7 +260,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             try:
                 if kind is not plain:
                     if kind is LineKind.UNTERMINATED:
-                        self.unterminated_lines.labels(self.name).inc()
+                        self._pending_counts["unterminated"] += 1
                     rejected = LineParser.special(line)
                     if rejected is not None:
                         raise rejected
@@ -295,7 +301,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
                 "dead_letter_line_gone", path=line.state.path, offset=line.offset, error=str(exc)
             )
             return [("object_error", str(exc).encode()[:1024])]
-        self.dead_letter_objects.labels(self.name).inc()
+        self._pending_counts["stored"] += 1
         return stored.headers()
 
     async def shutdown(self) -> None:
