@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from indutech_identity_sync.config import Mapping, Side
-from indutech_identity_sync.model import DirObject, normalize_dn
+from indutech_identity_sync.model import DirObject, make_dn, normalize_dn, reparent
 
 PENDING = "?"
 
@@ -31,7 +31,7 @@ class Mirror:
             if rule.transform == "dn"
         )
         self.excluded = (
-            tuple("," + normalize_dn(f"OU={ou},{self.root}") for ou in mapping.exclude_ous)
+            tuple("," + normalize_dn(make_dn("OU", ou, self.root)) for ou in mapping.exclude_ous)
             if name == "onprem"
             else ()
         )
@@ -104,20 +104,13 @@ class Mirror:
     def moved(self, guid: str, new_dn: str) -> None:
         """``guid`` now lives at ``new_dn``: rewrite its DN and those of everything below it."""
         obj = self.objects[guid]
-        old_dn, old_norm = obj.dn, self.norm[guid]
-        new_norm = normalize_dn(new_dn)
-        for child in self.subtree(guid):
+        old_dn = obj.dn
+        for child in self.subtree(guid):  # its RDNs down to ``guid``, then the new DN
             child_obj = self.objects[child]
-            child_norm = self.norm[child]
-            keep = len(child_obj.dn) - len(old_dn)
-            if keep > 0 and child_obj.dn[keep:].lower() == old_dn.lower():
-                child_dn = child_obj.dn[:keep] + new_dn
-            else:  # spelled differently: rebuild from the normalised form
-                child_dn = child_norm[: len(child_norm) - len(old_norm)] + new_dn
-            child_obj.dn = child_dn
-            self.insert(child_obj, child_norm[: len(child_norm) - len(old_norm)] + new_norm)
+            child_obj.dn = reparent(child_obj.dn, old_dn, new_dn)
+            self.insert(child_obj)
         obj.dn = new_dn
-        self.insert(obj, new_norm)
+        self.insert(obj)
 
     def pending_dns(self, guids: Iterable[str]) -> set[str]:
         """The in-scope DNs the objects ``guids`` reference but this mirror does not know."""
