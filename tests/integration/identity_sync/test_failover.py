@@ -22,7 +22,7 @@ from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
-from tests.integration.identity_sync.test_worker import settings_for
+from tests.integration.identity_sync.test_worker import adds, settings_for
 from tests.support.proxy import pipe
 from tests.support.stack import StackSettings
 
@@ -81,10 +81,6 @@ async def aws_proxy(stack: StackSettings) -> AsyncIterator[Proxy]:
         yield proxy
     finally:
         await proxy.close()
-
-
-def adds(worker: IdentitySyncWorker, side: str) -> float:
-    return float(worker.writes.labels(side, "add")._value.get())
 
 
 async def run_until(task: asyncio.Task[int], done: Callable[[], bool]) -> None:

@@ -22,7 +22,7 @@ SPECIALS = ',+"\\<>;=# '
 # spaces and a few letters that fold (ß, ﬁ, full-width) over-represented.
 CHARS = st.one_of(
     st.characters(exclude_categories=("Cs",)),
-    st.sampled_from([*SPECIALS, "ß", "ﬁ", "Ａ", "é", "\x00", "\n"]),
+    st.sampled_from([*SPECIALS, "ß", "ﬁ", "\uff21", "é", "\x00", "\n"]),
 )
 VALUES = st.text(CHARS, min_size=1, max_size=24)
 TYPES = st.sampled_from(["CN", "OU", "DC", "cn", "uid", "2.5.4.3"])
@@ -37,7 +37,9 @@ class TestRoundTrip:
     @example([(("CN", " Space Both "),), (("CN", "#Lead"),)])
     @example([(("CN", 'a=b;c<d>e, "f"+g\\h'),)])
     @example([(("CN", "   "),)])
-    def test_parse_reads_back_what_format_wrote(self, rdns: list[tuple[tuple[str, str], ...]]) -> None:
+    def test_parse_reads_back_what_format_wrote(
+        self, rdns: list[tuple[tuple[str, str], ...]]
+    ) -> None:
         """Any values, every special character anywhere, leading and trailing spaces,
         non-ASCII and control characters: parse(format(x)) == x."""
         assert parse_dn(format_dn(rdns)) == rdns
@@ -99,7 +101,7 @@ class TestFolding:
     def test_names_ad_compares_equal(self) -> None:
         """Case, ß/ss and width fold together, as AD compares names."""
         assert fold("Weiß") == fold("WEISS") == fold("weiss")
-        assert fold("Ａｂｃ") == fold("abc")
+        assert fold("\uff21\uff42\uff43") == fold("abc")  # full-width
         assert normalize_dn("CN=Weiß,OU=X") == normalize_dn("cn=weiss,ou=x")
         assert normalize_dn("cn=A\\2C B,ou=X") == normalize_dn("CN=a\\, b,OU=x")
 

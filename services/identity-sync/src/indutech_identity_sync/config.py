@@ -208,6 +208,15 @@ class IdentitySyncSettings(WorkerSettings):
         description="LDAPS connections per DC that write concurrently (1: one write at a time); "
         "writes that depend on each other still wait (parents, members, moves, deletes)",
     )
+    quarantine_backoff_initial_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an object that could not be applied waits this long before it is tried "
+        "again (doubling per failed try); a change to it ends the wait",
+    )
+    quarantine_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="longest wait of a quarantined object between tries"
+    )
     audit_kafka: KafkaSettings | None = Field(
         default=None, description="where to publish the audit records (unset: log only)"
     )

@@ -39,7 +39,7 @@ def split_rdn(dn: str) -> tuple[str, str, str]:
         raise DnError(f"empty DN {dn!r}")
     if len(rdns[0]) != 1:
         raise DnError(f"{dn!r}: multi-valued RDNs are not synced (AD has none)")
-    (rdn_type, rdn_value), = rdns[0]
+    ((rdn_type, rdn_value),) = rdns[0]
     return rdn_type.upper(), rdn_value, format_dn(rdns[1:])
 
 

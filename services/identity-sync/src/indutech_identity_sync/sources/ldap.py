@@ -23,6 +23,7 @@ from ldap3.utils.conv import escape_bytes
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import KINDS, Kind, Mapping, Side
+from indutech_identity_sync.dn import DnError
 from indutech_identity_sync.exceptions import IdentitySyncError
 from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn
 
@@ -81,7 +82,10 @@ class Scope:
     def __contains__(self, dn: object) -> bool:
         if not isinstance(dn, str):
             return False
-        norm = normalize_dn(dn)
+        try:
+            norm = normalize_dn(dn)
+        except DnError:
+            return True  # kept, so the mirror leaves it out visibly (quarantined, logged)
         if not norm.endswith("," + self.root):
             return False
         return not any(norm == x or norm.endswith("," + x) for x in self.excluded)
