@@ -859,16 +859,18 @@ class TestNameCollision:
         assert p.aws.dns() == {aws_dn(sharp)}
 
     def test_name_taken_on_the_target_names_both(self) -> None:
-        """An unrelated group holds the name on AWS: the user is quarantined naming it."""
+        """A user and a group of the same name, one on each side: neither is created over
+        the other; each is quarantined naming the object that holds its name."""
         p = Pair()
-        taken = p.aws.group("Dup")
-        p.aws.refuse = {normalize_dn(taken)}  # never synced back either way in this test
+        group = p.aws.group("Dup")
         user = p.onprem.user("Dup")
         with capture_logs() as logs:
-            p.sync()
-        [event] = [e for e in quarantined(logs) if e["dn"] == user]
-        assert (event["side"], event["collides_with"]) == ("aws", taken)
-        assert "holds that name" in event["reason"]
+            report = p.sync()
+        events = {e["dn"]: e for e in quarantined(logs)}
+        assert (events[user]["side"], events[user]["collides_with"]) == ("aws", group)
+        assert (events[group]["side"], events[group]["collides_with"]) == ("onprem", user)
+        assert "a group, not a user" in events[user]["reason"]
+        assert report.total_writes == 0
 
 
 class TestQuarantineBook:
