@@ -50,6 +50,7 @@ import structlog
 
 from indutech_identity_sync.config import SIDES, AttributeRule, Kind, Mapping, Side, other
 from indutech_identity_sync.directory import DirectoryWriter, WriterPool
+from indutech_identity_sync.dn import canonical_dn
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import (
@@ -1130,7 +1131,7 @@ class Reconciler:
                 pair = self.state.pairs.get(pid)
                 target = None if pair is None else self._present(pair, side)
                 if target is not None:
-                    dns.append(target.dn)
+                    dns.append(canonical_dn(target.dn))  # our escaping: '#', edge spaces
                     guids.append(target.guid)
             return attr, tuple(dns), tuple(guids)
         return attr, value, value
