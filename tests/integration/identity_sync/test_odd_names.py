@@ -4,6 +4,7 @@ leading and trailing spaces, non-ASCII, and two names AD folds to one (Weiß / W
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -44,7 +45,7 @@ class TestOddNames:
         assert live.exists("aws", expected_dn)
 
 
-def quarantined(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def quarantined(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == "identity_object_quarantined"]
 
 
@@ -115,8 +116,8 @@ class TestPoisonObject:
                 task = asyncio.create_task(worker.serve(install_signal_handlers=False))
                 try:
                     await wait_started(worker, task)
-                    for dn in [*good, group]:
-                        await wait_until(lambda d=dn: live.exists("aws", live.twin(d, "aws")))
+                    twins = [live.twin(dn, "aws") for dn in [*good, group]]
+                    await wait_until(lambda: all(live.exists("aws", t) for t in twins))
                     late = await asyncio.to_thread(live.user, "onprem", "Late #1 ")
                     await wait_until(lambda: live.exists("aws", live.twin(late, "aws")))
                     assert not await asyncio.to_thread(live.exists, "aws", live.twin(poison, "aws"))

@@ -193,7 +193,7 @@ class TestDnValuesSent:
         """DNs with a leading '#' or leading/trailing spaces go out in RFC 4514 escaping,
         as member values and as the DN of the entry written."""
         connection = RecordingConnection()
-        writer = LdapWriter(connection=connection)  # type: ignore[arg-type]
+        writer = LdapWriter(connection=connection)
         writer.modify_members(given, add=[given], remove=[])
         writer.delete(given)
         (op, dn, changes), (_, deleted, _) = connection.sent
@@ -202,6 +202,6 @@ class TestDnValuesSent:
 
     def test_a_dn_that_does_not_parse_is_a_refusal(self) -> None:
         """Not sent, and refused like a DC refusal (the object is quarantined, not the cycle)."""
-        writer = LdapWriter(connection=RecordingConnection())  # type: ignore[arg-type]
+        writer = LdapWriter(connection=RecordingConnection())
         with pytest.raises(DirectoryWriteError, match="must be escaped"):
             writer.delete("CN=a;b,OU=y")

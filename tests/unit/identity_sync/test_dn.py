@@ -21,7 +21,7 @@ SPECIALS = ',+"\\<>;=# '
 # Any character a directory can hold (valid UTF-8: no lone surrogates), with the specials,
 # spaces and a few letters that fold (ß, ﬁ, full-width) over-represented.
 CHARS = st.one_of(
-    st.characters(exclude_categories=("Cs",)),
+    st.characters(exclude_categories=["Cs"]),
     st.sampled_from([*SPECIALS, "ß", "ﬁ", "\uff21", "é", "\x00", "\n"]),
 )
 VALUES = st.text(CHARS, min_size=1, max_size=24)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -718,7 +719,7 @@ class TestIncrementalCycle:
         assert len(inc.p.onprem.dns()) == 2
 
 
-def quarantined(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def quarantined(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == "identity_object_quarantined"]
 
 
