@@ -23,6 +23,7 @@ dangling backslash, hex pairs that are not UTF-8) with a ``DnError`` naming the 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
@@ -35,6 +36,8 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _REFUSED = frozenset('";<>')  # must be escaped; not guessed at
 _SIMPLE_BLOCKERS = frozenset('\\#+"<>;')
 # BER tags of the string types a "#<hex>" value may carry (RFC 4514 section 2.4)
+_NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=#\x00-\x1f\x7f]|^ | $')
+_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*")  # a name or an OID
 _BER_STRINGS = {0x04: "utf-8", 0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x1E: "utf-16-be"}
 
 
@@ -44,6 +47,8 @@ class DnError(ValueError):
 
 def escape_value(value: str) -> str:
     """One attribute value in RFC 4514 form (the inverse of what ``parse_dn`` reads)."""
+    if not _NEEDS_ESCAPE.search(value):
+        return value
     out: list[str] = []
     last = len(value) - 1
     for i, char in enumerate(value):
@@ -76,6 +81,8 @@ def canonical_dn(dn: str) -> str:
 
 def fold(value: str) -> str:
     """A value as AD compares it: case, width and compatibility forms folded (ß = ss)."""
+    if value.isascii():
+        return value.lower()  # NFKC leaves ASCII alone; casefold of ASCII is lower
     folded = value
     for _ in range(4):  # casefold can leave a string NFKC changes again; stop at a fixed point
         again = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", folded).casefold())
@@ -107,11 +114,7 @@ def _parse_simple(dn: str) -> tuple[Rdn, ...]:
 
 
 def _valid_type(kind: str) -> bool:
-    if not kind:
-        return False
-    if kind[0].isdigit():  # an OID: digits and dots
-        return all(p.isdigit() and p.isascii() for p in kind.split("."))
-    return kind.isascii() and kind[0].isalpha() and all(c.isalnum() or c == "-" for c in kind)
+    return _TYPE.fullmatch(kind) is not None
 
 
 class _Parser:

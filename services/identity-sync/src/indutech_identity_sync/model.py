@@ -28,6 +28,8 @@ def normalize_dn(dn: str) -> str:
     folded (case, width, ß = ss: ``dn.fold``) and re-escaped, AVAs of an RDN sorted."""
     return ",".join(
         "+".join(sorted(f"{kind.upper()}={escape_value(fold(value))}" for kind, value in rdn))
+        if len(rdn) > 1
+        else f"{rdn[0][0].upper()}={escape_value(fold(rdn[0][1]))}"
         for rdn in parse_dn(dn)
     )
 
