@@ -38,6 +38,7 @@ from indutech_identity_sync.config import (
     load_mapping,
     other,
 )
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.exceptions import IdentitySyncError
@@ -117,6 +118,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.link_factory: LinkFactory = link_factory or self.open_link
         self.notifier_factory: NotifierFactory = notifier_factory or ChangeNotifier
         self.mapping: Mapping = load_mapping(settings.mapping_file)
+        # across cycles: a trip is logged once, then reminders; settled deletes wake a cycle
+        self.delete_guard = DeleteGuard(self.mapping.deletion_guard)
         self.links: dict[Side, Link] = {}
         # objects that could not be applied, each waiting its backoff (quarantine.py)
         self.quarantine = Quarantine(
@@ -163,6 +166,12 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.deletes_in_window = Gauge(
             "indutech_identity_sync_deletes_in_window",
             "Deletes applied to a side within the deletion guard's rolling window",
+            ["side"],
+            registry=registry,
+        )
+        self.deletes_pending = Gauge(
+            "indutech_identity_sync_deletes_pending",
+            "Deletes to a side not written yet (settling, or held by the deletion guard)",
             ["side"],
             registry=registry,
         )
@@ -542,6 +551,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         for side in SIDES:
             self.guard.labels(side).set(1 if side in report.guard_tripped else 0)
             self.deletes_in_window.labels(side).set(report.deletes_in_window.get(side, 0))
+            self.deletes_pending.labels(side).set(report.deletes_pending.get(side, 0))
             self.metrics.records_in.labels(self.name, side).inc(self.read_counts[side])
             self.read_counts[side] = 0
         if report.failed:
@@ -560,6 +570,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             deferred=report.deferred,
             quarantined=len(self.quarantine.held),
             guard_tripped=report.guard_tripped,
+            deletes_pending={s: n for s, n in report.deletes_pending.items() if n},
             objects=report.objects,
             dry_run=self.settings.dry_run,
             seconds=round(time.monotonic() - started, 3),
@@ -605,8 +616,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                     | {e.object_guid for e in due if e.source == s}
                     for s in SIDES
                 }
-                if not any(focus.values()):
-                    return None
+                if not any(focus.values()) and not self.delete_guard.due(self.state, time.time()):
+                    return None  # nothing changed, no delete finished settling, no reminder due
                 self._refresh(mirrors, focus)
             dry_run = self.settings.dry_run
             writers: dict[Side, DirectoryWriter] = {
@@ -632,6 +643,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 dry_run=dry_run,
                 pools=pools,
                 hold_deletes=held,
+                guard=self.delete_guard,
                 quarantine=self.quarantine,
             )
             self._running = reconciler.report  # filled as it goes: read if the cycle fails
