@@ -362,6 +362,9 @@ class Reconciler:
             except DirectoryWriteError as exc:
                 self._refused(item.side, item.op, item.dn, exc, item.key)
                 done, result = False, None
+            except ValueError as exc:  # data the writer could not send: this object only
+                self._quarantine(item.key, item.side, "invalid", f"{item.dn!r}: {exc}", item.dn)
+                done, result = False, None
             except Exception as exc:  # re-raised below, once the rest is applied
                 error = error or exc
                 continue
