@@ -532,19 +532,17 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         except Exception:
             partial_report, self._running = self._running, None
             if partial_report is not None:
-                try:
-                    await self._account(partial_report)
-                except Exception as exc:  # the cycle's own error is the one raised
-                    self.metrics.error("audit_publish")
-                    self.log.warning(
-                        "audit_publish_failed", records=len(partial_report.changes), error=str(exc)
-                    )
+                await self._account_failed(partial_report)
             raise
         self._running = None
         if report is None:
             return None
         if not self.settings.dry_run and self.store is not None:
-            await self.store.save(self.state)
+            try:
+                await self.store.save(self.state)
+            except Exception:  # the writes were made all the same
+                await self._account_failed(report)
+                raise
         await self._account(report)
         self.last_report = report
         self.conflicts.inc(report.conflicts)
@@ -592,6 +590,14 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         if self.audit is None or not report.changes or self.settings.dry_run:
             return
         await self.audit.publish(report.changes)
+
+    async def _account_failed(self, report: CycleReport) -> None:
+        """``_account`` for a cycle that failed: its own error is the one raised."""
+        try:
+            await self._account(report)
+        except Exception as exc:
+            self.metrics.error("audit_publish")
+            self.log.warning("audit_publish_failed", records=len(report.changes), error=str(exc))
 
     def _cycle_in_thread(self, full: bool) -> CycleReport | None:
         with self.links["onprem"].lock, self.links["aws"].lock:
