@@ -872,6 +872,18 @@ class TestNameCollision:
         p.clock.now += 30
         assert p.sync().total_writes == 0  # tried again, still the same verdict
 
+    def test_children_of_the_held_ou_wait_and_never_land_in_the_other(self) -> None:
+        """OU=Weiß and OU=Weiss, a user in each: the user of the held OU waits for its
+        parent; it is not created in the other OU (lookups go by the exact spelling)."""
+        p = Pair(onprem_folds=False)
+        sharp = p.onprem.ou("Weiß")
+        plain = p.onprem.ou("Weiss")
+        p.onprem.user("In Sharp", sharp, sam="insharp")
+        kept = p.onprem.user("In Plain", plain, sam="inplain")
+        report = p.sync()
+        assert p.aws.dns() == {aws_dn(plain), aws_dn(kept)}
+        assert report.deferred == 1
+
     def test_the_object_already_synced_keeps_the_name(self) -> None:
         """Weiß synced first; Weiss created later is the one quarantined."""
         p = Pair(onprem_folds=False)
