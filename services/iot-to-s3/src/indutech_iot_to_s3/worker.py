@@ -38,10 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 POLL_TIMEOUT_MS = 200
 RESUME_FRACTION = 0.8
 RESTART_DELAY_S = 2.0
+
+Step = Literal["intent_written", "uploaded", "before_commit", "committed"]
+STEPS: tuple[Step, ...] = ("intent_written", "uploaded", "before_commit", "committed")
+StepHook = Callable[[Step, TopicPartition], Awaitable[None]]
 
 
 @dataclass
@@ -102,8 +106,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class IotToS3Worker(Worker[IotToS3Settings]):
     name = "iot-to-s3"
 
-    def __init__(self, settings: IotToS3Settings) -> None:
+    def __init__(self, settings: IotToS3Settings, *, on_step: StepHook | None = None) -> None:
+        """``on_step`` is awaited at each point of the delivery protocol (``STEPS``): the seam
+        through which the kill tests stop a worker exactly there before they SIGKILL it."""
         super().__init__(settings)
+        self.on_step = on_step
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.codec = RecordCodec(
             sensor_topic=settings.sensor_topic, ticket_topic=settings.ticket_topic
@@ -457,16 +464,20 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             intent = Intent(tp.topic, tp.partition, segment.start, segment.end, tuple(plan))
             if plan:
                 await self.journal.write(intent)
+                await self._step("intent_written", tp)
         encoder = self.encoders[tp.topic]
         by_hour = {b.hour: b for b in segment.hours.values()}
         await asyncio.gather(*(self._upload(encoder, tp, by_hour[p.hour], p, intent) for p in plan))
+        await self._step("uploaded", tp)
         if segment.invalid:
             await self.producer.flush()  # dead letters are durable before their offsets commit
+        await self._step("before_commit", tp)
         if state.failed or self.partitions.get(tp) is not state:
             return  # revoked meanwhile: the next owner replays the intent
         if not await self._commit(tp, segment.end + 1):
             state.failed = True
             return
+        await self._step("committed", tp)
         if plan:
             await self.journal.delete(intent)
         self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
@@ -488,6 +499,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             replayed=replay is not None,
             duration_s=round(time.perf_counter() - started, 3),
         )
+
+    async def _step(self, step: Step, tp: TopicPartition) -> None:
+        if self.on_step is not None:
+            await self.on_step(step, tp)
 
     async def _upload(
         self,
