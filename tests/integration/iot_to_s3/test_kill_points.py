@@ -91,6 +91,42 @@ def events_after(log: Path, offset: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+async def kill_at(env: dict[str, str], log: Path, step: str) -> None:
+    """Run the worker until a segment reaches ``step``, then SIGKILL it there."""
+    held = start_held_worker(env, log, step)
+    try:
+        await wait_for_log(log, 0, "held_at_step", held, timeout_s=60)
+    finally:
+        held.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(held.wait, 10)
+
+
+async def run_until_settled(
+    stack: StackSettings, lake: Lake, env: dict[str, str], log: Path, *, end: int
+) -> None:
+    """Run the worker until ``end`` is committed for partition 0 and no intent is left; SIGTERM."""
+    tp = TopicPartition(lake.sensor_topic, 0)
+    worker = start_worker(env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            committed = await committed_offset(stack, lake, tp)
+            left = await intent_keys(stack, lake)
+            if committed == end and not left:
+                break
+            if worker.poll() is not None:
+                tail = (await asyncio.to_thread(log.read_text))[-3000:]
+                raise AssertionError(f"the worker exited:\n{tail}")
+            assert time.monotonic() < deadline, (
+                f"60 s after the restart: committed {committed}, intents left {left}"
+            )
+            await asyncio.sleep(0.3)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(worker.wait, 30)
+    assert exit_code == 0
+
+
 class TestKillAtEachStep:
     @pytest.mark.slow
     @pytest.mark.timeout(150)
@@ -113,12 +149,7 @@ class TestKillAtEachStep:
             IOT_TO_S3_ROTATION__IDLE_S="0.3",
         )
 
-        held = start_held_worker(env, log, step)
-        try:
-            await wait_for_log(log, 0, "held_at_step", held, timeout_s=60)
-        finally:
-            held.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(held.wait, 10)
+        await kill_at(env, log, step)
 
         assert len(await intent_keys(stack, lake)) == 1, "every step comes after the intent"
         done = step == "committed"
@@ -132,23 +163,7 @@ class TestKillAtEachStep:
 
         seen = log.stat().st_size
         env["IOT_TO_S3_HEALTH__PORT"] = str(free_port())
-        worker = start_worker(env, log)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                committed = await committed_offset(stack, lake, tp)
-                left = await intent_keys(stack, lake)
-                if committed == len(stream) and not left:
-                    break
-                assert worker.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, (
-                    f"60 s after the restart: committed {committed}, intents left {left}"
-                )
-                await asyncio.sleep(0.3)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.to_thread(worker.wait, 30)
-        assert exit_code == 0
+        await run_until_settled(stack, lake, env, log, end=len(stream))
 
         table = await asyncio.to_thread(read_lake, stack, lake, lake.sensor_topic)
         assert Counter(table.column("event_id").to_pylist()) == Counter(r.event_id for r in good)
