@@ -79,9 +79,12 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30) -> Non
     raise AssertionError("condition not met in time")
 
 
-async def has_read(counter: Any, count: int) -> bool:
-    """A worker's records_in counter (one labelled child) has reached ``count``."""
-    return bool(counter._value.get() >= count)
+async def has_read(worker: IotToS3Worker, stream: str, count: int) -> bool:
+    """The worker's ``indutech_records_in_total`` of ``stream`` has reached ``count``."""
+    read = worker.metrics.registry.get_sample_value(
+        "indutech_records_in_total", {"worker": worker.name, "stream": stream}
+    )
+    return (read or 0) >= count
 
 
 class TestLakeLayout:
@@ -139,9 +142,14 @@ class TestLakeLayout:
         good = records(5, "dlq")
         raw = [r.to_json_bytes() for r in good]
         await produce(stack, lake.sensor_topic, [*raw[:2], b"{not json", *raw[2:]], partition=0)
-        async with running_worker(stack, lake, rotation={"idle_s": 0.5}):
+        async with running_worker(stack, lake, rotation={"idle_s": 0.5}) as worker:
             table = await wait_for_rows(stack, lake, lake.sensor_topic, 5)
         assert Counter(table.column("event_id").to_pylist()) == Counter(r.event_id for r in good)
+        counted = worker.metrics.registry.get_sample_value(
+            "indutech_dead_lettered_records_total",
+            {"worker": worker.name, "reason": "invalid_json"},
+        )
+        assert counted == 1
         consumer = create_consumer(stack.kafka, lake.dead_letter_topic, group_id=None)
         await start_client(consumer, stack.kafka)
         try:
@@ -175,8 +183,6 @@ class TestRotation:
     async def test_rotation_by_age(self, stack: StackSettings, lake: Lake) -> None:
         """With a steady trickle and no idle gap, max_age_s still closes segments."""
         async with running_worker(stack, lake, rotation={"max_age_s": 1.0, "idle_s": 60}) as worker:
-            read = worker.metrics.records_in.labels(worker.name, lake.sensor_topic)
-
             for batch in range(4):
                 await produce(
                     stack,
@@ -186,7 +192,7 @@ class TestRotation:
                 )
                 # Each batch is in the worker before the next one: a slow group join
                 # would otherwise hand it all four at once, as one segment.
-                await wait_until(partial(has_read, read, 5 * (batch + 1)))
+                await wait_until(partial(has_read, worker, lake.sensor_topic, 5 * (batch + 1)))
                 await asyncio.sleep(0.7)
             await wait_for_rows(stack, lake, lake.sensor_topic, 15)
         sizes = object_sizes(stack, await parquet_keys(stack, lake, lake.sensor_topic))
