@@ -5,7 +5,7 @@ The delivery protocol (per partition, one segment in flight at a time)
 1. Records are read ``read_committed`` and buffered in the partition's open
    *segment*: a contiguous offset range ``[start, end]`` with the valid records
    grouped by event-time hour (late events go to their own hour). Invalid
-   records go to the dead-letter topic and still count in the range.
+   records are held as the segment's dead letters and still count in the range.
 2. Rotation (record count, buffered bytes, age, idleness, or the global memory
    cap) *seals* the segment and plans one object per hour, keyed
    ``{topic}+{partition}+{first offset of that hour in the segment}``.
@@ -14,17 +14,24 @@ The delivery protocol (per partition, one segment in flight at a time)
    created with ``If-None-Match: *``).
 4. The objects are uploaded (SSE enforced by the common client; multipart when
    large); S3 failures are retried with backoff for as long as it takes.
-5. Only then is ``end + 1`` committed for that partition; the intent is deleted.
+5. Only then is ``end + 1`` committed for that partition, in one Kafka
+   transaction with the segment's dead letters, by the partition's own
+   transactional producer (``{group_id}.{topic}.{partition}``); then the intent
+   is deleted (never before: it is what a replay needs until the commit).
 
-On assignment a partition is paused until its recovery ran: the committed
-offset ``C`` is read and any intent with ``end >= C`` is *replayed*: the same
+On assignment a partition is paused until its recovery ran: its transactional
+producer is started (which fences the previous owner's and ends its open
+transaction), the committed offset ``C`` is read, the intents that end before
+``C`` are deleted (committed, so done: a kill between commit and delete) and
+any intent with ``end >= C`` is *replayed*: the same
 offsets ``[start, end]`` are read again and sealed at exactly ``end`` whatever
 the current rotation settings, which re-plans the same keys with the same
 records (the plan is a pure function of the records), overwrites whatever part
 of it was uploaded, and commits ``end + 1``. So a crash at any point (before
 the intent, between intent and uploads, mid-upload, between upload and commit,
 before the intent's deletion) and a change of rotation settings between runs
-leave every record in exactly one object.
+leave every record in exactly one object, and every dead letter committed once
+in its topic (an aborted transaction's copies are invisible to read_committed).
 
 On revoke, an in-flight flush may finish within ``rebalance_flush_timeout_s``
 (else it is cancelled and its intent is replayed by the next owner); open
