@@ -112,6 +112,11 @@ class PartitionState:
     failed: bool = False  # a flush failed: later segments must not write or commit
 
 
+def _open_bytes(state: PartitionState) -> int:
+    """What sealing the partition's open segment would hand to a flush."""
+    return state.open.size_bytes + state.dead_letter_bytes
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: IotToS3Worker) -> None:
         self._worker = worker
@@ -425,14 +430,14 @@ class IotToS3Worker(Worker[IotToS3Settings]):
                     for s in self.partitions.values()
                     if s.inflight is None and not s.open.empty and s.open.replay_end is None
                 ),
-                key=lambda s: s.open.size_bytes,
+                key=_open_bytes,
                 reverse=True,
             )
-            open_bytes = sum(s.open.size_bytes for s in candidates)
+            open_bytes = sum(_open_bytes(s) for s in candidates)
             for state in candidates:
                 if open_bytes < cap // 2:
                     break
-                open_bytes -= state.open.size_bytes
+                open_bytes -= _open_bytes(state)
                 self._seal(state, "memory_cap")
         buffered = self._buffered_bytes()
         if not self._capped and buffered >= cap:
