@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.metrics import WorkerMetrics
@@ -256,6 +257,37 @@ class TestIntents:
             with pytest.raises(IntentConflictError, match="another consumer owns"):
                 await journal.write(other)
             assert await journal.pending("t", 0, committed=10) == first
-            assert await journal.pending("t", 0, committed=21) is None
             await journal.delete(first)
             assert await journal.pending("t", 0, committed=None) is None
+
+    async def test_intents_that_end_before_the_commit_are_deleted_on_recovery(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Left by kills between commit and delete, they are done: deleted, not returned."""
+
+        def planned_intent(partition: int, start: int) -> Intent:
+            planned = PlannedObject(f"k{partition}-{start}", BASE_TIME, start, start + 9, 10)
+            return Intent("t", partition, start, start + 9, (planned,))
+
+        done = [planned_intent(0, start) for start in (0, 10, 20)]
+        open_ = planned_intent(0, 30)
+        other_partition = planned_intent(1, 0)
+        async with create_s3_client(stack.s3) as s3:
+            journal = IntentJournal(
+                s3,
+                S3Calls(WorkerMetrics("test"), backoff_max_s=1),
+                bucket=stack.s3.lake_bucket,
+                prefix=lake.prefix,
+            )
+            for written in [*done, open_, other_partition]:
+                await journal.write(written)
+            intents = f"{lake.prefix}_state/iot-to-s3/intents/t/"
+            assert len(await lake_keys(stack, intents)) == 5
+            with capture_logs() as logs:
+                assert await journal.pending("t", 0, committed=30) == open_
+            assert await lake_keys(stack, intents) == [
+                journal.key("t", 0, 30),
+                journal.key("t", 1, 0),
+            ]
+            deleted = [e["start"] for e in logs if e["event"] == "stale_intent_deleted"]
+            assert deleted == [0, 10, 20]
