@@ -15,16 +15,15 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from indutech_common.kafka import connection_kwargs, create_consumer, start_client
 from indutech_iot_to_s3.worker import STEPS
 from tests.integration.iot_to_s3.conftest import (
-    PARTITIONS,
     Lake,
+    committed_offset,
     free_port,
     lake_keys,
     produce,
+    read_dead_letters,
     read_lake,
     records,
     start_worker,
@@ -51,37 +50,6 @@ def start_held_worker(env: dict[str, str], log: Path, step: str) -> subprocess.P
 
 async def intent_keys(stack: StackSettings, lake: Lake) -> list[str]:
     return await lake_keys(stack, f"{lake.prefix}_state/iot-to-s3/intents/")
-
-
-async def committed_offset(stack: StackSettings, lake: Lake, tp: TopicPartition) -> int | None:
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(lake.group_id, partitions=[tp])
-    finally:
-        await admin.close()
-    found = offsets.get(tp)
-    return None if found is None or found.offset < 0 else found.offset
-
-
-async def dead_letters(stack: StackSettings, topic: str, *, isolation_level: str) -> list[Any]:
-    """Every record of the dead-letter topic as a consumer with this isolation level sees it."""
-    consumer = create_consumer(stack.kafka, group_id=None, isolation_level=isolation_level)
-    await start_client(consumer, stack.kafka)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        found: list[Any] = []
-        deadline = time.monotonic() + 20
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, "the dead-letter topic was not read to its end"
-            batches = await consumer.getmany(timeout_ms=500)
-            found += [m for ms in batches.values() for m in ms]
-    finally:
-        await consumer.stop()
-    return found
 
 
 def events_after(log: Path, offset: int) -> list[dict[str, Any]]:
@@ -156,7 +124,7 @@ class TestKillAtEachStep:
         assert await committed_offset(stack, lake, tp) == (len(stream) if done else None)
         if step == "before_commit":
             # The kill landed after the dead letters reached the broker, before the commit.
-            uncommitted = await dead_letters(
+            uncommitted = await read_dead_letters(
                 stack, lake.dead_letter_topic, isolation_level="read_uncommitted"
             )
             assert Counter(m.value for m in uncommitted) == Counter(bad)
@@ -167,7 +135,7 @@ class TestKillAtEachStep:
 
         table = await asyncio.to_thread(read_lake, stack, lake, lake.sensor_topic)
         assert Counter(table.column("event_id").to_pylist()) == Counter(r.event_id for r in good)
-        letters = await dead_letters(
+        letters = await read_dead_letters(
             stack, lake.dead_letter_topic, isolation_level="read_committed"
         )
         assert Counter(m.value for m in letters) == Counter(bad), "each dead letter once"

@@ -15,9 +15,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import TopicPartition
 from structlog.testing import capture_logs
 
-from indutech_common.kafka import create_consumer, start_client
+from indutech_common.kafka import create_consumer, create_producer, start_client
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.s3 import create_s3_client
 from indutech_iot_to_s3.segments import PlannedObject
@@ -27,9 +28,11 @@ from tests.integration.iot_to_s3.conftest import (
     BASE_TIME,
     Lake,
     client_ticket,
+    committed_offset,
     lake_filesystem,
     lake_keys,
     produce,
+    read_dead_letters,
     records,
     sensor_reading,
     settings_for,
@@ -86,6 +89,10 @@ async def has_read(worker: IotToS3Worker, stream: str, count: int) -> bool:
         "indutech_records_in_total", {"worker": worker.name, "stream": stream}
     )
     return (read or 0) >= count
+
+
+async def is_committed(stack: StackSettings, lake: Lake, tp: TopicPartition, offset: int) -> bool:
+    return await committed_offset(stack, lake, tp) == offset
 
 
 class TestLakeLayout:
@@ -291,3 +298,34 @@ class TestIntents:
             ]
             deleted = [e["start"] for e in logs if e["event"] == "stale_intent_deleted"]
             assert deleted == [0, 10, 20]
+
+
+class TestFencing:
+    async def test_a_fenced_producer_recovers_the_partition_and_commits_once(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Another producer takes the partition's transactional id: the worker's commit is
+        fenced, the partition recovers with a new producer, and everything lands once."""
+        first = records(5, "fenced")
+        await produce(stack, lake.sensor_topic, first, partition=0)
+        tp = TopicPartition(lake.sensor_topic, 0)
+        with capture_logs() as logs:
+            async with running_worker(stack, lake, rotation={"idle_s": 0.5}) as worker:
+                await wait_for_rows(stack, lake, lake.sensor_topic, 5)
+                usurper = create_producer(stack.kafka, transactional_id=worker.transactional_id(tp))
+                await start_client(usurper, stack.kafka)  # bumps the epoch: the worker's is fenced
+                await usurper.stop()
+                second = records(10, "fenced", start=5)
+                raw = [r.to_json_bytes() for r in second]
+                await produce(stack, lake.sensor_topic, [*raw[:2], b"{bad", *raw[2:]], partition=0)
+                table = await wait_for_rows(stack, lake, lake.sensor_topic, 10)
+                # uploaded before the fenced commit: wait for the recovery's own commit
+                await wait_until(partial(is_committed, stack, lake, tp, 5 + len(raw) + 1))
+        assert Counter(table.column("event_id").to_pylist()) == Counter(
+            r.event_id for r in [*first, *second]
+        )
+        events = [e["event"] for e in logs]
+        assert "commit_fenced" in events
+        assert events.count("partition_ready") >= 5, "the fenced partition recovered"
+        letters = await read_dead_letters(stack, lake.dead_letter_topic)
+        assert [m.value for m in letters] == [b"{bad"]

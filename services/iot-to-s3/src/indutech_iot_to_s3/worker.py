@@ -544,7 +544,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         if state.failed or self.partitions.get(tp) is not state:
             return  # revoked meanwhile: the next owner replays the intent
         if not await self._commit(state, segment.end + 1, dead_letters):
-            state.failed = True
+            # Fenced: another member took the partition (the rebalance will tell us), or the
+            # broker aborted our transaction (its timeout, during a long outage). Either way
+            # recover from the committed offset with a new producer; the intent stays.
+            self._restart_partition(state)
             return
         await self._step("committed", tp)
         if plan:
@@ -621,8 +624,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
                 await producer.flush()
                 await self._step("before_commit", tp)
         except ProducerFenced as exc:
-            # Another member owns the partition now: it replays our intent.
-            self.log.warning("commit_lost_partition", partition=str(tp), error=str(exc))
+            self.log.warning("commit_fenced", partition=str(tp), error=str(exc))
             self.metrics.error("commit_failed")
             return False
         for dead in dead_letters:  # counted once committed, so a replay never counts twice
