@@ -103,8 +103,8 @@ def worker_env(lake: Lake, **settings: str) -> dict[str, str]:
         "IOT_TO_S3_DEAD_LETTER_TOPIC": lake.dead_letter_topic,
         "IOT_TO_S3_LAKE_PREFIX": lake.prefix,
         "IOT_TO_S3_HEALTH__HOST": "127.0.0.1",
-        # Never the default 8080: other tests and workers on this machine may hold it;
-        "IOT_TO_S3_HEALTH__PORT": "0",  # an ephemeral port
+        # An ephemeral port, never the default 8080 that other workers here may hold.
+        "IOT_TO_S3_HEALTH__PORT": "0",
         "IOT_TO_S3_SESSION_TIMEOUT_MS": "6000",
         "IOT_TO_S3_LOGGING__LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",  # a SIGKILLed worker leaves its whole log
