@@ -21,9 +21,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from dotenv import dotenv_values
 
-from indutech_common.kafka import create_producer, start_client
+from indutech_common.kafka import (
+    connection_kwargs,
+    create_consumer,
+    create_producer,
+    start_client,
+)
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_iot_to_s3.config import IotToS3Settings
@@ -96,6 +103,8 @@ def worker_env(lake: Lake, **settings: str) -> dict[str, str]:
         "IOT_TO_S3_DEAD_LETTER_TOPIC": lake.dead_letter_topic,
         "IOT_TO_S3_LAKE_PREFIX": lake.prefix,
         "IOT_TO_S3_HEALTH__HOST": "127.0.0.1",
+        # An ephemeral port, never the default 8080 that other workers here may hold.
+        "IOT_TO_S3_HEALTH__PORT": "0",
         "IOT_TO_S3_SESSION_TIMEOUT_MS": "6000",
         "IOT_TO_S3_LOGGING__LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",  # a SIGKILLed worker leaves its whole log
@@ -225,6 +234,39 @@ async def wait_for_rows(
             return table
         await asyncio.sleep(0.5)
     pytest.fail(f"the lake holds {table.num_rows} rows of {topic}, expected {expected}")
+
+
+async def committed_offset(stack: StackSettings, lake: Lake, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(lake.group_id, partitions=[tp])
+    finally:
+        await admin.close()
+    found = offsets.get(tp)
+    return None if found is None or found.offset < 0 else found.offset
+
+
+async def read_dead_letters(
+    stack: StackSettings, topic: str, *, isolation_level: str = "read_committed"
+) -> list[Any]:
+    """Every record of the dead-letter topic as a consumer with this isolation level sees it."""
+    consumer = create_consumer(stack.kafka, group_id=None, isolation_level=isolation_level)
+    await start_client(consumer, stack.kafka)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: list[Any] = []
+        deadline = time.monotonic() + 20
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "the dead-letter topic was not read to its end"
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [m for ms in batches.values() for m in ms]
+    finally:
+        await consumer.stop()
+    return found
 
 
 @pytest.fixture
