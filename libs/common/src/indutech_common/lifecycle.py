@@ -94,7 +94,7 @@ class Worker(ABC, Generic[SettingsT]):
         except ConfigError as exc:
             # Found at start (e.g. a topic missing or mis-configured): no traceback, and
             # the configuration exit code, as for bad settings.
-            self.log.error("worker_config_invalid", error=str(exc))
+            self.log.error("worker_config_invalid", error=str(exc))  # noqa: TRY400 - no traceback: the message is the whole story
             exit_code = EXIT_CONFIG
         except Exception:
             self.log.exception("worker_failed")

@@ -120,12 +120,13 @@ CONTRACT: Final[tuple[TopicSpec, ...]] = (
         name=Topics.INGEST_CHECKPOINTS,
         key="file fingerprint",
         value="JSON file checkpoint (tombstone when the file is forgotten)",
-        partitions=3,
+        partitions=1,
         cleanup_policy="compact",
         producers=("iot-ingest",),
         consumers=("iot-ingest",),
         why="compacted, never deleted by age: a checkpoint lost to retention makes "
-        "iot-ingest read that file again from the start",
+        "iot-ingest read that file again from the start; one partition is enough (iot-ingest "
+        "reads the whole topic at start, and fewer partitions mean fewer transaction markers)",
     ),
     TopicSpec(
         name=Topics.BACKUP_WORK,
