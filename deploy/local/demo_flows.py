@@ -141,7 +141,7 @@ def stop(name: str, process: subprocess.Popen[bytes]) -> None:
 def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: float) -> bool:
     say("== IoT: generator → SAN files → iot-ingest → Kafka (exactly-once) → iot-to-s3 → lake")
     topics = DemoTopics.for_run(run)
-    asyncio.run(create_topics(stack.kafka, topics.contract()))
+    asyncio.run(create_topics(stack.kafka, topics.contract))
     san = work / "san"
     san.mkdir(parents=True)
     prefix = f"demo/{run}/"
@@ -210,7 +210,7 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
             generator.kill()
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
-        asyncio.run(delete_topics(stack.kafka, list(topics.contract())))
+        asyncio.run(delete_topics(stack.kafka, list(topics.contract)))
     exact = expected is not None and rows == expected == distinct
     verdict = "exactly once" if exact else "MISMATCH (see the logs above)"
     say(f"   lake: {rows} rows, {distinct} distinct event ids for {expected} generated: {verdict}")
