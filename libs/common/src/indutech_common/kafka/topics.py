@@ -350,7 +350,7 @@ def fix_hint(reports: Sequence[TopicReport]) -> str:
     lines = []
     missing = [r.binding for r in reports if not r.exists]
     if missing:
-        args = [COMMAND, "create"]
+        args = [*COMMAND.split(), "create"]
         for b in missing:
             args += ["--only", b.spec.name]
             if b.renamed:
