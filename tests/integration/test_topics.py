@@ -315,14 +315,25 @@ class TestWorkersCheckTheirTopicsAtStart:
         error = refused_to_start(logs, erp.work_topic)
         assert "1 partition(s), the contract needs at least 12" in error
 
-    async def test_identity_sync_audit_topic(self, stack: StackSettings, unique: str) -> None:
+    async def test_identity_sync_audit_topic(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
         """With an audit topic configured, identity-sync checks it before it binds to a DC."""
         topic = f"test.identity-changes.{unique}"
+        # Roots that do not exist: were the check ever skipped, this sync would write nothing
+        # to the shared directories.
+        example = (REPO_ROOT / "services/identity-sync/mapping.example.toml").read_text()
+        mapping = tmp_path / "mapping.toml"
+        mapping.write_text(
+            example.replace("OU=InduTech,", f"OU=absent-{unique},").replace(
+                "OU=AWS,", f"OU=absent-{unique},"
+            )
+        )
         settings = IdentitySyncSettings(
             onprem=stack.ad_onprem,
             aws=stack.ad_aws,
             s3=stack.s3,
-            mapping_file=REPO_ROOT / "services/identity-sync/mapping.example.toml",
+            mapping_file=mapping,
             state_bucket=stack.s3.backup_bucket,
             state_key="unused",
             health={"host": "127.0.0.1", "port": 0},
