@@ -9,7 +9,7 @@ PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py depl
 PYTEST_ARGS ?=
 STACK := deploy/local/stack
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset test test-unit demo lint format bench clean
+.PHONY: help setup stack-up stack-down stack-status stack-reset test test-unit demo lint lock-check mypy format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
@@ -41,10 +41,15 @@ test-unit: setup ## only the tests that need no running service
 demo: stack-up ## THE demo command: start the stack and the workers with generated data
 	@bash deploy/local/demo.sh
 
-lint: setup ## ruff (with bandit rules), mypy strict, and a lock file that matches pyproject
-	@$(UV) lock --check --quiet || { echo "uv.lock is stale: run uv lock"; exit 1; }
+lint: setup lock-check ## ruff (with bandit rules), mypy strict, and a lock file that matches pyproject (pre-commit runs the same)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@$(MAKE) --no-print-directory mypy
+
+lock-check: ## uv.lock matches pyproject.toml
+	@$(UV) lock --check --quiet || { echo "uv.lock is stale: run uv lock"; exit 1; }
+
+mypy: ## mypy --strict over libs, services, tests, bench and the demo scripts
 	@.venv/bin/mypy $(PY_DIRS)
 
 format: setup ## apply ruff's fixes and formatting

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from argparse import Namespace
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,6 +27,10 @@ class SampleSettings(WorkerSettings):
 
     journal: Path = Field(description="file that records each unit of work")
     unit_of_work_s: float = Field(default=0.5, gt=0, description="how long one unit takes")
+    shutdown_s: float = Field(default=0, ge=0, description="how long the shutdown hook takes")
+    resource_close_s: float = Field(
+        default=0, ge=0, description="how long each of two registered resources takes to close"
+    )
 
 
 class SampleWorker(Worker[SampleSettings]):
@@ -34,6 +39,15 @@ class SampleWorker(Worker[SampleSettings]):
     async def startup(self) -> None:
         self.units = 0
         self.health.register_ping("journal", self._ping)
+        for name in ("first", "second"):
+            self.add_closer(name, self._closer(name))
+
+    def _closer(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            await asyncio.sleep(self.settings.resource_close_s)
+            self._write(f"closed {name}")
+
+        return close
 
     async def _ping(self) -> None:
         if not self.settings.journal.parent.is_dir():
@@ -47,6 +61,7 @@ class SampleWorker(Worker[SampleSettings]):
             self._write(f"done {self.units}")
 
     async def shutdown(self) -> None:
+        await asyncio.sleep(self.settings.shutdown_s)
         self._write("shutdown")
 
     def _write(self, line: str) -> None:

@@ -176,13 +176,22 @@ kafka_tool() {
         -cp "$home/libs/*" "$@" >>"$LOGS/kafka.log" 2>&1
 }
 
+# kafka_reformat_note DATA_DIR: what to tell before formatting DATA_DIR. Only storage
+# that really was formatted (meta.properties) by another version is news; a new or
+# half-made data folder is simply formatted, without a warning.
+kafka_reformat_note() {
+    [[ -s $1/meta.properties ]] || return 0
+    echo "Kafka storage was formatted by $(cat "$1/.kafka-version" 2>/dev/null || echo "another version"); formatting anew for $KAFKA_VERSION (topics are recreated empty)"
+}
+
 # Format the storage once, with the SCRAM users; later starts reuse it.
 kafka_format() {
     local dir; dir=$(kafka_dir)
     if [[ -s $dir/data/meta.properties && $(cat "$dir/data/.kafka-version" 2>/dev/null) == "$KAFKA_VERSION" ]]; then
         return 0
     fi
-    [[ -d $dir/data ]] && warn "Kafka storage was formatted by another version; formatting anew for $KAFKA_VERSION (topics are recreated empty)"
+    local note; note=$(kafka_reformat_note "$dir/data")
+    [[ -z $note ]] || warn "$note"
     log "formatting Kafka storage in $dir/data (SCRAM-SHA-512 users indutech, admin)"
     rm -rf "$dir/data"; mkdir -p "$dir/data"
     local cluster_id

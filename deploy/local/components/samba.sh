@@ -64,6 +64,59 @@ samba_install() {
         $sudo systemctl disable --now smbd nmbd samba-ad-dc >/dev/null 2>&1 || true
     fi
     samba_ensure_ips
+    samba_selfcheck
+}
+
+# samba_missing_package LOG: the Debian package to install for the failure in a
+# samba-tool log, when it is a file that a package we do not pull in ships.
+# Samba loads most modules on demand, so a missing Recommends surfaces only as a
+# Python traceback deep in provisioning; this turns it into one line.
+samba_missing_package() {
+    local missing
+    missing=$(grep -oE '[A-Za-z0-9_./-]+: cannot open shared object file' "$1" | head -n 1)
+    missing=${missing%%:*}
+    case ${missing##*/} in
+        "") ;;
+        acl_xattr.so|xattr_tdb.so|dfs_samba4.so|posixacl.so|streams_xattr.so) echo samba-vfs-modules; return ;;
+        samba_dsdb.so|*dsdb*|*ldb*) echo samba-dsdb-modules; return ;;
+        *) echo "the package that ships ${missing##*/} (apt-file search ${missing##*/})"; return ;;
+    esac
+    if grep -qE 'setup/(provision|display-specifiers|ad-schema)|No such file.*/usr/share/samba/setup' "$1"; then
+        echo samba-ad-provision
+    fi
+}
+
+# samba_explain_failure LOG WHAT: die with the missing package named when the log
+# shows one, else with the log's last lines (not a pointer to a traceback).
+samba_explain_failure() {
+    local log_file=$1 what=$2 package
+    package=$(samba_missing_package "$log_file")
+    if [[ -n $package ]]; then
+        die "$what failed: a Samba component is missing; install $package (apt-get install --no-install-recommends $package); log: $log_file"
+    fi
+    tail -n 5 "$log_file" >&2
+    die "$what failed (last lines above); log: $log_file"
+}
+
+# samba_selfcheck: provision a throwaway domain once per installed Samba version,
+# so that a missing module is named right after the install, before any of our
+# domains is made. A fresh machine failed here when samba-vfs-modules (a
+# Recommends) was absent; the machines the tests ran on happened to have it.
+samba_selfcheck() {
+    local version stamp tmp
+    version=$(dpkg-query -W -f='${Version}' samba 2>/dev/null) || die "samba is not installed (apt-get install samba)"
+    stamp=$STACK_CACHE/samba-selfcheck-$version
+    [[ -e $stamp ]] && return 0
+    tmp=$(mktemp -d)
+    log "checking that Samba $version can provision a domain (a throwaway one, once per version)"
+    if samba-tool domain provision --configfile=/dev/null --server-role=dc --dns-backend=NONE \
+        --realm=SELFCHECK.INDUTECH.TEST --domain=SELFCHECK --host-name=selfcheck-dc \
+        --host-ip="$CORP_DC_IP" --adminpass="Aa1_$(openssl rand -hex 8)" --targetdir="$tmp/dc" \
+        >"$LOGS/samba-selfcheck.log" 2>&1; then
+        rm -rf "$tmp"; touch "$stamp"; return 0
+    fi
+    rm -rf "$tmp"
+    samba_explain_failure "$LOGS/samba-selfcheck.log" "the Samba self-check (provisioning a throwaway domain)"
 }
 
 # samba_write_conf NAME: our own smb.conf (rewritten on every start, so it
@@ -150,6 +203,18 @@ LDIF
     touch "$dir/.bootstrapped"
 }
 
+# samba_password_policy NAME: the default domain password policy of AWS Managed Microsoft
+# AD (complexity on, 7 characters at least, 24 remembered, 1 to 42 days), set on every start
+# (idempotent, ~0.4 s): identity-sync creates its users under it, and Windows AD refuses to
+# enable an account without a password under such a policy. Samba provisions the same
+# values today; this keeps the stand-in faithful if its defaults ever change.
+samba_password_policy() {
+    local name=$1
+    samba-tool domain passwordsettings set -H "$(samba_dir "$name")/private/sam.ldb" \
+        --complexity=on --min-pwd-length=7 --history-length=24 --min-pwd-age=1 --max-pwd-age=42 \
+        >>"$LOGS/samba-$name-provision.log" 2>&1
+}
+
 samba_start() {
     local name pids=() failed=0 i
     ensure_dirs
@@ -162,7 +227,12 @@ samba_start() {
         fi
     done
     for i in "${pids[@]}"; do wait "$i" || failed=1; done
-    (( failed == 0 )) || die "samba-tool domain provision failed: see $LOGS/samba-*-provision.log"
+    if (( failed )); then
+        for name in "${SAMBA_DOMAINS[@]}"; do
+            [[ -e $(samba_dir "$name")/.provisioned ]] \
+                || samba_explain_failure "$LOGS/samba-$name-provision.log" "samba-tool domain provision of $name"
+        done
+    fi
 
     for name in "${SAMBA_DOMAINS[@]}"; do
         # New certificates since the DC started: restart it so it serves them.
@@ -184,6 +254,8 @@ samba_start() {
             || die "Samba $name refuses the Administrator bind: see $LOGS/samba-$name.log"
         samba_bootstrap "$name" || die "could not create $(samba_ou "$name") on Samba $name"
     done
+    samba_password_policy aws \
+        || die "could not set the password policy of Samba aws: see $LOGS/samba-aws-provision.log"
 }
 
 samba_stop() {

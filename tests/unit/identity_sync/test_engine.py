@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from indutech_identity_sync.config import Kind, Mapping, Side
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
@@ -42,7 +43,13 @@ def mapping(**overrides: Any) -> Mapping:
             },
             "description": {"onprem": "description", "kinds": ["ou", "user", "group"]},
         },
-        "deletion_guard": {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 5},
+        # no settle time: a delete goes out with the cycle that sees it (TestSettle has one)
+        "deletion_guard": {
+            "max_count": 10,
+            "max_percent": 50,
+            "min_objects_for_percent": 5,
+            "settle_s": 0,
+        },
     }
     raw.update(overrides)
     return Mapping.model_validate(raw)
@@ -115,6 +122,7 @@ class Pair:
         save: bool = True,
         now: float | None = None,
         hold_deletes: tuple[Side, ...] = (),
+        guard: DeleteGuard | None = None,
     ) -> CycleReport:
         state = self.state.model_copy(deep=True)
         report = Reconciler(
@@ -126,6 +134,7 @@ class Pair:
             pools=self.pools(),
             hold_deletes=hold_deletes,
             clock=(lambda: now) if now is not None else time.time,
+            guard=guard,
         ).run()
         if save:
             self.state = state
@@ -298,7 +307,7 @@ class TestDelete:
         assert p.onprem.dns() == set()
         assert p.state.pairs == {}
 
-    def test_threshold_stops_exports_and_says_so(self) -> None:
+    def test_threshold_holds_the_deletes_and_says_so(self) -> None:
         """Deleting a whole OU over the threshold deletes nothing and raises the guard."""
         p = Pair()
         ou = p.onprem.ou("Big")
@@ -321,10 +330,16 @@ class TestDelete:
 
 class TestDeletePercent:
     def test_percentage_rule_alone_trips(self) -> None:
-        """Under max_count but over max_percent of a side: the guard still stops the deletes."""
+        """Under max_count but over max_percent of a side: the guard still holds the deletes,
+        and only them."""
         p = Pair(
             mapping(
-                deletion_guard={"max_count": 50, "max_percent": 10, "min_objects_for_percent": 20}
+                deletion_guard={
+                    "max_count": 50,
+                    "max_percent": 10,
+                    "min_objects_for_percent": 20,
+                    "settle_s": 0,
+                }
             )
         )
         users = [p.onprem.user(f"P{i}") for i in range(30)]
@@ -335,11 +350,19 @@ class TestDeletePercent:
         assert report.guard_tripped == {"aws": 5}
         assert len(p.aws.dns()) == 30
         p.onprem.user("Late")
-        assert p.sync().writes["aws", "add"] == 0  # exports to the side stay stopped
+        report = p.sync()
+        assert report.guard_tripped == {"aws": 5}  # the deletes stay held...
+        assert report.writes["aws", "add"] == 1  # ...and every other change goes out
+        assert len(p.aws.dns()) == 31
 
 
 def window_mapping(**guard: Any) -> Mapping:
-    rules: dict[str, Any] = {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 1000}
+    rules: dict[str, Any] = {
+        "max_count": 10,
+        "max_percent": 50,
+        "min_objects_for_percent": 1000,
+        "settle_s": 0,
+    }
     rules.update(window_s=3600, window_max_count=6, window_max_percent=None)
     rules.update(guard)
     return mapping(deletion_guard=rules)
@@ -360,7 +383,7 @@ class TestDeletionWindow:
 
     def test_trickle_is_stopped_once_the_window_is_full(self) -> None:
         """Two deletes a cycle pass the per-cycle limit (10), but the fourth pair would make
-        8 in an hour (limit 6): nothing is written to that side, the log says what to do."""
+        8 in an hour (limit 6): no delete is written to that side, the log says what to do."""
         p = Pair(window_mapping())
         users = [p.onprem.user(f"T{i}") for i in range(8)]
         keep = p.onprem.user("Keep")
@@ -380,8 +403,10 @@ class TestDeletionWindow:
         assert "window_max_count" in event["action"]
         assert "--allow-mass-delete" in event["action"]
         p.onprem.assign(keep, title="Boss")
-        p.sync(now=1_000_000.0 + 300)
-        assert p.aws.get(aws_dn(keep), "title") is None  # no writes to the side, as per cycle
+        report = p.sync(now=1_000_000.0 + 300)
+        assert report.guard_tripped == {"aws": 2}
+        assert p.aws.get(aws_dn(keep), "title") == "Boss"  # only the deletes are held
+        assert len(p.aws.dns()) == 3
 
     def test_deletes_go_out_once_the_window_slides(self) -> None:
         """The held deletes are written when the older ones have left the window."""

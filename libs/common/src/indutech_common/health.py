@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -36,7 +36,6 @@ class HealthState:
 
     started: bool = False
     stopping: bool = False
-    detail: dict[str, object] = field(default_factory=dict)
 
 
 class HealthServer:
@@ -82,7 +81,6 @@ class HealthServer:
                 r.name: {"ok": r.ok, "duration_ms": r.duration_ms, "error": r.error}
                 for r in results
             },
-            **self.state.detail,
         }
         return web.json_response(body, status=200 if ready else 503)
 

@@ -84,12 +84,18 @@ class AttributeRule(_Model):
 
 
 class DeletionGuard(_Model):
-    """Exports to a side stop when one cycle would delete more than ``max_count`` /
-    ``max_percent``, or when the deletes applied to that side over the last ``window_s``
-    plus those of this cycle would pass ``window_max_count`` / ``window_max_percent`` (a
-    slow trickle of deletes, each cycle under the per-cycle limits). None turns a rule off."""
+    """The limits of the deletion guard (the guard itself: ``deletion_guard.DeleteGuard``).
 
-    max_count: int = Field(default=50, ge=0)
+    A delete first waits ``settle_s``, so the deletes of one source operation that arrive
+    over several cycles (a directory deletes one entry at a time) are judged together.
+    Deletes to a side are held when those pending together pass ``max_count`` /
+    ``max_percent``, or when they plus the deletes applied to that side over the last
+    ``window_s`` pass ``window_max_count`` / ``window_max_percent`` (a slow trickle).
+    None turns a window rule off."""
+
+    max_count: int = Field(
+        default=50, ge=0, description="deletes pending together per side (settling or due)"
+    )
     max_percent: float = Field(default=10.0, ge=0, le=100)
     min_objects_for_percent: int = Field(
         default=20, ge=0, description="below this many objects only the count limits apply"
@@ -105,6 +111,15 @@ class DeletionGuard(_Model):
         ge=0,
         le=100,
         description="deletes per window as a percentage of the side (None: no such limit)",
+    )
+    settle_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a delete waits this long before it is written, so the deletes of one "
+        "source operation are judged together (0: written by the cycle that sees them)",
+    )
+    reminder_s: float = Field(
+        default=300.0, gt=0, description="while the guard holds deletes, a reminder this often"
     )
 
 

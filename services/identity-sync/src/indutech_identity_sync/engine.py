@@ -10,7 +10,10 @@ the sync is loop-free by construction, and the write counters prove it.
 Order: parents before children (a work list retried until no progress, the
 retry queue of references not yet created), then attributes (DN references such
 as ``manager`` once their targets exist), then memberships, then deletes
-(children first) behind the deletion guard. A write that fails leaves the base
+(children first) behind the deletion guard (``deletion_guard``: a delete waits a
+settle time and is judged with every other pending one; only deletes are held, and
+a member whose object waits for its delete stays in its groups until the delete is
+written, as the delete itself removes it). A write that fails leaves the base
 unchanged, so the next cycle retries it; an object created before a crash is
 found again at its DN and adopted, so a restart never duplicates.
 
@@ -49,6 +52,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from indutech_identity_sync.config import SIDES, AttributeRule, Kind, Mapping, Side, other
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, WriterPool
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.mirror import Mirror
@@ -97,9 +101,11 @@ class CycleReport:
     conflicts: int = 0
     failed: int = 0
     deferred: int = 0
-    guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> planned deletes
-    guard_rule: dict[Side, str] = field(default_factory=dict)  # side -> "cycle" or "window"
+    guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> pending deletes
+    guard_rule: dict[Side, str] = field(default_factory=dict)  # side -> "pending" or "window"
     deletes_in_window: dict[Side, int] = field(default_factory=dict)  # applied, this included
+    deletes_pending: dict[Side, int] = field(default_factory=dict)  # not written, this cycle's
+    deletes_settling: dict[Side, int] = field(default_factory=dict)  # of them, still settling
     deletes_held: dict[Side, int] = field(default_factory=dict)  # waiting after a DC change
     objects: dict[Side, int] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
@@ -122,7 +128,9 @@ class Reconciler:
     concurrently where the order allows it; without them (or with one writer, or
     in a dry run) every write goes through ``writers`` one at a time. ``hold_deletes``: sides
     whose deletes wait this cycle (the other side just moved to another DC). ``clock``: wall
-    time in seconds, for the deletion guard's rolling window (kept in the state).
+    time in seconds, for the deletion guard's settle time and rolling window (kept in the
+    state). ``guard``: the deletion guard kept across cycles (by the worker: it logs a trip
+    once, then reminders); without one the cycle has its own.
     """
 
     def __init__(
@@ -138,11 +146,14 @@ class Reconciler:
         pools: MappingOf[Side, Sequence[DirectoryWriter]] | None = None,
         hold_deletes: Iterable[Side] = (),
         clock: Callable[[], float] = time.time,
+        guard: DeleteGuard | None = None,
     ) -> None:
         self.dry_run = dry_run
         self.hold_deletes = frozenset(hold_deletes)
         self.now = clock()
-        self.deleted: Counter[Side] = Counter()
+        self.guard = guard or DeleteGuard(mapping.deletion_guard)
+        self.deleted: dict[Side, list[str]] = {s: [] for s in SIDES}  # pair ids deleted
+        self.vanishing: set[str] = set()  # pairs with one side gone (their delete pending)
         self._pool_writers = {
             side: list(writers)
             for side, writers in (pools or {}).items()
@@ -164,7 +175,6 @@ class Reconciler:
         self.report = CycleReport(
             objects={s: len(self.sides[s].objects) for s in SIDES}, full=focus is None
         )
-        self.blocked: set[Side] = set()
         self.log = structlog.get_logger("identity-sync")
         self.pair_of: dict[Side, dict[str, str]] = {s: {} for s in SIDES}
         self._reindex()
@@ -233,9 +243,7 @@ class Reconciler:
         guid: str = "",
         attributes: list[str] | None = None,
     ) -> tuple[bool, T | None]:
-        """One audited write: (False, None) when the side is blocked or the directory refused."""
-        if side in self.blocked:
-            return False, None
+        """One audited write: (False, None) when the directory refused."""
         try:
             result = action()
         except DirectoryWriteError as exc:
@@ -293,7 +301,7 @@ class Reconciler:
         """A write whose outcome ``then`` applies: at once with one writer, else at the next
         barrier (``_flush``); the caller only submits writes independent of each other."""
         pool = self.pools.get(side)
-        if pool is None or side in self.blocked:
+        if pool is None:
             writer = self.writers[side]
             done, result = self._write(
                 side, op, dn, partial(call, writer), guid=guid, attributes=attributes
@@ -330,7 +338,8 @@ class Reconciler:
 
     def _plan_deletes(self) -> dict[Side, list[str]]:
         """Pairs with one side gone (a delete to write on the other), over every pair: one
-        pass of set lookups, the only per-cycle step that grows with the directory."""
+        pass of set lookups, the only per-cycle step that grows with the directory. The
+        guard decides which of them are written this cycle."""
         planned: dict[Side, list[str]] = {s: [] for s in SIDES}
         onprem, aws = self.sides["onprem"].objects, self.sides["aws"].objects
         gone = []
@@ -347,8 +356,11 @@ class Reconciler:
                 gone.append(pid)
         for pid in gone:
             self._unpair(pid)
+        due: dict[Side, list[str]] = {}
         for side in SIDES:
-            if planned[side] and side in self.hold_deletes:
+            self.vanishing.update(planned[side])
+            held = side in self.hold_deletes
+            if planned[side] and held:
                 self.report.deletes_held[side] = len(planned[side])
                 self.log.warning(
                     "deletes_held_after_dc_change",
@@ -357,91 +369,43 @@ class Reconciler:
                     reason=f"the {other(side)} side moved to another DC that may not hold "
                     "every write yet; the deletes wait for the hold to end",
                 )
-                planned[side] = []
-            self._guard(side, len(planned[side]))
-        return planned
-
-    def _window(self, side: Side) -> int:
-        """Deletes applied to ``side`` within the rolling window (older entries dropped)."""
-        start = self.now - self.mapping.deletion_guard.window_s
-        kept = [(at, n) for at, n in self.state.deletes.get(side, []) if at > start]
-        if kept:
-            self.state.deletes[side] = kept
-        else:
-            self.state.deletes.pop(side, None)
-        return sum(n for _, n in kept)
-
-    def _guard(self, side: Side, count: int) -> None:
-        """Block every write to ``side`` this cycle when its ``count`` planned deletes pass a
-        limit of this cycle or, with the deletes of the rolling window, a cumulative one."""
-        guard = self.mapping.deletion_guard
-        recent = self._window(side)
-        self.report.deletes_in_window[side] = recent
-        if not count or self.allow_mass_delete:
-            return
-        total = max(len(self.sides[side].objects), 1)
-        percent_applies = total >= guard.min_objects_for_percent
-        percent = 100.0 * count / total
-        window_percent = 100.0 * (recent + count) / total
-        if count > guard.max_count or (percent_applies and percent > guard.max_percent):
-            rule = "cycle"
-            action = (
-                "no writes to this side until resolved: check the deletes on the other side; "
-                "if intended, run once with --allow-mass-delete or raise "
-                "deletion_guard.max_count / max_percent in the mapping file"
+            verdict = self.guard.judge(
+                self.state,
+                side,
+                planned[side],
+                objects=len(self.sides[side].objects),
+                now=self.now,
+                allow_mass_delete=self.allow_mass_delete,
+                held=held,
+                dry_run=self.dry_run,
             )
-        elif (guard.window_max_count is not None and recent + count > guard.window_max_count) or (
-            percent_applies
-            and guard.window_max_percent is not None
-            and window_percent > guard.window_max_percent
-        ):
-            rule = "window"
-            action = (
-                f"no writes to this side until resolved: {recent} deletes were applied in the "
-                f"last {guard.window_s:.0f} s; check the deletes on the other side; if intended, "
-                "run once with --allow-mass-delete (which also starts the window afresh), raise "
-                "deletion_guard.window_max_count / window_max_percent in the mapping file, or "
-                "wait: they go out once the window's older deletes leave it"
-            )
-        else:
-            return
-        self.blocked.add(side)
-        self.report.guard_tripped[side] = count
-        self.report.guard_rule[side] = rule
-        self.log.error(
-            "deletion_guard_tripped",
-            side=side,
-            rule=rule,
-            planned_deletes=count,
-            objects=total,
-            percent=round(percent, 1),
-            max_count=guard.max_count,
-            max_percent=guard.max_percent,
-            deleted_in_window=recent,
-            window_s=guard.window_s,
-            window_max_count=guard.window_max_count,
-            window_max_percent=guard.window_max_percent,
-            action=action,
-        )
+            self.report.deletes_in_window[side] = verdict.in_window
+            self.report.deletes_pending[side] = verdict.pending
+            self.report.deletes_settling[side] = verdict.settling
+            if verdict.rule is not None:
+                self.report.guard_tripped[side] = verdict.pending
+                self.report.guard_rule[side] = verdict.rule
+            due[side] = list(verdict.due)
+        return due
 
     def _record_deletes(self) -> None:
-        """Count this cycle's applied deletes in the rolling window (a dry run's state is a
-        copy). With --allow-mass-delete an operator acknowledged them: the window restarts."""
+        """Count this cycle's written deletes in the rolling window (those written before a
+        failure too; a dry run's state is a copy)."""
         for side in SIDES:
-            if self.allow_mass_delete:
-                self.state.deletes.pop(side, None)
-                self.report.deletes_in_window[side] = 0
-                continue
+            self.report.deletes_in_window[side] = self.guard.record(
+                self.state,
+                side,
+                self.deleted[side],
+                now=self.now,
+                allow_mass_delete=self.allow_mass_delete,
+            )
             if self.deleted[side]:
-                self.state.deletes.setdefault(side, []).append((self.now, self.deleted[side]))
-                self.report.deletes_in_window[side] = (
-                    self.report.deletes_in_window.get(side, 0) + self.deleted[side]
+                self.report.deletes_pending[side] = max(
+                    self.report.deletes_pending.get(side, 0) - len(self.deleted[side]), 0
                 )
 
     def _deletes(self, planned: dict[Side, list[str]]) -> None:
         for side in SIDES:
-            if side in self.blocked:
-                continue
             victims = []
             for pid in planned[side]:
                 obj = self._present(self.state.pairs[pid], side)
@@ -467,7 +431,7 @@ class Reconciler:
         if done:
             self.sides[side].remove(guid)
             self._unpair(pid)
-            self.deleted[side] += 1
+            self.deleted[side].append(pid)
 
     # -- structure: creates, adoptions, renames and moves -------------------------------------
 
@@ -613,7 +577,7 @@ class Reconciler:
         target = other(source)
         if not done or not isinstance(new_guid, str):
             self._retry(source, obj.guid)
-            return  # refused or blocked: retried next cycle
+            return  # refused: retried next cycle
         created = DirObject(
             guid=new_guid,
             kind=obj.kind,
@@ -916,6 +880,13 @@ class Reconciler:
         if len(now) < len(SIDES):
             return
         base = set(pair.members)
+        for pid in base & self.vanishing:
+            # a member deleted on one side stays in the group until its delete is written
+            # (which removes it): held by the guard, that removal must not go out alone
+            member = self.state.pairs.get(pid)
+            for side in SIDES:
+                if member is not None and self._present(member, side) is None:
+                    now[side].add(pid)
         added = (now["onprem"] - base) | (now["aws"] - base)
         removed = (base - now["onprem"]) | (base - now["aws"])
         merged = (base | added) - removed

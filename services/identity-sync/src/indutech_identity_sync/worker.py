@@ -37,6 +37,7 @@ from indutech_identity_sync.config import (
     load_mapping,
     other,
 )
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.exceptions import IdentitySyncError
@@ -97,6 +98,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.allow_mass_delete = allow_mass_delete
         self.store = store
         self.mapping: Mapping = load_mapping(settings.mapping_file)
+        # across cycles: a trip is logged once, then reminders; settled deletes wake a cycle
+        self.delete_guard = DeleteGuard(self.mapping.deletion_guard)
         self.links: dict[Side, _Link] = {}
         self.state = SyncState()
         self.last_report: CycleReport | None = None
@@ -136,6 +139,12 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self.deletes_in_window = Gauge(
             "indutech_identity_sync_deletes_in_window",
             "Deletes applied to a side within the deletion guard's rolling window",
+            ["side"],
+            registry=registry,
+        )
+        self.deletes_pending = Gauge(
+            "indutech_identity_sync_deletes_pending",
+            "Deletes to a side not written yet (settling, or held by the deletion guard)",
             ["side"],
             registry=registry,
         )
@@ -463,6 +472,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         for side in SIDES:
             self.guard.labels(side).set(1 if side in report.guard_tripped else 0)
             self.deletes_in_window.labels(side).set(report.deletes_in_window.get(side, 0))
+            self.deletes_pending.labels(side).set(report.deletes_pending.get(side, 0))
             self.metrics.records_in.labels(self.name, side).inc(self.read_counts[side])
             self.read_counts[side] = 0
             self.metrics.records_out.labels(self.name, side).inc(
@@ -483,6 +493,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             failed=report.failed,
             deferred=report.deferred,
             guard_tripped=report.guard_tripped,
+            deletes_pending={s: n for s, n in report.deletes_pending.items() if n},
             objects=report.objects,
             dry_run=self.settings.dry_run,
             seconds=round(time.monotonic() - started, 3),
@@ -504,8 +515,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             else:
                 mirrors = self.mirrors
                 focus = {s: changes[s] | {g for (r, g) in self.retries if r == s} for s in SIDES}
-                if not any(focus.values()):
-                    return None
+                if not any(focus.values()) and not self.delete_guard.due(self.state, time.time()):
+                    return None  # nothing changed, no delete finished settling, no reminder due
                 self._refresh(mirrors, focus)
             dry_run = self.settings.dry_run
             writers: dict[Side, DirectoryWriter] = {
@@ -531,6 +542,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 dry_run=dry_run,
                 pools=pools,
                 hold_deletes=held,
+                guard=self.delete_guard,
             ).run()
             if not dry_run:
                 self.mirrors = mirrors

@@ -1,18 +1,27 @@
 """Rebuild a table as of a day: the newest full run up to that day, then its deltas in order.
 
+The restore starts from the last run of that chain that holds the whole table (the full,
+or a later delta that re-read it: ``plan.snapshot``, e.g. after a schema change), and
+takes the table's columns, types and key from that run; every delta after it must have
+the same (``chain_problems``), or the restore stops and says which day differs.
+
 Everything happens in one transaction of the target database: a failed
 restore leaves nothing behind. Parts are checked against their manifest
 (SHA-256 of the object, row count and content checksum) before loading; rows
 go in with binary COPY (never row by row); each delta is staged, its keys
 deleted from the table, and its upserts inserted (``_op`` 'D' rows only delete; a
 'T' truncate marker first clears its chunk's key range). A delta that re-read the
-whole table (``plan.snapshot``: SQL Server after a TRUNCATE) replaces the table.
+whole table (``plan.snapshot``: SQL Server after a TRUNCATE, a schema change) replaces
+the table. Rows that break the key (a key override that was not unique when the chunks
+ran) stop the restore with an error that names the key, not a database traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -21,13 +30,23 @@ import asyncpg
 import pyarrow as pa
 import structlog
 
+from indutech_common.logging import scrub
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.checksum import table_checksum
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.errors import BackupNotFoundError, SqlBackupError, VerificationError
 from indutech_sql_backup.progress import Progress
-from indutech_sql_backup.sinks import BackupStore, Manifest, PartRecord, Plan, chain, read_part
+from indutech_sql_backup.sinks import (
+    BackupStore,
+    Manifest,
+    PartRecord,
+    Plan,
+    chain,
+    chain_problems,
+    read_part,
+    restore_base,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -77,6 +96,10 @@ def pg_type(arrow_type: pa.DataType) -> str:
     raise SqlBackupError(f"no PostgreSQL type for Arrow type {arrow_type}")
 
 
+def _run_names(runs: list[Manifest]) -> tuple[str, ...]:
+    return tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs)
+
+
 def _records(table: pa.Table) -> list[tuple[Any, ...]]:
     columns = [column.to_pylist() for column in table.columns]
     return list(zip(*columns, strict=True))
@@ -100,6 +123,8 @@ class Restorer:
         self.bytes_read = 0
 
     async def runs(self, table: TableRef, day: date | None) -> list[Manifest]:
+        """The runs a restore as of ``day`` applies: the last full or re-snapshot of the
+        chain and the deltas after it, all with the same columns and key."""
         runs = chain(await self.store.manifests(self.settings.erp.database, table), until=day)
         if not runs:
             when = f" on or before {day}" if day else ""
@@ -107,6 +132,13 @@ class Restorer:
                 f"no complete backup of {self.settings.erp.database}.{table.qualified}{when} in "
                 f"s3://{self.store.bucket}/{self.store.prefix}sql-server/ (a run counts once its "
                 "_manifest.json exists)."
+            )
+        runs = runs[restore_base(runs) :]
+        problems = chain_problems(runs)
+        if problems:
+            raise SqlBackupError(
+                f"cannot restore {table.qualified}{f' as of {day}' if day else ''}: "
+                + "; ".join(problems)
             )
         return runs
 
@@ -137,7 +169,7 @@ class Restorer:
         connection: asyncpg.Connection = await connect_warehouse(self.target)
         rows = 0
         try:
-            async with connection.transaction():
+            async with connection.transaction(), self._key_errors(table, runs):
                 rows = await self._load(
                     connection, runs, target, replace=replace, same=same_dialect
                 )
@@ -149,7 +181,7 @@ class Restorer:
             table=table.qualified,
             target=target.qualified,
             day=day,
-            runs=tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs),
+            runs=_run_names(runs),
             rows=rows,
             seconds=round(time.perf_counter() - started, 3),
             bytes_read=self.bytes_read,
@@ -275,6 +307,27 @@ class Restorer:
             "WHERE _op NOT IN ('D', 'T')"
         )
         await connection.execute(f"DROP TABLE {_q(staging)}")
+
+    @staticmethod
+    @asynccontextmanager
+    async def _key_errors(table: TableRef, runs: list[Manifest]) -> AsyncIterator[None]:
+        """Rows that break the key, said as what it means (no database traceback): a key
+        override that was not unique when the chunks ran (it is checked when planned)."""
+        try:
+            yield
+        except (asyncpg.UniqueViolationError, asyncpg.NotNullViolationError) as exc:
+            plan = runs[-1].plan
+            if isinstance(exc, asyncpg.NotNullViolationError) and exc.column_name not in plan.key:
+                raise  # not the key's: the columns' own NOT NULL, said by the database
+            detail = getattr(exc, "detail", None) or str(exc)
+            raise SqlBackupError(
+                f"the backup of {table.qualified} ({' + '.join(_run_names(runs))}) holds rows "
+                f"that break its key ({', '.join(plan.key)}, from {plan.key_from}): "
+                f"{scrub(detail)[:300]}. The key is not unique (or has NULLs) there, so no table "
+                "can be rebuilt under it. Fix the key (SQL_BACKUP_TABLES or a primary key on the "
+                "source) and take a new full backup; sql-backup checks a key override when it "
+                "plans."
+            ) from None
 
     def _advance(self, part: PartRecord) -> None:
         if self.progress:

@@ -2,7 +2,8 @@
 
 1. Integrity (always): each part of the restore chain (the newest full up to
    the day, then its deltas) is downloaded; its SHA-256, row count and content
-   checksum must equal the manifest's.
+   checksum must equal the manifest's; every run from the one a restore starts with
+   must have that run's columns and key, and every part its plan's columns.
 2. Source (default): when the full run is the last of the chain (no delta
    after it), each chunk's key range is read again from the source and its
    count and checksum compared. After deltas the source has moved on by design;
@@ -20,7 +21,14 @@ from indutech_sql_backup.checksum import TableChecksum
 from indutech_sql_backup.dialects import TableRef
 from indutech_sql_backup.engine import Engine, arrow_schema_for, double_columns
 from indutech_sql_backup.errors import BackupNotFoundError
-from indutech_sql_backup.sinks import Manifest, Plan, chain, read_part
+from indutech_sql_backup.sinks import (
+    Manifest,
+    Plan,
+    chain,
+    chain_problems,
+    read_part,
+    restore_base,
+)
 
 
 @dataclass
@@ -83,6 +91,8 @@ async def verify(
     report = VerifyReport()
     for manifest in runs:
         await _integrity(engine, manifest, report)
+    for problem in chain_problems(runs[restore_base(runs) :]):  # columns the restore needs
+        report.fail(problem)
     report.lines.append(
         f"{table.qualified}: {report.parts} part(s), {report.rows:,} rows in "
         f"{' + '.join(f'{m.plan.day}/{m.plan.kind}' for m in runs)} match their manifests"
