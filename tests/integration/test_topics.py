@@ -28,7 +28,7 @@ from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from indutech_iot_ingest.worker import IotIngestWorker
 from indutech_iot_to_s3.worker import IotToS3Worker
-from indutech_sql_backup.worker import SqlBackupWorker
+from indutech_sql_backup.worker import DeltaScheduler, SqlBackupWorker
 from tests.integration.iot_ingest.conftest import IngestTopics, ingest_settings
 from tests.integration.iot_to_s3.conftest import Lake
 from tests.integration.iot_to_s3.conftest import settings_for as lake_settings
@@ -291,7 +291,7 @@ class TestWorkersCheckTheirTopicsAtStart:
         error = refused_to_start(logs, lake.dead_letter_topic)
         assert "retention.ms=60000" in error
 
-    async def test_sql_backup_worker_and_plan(self, stack: StackSettings, unique: str) -> None:
+    async def test_sql_backup_worker(self, stack: StackSettings, unique: str) -> None:
         """A one-partition work topic (what auto-creation makes) stops the worker (exit 2)."""
         erp = Erp(
             schema=f"sb_{unique}",
@@ -314,6 +314,21 @@ class TestWorkersCheckTheirTopicsAtStart:
                 await admin.close()
         error = refused_to_start(logs, erp.work_topic)
         assert "1 partition(s), the contract needs at least 12" in error
+
+    async def test_sql_backup_scheduler(self, stack: StackSettings, unique: str) -> None:
+        """The nightly scheduler checks at start, not hours later at its first delta."""
+        erp = Erp(
+            schema=f"sb_{unique}",
+            prefix=f"tests/topics/{unique}/",
+            target_schema=f"sb_restore_{unique}",
+            work_topic=f"test.{unique}.sql-backup-work",
+            completed_topic=f"test.{unique}.sql-backup-completed",
+            group_id=f"test-topics-{unique}",
+        )
+        with capture_logs() as logs:
+            scheduler = DeltaScheduler(backup_settings(stack, erp))
+            assert await scheduler.serve(install_signal_handlers=False) == 2
+        refused_to_start(logs, erp.work_topic, erp.completed_topic)
 
     async def test_identity_sync_audit_topic(
         self, stack: StackSettings, unique: str, tmp_path: Path

@@ -607,6 +607,9 @@ class DeltaScheduler(Worker[SqlBackupSettings]):
 
     async def startup(self) -> None:
         self._stack = AsyncExitStack()
+        assert self.settings.kafka is not None  # noqa: S101 - checked by the CLI
+        # at start, not at the first delta hours later: a missing topic is found at deploy
+        await require_topics(self.settings.kafka, contract_topics(self.settings), worker=self.name)
         self.s3 = await self._stack.enter_async_context(create_s3_client(self.settings.s3))
         self.backup_metrics = BackupMetrics(self.metrics)
 
