@@ -93,7 +93,9 @@ class TestInitialPassword:
             report = live.sync(password=Recorder(weak="Ab1"))
         assert report.failed == 1
         assert not live.exists("aws", live.twin(dn, "aws"))
-        failure = next(e for e in logs if e["event"] == "identity_change_failed")
-        assert "0000052D" in failure["error"]
-        assert "password policy" in failure["error"]
-        assert "Ab1" not in failure["error"]
+        failure = next(e for e in logs if e["event"] == "identity_object_quarantined")
+        assert failure["cause"] == "refused"
+        assert "0000052D" in failure["reason"]
+        assert "password policy" in failure["reason"]
+        assert "Ab1" not in repr(logs)
+        assert "Ab1" not in "".join(c.model_dump_json() for c in report.changes)

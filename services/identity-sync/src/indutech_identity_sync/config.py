@@ -30,6 +30,9 @@ Side = Literal["onprem", "aws"]
 Kind = Literal["ou", "user", "group"]
 SIDES: tuple[Side, Side] = ("onprem", "aws")
 KINDS: tuple[Kind, ...] = ("ou", "user", "group")
+# Secrets AD keeps on users, computers and service accounts: never read, never written (the
+# mapping refuses them, the LDAP writer refuses them again). Compared case-insensitively and
+# without attribute options (``userPassword;binary``).
 FORBIDDEN_ATTRIBUTES = frozenset(
     {
         "unicodepwd",
@@ -38,8 +41,20 @@ FORBIDDEN_ATTRIBUTES = frozenset(
         "ntpwdhistory",
         "lmpwdhistory",
         "supplementalcredentials",
+        "unixuserpassword",
+        "mssfu30password",
+        "ms-mcs-admpwd",  # legacy LAPS
+        "msds-managedpassword",  # gMSA password blob
     }
 )
+# Windows LAPS (msLAPS-Password, msLAPS-EncryptedPassword, ...) and the gMSA password family
+FORBIDDEN_PREFIXES = ("mslaps-", "msds-managedpassword")
+
+
+def is_secret_attribute(name: str) -> bool:
+    """True for an attribute that holds a password or another secret (never synced)."""
+    base = name.split(";", 1)[0].strip().lower()
+    return base in FORBIDDEN_ATTRIBUTES or base.startswith(FORBIDDEN_PREFIXES)
 
 
 def other(side: Side) -> Side:
@@ -73,9 +88,9 @@ class AttributeRule(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        names = {self.onprem.lower(), self.aws_name.lower()}
-        if names & FORBIDDEN_ATTRIBUTES:
-            raise ValueError(f"{self.onprem}: password attributes are never read or written")
+        secret = [n for n in (self.onprem, self.aws_name) if is_secret_attribute(n)]
+        if secret:
+            raise ValueError(f"{secret[0]}: password attributes are never read or written")
         if self.transform == "suffix" and not (self.onprem_suffix and self.aws_suffix):
             raise ValueError("transform 'suffix' needs onprem_suffix and aws_suffix")
         if self.transform == "enabled" and self.onprem.lower() != "useraccountcontrol":
@@ -222,6 +237,15 @@ class IdentitySyncSettings(WorkerSettings):
         le=16,
         description="LDAPS connections per DC that write concurrently (1: one write at a time); "
         "writes that depend on each other still wait (parents, members, moves, deletes)",
+    )
+    quarantine_backoff_initial_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an object that could not be applied waits this long before it is tried "
+        "again (doubling per failed try); a change to it ends the wait",
+    )
+    quarantine_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="longest wait of a quarantined object between tries"
     )
     audit_kafka: KafkaSettings | None = Field(
         default=None, description="where to publish the audit records (unset: log only)"

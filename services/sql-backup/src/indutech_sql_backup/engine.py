@@ -36,7 +36,8 @@ from prometheus_client import Gauge
 from indutech_common.logging import scrub
 from indutech_common.metrics import WorkerMetrics
 from indutech_sql_backup.config import SqlBackupSettings
-from indutech_sql_backup.dialects import Column, Query, TableInfo, dialect_for
+from indutech_sql_backup.dialects import Dialect, Query, TableInfo, dialect_for
+from indutech_sql_backup.dialects.types import stored_type
 from indutech_sql_backup.errors import (
     BackupNotFoundError,
     LobTooLargeError,
@@ -44,6 +45,7 @@ from indutech_sql_backup.errors import (
     PlanMismatchError,
     SchemaDriftError,
     SqlBackupError,
+    UnsupportedTypeError,
     environment_error,
 )
 from indutech_sql_backup.progress import Progress
@@ -155,23 +157,29 @@ def double_columns(table: TableInfo) -> frozenset[str]:
     )
 
 
-def _tz_column(column: Column) -> bool:
-    kind = column.source_type.lower()
-    return "with time zone" in kind or kind.startswith("datetimeoffset")
-
-
-def arrow_schema_for(table: TableInfo, read: pa.Schema, *, delta: bool) -> pa.Schema:
-    """What is stored: the ODBC types, with zoned timestamps marked UTC and every timestamp µs."""
+def arrow_schema_for(
+    table: TableInfo, read: pa.Schema, *, delta: bool, dialect: Dialect
+) -> pa.Schema:
+    """What is stored: each column's type from the type matrix (``dialects/types.py``). What
+    the driver returned must convert to it without changing a value (a safe cast then does
+    it); anything else stops the chunk naming the column, never a silent narrowing."""
     fields = []
     columns = {c.name: c for c in table.columns}
     for field in read:
-        arrow_type = field.type
         column = columns.get(field.name)
-        if pa.types.is_timestamp(arrow_type):
-            zone = "UTC" if column is not None and _tz_column(column) else None
-            arrow_type = pa.timestamp("us", tz=zone)
-        nullable = True if delta or column is None else column.nullable
-        fields.append(pa.field(field.name, arrow_type, nullable=nullable))
+        if column is None:  # the delta's _op
+            fields.append(field)
+            continue
+        expected = dialect.column_type(table.ref, column).arrow
+        if not stored_type(expected, field.type):
+            raise UnsupportedTypeError(
+                f"column {table.ref.qualified}.{column.name} ({column.source_type}) was read as "
+                f"{field.type}, but the type matrix stores {expected}: the ODBC driver does not "
+                "describe it as expected, and converting could change values. Check the driver "
+                "version and its options (README, section Type matrix)."
+            )
+        nullable = True if delta else column.nullable
+        fields.append(pa.field(field.name, expected, nullable=nullable))
     return pa.schema(fields)
 
 
@@ -520,7 +528,9 @@ class Engine:
             max_batch_bytes=self.settings.max_batch_bytes + self.settings.lob_max_bytes,
             doubles=double_columns(table),
         )
-        schema = arrow_schema_for(table, read_schema, delta=plan.kind == "delta")
+        schema = arrow_schema_for(
+            table, read_schema, delta=plan.kind == "delta", dialect=self.dialect
+        )
         changes = plan.reads_changes
         writer = PartWriter(schema)
         try:

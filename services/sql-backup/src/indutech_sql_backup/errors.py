@@ -82,3 +82,11 @@ def environment_error(exc: BaseException) -> bool:
         | HttpClientError
         | KafkaError,
     )
+
+
+class UnsupportedTypeError(SqlBackupError):
+    """A column's type cannot be backed up exactly: refused before anything is written."""
+
+
+class RestoreDecodeError(SqlBackupError):
+    """A part's column cannot be loaded into its restored type (restore and verify say so)."""

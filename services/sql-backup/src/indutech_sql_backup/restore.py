@@ -28,14 +28,22 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from indutech_common.logging import scrub
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.checksum import table_checksum
 from indutech_sql_backup.config import SqlBackupSettings
-from indutech_sql_backup.dialects import PostgresDialect, TableRef
-from indutech_sql_backup.errors import BackupNotFoundError, SqlBackupError, VerificationError
+from indutech_sql_backup.dialects import PostgresDialect, TableRef, dialect_for
+from indutech_sql_backup.dialects.types import stored_type
+from indutech_sql_backup.errors import (
+    BackupNotFoundError,
+    RestoreDecodeError,
+    SqlBackupError,
+    UnsupportedTypeError,
+    VerificationError,
+)
 from indutech_sql_backup.progress import Progress
 from indutech_sql_backup.sinks import (
     BackupStore,
@@ -71,7 +79,7 @@ class RestoreReport:
 
 
 def pg_type(arrow_type: pa.DataType) -> str:
-    """A PostgreSQL type that holds an Arrow type exactly (for sources of another dialect)."""
+    """A PostgreSQL type that holds an Arrow type exactly (parts of an unknown dialect)."""
     mapping = {
         pa.int8(): "smallint",
         pa.int16(): "smallint",
@@ -93,16 +101,172 @@ def pg_type(arrow_type: pa.DataType) -> str:
         return f"numeric({arrow_type.precision},{arrow_type.scale})"
     if pa.types.is_timestamp(arrow_type):
         return "timestamptz" if arrow_type.tz else "timestamp"
+    if pa.types.is_time(arrow_type):
+        return "time"
     raise SqlBackupError(f"no PostgreSQL type for Arrow type {arrow_type}")
+
+
+# Types whose asyncpg binary codec takes a Python str as it is: text stored for them loads
+# directly; text stored for any other type is cast on the server (``via_text``).
+_TEXT_TARGETS = frozenset(
+    {"text", "character varying", "varchar", "character", "char", "bpchar", "uuid", "name"}
+)
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string)
+
+
+@dataclass(frozen=True)
+class ColumnLoad:
+    """How one column of a part goes into the restored table."""
+
+    name: str
+    target_type: str
+    via_text: bool
+    """Loaded as text and cast to ``target_type`` by the target server (its own parser)."""
+
+    @property
+    def wire_type(self) -> str:
+        return "text" if self.via_text else self.target_type
+
+    def value(self, alias: str = "") -> str:
+        """The column of a staging table as the target's type."""
+        column = f"{alias}{_q(self.name)}"
+        return f"CAST({column} AS {self.target_type})" if self.via_text else column
+
+
+def _base_type(type_name: str) -> str:
+    return type_name.split("(", maxsplit=1)[0].strip().lower()
+
+
+def column_loads(plan: Plan, schema: pa.Schema) -> list[ColumnLoad]:
+    """How each column of a part is restored: the target type (the source's own for a
+    PostgreSQL source, the type matrix's for another), and whether its stored type loads
+    directly or as text cast on the server. A column missing from the part, or stored in a
+    type the matrix does not give it (a part written by an older sql-backup that could
+    narrow values), raises ``RestoreDecodeError`` naming it."""
+    dialect = dialect_for(plan.dialect)
+    loads = []
+    for column in plan.columns:
+        if column.name not in schema.names:
+            raise RestoreDecodeError(f"column {column.name} is missing from the part")
+        stored = schema.field(column.name).type
+        try:
+            row = dialect.type_of(column.source_type)
+        except UnsupportedTypeError as exc:
+            raise RestoreDecodeError(f"column {column.name}: {exc}") from None
+        target = column.source_type if plan.dialect == "postgres" else row.restore_type
+        if not stored_type(row.arrow, stored):
+            raise RestoreDecodeError(
+                f"column {column.name} ({column.source_type}) is stored as {stored}, but the type "
+                f"matrix stores it as {row.arrow}: this part was written by an sql-backup that "
+                "could change values of this type. Take a new full backup of the table."
+            )
+        text = any(is_text(stored) for is_text in _TEXT_TYPES)
+        via_text = text and _base_type(target) not in _TEXT_TARGETS
+        loads.append(ColumnLoad(column.name, target, via_text))
+    return loads
+
+
+def _column_values(name: str, column: pa.ChunkedArray) -> list[Any]:
+    """Python values asyncpg's binary codecs take, or ``RestoreDecodeError``."""
+    arrow_type = column.type
+    if (pa.types.is_timestamp(arrow_type) or pa.types.is_time(arrow_type)) and (
+        arrow_type.unit == "ns"
+    ):
+        # SQL Server's 100 ns types: PostgreSQL holds µs. A safe cast refuses any value
+        # whose last digit would be lost instead of rounding it.
+        unit = (
+            pa.timestamp("us", tz=arrow_type.tz)
+            if pa.types.is_timestamp(arrow_type)
+            else pa.time64("us")
+        )
+        try:
+            column = column.cast(unit, safe=True)
+        except pa.ArrowInvalid:
+            raise RestoreDecodeError(
+                f"column {name} holds values with 100 ns digits, which PostgreSQL (µs) cannot "
+                "store: restore refuses to round them."
+            ) from None
+    try:
+        if pa.types.is_date32(column.type):
+            column = pc.subtract(column.cast(pa.int32()), _PG_EPOCH_DAYS)
+        elif pa.types.is_timestamp(column.type):
+            micros = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
+            column = pc.subtract(micros, _PG_EPOCH_MICROS)
+        values: list[Any] = column.to_pylist()
+    except (ValueError, OverflowError, pa.ArrowException) as exc:
+        raise RestoreDecodeError(f"column {name} cannot be decoded: {exc}") from None
+    return values
+
+
+# Dates and timestamps go to PostgreSQL as its own integers (days / µs since 2000-01-01):
+# asyncpg's default codecs turn date.max / datetime.max / datetime.min into ±infinity, so a
+# real 9999-12-31 or 0001-01-01 00:00 would come back as another value.
+_PG_EPOCH_DAYS = 10_957
+_PG_EPOCH_MICROS = _PG_EPOCH_DAYS * 86_400 * 1_000_000
+
+
+async def use_exact_codecs(connection: asyncpg.Connection) -> None:
+    """Date and timestamp values as PostgreSQL's integers on this connection (see above)."""
+    for type_name in ("date", "timestamp", "timestamptz"):
+        await connection.set_type_codec(
+            type_name,
+            schema="pg_catalog",
+            encoder=_one,
+            decoder=_first,
+            format="tuple",
+        )
+
+
+def _one(value: int) -> tuple[int]:
+    return (value,)
+
+
+def _first(value: tuple[int]) -> int:
+    return value[0]
+
+
+def decode_part(plan: Plan, data: pa.Table) -> tuple[list[ColumnLoad], list[tuple[Any, ...]]]:
+    """A part as restore loads it: how each column goes in and the rows as Python values.
+    ``verify`` runs this on every part, so a backup that verifies is one restore can load."""
+    loads = column_loads(plan, data.schema)
+    names = [load.name for load in loads]
+    if plan.reads_changes:
+        names = ["_op", *names]
+        if "_op" not in data.schema.names:
+            raise RestoreDecodeError("the delta part has no _op column")
+    columns = [_column_values(n, data.column(n)) for n in names]
+    return loads, list(zip(*columns, strict=True))
+
+
+async def check_casts(
+    connection: asyncpg.Connection, loads: list[ColumnLoad], records: list[tuple[Any, ...]]
+) -> None:
+    """Run restore's server casts of the text-kept columns on ``connection`` (the restore
+    target) without writing anything: a value the target cannot parse back, or a type it
+    lacks, raises ``RestoreDecodeError`` naming the column."""
+    offset = len(records[0]) - len(loads) if records else 0  # a delta's leading _op
+    for index, load in enumerate(loads):
+        if not load.via_text:
+            continue
+        values = sorted({r[offset + index] for r in records if r[offset + index] is not None})
+        if not values:
+            continue
+        try:
+            # count(expression) evaluates the cast for every value (count(*) would not).
+            await connection.fetchval(
+                f"SELECT count({load.value()}) FROM unnest(CAST($1 AS text[])) "  # noqa: S608
+                f"AS u({_q(load.name)})",
+                values,
+            )
+        except asyncpg.PostgresError as exc:
+            raise RestoreDecodeError(
+                f"column {load.name}: the target cannot cast its text back to "
+                f"{load.target_type}: {exc}"
+            ) from None
 
 
 def _run_names(runs: list[Manifest]) -> tuple[str, ...]:
     return tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs)
-
-
-def _records(table: pa.Table) -> list[tuple[Any, ...]]:
-    columns = [column.to_pylist() for column in table.columns]
-    return list(zip(*columns, strict=True))
 
 
 class Restorer:
@@ -169,6 +333,7 @@ class Restorer:
         connection: asyncpg.Connection = await connect_warehouse(self.target)
         rows = 0
         try:
+            await use_exact_codecs(connection)
             async with connection.transaction(), self._key_errors(table, runs):
                 rows = await self._load(
                     connection, runs, target, replace=replace, same=same_dialect
@@ -198,6 +363,7 @@ class Restorer:
         replace: bool,
         same: bool,
     ) -> int:
+        del same  # the target types come from the type matrix (column_loads)
         full = runs[0]
         name = f"{_q(target.schema)}.{_q(target.name)}"
         exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
@@ -207,25 +373,32 @@ class Restorer:
                 "--replace to drop it first."
             )
         first_part = await self._part(full.parts[0]) if full.parts else None
-        types: dict[str, str] = {}
-        for column in full.plan.columns:
-            if same or first_part is None:
-                types[column.name] = column.source_type
-            else:
-                types[column.name] = pg_type(first_part.schema.field(column.name).type)
+        if first_part is not None:
+            loads = self._decode_check(full, full.parts[0], first_part)[0]
+        else:  # pragma: no cover - every plan has at least one chunk
+            dialect = dialect_for(full.plan.dialect)
+            loads = [
+                ColumnLoad(c.name, dialect.type_of(c.source_type).restore_type, via_text=False)
+                for c in full.plan.columns
+            ]
+        types = {load.name: load.target_type for load in loads}
         columns_sql = ", ".join(
             f"{_q(c.name)} {types[c.name]}{'' if c.nullable else ' NOT NULL'}"
             for c in full.plan.columns
         )
         await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(target.schema)}")
         await connection.execute(f"DROP TABLE IF EXISTS {name}")
-        await connection.execute(f"CREATE TABLE {name} ({columns_sql})")
-        names = [c.name for c in full.plan.columns]
+        try:
+            await connection.execute(f"CREATE TABLE {name} ({columns_sql})")
+        except asyncpg.UndefinedObjectError as exc:
+            raise SqlBackupError(
+                f"the target database lacks a type of {target.qualified}: {exc}. Create it there "
+                "first (e.g. the enum or domain, as in the source); the backup holds its values "
+                "as text."
+            ) from None
         for index, part in enumerate(full.parts):
             data = first_part if index == 0 and first_part is not None else await self._part(part)
-            await connection.copy_records_to_table(
-                target.name, schema_name=target.schema, columns=names, records=_records(data)
-            )
+            await self._insert(connection, full, part, data, target)
             self._advance(part)
         key = ", ".join(_q(k) for k in full.plan.key)
         await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
@@ -237,58 +410,94 @@ class Restorer:
             for part in delta.parts:
                 data = await self._part(part)
                 if delta.plan.snapshot:
-                    await connection.copy_records_to_table(
-                        target.name,
-                        schema_name=target.schema,
-                        columns=names,
-                        records=_records(data.select(names)),
-                    )
+                    await self._insert(connection, delta, part, data, target)
                 else:
                     await self._apply_delta(
-                        connection,
-                        data,
-                        plan=delta.plan,
-                        chunk=part.chunk,
-                        name=name,
-                        target=target,
-                        names=names,
-                        types=types,
+                        connection, data, manifest=delta, part=part, name=name, target=target
                     )
                 self._advance(part)
         count: int = await connection.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
         return count
+
+    def _decode_check(
+        self, manifest: Manifest, part: PartRecord, data: pa.Table
+    ) -> tuple[list[ColumnLoad], list[tuple[Any, ...]]]:
+        try:
+            return decode_part(manifest.plan, data)
+        except RestoreDecodeError as exc:
+            raise RestoreDecodeError(f"part {self.store.url(part.key)}: {exc}") from None
+
+    async def _stage(
+        self,
+        connection: asyncpg.Connection,
+        loads: list[ColumnLoad],
+        records: list[tuple[Any, ...]],
+        *,
+        staging: str,
+        with_op: bool,
+    ) -> None:
+        """A temporary table with each column as it travels (text for ``via_text``)."""
+        columns_sql = ", ".join(f"{_q(c.name)} {c.wire_type}" for c in loads)
+        op = "_op text NOT NULL, " if with_op else ""
+        await connection.execute(
+            f"CREATE TEMP TABLE {_q(staging)} ({op}{columns_sql}) ON COMMIT DROP"
+        )
+        names = (["_op"] if with_op else []) + [c.name for c in loads]
+        await connection.copy_records_to_table(staging, columns=names, records=records)
+
+    async def _insert(
+        self,
+        connection: asyncpg.Connection,
+        manifest: Manifest,
+        part: PartRecord,
+        data: pa.Table,
+        target: TableRef,
+    ) -> None:
+        """Rows of a full (or re-snapshot) part: binary COPY into the table, or through a
+        staging table when a column is restored from its text by a server cast."""
+        loads, records = self._decode_check(manifest, part, data)
+        names = [c.name for c in loads]
+        if not any(c.via_text for c in loads):
+            await connection.copy_records_to_table(
+                target.name, schema_name=target.schema, columns=names, records=records
+            )
+            return
+        staging = f"indutech_load_{target.name}"[:60]
+        await self._stage(connection, loads, records, staging=staging, with_op=False)
+        column_list = ", ".join(_q(n) for n in names)
+        values = ", ".join(c.value() for c in loads)
+        await connection.execute(
+            f"INSERT INTO {_q(target.schema)}.{_q(target.name)} ({column_list}) "  # noqa: S608
+            f"SELECT {values} FROM {_q(staging)}"
+        )
+        await connection.execute(f"DROP TABLE {_q(staging)}")
 
     async def _apply_delta(
         self,
         connection: asyncpg.Connection,
         data: pa.Table,
         *,
-        plan: Plan,
-        chunk: int,
+        manifest: Manifest,
+        part: PartRecord,
         name: str,
         target: TableRef,
-        names: list[str],
-        types: dict[str, str],
     ) -> None:
         """One part of a delta, all its keys in the chunk's key range: a truncate marker
         ('T') first clears that range, then every key the part names (upserted or deleted)
         is deleted, then the upserts are inserted. The upserts are the rows as they were
         when the chunk was read, after every delete and truncate it saw, so this order
         gives that state whatever order the changes happened in."""
+        plan = manifest.plan
+        loads, records = self._decode_check(manifest, part, data)
+        by_name = {c.name: c for c in loads}
         staging = f"indutech_restore_{target.name}"[:60]
-        columns_sql = ", ".join(f"{_q(c)} {types[c]}" for c in names)
-        await connection.execute(
-            f"CREATE TEMP TABLE {_q(staging)} (_op text NOT NULL, {columns_sql}) ON COMMIT DROP"
-        )
-        await connection.copy_records_to_table(
-            staging, columns=["_op", *names], records=_records(data.select(["_op", *names]))
-        )
+        await self._stage(connection, loads, records, staging=staging, with_op=True)
         if await connection.fetchval(
             f"SELECT EXISTS (SELECT 1 FROM {_q(staging)} WHERE _op = 'T')"  # noqa: S608
         ):
-            spec = plan.chunks[chunk]
+            spec = plan.chunks[part.chunk]
             column = _q(plan.chunk_column)
-            as_key = f"CAST(CAST(${{}} AS text) AS {types[plan.chunk_column]})"
+            as_key = f"CAST(CAST(${{}} AS text) AS {by_name[plan.chunk_column].target_type})"
             bounds: list[str] = []
             params: list[str] = []
             if spec.lo is not None:
@@ -299,11 +508,12 @@ class Restorer:
                 bounds.append(f"{column} <= {as_key.format(len(params))}")
             where = " AND ".join(bounds) or "true"
             await connection.execute(f"DELETE FROM {name} WHERE {where}", *params)  # noqa: S608
-        match = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in plan.key)
+        match = " AND ".join(f"t.{_q(k)} = {by_name[k].value('s.')}" for k in plan.key)
         await connection.execute(f"DELETE FROM {name} AS t USING {_q(staging)} AS s WHERE {match}")  # noqa: S608
-        column_list = ", ".join(_q(c) for c in names)
+        column_list = ", ".join(_q(c.name) for c in loads)
+        values = ", ".join(c.value() for c in loads)
         await connection.execute(
-            f"INSERT INTO {name} ({column_list}) SELECT {column_list} FROM {_q(staging)} "  # noqa: S608
+            f"INSERT INTO {name} ({column_list}) SELECT {values} FROM {_q(staging)} "  # noqa: S608
             "WHERE _op NOT IN ('D', 'T')"
         )
         await connection.execute(f"DROP TABLE {_q(staging)}")

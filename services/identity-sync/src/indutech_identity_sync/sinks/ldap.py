@@ -5,7 +5,10 @@ already present or removing one already gone counts as done. Passwords are
 never copied: the mapping refuses password attributes and this writer
 refuses them again, whatever it is asked. The one password it writes is the
 random one a new user gets in its add (``initial_password``: nobody knows it),
-so that the account can be enabled under the DC's password policy.
+so that the account can be enabled under the DC's password policy. Every DN sent
+(the entry's, and member values) goes out in our RFC 4514 escaping
+(``dn.canonical_dn``), so a value with a leading ``#`` or leading/trailing spaces
+is never read by the DC as something else.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 import ldap3
 
 from indutech_identity_sync import initial_password
-from indutech_identity_sync.config import FORBIDDEN_ATTRIBUTES, Kind
+from indutech_identity_sync.config import Kind, is_secret_attribute
+from indutech_identity_sync.dn import DnError, canonical_dn
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.model import Values, split_rdn
 from indutech_identity_sync.sources.ldap import guid_text
@@ -32,6 +36,13 @@ _CONSTRAINT_VIOLATION = 19
 _MEMBER_CHUNK = 500
 # the names AD's complexity rule compares a password with (and the RDN's, to be safe)
 _NAME_ATTRIBUTES = ("samaccountname", "displayname", "givenname", "sn", "cn")
+
+
+def _dn(dn: str) -> str:
+    try:
+        return canonical_dn(dn)
+    except DnError as exc:  # a refusal: the object is quarantined, the cycle goes on
+        raise DirectoryWriteError(f"not sent: {exc}") from None
 
 
 class LdapWriter:
@@ -69,13 +80,16 @@ class LdapWriter:
 
     @staticmethod
     def _refuse_passwords(names: Any) -> None:
-        bad = {str(n).lower() for n in names} & FORBIDDEN_ATTRIBUTES
+        bad = {str(n) for n in names if is_secret_attribute(str(n))}
         if bad:
             raise DirectoryWriteError(f"refusing to write password attributes {sorted(bad)}")
 
     def add(self, kind: Kind, dn: str, attributes: dict[str, Values]) -> str:
         self._refuse_passwords(attributes)
+        dn = _dn(dn)
         values: dict[str, list[Any]] = {k: list(v) for k, v in attributes.items() if v}
+        if "member" in values:
+            values["member"] = [_dn(m) for m in values["member"]]
         if kind == "user":
             # in the add itself: an enabled account needs a password under a policy, and a
             # user must never exist enabled without one, not even between two writes
@@ -98,18 +112,22 @@ class LdapWriter:
 
     def modify(self, dn: str, replace: dict[str, Values]) -> None:
         self._refuse_passwords(replace)
+        dn = _dn(dn)
         changes = {k: [(ldap3.MODIFY_REPLACE, list(v))] for k, v in replace.items()}
         self._check("modify", dn, self.connection.modify(dn, changes))
 
     def move(self, dn: str, new_rdn: str, new_parent: str) -> str:
+        dn, new_parent = _dn(dn), _dn(new_parent)
         ok = self.connection.modify_dn(dn, new_rdn, new_superior=new_parent)
         self._check("move", dn, ok)
         return f"{new_rdn},{new_parent}"
 
     def delete(self, dn: str) -> None:
+        dn = _dn(dn)
         self._check("delete", dn, self.connection.delete(dn))
 
     def modify_members(self, group_dn: str, add: list[str], remove: list[str]) -> None:
+        group_dn, add, remove = _dn(group_dn), [_dn(d) for d in add], [_dn(d) for d in remove]
         for op, dns, tolerated in (
             (ldap3.MODIFY_ADD, add, (_ATTRIBUTE_OR_VALUE_EXISTS,)),
             (ldap3.MODIFY_DELETE, remove, (_NO_SUCH_ATTRIBUTE,)),

@@ -72,13 +72,16 @@ def describe(
     if missing:
         raise NoKeyError(f"the key override of {ref.qualified} names unknown columns {missing}")
     watermark = (override.watermark if override else None) or default_watermark
-    return TableInfo(
+    table = TableInfo(
         ref=ref,
         columns=columns,
         key=key,
         watermark=watermark if watermark in names else None,
         key_from=key_from,
     )
+    # A column the type matrix refuses stops the table here, before any plan or part.
+    source.dialect.check_columns(table)
+    return table
 
 
 def key_check(source: OdbcSource, table: TableInfo) -> Query:
