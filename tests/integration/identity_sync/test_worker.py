@@ -19,16 +19,17 @@ from urllib.parse import urlsplit
 
 import ldap3
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
-from indutech_common.kafka import connection_kwargs, create_consumer, start_client
+from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas import Topics
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_identity_sync.sources.ldap import ChangeNotifier
 from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
+from tests.support.kafka import temporary_topics
 from tests.support.stack import REPO_ROOT, StackSettings
 
 
@@ -239,10 +240,7 @@ class TestAuditTopic:
     ) -> None:
         """One --once cycle publishes one record per applied change to the audit topic."""
         topic = f"test.identity-changes.{unique}"
-        admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        async with temporary_topics(stack.kafka, {topic: Topics.IDENTITY_CHANGES}):
             dn = await asyncio.to_thread(live.user, "onprem", "Audited", mail="a@x.test")
             settings = settings_for(stack, live, "unused").model_copy(
                 update={"audit_kafka": stack.kafka, "audit_topic": topic}
@@ -252,9 +250,6 @@ class TestAuditTopic:
             assert worker.last_report is not None
             expected = worker.last_report.total_writes
             records = await consume(stack, topic, expected)
-        finally:
-            await admin.delete_topics([topic])
-            await admin.close()
         assert expected == 1
         record = json.loads(records[0][1])
         assert record["op"] == "add"

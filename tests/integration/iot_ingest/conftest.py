@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from indutech_common.kafka import create_consumer, start_client
+from indutech_common.schemas import Topics
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import temporary_topics
@@ -46,6 +47,15 @@ class IngestTopics:
     def records(self) -> tuple[str, str]:
         return (self.sensor, self.ticket)
 
+    def contract(self) -> dict[str, str]:
+        """Each topic's entry in the topic contract (what it is created and checked as)."""
+        return {
+            self.sensor: Topics.SENSOR_READINGS,
+            self.ticket: Topics.CLIENT_TICKETS,
+            self.dead_letter: Topics.DEAD_LETTER,
+            self.checkpoint: Topics.INGEST_CHECKPOINTS,
+        }
+
     def env(self) -> dict[str, str]:
         return {
             "IOT_INGEST_SENSOR_TOPIC": self.sensor,
@@ -64,11 +74,7 @@ async def topics(stack: StackSettings, unique: str) -> AsyncIterator[IngestTopic
         dead_letter=f"test.{unique}.dlq",
         checkpoint=f"test.{unique}.checkpoints",
     )
-    async with temporary_topics(
-        stack.kafka,
-        {names.sensor: 2, names.ticket: 2, names.dead_letter: 1, names.checkpoint: 1},
-        compacted=[names.checkpoint],
-    ):
+    async with temporary_topics(stack.kafka, names.contract()):
         yield names
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas import Topics
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     dead_letter_prefix,
@@ -95,9 +96,7 @@ class TestDeadLetterStore:
         # the same files read again from their start (a checkpoint topic of its own, as
         # after a crash before the commit): the objects are overwritten, not duplicated
         replay_checkpoints = f"test.{unique}.checkpoints-replay"
-        async with temporary_topics(
-            stack.kafka, {replay_checkpoints: 1}, compacted=[replay_checkpoints]
-        ):
+        async with temporary_topics(stack.kafka, {replay_checkpoints: Topics.INGEST_CHECKPOINTS}):
             replay = ingest_settings(
                 stack,
                 topics,

@@ -32,13 +32,11 @@ from indutech_common.kafka import (
     start_client,
 )
 from indutech_common.s3 import create_s3_client
-from indutech_common.schemas import ClientTicket, SensorReading
+from indutech_common.schemas import ClientTicket, SensorReading, Topics
 from indutech_iot_to_s3.config import IotToS3Settings
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
-
-PARTITIONS = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Lake:
 
 @pytest.fixture
 async def lake(stack: StackSettings, unique: str) -> AsyncIterator[Lake]:
-    """Fresh topics (two partitions each), a fresh group and lake prefix; all removed after."""
+    """Fresh topics (the contract's settings), a fresh group and lake prefix; all removed after."""
     names = Lake(
         sensor_topic=f"test.{unique}.sensor-readings",
         ticket_topic=f"test.{unique}.client-tickets",
@@ -62,8 +60,12 @@ async def lake(stack: StackSettings, unique: str) -> AsyncIterator[Lake]:
         prefix=f"tests/iot-to-s3/{unique}/",
         group_id=f"test-iot-to-s3-{unique}",
     )
-    topics = [names.sensor_topic, names.ticket_topic, names.dead_letter_topic]
-    async with temporary_topics(stack.kafka, dict.fromkeys(topics, PARTITIONS)):
+    topics = {
+        names.sensor_topic: Topics.SENSOR_READINGS,
+        names.ticket_topic: Topics.CLIENT_TICKETS,
+        names.dead_letter_topic: Topics.DEAD_LETTER,
+    }
+    async with temporary_topics(stack.kafka, topics):
         yield names
     await delete_prefix(stack.s3, stack.s3.lake_bucket, names.prefix)
 

@@ -17,6 +17,7 @@ from aiokafka.structs import ConsumerRecord
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas import Topics
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.engine import Engine
@@ -91,7 +92,7 @@ class TestPoisonItems:
             dead_letter_topic=dead_letters,
         )
         async with (
-            temporary_topics(stack.kafka, {dead_letters: 1}),
+            temporary_topics(stack.kafka, {dead_letters: Topics.DEAD_LETTER}),
             create_s3_client(stack.s3) as s3,
         ):
             engine = Engine(settings, s3)

@@ -25,10 +25,11 @@ from ldap3.core.exceptions import LDAPException
 from prometheus_client import Counter, Gauge
 
 from indutech_common.errors import DependencyUnavailableError, IndutechError
-from indutech_common.kafka import create_producer, ping_producer, start_client
+from indutech_common.kafka import create_producer, ping_producer, require_topics, start_client
 from indutech_common.ldap import ldap_connect
 from indutech_common.lifecycle import EXIT_FAILED, EXIT_OK, Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.schemas.topics import Topics
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import (
     SIDES,
@@ -220,6 +221,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             self.store = S3StateStore(client, bucket=bucket, key=self.settings.state_key)
         self.state = await self.store.load()
         if self.settings.audit_kafka is not None:
+            topics = {self.settings.audit_topic: Topics.IDENTITY_CHANGES}
+            await require_topics(self.settings.audit_kafka, topics, worker=self.name)
             producer = create_producer(self.settings.audit_kafka)
             await start_client(producer, self.settings.audit_kafka)
             self._exit_stack.push_async_callback(producer.stop)

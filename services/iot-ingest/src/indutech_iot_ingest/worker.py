@@ -21,9 +21,10 @@ import prometheus_client
 from aiokafka.errors import KafkaError, ProducerFenced
 from botocore.exceptions import BotoCoreError, ClientError
 
-from indutech_common.kafka import ping_producer
+from indutech_common.kafka import ping_producer, require_topics
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import S3Error, create_s3_client, ping_bucket
+from indutech_common.schemas import Topics
 from indutech_common.tailing import FileTailer, Line, LineKind, SkipReason, TailingError
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.sinks import DeadLetterStore, TransactionalSink, load_checkpoints
@@ -95,6 +96,11 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             metrics=self.metrics,
             record_topics=[settings.topic_of(route) for route in settings.routes],
         )
+        kinds = {"sensor_reading": Topics.SENSOR_READINGS, "client_ticket": Topics.CLIENT_TICKETS}
+        topics = {settings.topic_of(r): kinds[r.record] for r in settings.routes}
+        topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        topics |= {settings.checkpoint_topic: Topics.INGEST_CHECKPOINTS}
+        await require_topics(settings.kafka, topics, worker=self.name)
         await self.sink.start()
         self.health.register_ping("kafka", self._ping_kafka)
         self.health.register_ping("san", self._ping_san)

@@ -58,11 +58,13 @@ from indutech_common.kafka import (
     DeadLetterWriter,
     create_consumer,
     create_producer,
+    require_topics,
     start_client,
     stop_client,
 )
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.schemas import Topics
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Poll, Segment
 from indutech_iot_to_s3.sinks import Intent, IntentJournal, LakeWriter, ParquetEncoder, S3Calls
@@ -187,6 +189,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             multipart_threshold=settings.multipart_threshold_bytes,
             part_bytes=settings.multipart_part_bytes,
         )
+        topics = {settings.sensor_topic: Topics.SENSOR_READINGS}
+        topics |= {settings.ticket_topic: Topics.CLIENT_TICKETS}
+        topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        await require_topics(settings.kafka, topics, worker=self.name)
         fetch_max = max(1024 * 1024, min(16 * 1024 * 1024, settings.memory_cap_bytes // 4))
         self.consumer: AIOKafkaConsumer = create_consumer(
             settings.kafka,

@@ -38,6 +38,7 @@ from indutech_common.kafka import (
     create_consumer,
     create_producer,
     ping_producer,
+    require_topics,
     start_client,
     stop_client,
 )
@@ -47,6 +48,7 @@ from indutech_common.logging import scrub
 from indutech_common.retry import Backoff
 from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_common.schemas.sql_backup import BackupCompleted, BackupEvent
+from indutech_common.schemas.topics import Topics
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import TableInfo
 from indutech_sql_backup.engine import BackupMetrics, Engine
@@ -149,8 +151,17 @@ def completed_message(engine: Engine, manifest: Manifest) -> BackupCompleted:
     )
 
 
+def contract_topics(settings: SqlBackupSettings) -> dict[str, str]:
+    """The topics every sql-backup process checks at start: configured name → contract."""
+    return {
+        settings.work_topic: Topics.BACKUP_WORK,
+        settings.completed_topic: Topics.BACKUP_COMPLETED,
+    }
+
+
 async def _producer(settings: SqlBackupSettings) -> AIOKafkaProducer:
     assert settings.kafka is not None  # noqa: S101 - checked by the CLI
+    await require_topics(settings.kafka, contract_topics(settings), worker="sql-backup")
     producer = create_producer(settings.kafka)
     await start_client(producer, settings.kafka)
     return producer
@@ -286,6 +297,8 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         bucket = settings.s3.backup_bucket
         self.health.register_ping("s3", lambda: ping_bucket(s3, bucket))
         self.engine = Engine(settings, s3, metrics=self.backup_metrics)
+        topics = contract_topics(settings) | {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        await require_topics(settings.kafka, topics, worker=self.name)
         self.producer: AIOKafkaProducer = create_producer(settings.kafka)
         await start_client(self.producer, settings.kafka)
         self._stack.push_async_callback(stop_client, self.producer)
@@ -594,6 +607,9 @@ class DeltaScheduler(Worker[SqlBackupSettings]):
 
     async def startup(self) -> None:
         self._stack = AsyncExitStack()
+        assert self.settings.kafka is not None  # noqa: S101 - checked by the CLI
+        # at start, not at the first delta hours later: a missing topic is found at deploy
+        await require_topics(self.settings.kafka, contract_topics(self.settings), worker=self.name)
         self.s3 = await self._stack.enter_async_context(create_s3_client(self.settings.s3))
         self.backup_metrics = BackupMetrics(self.metrics)
 
