@@ -32,7 +32,7 @@ from indutech_common.kafka import (
     start_client,
 )
 from indutech_common.s3 import create_s3_client
-from indutech_common.schemas import ClientTicket, SensorReading, Topics
+from indutech_common.schemas import ClientTicket, SensorReading, Topics, contract_spec
 from indutech_iot_to_s3.config import IotToS3Settings
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix
@@ -256,7 +256,8 @@ async def read_dead_letters(
     consumer = create_consumer(stack.kafka, group_id=None, isolation_level=isolation_level)
     await start_client(consumer, stack.kafka)
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        partitions = contract_spec(Topics.DEAD_LETTER).partitions  # as temporary_topics made it
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
