@@ -212,6 +212,8 @@ class PartitionWindows:
         self.readings: dict[ReadingKey, ReadingAggregate] = {}
         self.records = 0
         self.newest_event_us: int | None = None
+        # the lowest window start taken: a first close below it closes no window with data
+        self._lowest_start_us: int | None = None
 
     # -- taking records ------------------------------------------------------------------
 
@@ -222,6 +224,8 @@ class PartitionWindows:
         self.next_offset = offset + 1
         self.records += 1
         start = self.spec.start_of(event_us)
+        if self._lowest_start_us is None or start < self._lowest_start_us:
+            self._lowest_start_us = start
         late = self.closed_before_us is not None and start < self.closed_before_us
         if self.watermark_us is None or event_us > self.watermark_us:
             self.watermark_us = event_us
@@ -301,7 +305,17 @@ class PartitionWindows:
     @property
     def final_due(self) -> bool:
         """Windows closed since the last write: their final write is due."""
-        return self.closed_before_us != self.committed.closed_before_us
+        if self.closed_before_us == self.committed.closed_before_us:
+            return False
+        if self.committed.closed_before_us is not None:
+            return True
+        # The first close ever: due only once it passes a window holding data.
+        lowest = self._lowest_start_us
+        return (
+            lowest is not None
+            and self.closed_before_us is not None
+            and self.closed_before_us > lowest
+        )
 
     @property
     def dirty(self) -> bool:
