@@ -7,7 +7,7 @@ import pytest
 import sqlglot
 from sqlglot import expressions as exp
 
-from indutech_iot_aggregator.sinks.sql import READINGS, TABLES, TICKETS, Statements
+from indutech_iot_aggregator.sinks.sql import READINGS, TABLES, TICKETS, AggregateTable, Statements
 
 STAGED = {
     TICKETS.name: "s3://lake/warehouse-staging/iot-aggregator/batch-1/tickets.parquet",
@@ -16,7 +16,7 @@ STAGED = {
 ROLE = "arn:aws:iam::123456789012:role/indutech-redshift-copy"
 
 
-def parse(sql: str, dialect: str) -> exp.Expression:
+def parse(sql: str, dialect: str) -> exp.Expr:
     return sqlglot.parse_one(sql, read=dialect, error_level=sqlglot.ErrorLevel.RAISE)
 
 
@@ -49,17 +49,17 @@ class TestRedshift:
         assert sum(s.startswith("MERGE INTO") for s in statements) == 2
 
     @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
-    def test_merge_follows_redshift_rules(self, table: object) -> None:
+    def test_merge_follows_redshift_rules(self, table: AggregateTable) -> None:
         """No alias on the target, bare column names in SET and INSERT, the whole key in ON,
         measures merged (sums add, extremes LEAST/GREATEST)."""
         st = Statements("rt", "redshift")
-        merge = parse(st.redshift_merge(table), "redshift")  # type: ignore[arg-type]
+        merge = parse(st.redshift_merge(table), "redshift")
         assert isinstance(merge, exp.Merge)
         target = merge.this
         assert isinstance(target, exp.Table)
         assert not target.alias
         on = merge.args["on"].sql()
-        for column in table.key:  # type: ignore[attr-defined]
+        for column in table.key:
             assert f"s.{column}" in on
         (update,) = [w.args["then"] for w in merge.find_all(exp.When) if w.args.get("matched")]
         assert isinstance(update, exp.Update)
