@@ -1,0 +1,156 @@
+"""iot-aggregator against the real broker (SASL_SSL) and the PostgreSQL warehouse: the views
+equal the reference aggregation exactly; bad and late records are dead-lettered with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import timedelta
+from decimal import Decimal
+
+from indutech_common.kafka import create_consumer, start_client
+from tests.integration.iot_aggregator.conftest import (
+    BASE_TIME,
+    Names,
+    client_ticket,
+    expected_readings,
+    expected_tickets,
+    fetch,
+    produce,
+    running_worker,
+    sensor_reading,
+    view_readings,
+    view_tickets,
+    wait_for,
+)
+from tests.support.stack import StackSettings
+
+
+async def dead_letters(stack: StackSettings, topic: str, expected: int) -> list[dict[str, str]]:
+    """The headers of the dead letters (``reason``, ``source``, ``offset``, ``error``)."""
+    consumer = create_consumer(stack.kafka, topic, group_id=None)
+    await start_client(consumer, stack.kafka)
+    found: list[dict[str, str]] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(found) < expected and loop.time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                found += [{k: v.decode() for k, v in r.headers} for r in records]
+    finally:
+        await consumer.stop()
+    return found
+
+
+class TestAggregates:
+    async def test_views_equal_the_reference_aggregation_exactly(
+        self, stack: StackSettings, names: Names
+    ) -> None:
+        """Tickets and readings over four windows and two partitions each: every row of the
+        views equals the aggregation of what was produced (exact decimals), all final; the
+        offsets table holds each partition's end; bad records are dead-lettered with reason."""
+        tickets = [client_ticket(i, BASE_TIME + timedelta(seconds=i * 0.8)) for i in range(300)]
+        readings = [sensor_reading(i, BASE_TIME + timedelta(seconds=i)) for i in range(240)]
+        bad = [
+            b"{not json",
+            json.dumps({"ticket_id": "x", "customer_id": "c", "region": "r"}).encode(),
+            # revenue as a float: refused by the contract (it would have lost digits)
+            client_ticket(1, BASE_TIME).model_dump(mode="json") | {"revenue": 1.1},
+        ]
+        await produce(stack, names.ticket_topic, tickets)
+        await produce(stack, names.sensor_topic, readings)
+        await produce(
+            stack,
+            names.ticket_topic,
+            [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bad],
+        )
+        want_tickets = expected_tickets(tickets)
+        want_readings = expected_readings(readings)
+        assert len(want_tickets) > 20  # several windows, customers and regions
+
+        async with running_worker(stack, names):
+            got_tickets = await wait_for(
+                lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
+            )
+            got_readings = await wait_for(
+                lambda: view_readings(stack, names.schema), lambda v: v == want_readings
+            )
+            finals = await wait_for(
+                lambda: fetch(
+                    stack, f"SELECT bool_and(final) AS f FROM {names.schema}.ticket_aggregates"
+                ),
+                lambda rows: rows[0]["f"] is True,
+            )
+        assert got_tickets == want_tickets
+        assert got_readings == want_readings
+        assert finals[0]["f"] is True
+        revenue = sum(v[1] for v in got_tickets.values())
+        assert revenue == sum((t.revenue for t in tickets), Decimal("0.00"))
+
+        offsets = await fetch(
+            stack,
+            f"SELECT topic, sum(next_offset) AS n FROM {names.schema}.consumer_offsets "
+            "WHERE consumer_group = $1 GROUP BY topic",
+            names.group_id,
+        )
+        assert {r["topic"]: r["n"] for r in offsets} == {
+            names.ticket_topic: len(tickets) + len(bad),
+            names.sensor_topic: len(readings),
+        }
+        letters = await dead_letters(stack, names.dead_letter_topic, len(bad))
+        assert Counter(h["reason"] for h in letters) == Counter(
+            {"invalid_json": 1, "schema_validation": 2}
+        )
+        assert all(h["source"].startswith(f"{names.ticket_topic}[") for h in letters)
+        assert any("never a float" in h["error"] for h in letters)
+
+    async def test_late_events_are_dead_lettered_or_corrected_by_setting(
+        self, stack: StackSettings, names: Names
+    ) -> None:
+        """An open window is written provisionally (final false); an event past end + grace
+        closes it (final true); a later event for it is dead-lettered with reason late_event
+        under late_policy=dead_letter, and never counted."""
+        p0 = {"partition": 0}
+        async with running_worker(stack, names, late_policy="dead_letter", idle_close_s=600):
+            await produce(
+                stack,
+                names.ticket_topic,
+                [client_ticket(0, BASE_TIME + timedelta(seconds=5))],
+                **p0,
+            )
+            provisional = await wait_for(
+                lambda: fetch(stack, f"SELECT * FROM {names.schema}.ticket_aggregates"),
+                lambda rows: len(rows) == 1,
+            )
+            assert provisional[0]["ticket_count"] == 1
+            assert provisional[0]["final"] is False
+            # 66 s: past the window's end (60 s) plus grace (5 s): the first window closes
+            await produce(
+                stack,
+                names.ticket_topic,
+                [client_ticket(5, BASE_TIME + timedelta(seconds=66))],
+                **p0,
+            )
+            closed = await wait_for(
+                lambda: fetch(
+                    stack,
+                    f"SELECT final FROM {names.schema}.ticket_aggregates WHERE window_start = $1",
+                    BASE_TIME,
+                ),
+                lambda rows: rows and rows[0]["final"] is True,
+            )
+            assert closed[0]["final"] is True
+            late = client_ticket(10, BASE_TIME + timedelta(seconds=30))
+            await produce(stack, names.ticket_topic, [late], **p0)
+            letters = await dead_letters(stack, names.dead_letter_topic, 1)
+        assert [h["reason"] for h in letters] == ["late_event"]
+        assert "late_policy=correction" in letters[0]["error"]
+        rows = await fetch(
+            stack,
+            f"SELECT ticket_count, late_events FROM {names.schema}.ticket_aggregates "
+            "WHERE window_start = $1",
+            BASE_TIME,
+        )
+        assert [(r["ticket_count"], r["late_events"]) for r in rows] == [(1, 0)]
