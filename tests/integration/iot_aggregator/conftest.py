@@ -189,7 +189,7 @@ def window_of(moment: datetime) -> datetime:
 
 
 def expected_tickets(tickets: Iterable[ClientTicket]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """The reference: (window_start, customer, region) → count, revenue, latency sum/count/min/max."""
+    """(window_start, customer, region) → count, revenue, latency sum, count, min, max."""
     groups: dict[tuple[Any, ...], list[ClientTicket]] = {}
     for ticket in tickets:
         key = (window_of(ticket.event_time), ticket.customer_id, ticket.region)
@@ -221,10 +221,11 @@ def expected_readings(
 
 
 async def view_tickets(stack: StackSettings, schema: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    rows = await _fetch(
+    rows = await fetch(
         stack,
+        schema,
         "SELECT window_start, customer_id, region, ticket_count, revenue_sum, latency_sum_ms, "
-        f"latency_count, latency_min_ms, latency_max_ms FROM {schema}.ticket_aggregates",
+        "latency_count, latency_min_ms, latency_max_ms FROM ticket_aggregates",
     )
     return {tuple(r[:3]): tuple(r[3:]) for r in rows}
 
@@ -232,25 +233,20 @@ async def view_tickets(stack: StackSettings, schema: str) -> dict[tuple[Any, ...
 async def view_readings(
     stack: StackSettings, schema: str
 ) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    rows = await _fetch(
+    rows = await fetch(
         stack,
+        schema,
         "SELECT window_start, sensor_id, site, metric, reading_count, value_sum, value_min, "
-        f"value_max FROM {schema}.reading_aggregates",
+        "value_max FROM reading_aggregates",
     )
     return {tuple(r[:4]): tuple(r[4:]) for r in rows}
 
 
-async def _fetch(stack: StackSettings, sql: str) -> list[Any]:
+async def fetch(stack: StackSettings, schema: str, sql: str, *args: Any) -> list[Any]:
+    """Rows of ``sql`` run with the test's schema as search path (names unqualified)."""
     connection = await connect_warehouse(stack.warehouse)
     try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
-
-
-async def fetch(stack: StackSettings, sql: str, *args: Any) -> list[Any]:
-    connection = await connect_warehouse(stack.warehouse)
-    try:
+        await connection.execute("SELECT set_config('search_path', $1, false)", schema)
         return list(await connection.fetch(sql, *args))
     finally:
         await connection.close()

@@ -79,7 +79,7 @@ class TestAggregates:
             )
             finals = await wait_for(
                 lambda: fetch(
-                    stack, f"SELECT bool_and(final) AS f FROM {names.schema}.ticket_aggregates"
+                    stack, names.schema, "SELECT bool_and(final) AS f FROM ticket_aggregates"
                 ),
                 lambda rows: rows[0]["f"] is True,
             )
@@ -91,7 +91,8 @@ class TestAggregates:
 
         offsets = await fetch(
             stack,
-            f"SELECT topic, sum(next_offset) AS n FROM {names.schema}.consumer_offsets "
+            names.schema,
+            "SELECT topic, sum(next_offset) AS n FROM consumer_offsets "
             "WHERE consumer_group = $1 GROUP BY topic",
             names.group_id,
         )
@@ -121,7 +122,7 @@ class TestAggregates:
                 **p0,
             )
             provisional = await wait_for(
-                lambda: fetch(stack, f"SELECT * FROM {names.schema}.ticket_aggregates"),
+                lambda: fetch(stack, names.schema, "SELECT * FROM ticket_aggregates"),
                 lambda rows: len(rows) == 1,
             )
             assert provisional[0]["ticket_count"] == 1
@@ -136,7 +137,8 @@ class TestAggregates:
             closed = await wait_for(
                 lambda: fetch(
                     stack,
-                    f"SELECT final FROM {names.schema}.ticket_aggregates WHERE window_start = $1",
+                    names.schema,
+                    "SELECT final FROM ticket_aggregates WHERE window_start = $1",
                     BASE_TIME,
                 ),
                 lambda rows: rows and rows[0]["final"] is True,
@@ -149,8 +151,8 @@ class TestAggregates:
         assert "late_policy=correction" in letters[0]["error"]
         rows = await fetch(
             stack,
-            f"SELECT ticket_count, late_events FROM {names.schema}.ticket_aggregates "
-            "WHERE window_start = $1",
+            names.schema,
+            "SELECT ticket_count, late_events FROM ticket_aggregates WHERE window_start = $1",
             BASE_TIME,
         )
         assert [(r["ticket_count"], r["late_events"]) for r in rows] == [(1, 0)]
