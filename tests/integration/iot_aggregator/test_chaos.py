@@ -9,8 +9,10 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,7 +173,7 @@ class TestChaos:
         assert '"event": "worker_failed"' not in text
 
 
-def _diff(got: dict[object, object], want: dict[object, object]) -> str:
+def _diff(got: Mapping[Any, Any], want: Mapping[Any, Any]) -> str:
     wrong = [(k, got.get(k), v) for k, v in want.items() if got.get(k) != v]
     extra = [k for k in got if k not in want]
     return f"{len(wrong)} rows differ, e.g. {wrong[:3]}; {len(extra)} unexpected"
