@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from indutech_common.kafka import create_consumer, start_client
@@ -70,7 +70,7 @@ class TestAggregates:
         want_readings = expected_readings(readings)
         assert len(want_tickets) > 20  # several windows, customers and regions
 
-        async with running_worker(stack, names):
+        async with running_worker(stack, names) as worker:
             got_tickets = await wait_for(
                 lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
             )
@@ -83,9 +83,26 @@ class TestAggregates:
                 ),
                 lambda rows: rows[0]["f"] is True,
             )
+            metric = worker.metrics.registry.get_sample_value
+            labels = {"worker": "iot-aggregator"}
+            ticket_stream = {**labels, "stream": names.ticket_topic}
+            # the seed's alarm: now minus the end of the newest window written final
+            ingestion_lag = metric("indutech_iot_aggregator_ingestion_lag_seconds", labels)
+            event_lag = metric("indutech_lag_seconds", ticket_stream)
+            records_out = metric("indutech_records_out_total", ticket_stream)
+            dead = metric(
+                "indutech_dead_lettered_records_total", {**labels, "reason": "schema_validation"}
+            )
         assert got_tickets == want_tickets
         assert got_readings == want_readings
         assert finals[0]["f"] is True
+        newest_end = BASE_TIME + timedelta(seconds=240)  # the last events (239 s) end at 240 s
+        assert ingestion_lag is not None
+        assert abs(ingestion_lag - (datetime.now(UTC) - newest_end).total_seconds()) < 10
+        assert event_lag is not None
+        assert event_lag > 0
+        assert records_out == len(tickets) + len(bad)
+        assert dead == 2
         revenue = sum(v[1] for v in got_tickets.values())
         assert revenue == sum((t.revenue for t in tickets), Decimal("0.00"))
 

@@ -172,6 +172,8 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
             self._close_idle(now)
             if self._write_due(now):
                 await self._write(now)
+            # At the cap while writes fail (or wait for their retry): stop fetching.
+            self._apply_cap()
             self._update_gauges()
         await self._last_write_before_stop()
 
@@ -345,7 +347,6 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
                 retry_in_s=round(delay, 2),
                 open_keys=self._open_keys(),
             )
-            self._apply_cap()
             return
         duration = time.perf_counter() - started
         self._delays = Backoff(initial_s=0.2, max_s=self.settings.retry_max_s).delays()
@@ -375,7 +376,6 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
             final=sum(1 for _, p in pairs if p.final_due),
             duration_s=round(duration, 3),
         )
-        self._apply_cap()
         await self.source.commit_advisory(advisory)
 
     def _refence(self, partitions: list[tuple[str, int]]) -> None:
