@@ -75,7 +75,8 @@ class TestWarehouseOutage:
                         lambda: view_tickets(stack, names.schema), lambda v: v == want
                     )
         assert paused == 1
-        assert failed and failed >= 1
+        assert failed is not None
+        assert failed >= 1
         assert CAP <= peak <= CAP + POLL
         assert any(e["event"] == "paused_at_cap" for e in logs)
         assert any(e["event"] == "resumed" for e in logs)
