@@ -1,6 +1,7 @@
-"""The guarantee: SIGKILL the worker at random moments while it consumes, restart it, and the
-views still equal the aggregation of every committed record exactly (nothing lost, nothing
-doubled), late corrections and aborted transactions included."""
+"""The guarantee: SIGKILL two replicas at random moments while they consume, move partitions
+between members, restart them, and the views still equal the aggregation of every committed
+record exactly (nothing lost, nothing doubled), late corrections and aborted transactions
+included."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from tests.integration.iot_aggregator.conftest import (
 )
 from tests.support.stack import StackSettings
 
-ROUNDS = 10
+KILLS_PER_REPLICA = 10
 SETTINGS = {
     "IOT_AGGREGATOR_POLL_MAX_RECORDS": "40",  # many small polls: kills land between and in writes
     "IOT_AGGREGATOR_EMIT_INTERVAL_S": "0.1",
@@ -87,6 +88,14 @@ async def produce_continuously(
     return tickets, readings, aborted
 
 
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
 def _read_from(log: Path, offset: int) -> bytes:
     with log.open("rb") as handle:
         handle.seek(offset)
@@ -113,42 +122,79 @@ def rng() -> random.Random:
     return random.Random(seed)
 
 
+async def replica_under_fire(
+    names: Names, replica: int, kills: int, log: Path, rng: random.Random
+) -> list[float]:
+    """Start replica ``replica`` (static membership), SIGKILL it at a random moment, again."""
+    # static membership: a restarted replica takes its partitions back without waiting
+    # for the killed one's session to expire
+    env = worker_env(
+        names, IOT_AGGREGATOR_GROUP_INSTANCE_ID=f"{names.group_id}-{replica}", **SETTINGS
+    )
+    lifetimes = []
+    for round_ in range(kills):
+        seen = log_size(log)
+        process = start_worker(env, log)
+        if round_ % 4 == 3:
+            lifetime = rng.uniform(0.3, 3.0)  # a kill during start-up or positioning
+        else:
+            await wait_for_log(log, seen, "partition_ready", process)
+            lifetime = rng.uniform(0.1, 2.0)  # a kill while consuming and writing
+        await asyncio.sleep(lifetime)
+        assert process.poll() is None, tail(log)
+        process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(process.wait, 10)
+        lifetimes.append(round(lifetime, 2))
+    return lifetimes
+
+
+async def passer_by(names: Names, log: Path, rng: random.Random, visits: int) -> int:
+    """A third member that joins and leaves (SIGTERM): each visit moves partitions twice."""
+    env = worker_env(names, **SETTINGS)
+    for _ in range(visits):
+        await asyncio.sleep(rng.uniform(3.0, 8.0))
+        seen = log_size(log)
+        process = start_worker(env, log)
+        await wait_for_log(log, seen, "partitions_assigned", process)
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    return visits
+
+
 class TestChaos:
     @pytest.mark.slow
-    @pytest.mark.timeout(180)
-    async def test_sigkill_at_random_moments_neither_loses_nor_doubles(
+    @pytest.mark.timeout(240)
+    async def test_sigkills_and_rebalances_across_two_replicas_neither_lose_nor_double(
         self, stack: StackSettings, names: Names, tmp_path: Path, rng: random.Random
     ) -> None:
-        """10 SIGKILLs while records keep arriving; the views then equal the reference."""
-        log = tmp_path / "worker.log"
+        """Two replicas SIGKILLed 10 times each at random moments, a third member joining and
+        leaving twice (rebalances), records arriving all along: the views then equal the
+        aggregation of the committed records exactly."""
+        logs = [tmp_path / "replica-0.log", tmp_path / "replica-1.log", tmp_path / "third.log"]
         stop = asyncio.Event()
         producing = asyncio.create_task(produce_continuously(stack, names, stop, rng))
-        # static membership: a restarted worker takes its partitions back without waiting
-        # for the killed one's session to expire
-        env = worker_env(names, IOT_AGGREGATOR_GROUP_INSTANCE_ID=f"{names.group_id}-0", **SETTINGS)
-        lifetimes: list[float] = []
-        for round_ in range(ROUNDS):
-            seen = log.stat().st_size if log.exists() else 0
-            process = start_worker(env, log)
-            if round_ % 4 == 3:
-                lifetime = rng.uniform(0.3, 3.0)  # a kill during start-up or positioning
-            else:
-                await wait_for_log(log, seen, "partition_ready", process)
-                lifetime = rng.uniform(0.1, 2.0)  # a kill while consuming and writing
-            await asyncio.sleep(lifetime)
-            assert process.poll() is None, log.read_text()[-3000:]
-            process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(process.wait, 10)
-            lifetimes.append(round(lifetime, 2))
+        lifetimes, _ = await asyncio.gather(
+            asyncio.gather(
+                *(replica_under_fire(names, r, KILLS_PER_REPLICA, logs[r], rng) for r in (0, 1))
+            ),
+            passer_by(names, logs[2], rng, visits=2),
+        )
         stop.set()
         tickets, readings, aborted = await producing
         want_tickets = expected_tickets(tickets)
         want_readings = expected_readings(readings)
 
-        seen = log.stat().st_size
-        final = start_worker(env, log)
+        finals = []
+        for replica in (0, 1):
+            env = worker_env(
+                names, IOT_AGGREGATOR_GROUP_INSTANCE_ID=f"{names.group_id}-{replica}", **SETTINGS
+            )
+            seen = logs[replica].stat().st_size
+            finals.append((start_worker(env, logs[replica]), seen))
         try:
-            await wait_for_log(log, seen, "partition_ready", final)
+            for replica, (process, seen) in enumerate(finals):
+                await wait_for_log(logs[replica], seen, "partition_ready", process)
             got_tickets = await wait_for(
                 lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
             )
@@ -156,17 +202,20 @@ class TestChaos:
                 lambda: view_readings(stack, names.schema), lambda v: v == want_readings
             )
         finally:
-            final.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.to_thread(final.wait, 30)
-        text = log.read_text()
+            for process, _ in finals:
+                process.send_signal(signal.SIGTERM)
+            exit_codes = [await asyncio.to_thread(p.wait, 30) for p, _ in finals]
+        text = "".join(log.read_text() for log in logs)
         writes = text.count('"event": "batch_written"')
         print(
             f"kills after {lifetimes}s; {len(tickets)} tickets and {len(readings)} readings "
             f"committed, {aborted} aborted; {writes} warehouse writes, "
-            f"{text.count('write_fenced')} fenced"
+            f"{text.count('write_fenced')} fenced, "
+            f"{text.count('partitions_revoked')} revocations"
         )
-        assert exit_code == 0
-        assert writes > ROUNDS, "the kills did not land among warehouse writes"
+        assert exit_codes == [0, 0]
+        assert writes > 2 * KILLS_PER_REPLICA, "the kills did not land among warehouse writes"
+        assert text.count('"event": "partitions_revoked"') >= 2, "no rebalance happened"
         assert got_tickets == want_tickets, _diff(got_tickets, want_tickets)
         assert got_readings == want_readings, _diff(got_readings, want_readings)
         assert aborted > 0, "no aborted transaction was produced: the run proves less"
