@@ -8,7 +8,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.schemas import Topics
-from indutech_common.settings import KafkaSettings, WarehouseSettings, WorkerSettings
+from indutech_common.settings import (
+    KafkaSettings,
+    S3Settings,
+    WarehouseSettings,
+    WorkerSettings,
+)
 from indutech_iot_aggregator.sinks.sql import IDENTIFIER
 from indutech_iot_aggregator.windows import MAX_WINDOW_S, MIN_WINDOW_S
 
@@ -84,6 +89,18 @@ class IotAggregatorSettings(WorkerSettings):
     poll_max_records: int = Field(default=5_000, gt=0, description="records per poll")
     write_timeout_s: float = Field(
         default=60.0, gt=0, description="longest wait for one warehouse transaction"
+    )
+    s3: S3Settings | None = Field(
+        default=None, description="the lake, read by 'rebuild' only (INDUTECH_S3__* applies)"
+    )
+    lake_prefix: str = Field(
+        default="", description="key prefix of the lake inside the lake bucket ('' in production)"
+    )
+    lake_group_id: str = Field(
+        default="iot-to-s3",
+        min_length=1,
+        description="consumer group of iot-to-s3: 'rebuild' checks the lake holds every "
+        "record up to the aggregator's offsets from its committed offsets",
     )
     retry_max_s: float = Field(
         default=10.0, gt=0, description="longest wait between warehouse retries during an outage"

@@ -192,6 +192,23 @@ class Statements:
             f"FROM {self.offsets} WHERE consumer_group = $1 AND topic = ANY($2::text[])"
         )
 
+    def lock_offsets(self) -> str:
+        """The group's positions, locked until the end of the transaction (rebuild)."""
+        return (
+            "SELECT topic, source_partition, next_offset "  # noqa: S608 - identifiers only
+            f"FROM {self.offsets} WHERE consumer_group = $1 AND topic = ANY($2::text[]) "
+            "ORDER BY topic, source_partition FOR UPDATE"
+        )
+
+    def delete_range(self, table: AggregateTable) -> str:
+        """The rows of windows starting in ``[$1, $2)`` of the partitions named in $3/$4."""
+        return (
+            f"DELETE FROM {self.table(table)} AS t "  # noqa: S608 - identifiers only
+            "USING unnest($3::text[], $4::int[]) AS c(topic, part) "
+            "WHERE t.window_start >= $1 AND t.window_start < $2 "
+            "AND t.source_topic = c.topic AND t.source_partition = c.part"
+        )
+
     # -- the write transaction: PostgreSQL ---------------------------------------------------
 
     def pg_create_stage(self, table: AggregateTable) -> str:

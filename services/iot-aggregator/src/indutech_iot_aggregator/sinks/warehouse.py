@@ -17,7 +17,7 @@ Exactly-once in effect, and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,21 +170,21 @@ class WarehouseSink:
         }
 
     async def write(self, batch: WarehouseBatch) -> None:
-        """One transaction: deltas upserted, windows finalised, offsets compare-and-set."""
+        """One transaction: offsets compare-and-set, deltas upserted, windows finalised."""
         st = self.statements
         now = datetime.now(UTC)
         async with self._pool.acquire() as connection, connection.transaction():
-            for table, rows in (
-                (TICKETS, ticket_rows(batch, now)),
-                (READINGS, reading_rows(batch, now)),
-            ):
-                if not rows:
-                    continue
-                await connection.execute(st.pg_create_stage(table))
-                await connection.copy_records_to_table(
-                    st.stage(table), records=rows, columns=list(table.columns)
-                )
-                await connection.execute(st.pg_upsert(table))
+            # The offsets first: a fenced batch stops before any COPY, and a rebuild (which
+            # locks the same rows first) and a write never wait for each other crosswise.
+            moved = await self._move_offsets(connection, batch, now)
+            fenced = [
+                (p.topic, p.partition)
+                for p in batch.partitions
+                if (p.topic, p.partition) not in moved
+            ]
+            if fenced:
+                raise FencedError(fenced)  # leaving the block rolls the whole batch back
+            await self._upsert(connection, batch, now)
             closing = [
                 p for p in batch.partitions if p.final_due and p.closed_before_us is not None
             ]
@@ -198,14 +198,55 @@ class WarehouseSink:
                         now,
                         [_ts(p.previous_closed_before_us) or _BEGINNING for p in closing],
                     )
-            moved = await self._move_offsets(connection, batch, now)
-            fenced = [
-                (p.topic, p.partition)
-                for p in batch.partitions
-                if (p.topic, p.partition) not in moved
-            ]
-            if fenced:
-                raise FencedError(fenced)  # leaving the block rolls the whole batch back
+
+    async def _upsert(
+        self, connection: asyncpg.Connection, batch: WarehouseBatch, now: datetime
+    ) -> None:
+        """Binary COPY of the rows into the staging tables, then add them to the stored rows."""
+        st = self.statements
+        for table, rows in (
+            (TICKETS, ticket_rows(batch, now)),
+            (READINGS, reading_rows(batch, now)),
+        ):
+            if not rows:
+                continue
+            await connection.execute(st.pg_create_stage(table))
+            await connection.copy_records_to_table(
+                st.stage(table), records=rows, columns=list(table.columns)
+            )
+            await connection.execute(st.pg_upsert(table))
+
+    async def replace_range(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        start: datetime,
+        end: datetime,
+        build: Callable[[dict[tuple[str, int], int]], WarehouseBatch],
+    ) -> WarehouseBatch:
+        """Rebuild: in one transaction, replace the rows of windows in ``[start, end)`` with
+        ``build(positions)``, where positions are the stream's next offsets, read under a
+        row lock (the stream's writes of those partitions wait until the commit).
+
+        Only partitions the stream has positions for are replaced: ``build`` must cover
+        exactly their records below those offsets (so nothing is lost or counted twice
+        with what the stream writes afterwards)."""
+        st = self.statements
+        now = datetime.now(UTC)
+        async with self._pool.acquire() as connection, connection.transaction():
+            locked = await connection.fetch(st.lock_offsets(), group_id, list(topics))
+            positions = {(r["topic"], r["source_partition"]): r["next_offset"] for r in locked}
+            batch = build(positions)
+            for table in TABLES:
+                await connection.execute(
+                    st.delete_range(table),
+                    start,
+                    end,
+                    [topic for topic, _ in positions],
+                    [partition for _, partition in positions],
+                )
+            await self._upsert(connection, batch, now)
+        return batch
 
     async def _move_offsets(
         self, connection: asyncpg.Connection, batch: WarehouseBatch, now: datetime
