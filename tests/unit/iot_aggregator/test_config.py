@@ -69,3 +69,40 @@ class TestHelp:
             "IOT_AGGREGATOR_WAREHOUSE__DIALECT",
         ):
             assert text in result.stdout
+
+
+class TestRebuildArguments:
+    @pytest.mark.parametrize(
+        ("argv", "expected"),
+        [
+            (["rebuild"], "give --from and --to"),
+            (
+                [
+                    "rebuild",
+                    "--from",
+                    "2026-03-01T10:00:30+00:00",
+                    "--to",
+                    "2026-03-01T11:00+00:00",
+                ],
+                "is not a window boundary",
+            ),
+            (
+                ["rebuild", "--from", "2026-03-01T10:00:00", "--to", "2026-03-01T11:00:00"],
+                "need a UTC offset",
+            ),
+            (
+                ["rebuild", "--from", "2026-03-01T11:00+00:00", "--to", "2026-03-01T10:00+00:00"],
+                "--to must be after --from",
+            ),
+        ],
+    )
+    @pytest.mark.usefixtures("env")
+    def test_a_bad_range_exits_2_before_touching_anything(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        argv: list[str],
+        expected: str,
+    ) -> None:
+        """No lake read, no warehouse connection: the command says what to fix."""
+        assert main(argv) == 2
+        assert expected in capsys.readouterr().err
