@@ -49,9 +49,7 @@ def object_key(
     lake_prefix: str, topic: str, hour: datetime, partition: int, first_offset: int
 ) -> str:
     """The key of one object: its hour folder, then ``{topic}+{partition}+{first_offset}``."""
-    return (
-        f"{hour_prefix(lake_prefix, topic, hour)}{topic}+{partition}+{first_offset:020d}.parquet"
-    )
+    return f"{hour_prefix(lake_prefix, topic, hour)}{topic}+{partition}+{first_offset:020d}.parquet"
 
 
 def hours_overlapping(start: datetime, end: datetime) -> Iterator[datetime]:
