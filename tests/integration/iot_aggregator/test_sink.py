@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
-from indutech_common.warehouse import connect_warehouse
+from indutech_common.warehouse import connect_warehouse, create_warehouse_pool
 from indutech_iot_aggregator.errors import FencedError
-from indutech_iot_aggregator.sinks import WarehouseBatch, WarehouseSink
+from indutech_iot_aggregator.sinks import (
+    CopyStager,
+    RedshiftSink,
+    Statements,
+    WarehouseBatch,
+    WarehouseSink,
+    open_sink,
+)
 from indutech_iot_aggregator.windows import Committed, PartitionWindows, WindowSpec, to_us
 from tests.integration.iot_aggregator.conftest import BASE_TIME, fetch
 from tests.support.stack import StackSettings
@@ -22,9 +30,10 @@ GROUP = "test-group"
 
 
 @pytest.fixture
-async def sink(stack: StackSettings, unique: str) -> AsyncIterator[WarehouseSink]:
+async def postgres_sink(stack: StackSettings, unique: str) -> AsyncIterator[WarehouseSink]:
+    """The PostgreSQL sink on a fresh, migrated schema (dropped after)."""
     schema = f"test_sink_{unique}"
-    opened = await WarehouseSink.open(stack.warehouse, schema=schema)
+    opened = await open_sink(stack.warehouse, schema=schema)
     try:
         await opened.migrate()
         yield opened
@@ -35,6 +44,24 @@ async def sink(stack: StackSettings, unique: str) -> AsyncIterator[WarehouseSink
             await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:
             await connection.close()
+
+
+@pytest.fixture(params=["postgres", "redshift-sql-on-postgres"])
+async def sink(
+    request: pytest.FixtureRequest, stack: StackSettings, postgres_sink: WarehouseSink
+) -> AsyncIterator[WarehouseSink]:
+    """The PostgreSQL sink; and the Redshift sink's statements (MERGE, one compare-and-set
+    per partition, LOCK) run on PostgreSQL 15, with the staging table filled by COPY from
+    this process instead of COPY from S3, the one statement PostgreSQL lacks."""
+    if request.param == "postgres":
+        yield postgres_sink
+        return
+    pool = await create_warehouse_pool(stack.warehouse, min_size=1, max_size=2)
+    redshift = RedshiftSink(pool, Statements(postgres_sink.schema, "redshift"), CopyStager())
+    try:
+        yield redshift
+    finally:
+        await redshift.close()
 
 
 def partition(
@@ -138,16 +165,16 @@ class TestCompareAndSet:
 
 class TestSchema:
     async def test_migrate_is_idempotent_and_safe_to_run_concurrently(
-        self, stack: StackSettings, sink: WarehouseSink
+        self, stack: StackSettings, postgres_sink: WarehouseSink
     ) -> None:
         """Replicas starting together all migrate: no error, the same objects."""
-        await asyncio.gather(sink.migrate(), sink.migrate())
+        await asyncio.gather(postgres_sink.migrate(), postgres_sink.migrate())
         rows = await fetch(
             stack,
-            sink.schema,
+            postgres_sink.schema,
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
             "ORDER BY table_name",
-            sink.schema,
+            postgres_sink.schema,
         )
         assert [r["table_name"] for r in rows] == [
             "consumer_offsets",
@@ -155,4 +182,44 @@ class TestSchema:
             "reading_aggregates_partial",
             "ticket_aggregates",
             "ticket_aggregates_partial",
+        ]
+
+
+class TestReplaceRange:
+    async def test_rows_of_the_range_are_replaced_and_positions_handed_to_build(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """Rebuild's transaction: build() gets the locked positions; rows of windows in the
+        range are replaced by its batch, rows outside are left alone."""
+        windows = PartitionWindows("tickets-0", 0, SPEC, "correction")
+        for offset, minute in enumerate((0, 1, 2)):
+            windows.add_ticket(
+                offset,
+                event_us=T0 + minute * 60_000_000,
+                customer_id="c1",
+                region="emea",
+                revenue=Decimal("1.00"),
+                latency_ms=1,
+            )
+        await sink.write(batch(windows))
+        seen: list[dict[tuple[str, int], int]] = []
+
+        def build(positions: dict[tuple[str, int], int]) -> WarehouseBatch:
+            seen.append(positions)
+            rebuilt = partition(0, Committed(), range(2), revenue="5.00")  # both in minute 0
+            return batch(rebuilt)
+
+        start = BASE_TIME
+        end = BASE_TIME + timedelta(minutes=2)
+        await sink.replace_range(GROUP, ["tickets-0"], start, end, build)
+        assert seen == [{("tickets-0", 0): 3}]
+        rows = await fetch(
+            stack,
+            sink.schema,
+            "SELECT window_start, ticket_count, revenue_sum FROM ticket_aggregates_partial "
+            "ORDER BY window_start",
+        )
+        assert [(r["ticket_count"], r["revenue_sum"]) for r in rows] == [
+            (2, Decimal("10.00")),  # minute 0: rebuilt
+            (1, Decimal("1.00")),  # minute 2: outside the range, untouched
         ]

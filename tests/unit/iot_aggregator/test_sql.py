@@ -25,35 +25,57 @@ class TestRedshift:
         st = Statements("rt", "redshift")
         return [
             *st.create_schema(),
-            *st.redshift_transaction(staged=STAGED, iam_role=ROLE, partitions=2),
-            st.redshift_insert_offsets(),
+            *(st.rs_create_stage(t) for t in TABLES),
+            *(st.rs_copy_stage(t, uri=STAGED[t.name], iam_role=ROLE) for t in TABLES),
+            *(st.rs_merge(t) for t in TABLES),
+            *(st.rs_drop_stage(t) for t in TABLES),
+            *(st.rs_finalize(t) for t in TABLES),
+            *(st.rs_delete_range(t) for t in TABLES),
+            st.rs_advance_offset(),
+            st.rs_insert_offset(),
+            st.rs_lock_offsets(),
+            st.select_offsets(2, lock=True),
         ]
 
     def test_every_statement_parses_in_the_redshift_dialect(self) -> None:
-        """DDL, staging, COPY, MERGE, finalize and offsets: all valid Redshift to sqlglot."""
+        """DDL, staging, COPY, MERGE, finalize, offsets, rebuild: all valid Redshift to
+        sqlglot."""
         for sql in self.redshift():
             parse(sql, "redshift")
 
     def test_bulk_load_is_copy_from_s3_parquet_then_merge(self) -> None:
-        """Redshift has no COPY FROM STDIN nor ON CONFLICT: S3 Parquet COPY, then MERGE."""
+        """Redshift has no COPY FROM STDIN, ON CONFLICT, arrays nor FOR UPDATE."""
         statements = self.redshift()
         text = "\n".join(statements)
-        assert "ON CONFLICT" not in text
-        assert "STDIN" not in text
+        for absent in ("ON CONFLICT", "STDIN", "unnest", "[]", "FOR UPDATE", "ANY("):
+            assert absent not in text
         copies = [s for s in statements if s.startswith("COPY")]
         assert len(copies) == 2
         for copy in copies:
-            assert "FORMAT AS PARQUET" in copy
+            assert copy.endswith("FORMAT AS PARQUET")
             assert f"IAM_ROLE '{ROLE}'" in copy
             assert "FROM 's3://lake/warehouse-staging/" in copy
         assert sum(s.startswith("MERGE INTO") for s in statements) == 2
+
+    def test_copy_refuses_what_could_break_out_of_its_literals(self) -> None:
+        """COPY takes no parameters: the URI and the role are checked before interpolation."""
+        st = Statements("rt", "redshift")
+        with pytest.raises(ValueError, match="s3:// URI"):
+            st.rs_copy_stage(TICKETS, uri="s3://lake/x' IAM_ROLE 'y", iam_role=ROLE)
+        with pytest.raises(ValueError, match="IAM role"):
+            st.rs_copy_stage(TICKETS, uri=STAGED[TICKETS.name], iam_role="arn' --")
+
+    def test_varchar_counts_bytes_on_redshift(self) -> None:
+        """256 characters of up to 4 bytes: VARCHAR(1024) there, VARCHAR(256) on PostgreSQL."""
+        assert "customer_id VARCHAR(1024)" in Statements("rt", "redshift").create_schema()[1]
+        assert "customer_id VARCHAR(256)" in Statements("rt", "postgres").create_schema()[1]
 
     @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
     def test_merge_follows_redshift_rules(self, table: AggregateTable) -> None:
         """No alias on the target, bare column names in SET and INSERT, the whole key in ON,
         measures merged (sums add, extremes LEAST/GREATEST)."""
         st = Statements("rt", "redshift")
-        merge = parse(st.redshift_merge(table), "redshift")
+        merge = parse(st.rs_merge(table), "redshift")
         assert isinstance(merge, exp.Merge)
         target = merge.this
         assert isinstance(target, exp.Table)
@@ -80,9 +102,10 @@ class TestPostgres:
             *(st.pg_create_stage(t) for t in TABLES),
             *(st.pg_upsert(t) for t in TABLES),
             *(st.pg_finalize(t) for t in TABLES),
+            *(st.pg_delete_range(t) for t in TABLES),
             st.pg_advance_offsets(),
             st.pg_insert_offsets(),
-            st.load_offsets(),
+            st.select_offsets(2, lock=True),
         ]:
             parse(sql, "postgres")
 

@@ -9,9 +9,9 @@ from datetime import datetime
 
 from indutech_common.cli import EXIT_CONFIG, worker_main
 from indutech_common.logging import configure_logging
+from indutech_iot_aggregator.access import opened_sink
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.rebuild import BadRangeError, RebuildError, rebuild
-from indutech_iot_aggregator.sinks import WarehouseSink
 from indutech_iot_aggregator.worker import IotAggregatorWorker
 
 EXIT_OK = 0
@@ -21,11 +21,8 @@ EXIT_FAILED = 1
 async def migrate(settings: IotAggregatorSettings) -> int:
     """Create the schema, tables and views (what the worker does at start unless
     IOT_AGGREGATOR_CREATE_SCHEMA=false); safe to run again."""
-    sink = await WarehouseSink.open(settings.warehouse, schema=settings.warehouse_schema)
-    try:
+    async with opened_sink(settings) as sink:
         await sink.migrate()
-    finally:
-        await sink.close()
     return EXIT_OK
 
 

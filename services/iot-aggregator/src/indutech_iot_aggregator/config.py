@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -14,8 +14,12 @@ from indutech_common.settings import (
     WarehouseSettings,
     WorkerSettings,
 )
-from indutech_iot_aggregator.sinks.sql import IDENTIFIER
+from indutech_iot_aggregator.sinks.sql import IAM_ROLE, IDENTIFIER
+from indutech_iot_aggregator.sinks.staging import S3ParquetStager
 from indutech_iot_aggregator.windows import MAX_WINDOW_S, MIN_WINDOW_S
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 class IotAggregatorSettings(WorkerSettings):
@@ -102,6 +106,15 @@ class IotAggregatorSettings(WorkerSettings):
         description="consumer group of iot-to-s3: 'rebuild' checks the lake holds every "
         "record up to the aggregator's offsets from its committed offsets",
     )
+    staging_prefix: str = Field(
+        default="warehouse-staging/iot-aggregator/",
+        description="Redshift: where the deltas are staged as Parquet in the lake bucket "
+        "(under lake_prefix)",
+    )
+    redshift_iam_role: str | None = Field(
+        default=None,
+        description="Redshift: the IAM role ARN its COPY uses to read the staged Parquet",
+    )
     retry_max_s: float = Field(
         default=10.0, gt=0, description="longest wait between warehouse retries during an outage"
     )
@@ -117,7 +130,29 @@ class IotAggregatorSettings(WorkerSettings):
     def _topics_differ(self) -> Self:
         if self.sensor_topic == self.ticket_topic:
             raise ValueError("sensor_topic and ticket_topic must differ")
+        if self.warehouse.dialect == "redshift":
+            if self.s3 is None:
+                raise ValueError(
+                    "warehouse dialect redshift stages its loads on S3: set the S3 settings "
+                    "(INDUTECH_S3__*)"
+                )
+            if not self.redshift_iam_role or not IAM_ROLE.match(self.redshift_iam_role):
+                raise ValueError(
+                    "warehouse dialect redshift needs redshift_iam_role: the ARN of the role "
+                    "Redshift's COPY assumes to read the staging prefix"
+                )
         return self
+
+    def stager_for(self, s3: S3Client) -> S3ParquetStager:
+        """Redshift's staging of loads in the lake bucket."""
+        if self.s3 is None or self.redshift_iam_role is None:
+            raise ValueError("redshift staging needs s3 and redshift_iam_role")
+        return S3ParquetStager(
+            s3,
+            bucket=self.s3.lake_bucket,
+            prefix=f"{self.lake_prefix}{self.staging_prefix}",
+            iam_role=self.redshift_iam_role,
+        )
 
     @property
     def topics(self) -> tuple[str, str]:

@@ -31,9 +31,10 @@ from indutech_common.kafka import create_consumer, start_client, stop_client
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas.lake import OFFSET_COLUMN, PARTITION_COLUMN
 from indutech_common.settings import KafkaSettings
+from indutech_iot_aggregator.access import opened_sink
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.errors import AggregatorError
-from indutech_iot_aggregator.sinks import WarehouseBatch, WarehouseSink
+from indutech_iot_aggregator.sinks import WarehouseBatch
 from indutech_iot_aggregator.sources.lake import (
     READING_COLUMNS,
     TICKET_COLUMNS,
@@ -235,8 +236,7 @@ async def rebuild(settings: IotAggregatorSettings, start: datetime, end: datetim
         readings = await lake.read_range(
             settings.sensor_topic, READING_COLUMNS, start, end, progress
         )
-    sink = await WarehouseSink.open(settings.warehouse, schema=settings.warehouse_schema)
-    try:
+    async with opened_sink(settings) as sink:
         if settings.create_schema:
             await sink.migrate()
         # The partitions the stream knows; their positions are read again under lock below.
@@ -244,8 +244,6 @@ async def rebuild(settings: IotAggregatorSettings, start: datetime, end: datetim
         in_lake = await lake_positions(settings.kafka, settings.lake_group_id, sorted(known))
         plan = _Plan(settings, spec, end, in_lake, tickets, readings)
         batch = await sink.replace_range(settings.group_id, topics, start, end, plan.build)
-    finally:
-        await sink.close()
 
     report = plan.report
     report.rows = batch.rows

@@ -21,10 +21,12 @@ from prometheus_client import Counter, Gauge
 
 from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
+from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import ClientTicket
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.errors import FencedError, InvalidRecordError
-from indutech_iot_aggregator.sinks import DeadLetter, DeadLetterSink, WarehouseBatch, WarehouseSink
+from indutech_iot_aggregator.sinks import DeadLetter, DeadLetterSink, WarehouseBatch
+from indutech_iot_aggregator.sinks.warehouse import Stager, open_sink
 from indutech_iot_aggregator.sources import RecordDecoder, TopicSource
 from indutech_iot_aggregator.windows import (
     US_PER_S,
@@ -126,8 +128,11 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
 
     async def startup(self) -> None:
         settings = self.settings
+        stager: Stager | None = None
+        if settings.warehouse.dialect == "redshift" and settings.s3 is not None:
+            stager = settings.stager_for(await self.enter("s3", create_s3_client(settings.s3)))
         self.sink = self.adopt(
-            await WarehouseSink.open(settings.warehouse, schema=settings.warehouse_schema)
+            await open_sink(settings.warehouse, schema=settings.warehouse_schema, stager=stager)
         )
         if settings.create_schema:
             await self.sink.migrate()

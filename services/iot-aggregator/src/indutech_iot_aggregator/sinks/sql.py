@@ -30,6 +30,9 @@ from typing import Literal
 Dialect = Literal["postgres", "redshift"]
 # Only identifiers are interpolated into the SQL: the schema is checked against this.
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# What may be interpolated into Redshift's COPY (it takes no parameters there).
+S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,62}/[A-Za-z0-9/_.+=-]+$")
+IAM_ROLE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class AggregateTable:
 
 SOURCE = ("source_topic", "source_partition")
 TEXT = "VARCHAR(256)"
+# Redshift counts VARCHAR in bytes: 256 characters (the contract's limit) of up to 4 bytes.
+REDSHIFT_TEXT = "VARCHAR(1024)"
 
 TICKETS = AggregateTable(
     name="ticket_aggregates_partial",
@@ -127,6 +132,9 @@ class Statements:
     def offsets(self) -> str:
         return f"{self.schema}.{OFFSETS}"
 
+    def _type(self, sql_type: str) -> str:
+        return REDSHIFT_TEXT if sql_type == TEXT and self.dialect == "redshift" else sql_type
+
     # -- schema ------------------------------------------------------------------------------
 
     def create_schema(self) -> list[str]:
@@ -136,8 +144,8 @@ class Statements:
             columns = [
                 "window_start TIMESTAMPTZ NOT NULL",
                 "window_end TIMESTAMPTZ NOT NULL",
-                *(f"{name} {sql_type} NOT NULL" for name, sql_type in table.group),
-                f"source_topic {TEXT} NOT NULL",
+                *(f"{name} {self._type(sql_type)} NOT NULL" for name, sql_type in table.group),
+                f"source_topic {self._type(TEXT)} NOT NULL",
                 "source_partition INTEGER NOT NULL",
                 *(f"{m.name} {m.sql_type} NOT NULL" for m in table.measures),
                 "final BOOLEAN NOT NULL",
@@ -153,8 +161,8 @@ class Statements:
             statements.append(self.create_view(table))
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {self.offsets} (\n"
-            f"  consumer_group {TEXT} NOT NULL,\n"
-            f"  topic {TEXT} NOT NULL,\n"
+            f"  consumer_group {self._type(TEXT)} NOT NULL,\n"
+            f"  topic {self._type(TEXT)} NOT NULL,\n"
             "  source_partition INTEGER NOT NULL,\n"
             "  next_offset BIGINT NOT NULL,\n"
             "  watermark TIMESTAMPTZ,\n"
@@ -186,21 +194,19 @@ class Statements:
 
     # -- offsets -----------------------------------------------------------------------------
 
-    def load_offsets(self) -> str:
+    def select_offsets(self, topics: int, *, lock: bool = False) -> str:
+        """The group's positions in ``$2 …`` (one parameter per topic; Redshift has no
+        arrays). ``lock``: held until the transaction ends (PostgreSQL; Redshift locks the
+        table with ``rs_lock_offsets`` instead)."""
+        names = ", ".join(f"${i}" for i in range(2, topics + 2))
+        locking = " FOR UPDATE" if lock and self.dialect == "postgres" else ""
         return (
             "SELECT topic, source_partition, next_offset, watermark, closed_before "  # noqa: S608 - identifiers only
-            f"FROM {self.offsets} WHERE consumer_group = $1 AND topic = ANY($2::text[])"
+            f"FROM {self.offsets} WHERE consumer_group = $1 AND topic IN ({names}) "
+            f"ORDER BY topic, source_partition{locking}"
         )
 
-    def lock_offsets(self) -> str:
-        """The group's positions, locked until the end of the transaction (rebuild)."""
-        return (
-            "SELECT topic, source_partition, next_offset "  # noqa: S608 - identifiers only
-            f"FROM {self.offsets} WHERE consumer_group = $1 AND topic = ANY($2::text[]) "
-            "ORDER BY topic, source_partition FOR UPDATE"
-        )
-
-    def delete_range(self, table: AggregateTable) -> str:
+    def pg_delete_range(self, table: AggregateTable) -> str:
         """The rows of windows starting in ``[$1, $2)`` of the partitions named in $3/$4."""
         return (
             f"DELETE FROM {self.table(table)} AS t "  # noqa: S608 - identifiers only
@@ -263,45 +269,23 @@ class Statements:
         )
 
     # -- the write transaction: Redshift -----------------------------------------------------
+    # One statement per partition where PostgreSQL takes arrays (Redshift has none); each
+    # statement takes exactly the parameters it uses, cast, so that PostgreSQL (15 has MERGE)
+    # can run them too: the tests run this rendering on the real PostgreSQL engine.
 
-    def redshift_transaction(
-        self, *, staged: dict[str, str], iam_role: str, partitions: int
-    ) -> list[str]:
-        """The statements of one Redshift transaction (after the Parquet files of the deltas
-        are in ``staged``: table name → s3:// URI under the warehouse-staging prefix).
+    def rs_create_stage(self, table: AggregateTable) -> str:
+        return f"CREATE TEMPORARY TABLE {self.stage(table)} (LIKE {self.table(table)})"
 
-        ``$n`` parameters as in PostgreSQL: per partition (the ``i``-th, from 0) the
-        finalize and compare-and-set statements take ``$1`` group, then topic, partition,
-        expected offset, next offset, watermark, closed_before, now, previous
-        closed_before. A compare-and-set that updates no row means the partition was
-        fenced: the caller rolls back. The first write of a partition is an
-        ``INSERT … WHERE NOT EXISTS`` instead.
-        Serialisable-isolation conflicts (Redshift error 1023) are retried by the caller.
-        """
-        statements: list[str] = []
-        for table in TABLES:
-            stage = self.stage(table)
-            statements.append(f"CREATE TEMPORARY TABLE {stage} (LIKE {self.table(table)})")
-            statements.append(
-                f"COPY {stage} FROM '{staged[table.name]}' IAM_ROLE '{iam_role}' FORMAT AS PARQUET"
-            )
-            statements.append(self.redshift_merge(table))
-            statements.append(f"DROP TABLE {stage}")
-        for _ in range(partitions):
-            for table in TABLES:
-                statements.append(
-                    f"UPDATE {self.table(table)} SET final = TRUE, updated_at = $8 "  # noqa: S608 - identifiers only
-                    "WHERE source_topic = $2 AND source_partition = $3 "
-                    "AND window_start >= $9 AND window_start < $7 AND NOT final"
-                )
-            statements.append(
-                f"UPDATE {self.offsets} SET next_offset = $5, watermark = $6, "  # noqa: S608 - identifiers only
-                "closed_before = $7, updated_at = $8 WHERE consumer_group = $1 AND topic = $2 "
-                "AND source_partition = $3 AND next_offset = $4"
-            )
-        return statements
+    def rs_copy_stage(self, table: AggregateTable, *, uri: str, iam_role: str) -> str:
+        """Load the staged Parquet file of the deltas (written under warehouse-staging/)."""
+        if not S3_URI.match(uri):
+            raise ValueError(f"{uri!r} is not an s3:// URI of the staging prefix")
+        if not IAM_ROLE.match(iam_role):
+            raise ValueError(f"{iam_role!r} is not an IAM role ARN")
+        return f"COPY {self.stage(table)} FROM '{uri}' IAM_ROLE '{iam_role}' FORMAT AS PARQUET"
 
-    def redshift_merge(self, table: AggregateTable) -> str:
+    def rs_merge(self, table: AggregateTable) -> str:
+        """MERGE as Redshift takes it: no alias on the target, bare column names in SET."""
         target = self.table(table)
         stage = self.stage(table)
         on = " AND ".join(f"{target}.{c} = s.{c}" for c in table.key)
@@ -315,11 +299,48 @@ class Statements:
             f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})"
         )
 
-    def redshift_insert_offsets(self) -> str:
+    def rs_drop_stage(self, table: AggregateTable) -> str:
+        return f"DROP TABLE {self.stage(table)}"
+
+    def rs_finalize(self, table: AggregateTable) -> str:
+        """One partition: $1 topic, $2 partition, $3 closed_before, $4 now, $5 previous close."""
+        return (
+            f"UPDATE {self.table(table)} SET final = TRUE, updated_at = $4::TIMESTAMPTZ "  # noqa: S608 - identifiers only
+            "WHERE source_topic = $1::VARCHAR AND source_partition = $2::INTEGER "
+            "AND window_start >= $5::TIMESTAMPTZ AND window_start < $3::TIMESTAMPTZ "
+            "AND NOT final"
+        )
+
+    def rs_advance_offset(self) -> str:
+        """One partition's compare-and-set: $1 group, $2 topic, $3 partition, $4 expected,
+        $5 next offset, $6 watermark, $7 closed_before, $8 now. ``UPDATE 0``: fenced."""
+        return (
+            f"UPDATE {self.offsets} SET next_offset = $5::BIGINT, "  # noqa: S608 - identifiers only
+            "watermark = $6::TIMESTAMPTZ, closed_before = $7::TIMESTAMPTZ, "
+            "updated_at = $8::TIMESTAMPTZ WHERE consumer_group = $1::VARCHAR "
+            "AND topic = $2::VARCHAR AND source_partition = $3::INTEGER "
+            "AND next_offset = $4::BIGINT"
+        )
+
+    def rs_insert_offset(self) -> str:
+        """A partition's first write: $1 group, $2 topic, $3 partition, $4 next offset,
+        $5 watermark, $6 closed_before, $7 now. ``INSERT 0 0``: another member was first."""
         return (
             f"INSERT INTO {self.offsets} (consumer_group, topic, source_partition, next_offset, "  # noqa: S608 - identifiers only
-            "watermark, closed_before, updated_at) SELECT $1, $2, $3, $5, $6, $7, $8 "
-            f"WHERE $4 IS NULL AND NOT EXISTS (SELECT 1 FROM {self.offsets} "
-            "WHERE consumer_group = $1 "
-            "AND topic = $2 AND source_partition = $3)"
+            "watermark, closed_before, updated_at) SELECT $1::VARCHAR, $2::VARCHAR, "
+            "$3::INTEGER, $4::BIGINT, $5::TIMESTAMPTZ, $6::TIMESTAMPTZ, $7::TIMESTAMPTZ "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {self.offsets} WHERE consumer_group = $1::VARCHAR "
+            "AND topic = $2::VARCHAR AND source_partition = $3::INTEGER)"
+        )
+
+    def rs_lock_offsets(self) -> str:
+        """Rebuild: the stream's writes wait until the rebuild commits."""
+        return f"LOCK {self.offsets}"
+
+    def rs_delete_range(self, table: AggregateTable) -> str:
+        """One partition's rows of windows in ``[$1, $2)``: $3 topic, $4 partition."""
+        return (
+            f"DELETE FROM {self.table(table)} WHERE window_start >= $1::TIMESTAMPTZ "  # noqa: S608 - identifiers only
+            "AND window_start < $2::TIMESTAMPTZ AND source_topic = $3::VARCHAR "
+            "AND source_partition = $4::INTEGER"
         )
