@@ -239,7 +239,8 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
                 continue  # revoked meanwhile
             position = committed.get((tp.topic, tp.partition), Committed())
             state.windows = self._windows(tp, position)
-            await self.source.seek(tp, position.next_offset)
+            if not await self.source.seek(tp, position.next_offset):
+                continue  # revoked meanwhile: the next assignment recovers it again
             state.recovering = False
             if not self._capped:
                 self.source.resume(tp)

@@ -71,14 +71,24 @@ class TopicSource:
         assigned = self._consumer.assignment()
         self._consumer.resume(*(tp for tp in partitions if tp in assigned))
 
-    async def seek(self, partition: TopicPartition, offset: int | None) -> None:
-        """To the warehouse's offset; to the beginning when the warehouse has none."""
-        if offset is None:
-            await self._consumer.seek_to_beginning(partition)
-        else:
-            self._consumer.seek(partition, offset)
+    async def seek(self, partition: TopicPartition, offset: int | None) -> bool:
+        """To the warehouse's offset; to the beginning when the warehouse has none.
+
+        False when the partition is no longer assigned (a rebalance came in between)."""
+        try:
+            if offset is None:
+                await self._consumer.seek_to_beginning(partition)
+            else:
+                self._consumer.seek(partition, offset)
+        except (IllegalStateError, AssertionError):
+            # aiokafka refuses a seek on a partition it no longer holds
+            return False
+        return True
 
     def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's end as of the last fetch; None when unknown or not assigned."""
+        if partition not in self._consumer.assignment():
+            return None
         value: int | None = self._consumer.highwater(partition)
         return value
 
