@@ -9,6 +9,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from structlog.testing import capture_logs
+
 from indutech_common.kafka import create_consumer, start_client
 from tests.integration.iot_aggregator.conftest import (
     BASE_TIME,
@@ -173,3 +175,37 @@ class TestAggregates:
             BASE_TIME,
         )
         assert [(r["ticket_count"], r["late_events"]) for r in rows] == [(1, 0)]
+
+
+class TestWarehouseIsTheTruth:
+    async def test_offsets_reset_under_a_running_worker_fence_it_and_it_rereads(
+        self, stack: StackSettings, names: Names
+    ) -> None:
+        """An operator recomputes from the topics while the worker runs (rows and offsets
+        deleted, as the runbook says): the worker's next write is fenced, it re-reads every
+        partition from the warehouse's (now empty) offsets, never from Kafka's committed
+        ones, and the views hold every record exactly once."""
+        first = [client_ticket(i, BASE_TIME + timedelta(seconds=i)) for i in range(20)]
+        later = [client_ticket(i, BASE_TIME + timedelta(seconds=i)) for i in range(20, 30)]
+        with capture_logs() as logs:
+            async with running_worker(stack, names, emit_interval_s=0.2):
+                await produce(stack, names.ticket_topic, first)
+                want = expected_tickets(first)
+                await wait_for(lambda: view_tickets(stack, names.schema), lambda v: v == want)
+                await fetch(
+                    stack,
+                    names.schema,
+                    "WITH a AS (DELETE FROM ticket_aggregates_partial RETURNING 1), "
+                    "b AS (DELETE FROM reading_aggregates_partial RETURNING 1) "
+                    "DELETE FROM consumer_offsets RETURNING 1",
+                )
+                await produce(stack, names.ticket_topic, later)
+                want = expected_tickets(first + later)
+                got = await wait_for(lambda: view_tickets(stack, names.schema), lambda v: v == want)
+        assert got == want
+        events = [e["event"] for e in logs]
+        assert "write_fenced" in events, "the worker never noticed the offsets moved under it"
+        after = logs[events.index("write_fenced") :]
+        again = [e for e in after if e["event"] == "partition_ready"]
+        assert again, "fenced partitions were not positioned again"
+        assert all(e["next_offset"] is None for e in again), "not re-read from the start"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from indutech_common.lifecycle import Worker
@@ -171,8 +172,8 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
                 state = self.partitions.get(tp)
                 if state is not None and not state.recovering:
                     self._take(state, records, letters)
-            if letters:
-                await self.dead_letters.write(letters)
+            if letters and not await self._dead_letter(letters):
+                continue
             now = time.monotonic()
             self._close_idle(now)
             if self._write_due(now):
@@ -181,6 +182,25 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
             self._apply_cap()
             self._update_gauges()
         await self._last_write_before_stop()
+
+    async def _dead_letter(self, letters: list[DeadLetter]) -> bool:
+        """Send the poll's dead letters before their offsets can be written. If Kafka refuses,
+        their partitions drop what they read and read it again from the warehouse offsets
+        (after a pause), so no dead letter is lost and nothing is counted twice."""
+        try:
+            await self.dead_letters.write(letters)
+        except KafkaError as exc:
+            partitions = sorted({(letter.topic, letter.partition) for letter in letters})
+            self.metrics.error("dead_letter")
+            self.log.warning(
+                "dead_letters_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                partitions=[f"{t}[{p}]" for t, p in partitions],
+            )
+            self._refence(partitions)
+            self._recovery_at = time.monotonic() + RECOVERY_RETRY_S
+            return False
+        return True
 
     async def _last_write_before_stop(self) -> None:
         """SIGTERM: what was read is written once more, so the next owner starts from there."""
