@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from indutech_iot_aggregator.rebuild import LakeBehindError, lake_positions, rebuild
+from indutech_iot_aggregator.errors import LakeBehindError
+from indutech_iot_aggregator.rebuild import lake_positions, rebuild
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_iot_to_s3.worker import IotToS3Worker
 from tests.integration.iot_aggregator.conftest import (

@@ -11,7 +11,8 @@ from indutech_common.cli import EXIT_CONFIG, worker_main
 from indutech_common.logging import configure_logging
 from indutech_iot_aggregator.access import opened_sink
 from indutech_iot_aggregator.config import IotAggregatorSettings
-from indutech_iot_aggregator.rebuild import BadRangeError, RebuildError, rebuild
+from indutech_iot_aggregator.errors import BadRangeError, RebuildError
+from indutech_iot_aggregator.rebuild import rebuild
 from indutech_iot_aggregator.worker import IotAggregatorWorker
 
 EXIT_OK = 0

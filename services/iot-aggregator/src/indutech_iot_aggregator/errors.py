@@ -31,5 +31,13 @@ class FencedError(AggregatorError):
         self.partitions = partitions
 
 
-class WarehouseSchemaError(AggregatorError):
-    """The warehouse schema cannot be created or is not the expected one."""
+class RebuildError(AggregatorError):
+    """``rebuild`` cannot run as asked; nothing was written."""
+
+
+class BadRangeError(RebuildError):
+    """--from/--to (or the settings rebuild needs) are wrong: fix the command (exit 2)."""
+
+
+class LakeBehindError(RebuildError):
+    """The lake does not yet hold every record the stream counted: run again later."""

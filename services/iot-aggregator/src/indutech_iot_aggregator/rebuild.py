@@ -33,7 +33,7 @@ from indutech_common.schemas.lake import OFFSET_COLUMN, PARTITION_COLUMN
 from indutech_common.settings import KafkaSettings
 from indutech_iot_aggregator.access import opened_sink
 from indutech_iot_aggregator.config import IotAggregatorSettings
-from indutech_iot_aggregator.errors import AggregatorError
+from indutech_iot_aggregator.errors import BadRangeError, LakeBehindError
 from indutech_iot_aggregator.sinks import WarehouseBatch
 from indutech_iot_aggregator.sources.lake import (
     READING_COLUMNS,
@@ -46,18 +46,6 @@ from indutech_iot_aggregator.windows import PartitionBatch, PartitionWindows, Wi
 _log = structlog.get_logger("iot-aggregator.rebuild")
 # In a rebuild nothing is late: every record of the range counts.
 _NEVER_LATE_US = 2**62
-
-
-class RebuildError(AggregatorError):
-    """The rebuild cannot run as asked; nothing was written."""
-
-
-class BadRangeError(RebuildError):
-    """--from/--to (or the settings it needs) are wrong: fix the command."""
-
-
-class LakeBehindError(RebuildError):
-    """The lake does not yet hold what the stream counted: run again later."""
 
 
 @dataclass
