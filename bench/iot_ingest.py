@@ -18,6 +18,7 @@ from typing import Any
 from bench.harness import Result, run_quiet, run_workers
 from bench.kafka_throughput import _kcat_config
 from indutech_common.kafka import create_consumer, start_client
+from indutech_common.schemas import Topics
 from indutech_iot_ingest.config import IotIngestSettings, Route
 from indutech_iot_ingest.generator import GenerateOptions, generate
 from indutech_iot_ingest.worker import IotIngestWorker
@@ -39,12 +40,19 @@ def _topics(prefix: str) -> dict[str, str]:
     }
 
 
+CONTRACT = {
+    "sensor_topic": Topics.SENSOR_READINGS,
+    "ticket_topic": Topics.CLIENT_TICKETS,
+    "dead_letter_topic": Topics.DEAD_LETTER,
+    "checkpoint_topic": Topics.INGEST_CHECKPOINTS,
+}
+
+
 def _create(stack: StackSettings, topics: dict[str, str], *extra: str) -> None:
-    partitions = {
-        name: 1 if key in ("checkpoint_topic", "dead_letter_topic") else 3
-        for key, name in topics.items()
-    } | dict.fromkeys(extra, 3)
-    asyncio.run(create_topics(stack.kafka, partitions, compacted=[topics["checkpoint_topic"]]))
+    """The worker's topics, and ``extra`` ones (kcat's) shaped as sensor readings."""
+    contract = {name: CONTRACT[key] for key, name in topics.items()}
+    contract |= dict.fromkeys(extra, Topics.SENSOR_READINGS)
+    asyncio.run(create_topics(stack.kafka, contract))
 
 
 def _settings(stack: StackSettings, san: Path, topics: dict[str, str]) -> IotIngestSettings:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from bench.harness import Result, run_workers
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas import Topics
 from indutech_iot_ingest.config import IotIngestSettings, Route
 from indutech_iot_ingest.worker import IotIngestWorker
 from indutech_iot_to_s3.config import IotToS3Settings
@@ -64,10 +65,15 @@ async def _topics(stack: StackSettings, names: dict[str, str], *, create: bool) 
     if not create:
         await delete_topics(stack.kafka, list(names.values()))
         return
-    partitions = {
-        name: 1 if key in ("dead_letter", "checkpoint") else 3 for key, name in names.items()
-    }
-    await create_topics(stack.kafka, partitions, compacted=[names["checkpoint"]])
+    await create_topics(stack.kafka, {names[key]: contract for key, contract in CONTRACT.items()})
+
+
+CONTRACT = {
+    "sensor": Topics.SENSOR_READINGS,
+    "ticket": Topics.CLIENT_TICKETS,
+    "dead_letter": Topics.DEAD_LETTER,
+    "checkpoint": Topics.INGEST_CHECKPOINTS,
+}
 
 
 class _Run:

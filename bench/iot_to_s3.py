@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 
 from bench.harness import Result, run_quiet
 from bench.kafka_throughput import _kcat_config
-from indutech_common.schemas import SensorReading
+from indutech_common.schemas import SensorReading, Topics
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.s3 import delete_prefix
 from tests.support.stack import REPO_ROOT, load_stack, stack_env_file
@@ -96,6 +96,7 @@ def _run_worker(topic: str, prefix: str, log: Path) -> tuple[float, float, int]:
         "IOT_TO_S3_GROUP_ID": f"bench-{topic}",
         "IOT_TO_S3_SENSOR_TOPIC": topic,
         "IOT_TO_S3_TICKET_TOPIC": f"{topic}.tickets",
+        "IOT_TO_S3_DEAD_LETTER_TOPIC": f"{topic}.dlq",
         "IOT_TO_S3_LAKE_PREFIX": prefix,
         "IOT_TO_S3_HEALTH__HOST": "127.0.0.1",
         "IOT_TO_S3_HEALTH__PORT": str(port),
@@ -132,6 +133,15 @@ def _run_worker(topic: str, prefix: str, log: Path) -> tuple[float, float, int]:
     return wall, cpu, peak
 
 
+def topic_contract(topic: str) -> dict[str, str]:
+    """The bench's own topics, with the contract's settings (the worker checks them)."""
+    return {
+        topic: Topics.SENSOR_READINGS,
+        f"{topic}.tickets": Topics.CLIENT_TICKETS,
+        f"{topic}.dlq": Topics.DEAD_LETTER,
+    }
+
+
 def run() -> list[Result]:
     stack = load_stack()
     topic = f"bench.iot-to-s3.{os.getpid()}"
@@ -141,9 +151,7 @@ def run() -> list[Result]:
         data = directory / "records.jsonl"
         size_mb = _write_records(data, RECORDS) / 1e6
         config = _kcat_config(stack, directory)
-        asyncio.run(
-            create_topics(stack.kafka, dict.fromkeys([topic, f"{topic}.tickets"], PARTITIONS))
-        )
+        asyncio.run(create_topics(stack.kafka, topic_contract(topic)))
         try:
             run_quiet(
                 "kcat",
@@ -186,7 +194,7 @@ def run() -> list[Result]:
             )
             wall, cpu, peak = _run_worker(topic, prefix, directory / "worker.log")
         finally:
-            asyncio.run(delete_topics(stack.kafka, [topic, f"{topic}.tickets"]))
+            asyncio.run(delete_topics(stack.kafka, list(topic_contract(topic))))
             asyncio.run(delete_prefix(stack.s3, stack.s3.lake_bucket, prefix))
     note = (
         f"{RECORDS:,} sensor readings ({size_mb:.1f} MB JSON) on {PARTITIONS} partitions, "

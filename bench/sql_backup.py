@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.harness import Result, run_quiet, run_workers
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas import Topics
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
@@ -93,7 +94,9 @@ async def _bench(stack: StackSettings) -> list[Result]:
     source = OdbcSource(stack.erp, PostgresDialect())
     await asyncio.to_thread(source.execute, create_statements(schema, scale=SCALE))
     topics = [f"bench.{unique}.work", f"bench.{unique}.completed"]
-    await create_topics(stack.kafka, dict.fromkeys(topics, 4))
+    await create_topics(
+        stack.kafka, {topics[0]: Topics.BACKUP_WORK, topics[1]: Topics.BACKUP_COMPLETED}
+    )
     base: dict[str, Any] = {
         "erp": stack.erp,
         "s3": stack.s3,

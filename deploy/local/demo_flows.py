@@ -34,6 +34,7 @@ from dotenv import dotenv_values
 from demo_sql import sql_demo
 from indutech_common.ldap import ldap_connect
 from indutech_common.logging import configure_logging
+from indutech_common.schemas import Topics
 from tests.support.directory import delete_subtree
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
@@ -53,8 +54,14 @@ class DemoTopics:
     checkpoint: str
 
     @property
-    def partitions(self) -> dict[str, int]:
-        return {self.sensor: 3, self.ticket: 3, self.dead_letter: 1, self.checkpoint: 3}
+    def contract(self) -> dict[str, str]:
+        """Each topic's entry in the topic contract: created with its settings."""
+        return {
+            self.sensor: Topics.SENSOR_READINGS,
+            self.ticket: Topics.CLIENT_TICKETS,
+            self.dead_letter: Topics.DEAD_LETTER,
+            self.checkpoint: Topics.INGEST_CHECKPOINTS,
+        }
 
     @classmethod
     def for_run(cls, run: str) -> DemoTopics:
@@ -134,7 +141,7 @@ def stop(name: str, process: subprocess.Popen[bytes]) -> None:
 def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: float) -> bool:
     say("== IoT: generator → SAN files → iot-ingest → Kafka (exactly-once) → iot-to-s3 → lake")
     topics = DemoTopics.for_run(run)
-    asyncio.run(create_topics(stack.kafka, topics.partitions, compacted=[topics.checkpoint]))
+    asyncio.run(create_topics(stack.kafka, topics.contract))
     san = work / "san"
     san.mkdir(parents=True)
     prefix = f"demo/{run}/"
@@ -203,7 +210,7 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
             generator.kill()
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
-        asyncio.run(delete_topics(stack.kafka, list(topics.partitions)))
+        asyncio.run(delete_topics(stack.kafka, list(topics.contract)))
     exact = expected is not None and rows == expected == distinct
     verdict = "exactly once" if exact else "MISMATCH (see the logs above)"
     say(f"   lake: {rows} rows, {distinct} distinct event ids for {expected} generated: {verdict}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
+from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect
@@ -123,7 +124,11 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
     delta_day = full_day + timedelta(days=1)
     say("== ERP backup: PostgreSQL 'erp' (SQL Server stand-in, over ODBC) → S3 Parquet")
     say(f"   s3://{stack.s3.backup_bucket}/{prefix}sql-server/…, schema {schema}")
-    asyncio.run(create_topics(stack.kafka, {work_topic: 4, completed_topic: 1}))
+    asyncio.run(
+        create_topics(
+            stack.kafka, {work_topic: Topics.BACKUP_WORK, completed_topic: Topics.BACKUP_COMPLETED}
+        )
+    )
     replicas: list[subprocess.Popen[bytes]] = []
     try:
         sql_backup(env, "generate", "--schema", schema, "--scale", str(SCALE))

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from indutech_identity_sync.config import Kind
+from indutech_identity_sync.dn import canonical_dn
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.model import (
     DirObject,
@@ -13,6 +14,7 @@ from indutech_identity_sync.model import (
     is_under,
     make_dn,
     normalize_dn,
+    reparent,
     split_rdn,
 )
 
@@ -27,14 +29,23 @@ class _Entry:
     members: set[str] = field(default_factory=set)  # GUIDs, as AD keeps references
 
 
-class FakeDirectory:
-    """A DirectoryWriter plus ``snapshot`` and helpers to change it "by hand"."""
+def _case_only(dn: str) -> str:
+    """Names as Samba compares them: case folded letter by letter (Weiß and Weiss differ)."""
+    return canonical_dn(dn).lower()
 
-    def __init__(self, root: str) -> None:
+
+class FakeDirectory:
+    """A DirectoryWriter plus ``snapshot`` and helpers to change it "by hand". ``folds``:
+    names compare as AD compares them (Weiß = Weiss); False: as Samba does (they differ)."""
+
+    def __init__(self, root: str, *, folds: bool = True) -> None:
         self.root = root
+        self._name = normalize_dn if folds else _case_only
         self.entries: dict[str, _Entry] = {}
         self.writes = 0
-        self.refuse: set[str] = set()  # normalised DNs whose writes fail
+        self.refuse: set[str] = set()  # normalised DNs whose writes are refused
+        self.broken: set[str] = set()  # normalised DNs whose writes lose the connection
+        self.refused = 0  # writes refused so far
 
     # the writer surface
     def add(self, kind: Kind, dn: str, attributes: dict[str, Values]) -> str:
@@ -89,12 +100,15 @@ class FakeDirectory:
 
     # helpers
     def _guard(self, dn: str) -> None:
+        if normalize_dn(dn) in self.broken:
+            raise ConnectionResetError(f"the DC went away while writing {dn}")
         if normalize_dn(dn) in self.refuse:
+            self.refused += 1
             raise DirectoryWriteError(f"refused {dn}")
 
     def guid(self, dn: str) -> str | None:
-        norm = normalize_dn(dn)
-        return next((g for g, e in self.entries.items() if normalize_dn(e.dn) == norm), None)
+        name = self._name(dn)
+        return next((g for g, e in self.entries.items() if self._name(e.dn) == name), None)
 
     def _guid(self, dn: str) -> str:
         guid = self.guid(dn)
@@ -113,7 +127,7 @@ class FakeDirectory:
             if norm == old_norm:
                 return new
             if norm.endswith("," + old_norm):
-                return dn[: len(dn) - len(old)] + new
+                return reparent(dn, old, new)
             return dn
 
         for entry in self.entries.values():

@@ -36,7 +36,9 @@ SETTINGS_BY_WORKER: dict[str, type[WorkerSettings]] = {
 }
 # What the indutech-secrets Secret holds in production, one file per field.
 SECRET_FILES = ("kafka__password", "onprem__password", "aws__password", "erp__password")
-WORKER_DIRS = sorted(p.name for p in K8S.iterdir() if p.is_dir() and p.name != "base")
+# base: shared pieces; topics: the Job that creates the topics (tests/unit/test_topics.py)
+NOT_WORKERS = {"base", "topics"}
+WORKER_DIRS = sorted(p.name for p in K8S.iterdir() if p.is_dir() and p.name not in NOT_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _container_env(container: dict[str, Any]) -> dict[str, str]:
 def test_every_worker_folder_is_known_and_listed_in_the_top_kustomization() -> None:
     top = _documents(K8S / "kustomization.yaml")[0]
     assert set(WORKER_DIRS) == set(SETTINGS_BY_WORKER)
-    assert set(top["resources"]) == {"base", *WORKER_DIRS}
+    assert set(top["resources"]) == {*NOT_WORKERS, *WORKER_DIRS}
     for worker in WORKER_DIRS:
         assert any(w.kind == "Deployment" for w in _workloads(worker)), worker
 

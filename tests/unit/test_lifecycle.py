@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
+from indutech_common.cli import EXIT_CONFIG
+from indutech_common.errors import ConfigError
+from indutech_common.lifecycle import Worker
 from indutech_common.protocols import Resource
+from indutech_common.settings import WorkerSettings
 from tests.support.sample_worker import SampleSettings, SampleWorker
 from tests.support.stack import REPO_ROOT
 
@@ -148,6 +153,32 @@ class TestStartErrors:
         )
         assert "SAMPLE_JOURNAL (required)" in result.stdout
         assert "SAMPLE_SHUTDOWN_TIMEOUT_S (default 30.0)" in result.stdout
+
+    async def test_config_error_found_at_start_exits_2_without_traceback(self) -> None:
+        """A ConfigError from startup() (e.g. a missing topic) is a configuration failure:
+        exit 2, the message logged once, shutdown still run."""
+
+        class Refusing(Worker[WorkerSettings]):
+            name = "refusing"
+            closed = False
+
+            async def startup(self) -> None:
+                raise ConfigError("topic x is missing: run the create command")
+
+            async def main_loop(self) -> None:
+                raise AssertionError("never reached")
+
+            async def shutdown(self) -> None:
+                Refusing.closed = True
+
+        worker = Refusing(WorkerSettings(health={"host": "127.0.0.1", "port": 0}))
+        with capture_logs() as logs:
+            assert await worker.serve(install_signal_handlers=False) == EXIT_CONFIG
+        (event,) = [e for e in logs if e["event"] == "worker_config_invalid"]
+        assert event["error"] == "topic x is missing: run the create command"
+        assert "exc_info" not in event
+        assert not [e for e in logs if e["event"] == "worker_failed"]
+        assert Refusing.closed
 
 
 class TestResources:

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 import time
 from pathlib import Path
 
-from indutech_common.tailing import FileState, FileTailer, LineKind, WatchSpec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from indutech_common.tailing import (
+    FileState,
+    FileTailer,
+    LineKind,
+    OutsideRootError,
+    SkipReason,
+    WatchSpec,
+    open_under,
+)
+from indutech_common.tailing.paths import glob_regex, walk
 
 SPEC = WatchSpec(name="logs", patterns=("*.log", "*.log.gz"))
 CSV = WatchSpec(name="csv", patterns=("*.csv",), header_lines=1)
@@ -240,3 +255,244 @@ class TestForgetting:
         time.sleep(0.3)
         drain(t)
         assert t.forget_unseen(0.2) == [old]
+
+
+class TestSymlinks:
+    def test_links_leading_outside_are_never_read_and_reported_once(self, tmp_path: Path) -> None:
+        """A link to a file and one to a directory outside the root: nothing read, each
+        reported once as symlink_outside however often the root is scanned."""
+        outside = tmp_path / "outside"
+        (outside / "dir").mkdir(parents=True)
+        (outside / "secret.log").write_text(lines("secret", 3))
+        (outside / "dir" / "inner.log").write_text(lines("inner", 3))
+        root = tmp_path / "san"
+        root.mkdir()
+        (root / "own.log").write_text(lines("own", 2))
+        (root / "link.log").symlink_to(outside / "secret.log")
+        (root / "linked-dir").symlink_to(outside / "dir")
+        spec = WatchSpec(name="logs", patterns=("*.log", "**/*.log"))
+        skipped: list[tuple[str, SkipReason]] = []
+        t = tailer(root, spec, on_skipped=lambda path, reason: skipped.append((path, reason)))
+        with capture_logs() as logs:
+            got = drain(t) + drain(t)
+        assert got == [x.encode() for x in lines("own", 2).splitlines()]
+        assert sorted(skipped) == [
+            (str(root / "link.log"), SkipReason.SYMLINK_OUTSIDE),
+            (str(root / "linked-dir"), SkipReason.SYMLINK_OUTSIDE),
+        ]
+        refused = [entry for entry in logs if entry["event"] == "file_refused"]
+        assert sorted(entry["path"] for entry in refused) == [
+            str(root / "link.log"),
+            str(root / "linked-dir"),
+        ]
+        assert all(entry["log_level"] == "warning" for entry in refused)
+
+    def test_a_link_inside_the_root_is_read_once_under_its_target_name(
+        self, tmp_path: Path
+    ) -> None:
+        """The link is not followed; its target is read under its own name, once."""
+        (tmp_path / "real.log").write_text(lines("r", 4))
+        (tmp_path / "alias.log").symlink_to(tmp_path / "real.log")
+        skipped: list[tuple[str, SkipReason]] = []
+        t = tailer(tmp_path, on_skipped=lambda path, reason: skipped.append((path, reason)))
+        assert drain(t) == [x.encode() for x in lines("r", 4).splitlines()]
+        assert skipped == [(str(tmp_path / "alias.log"), SkipReason.SYMLINK)]
+        assert [state.path for state in t.states.values()] == [str(tmp_path / "real.log")]
+
+    def test_open_under_refuses_a_link_anywhere_in_the_path(self, tmp_path: Path) -> None:
+        """O_NOFOLLOW on every component: a link as the file or as a directory is refused."""
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "f.log").write_text("x\n")
+        root = tmp_path / "san"
+        (root / "real").mkdir(parents=True)
+        (root / "real" / "ok.log").write_text("ok\n")
+        (root / "file-link.log").symlink_to(outside / "f.log")
+        (root / "dir-link").symlink_to(outside)
+        os.mkfifo(root / "pipe.log")
+        fd = open_under(root, "real/ok.log")
+        try:
+            assert os.read(fd, 10) == b"ok\n"
+        finally:
+            os.close(fd)
+        for relative in ("file-link.log", "dir-link/f.log", "pipe.log", "../outside/f.log"):
+            with pytest.raises(OutsideRootError):
+                os.close(open_under(root, relative))
+
+
+class TestRotationNames:
+    ROTATING = WatchSpec(
+        name="rotating", patterns=("*.jsonl", "*.jsonl.gz", "*.jsonl.[0-9]", "*.jsonl.[0-9].gz")
+    )
+
+    def test_rename_to_dot_1_then_compress_reads_every_line_once(self, tmp_path: Path) -> None:
+        """line-a.jsonl → line-a.jsonl.1 → line-a.jsonl.1.gz, both newly matched: each line
+        once (the renamed file keeps its fingerprint), also across a restart."""
+        active = tmp_path / "line-a.jsonl"
+        active.write_text(lines("a", 5))
+        first = tailer(tmp_path, self.ROTATING)
+        got = drain(first)
+        with active.open("a") as out:
+            out.write(lines("a", 8, 5))
+        active.rename(tmp_path / "line-a.jsonl.1")
+        active.write_text(lines("b", 3))
+        got += drain(first)
+        saved = [FileState.from_json_bytes(s.to_json_bytes()) for s in first.states.values()]
+        first.close()
+        rotated = tmp_path / "line-a.jsonl.1"
+        (tmp_path / "line-a.jsonl.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+        rotated.unlink()
+        with active.open("a") as out:
+            out.write(lines("b", 4, 3))
+        second = tailer(tmp_path, self.ROTATING)
+        second.restore(saved)
+        got += drain(second)
+        expected = lines("a", 8) + lines("b", 4)
+        assert sorted(got) == sorted(x.encode() for x in expected.splitlines())
+
+    def test_a_file_no_spec_matches_is_reported_once(self, tmp_path: Path) -> None:
+        """Logged once as file_unmatched and passed to on_skipped; hidden names are not."""
+        (tmp_path / "a.jsonl").write_text(lines("a", 1))
+        (tmp_path / "a.jsonl.1.zst").write_text(lines("z", 1))
+        (tmp_path / ".a.jsonl.2.gz.tmp").write_text(lines("t", 1))
+        skipped: list[tuple[str, SkipReason]] = []
+        t = tailer(
+            tmp_path, self.ROTATING, on_skipped=lambda path, reason: skipped.append((path, reason))
+        )
+        with capture_logs() as logs:
+            drain(t)
+            drain(t)
+        assert skipped == [(str(tmp_path / "a.jsonl.1.zst"), SkipReason.NO_ROUTE)]
+        unmatched = [entry for entry in logs if entry["event"] == "file_unmatched"]
+        assert [entry["path"] for entry in unmatched] == [str(tmp_path / "a.jsonl.1.zst")]
+
+
+class TestUnterminatedLastLine:
+    def test_the_rest_of_a_settled_file_is_handed_out_once(self, tmp_path: Path) -> None:
+        """After tail_settle_s without growth the last line comes out as UNTERMINATED,
+        the state ends at the file's size, and later appends start a new line."""
+        path = tmp_path / "a.log"
+        path.write_text(lines("a", 2) + "last without newline")
+        t = tailer(tmp_path, tail_settle_s=0.3, close_idle_s=0.0)
+        t.scan()
+        assert [line.data for line in t.read(100)] == [
+            x.encode() for x in lines("a", 2).splitlines()
+        ]
+        assert t.read(100) == []  # not settled yet
+        time.sleep(0.4)
+        with capture_logs() as logs:
+            t.scan()
+            tail = t.read(100)
+            t.scan()
+            assert t.read(100) == []
+        assert [(line.kind, line.data) for line in tail] == [
+            (LineKind.UNTERMINATED, b"last without newline")
+        ]
+        (state,) = t.dirty_states()
+        assert state.offset == path.stat().st_size
+        assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
+            "unterminated_line"
+        ]
+        t.mark_committed(t.dirty_states())
+        with path.open("a") as out:
+            out.write("\nnext\n")
+        assert drain(t) == [b"", b"next"]
+
+    def test_without_a_settle_time_the_last_line_waits(self, tmp_path: Path) -> None:
+        """tail_settle_s=None keeps the old rule: a line is complete only with its newline."""
+        (tmp_path / "a.log").write_text(lines("a", 1) + "partial")
+        t = tailer(tmp_path, close_idle_s=0.0)
+        assert len(drain(t)) == 1
+        time.sleep(0.2)
+        assert drain(t) == []
+
+    def test_a_short_file_of_one_unterminated_line_is_read_once_settled(
+        self, tmp_path: Path
+    ) -> None:
+        """Too short for a fingerprint and without a newline: identified by its whole
+        content once settled, and handed out once (also after a restart)."""
+        path = tmp_path / "one.log"
+        path.write_text('{"only": 1}')
+        t = tailer(tmp_path, tail_settle_s=0.3)
+        assert drain(t) == []
+        time.sleep(0.4)
+        assert drain(t) == [b'{"only": 1}']
+        saved = [FileState.from_json_bytes(s.to_json_bytes()) for s in t.states.values()]
+        t.close()
+        again = tailer(tmp_path, tail_settle_s=0.3)
+        again.restore(saved)
+        assert drain(again) == []
+
+    def test_a_settled_csv_with_only_its_header_is_not_fingerprinted(self, tmp_path: Path) -> None:
+        """Every file with that header would match such a fingerprint: it waits for a row,
+        and is read from its header on once one comes."""
+        (tmp_path / "a.csv").write_text("x,y\n")
+        old = time.time() - 10
+        os.utime(tmp_path / "a.csv", (old, old))
+        t = tailer(tmp_path, CSV, tail_settle_s=0.1)
+        drain(t)
+        assert t.states == {}
+        with (tmp_path / "a.csv").open("a") as out:
+            out.write("1,2\n")
+        assert drain(t) == [b"1,2"]
+
+
+class TestLineReader:
+    @pytest.mark.parametrize("compressed", [False, True])
+    def test_a_too_long_line_is_read_again_whole(self, tmp_path: Path, compressed: bool) -> None:
+        """The line handed out with its first keep_bytes is read whole from the file."""
+        long_line = bytes(range(256)).replace(b"\n", b"") * 200
+        content = b"ok 1\n" + long_line + b"\nok 2\n"
+        name = "a.log.gz" if compressed else "a.log"
+        (tmp_path / name).write_bytes(gzip.compress(content) if compressed else content)
+        t = tailer(tmp_path, max_line_bytes=1024, keep_bytes=100)
+        got = []
+        for _ in range(3):
+            t.scan()
+            got += t.read(100)
+        (too_long,) = [line for line in got if line.kind is LineKind.TOO_LONG]
+        assert too_long.data == long_line[:100]
+        with t.line_reader(too_long, chunk_bytes=4000) as chunks:
+            assert b"".join(chunks) == long_line
+
+
+class TestRoot:
+    def test_a_missing_root_shows_no_file_and_is_logged_once(self, tmp_path: Path) -> None:
+        """An unmounted SAN is no file at all (nothing forgotten), logged once, not raised."""
+        t = tailer(tmp_path / "not-mounted")
+        with capture_logs() as logs:
+            assert drain(t) == []
+            assert drain(t) == []
+        assert [entry["event"] for entry in logs] == ["root_unreadable"]
+        assert t.forget_unseen(0.0) == []
+
+
+_NAME = st.sampled_from(["a", "b", ".h", "x.log", "x.log.1", "x.log.1.gz", "y.csv", "[z]"])
+_GLOB = st.sampled_from(["*", "**", "*.log", "*.log.[0-9]*", "?.log", "[!a]", ".*", "x.log*"])
+
+
+class TestGlobsMatchPathlib:
+    @settings(max_examples=60, deadline=None)
+    @given(
+        files=st.lists(st.lists(_NAME, min_size=1, max_size=4), min_size=1, max_size=12),
+        pattern=st.lists(_GLOB, min_size=1, max_size=3),
+    )
+    def test_the_walk_finds_what_path_glob_finds(
+        self, files: list[list[str]], pattern: list[str]
+    ) -> None:
+        """On a tree without links, walk + glob_regex select the regular files Path.glob does."""
+        if pattern[-1] == "**":
+            pattern = [*pattern, "*"]
+        glob = "/".join(pattern)
+        with tempfile.TemporaryDirectory() as directory:
+            root = Path(directory)
+            for parts in files:
+                path = root.joinpath(*parts)
+                if any(parent.is_file() for parent in path.parents) or path.is_dir():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x\n")
+            expected = {str(p.relative_to(root)) for p in root.glob(glob) if p.is_file()}
+            match = glob_regex([glob]).match
+            found = {relative for relative, _ in walk(str(root)) if match(relative)}
+        assert found == expected

@@ -17,68 +17,8 @@ KAFKA_PLAINTEXT_PORT=9092           # PLAINTEXT, 127.0.0.1 only
 KAFKA_CONTROLLER_PORT=9095          # KRaft controller, 127.0.0.1 only
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
 
-# name:partitions[:config=value,...]
-KAFKA_TOPICS=(
-    iot.sensor-readings.v1:3
-    iot.client-tickets.v1:3
-    iot.dead-letter.v1:1
-    iot.ingest-checkpoints.v1:3:cleanup.policy=compact
-    sql.backup-work.v1:12
-    sql.backup-completed.v1:1
-    identity.changes.v1:1
-)
-
 kafka_home() { echo "$STACK_CACHE/kafka-$KAFKA_VERSION"; }
 kafka_dir()  { echo "$STACK_DIR/kafka"; }
-
-# The one Java helper the stack needs: create the missing topics with a single
-# AdminClient (one JVM instead of one kafka-topics run per topic).
-kafka_topics_src() {
-    cat <<'JAVA'
-import java.util.*;
-import java.util.concurrent.ExecutionException;
-import org.apache.kafka.clients.admin.*;
-import org.apache.kafka.common.KafkaFuture;
-import org.apache.kafka.common.errors.TopicExistsException;
-
-/** StackTopics BOOTSTRAP name:partitions[:k=v,k=v]... creates the topics that are missing. */
-public class StackTopics {
-    public static void main(String[] args) throws Exception {
-        Properties props = new Properties();
-        props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
-        props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, 15000);
-        props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, 60000);
-        try (Admin admin = Admin.create(props)) {
-            Set<String> existing = admin.listTopics(new ListTopicsOptions().listInternal(true)).names().get();
-            List<NewTopic> missing = new ArrayList<>();
-            for (int i = 1; i < args.length; i++) {
-                String[] f = args[i].split(":", 3);
-                if (existing.contains(f[0])) continue;
-                NewTopic topic = new NewTopic(f[0], Optional.of(Integer.parseInt(f[1])), Optional.empty());
-                if (f.length > 2 && !f[2].isEmpty()) {
-                    Map<String, String> configs = new HashMap<>();
-                    for (String kv : f[2].split(",")) {
-                        String[] p = kv.split("=", 2);
-                        configs.put(p[0], p[1]);
-                    }
-                    topic.configs(configs);
-                }
-                missing.add(topic);
-            }
-            if (missing.isEmpty()) return;
-            for (Map.Entry<String, KafkaFuture<Void>> e : admin.createTopics(missing).values().entrySet()) {
-                try {
-                    e.getValue().get();
-                    System.out.println("created topic " + e.getKey());
-                } catch (ExecutionException ex) {
-                    if (!(ex.getCause() instanceof TopicExistsException)) throw ex;
-                }
-            }
-        }
-    }
-}
-JAVA
-}
 
 # Kafka 4.x brings log4j2 but no slf4j binding: add log4j's slf4j 1.7 bridge.
 # Kafka 3.9.x already brings its backend (slf4j-reload4j).
@@ -90,12 +30,8 @@ kafka_logging_dependency() {
 kafka_install() {
     apt_ensure openjdk-17-jdk-headless maven kcat openssl
     local home; home=$(kafka_home)
-    local libs=$home/libs classes=$home/classes src
-    src=$(kafka_topics_src)
-    if [[ -e $libs/.complete && -e $classes/StackTopics.class && -e $home/StackTopics.java ]] \
-        && [[ $(< "$home/StackTopics.java") == "$src" ]]; then
-        return 0
-    fi
+    local libs=$home/libs
+    [[ -e $libs/.complete ]] && return 0
     mkdir -p "$home"
     if [[ ! -e $libs/.complete ]]; then
         log "resolving Apache Kafka $KAFKA_VERSION jars from Maven Central into $libs"
@@ -126,11 +62,6 @@ POM
         mv "$libs.tmp" "$libs"
         touch "$libs/.complete"
     fi
-    rm -rf "$classes"
-    mkdir -p "$classes"
-    printf '%s\n' "$src" > "$home/StackTopics.java"
-    javac -nowarn -d "$classes" -cp "$libs/*" "$home/StackTopics.java" \
-        || die "compiling the topic helper failed"
 }
 
 kafka_write_config() {
@@ -178,6 +109,10 @@ default.replication.factor=1
 min.insync.replicas=1
 num.partitions=1
 group.initial.rebalance.delay.ms=0
+# Topics are made by "python -m indutech_common.topics create" (the contract's partitions,
+# cleanup policy and retention), never by a client's first metadata request: an
+# auto-created topic has one partition and the broker's defaults (Redpanda's default too).
+auto.create.topics.enable=false
 
 # A small machine (2 cores)
 num.network.threads=2
@@ -238,7 +173,7 @@ kafka_tool() {
     local home dir; home=$(kafka_home); dir=$(kafka_dir)
     java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
         -Dlog4j2.configurationFile="$dir/log4j2-tools.properties" -Dlog4j.configuration="file:$dir/log4j-tools.properties" \
-        -cp "$home/classes:$home/libs/*" "$@" >>"$LOGS/kafka.log" 2>&1
+        -cp "$home/libs/*" "$@" >>"$LOGS/kafka.log" 2>&1
 }
 
 # kafka_reformat_note DATA_DIR: what to tell before formatting DATA_DIR. Only storage
@@ -287,17 +222,29 @@ kafka_wait_up() {
     done
 }
 
+# The topics of the contract (libs/common: indutech_common.schemas.topics), made and
+# checked by the same command as in compose and Kubernetes, over the loopback
+# PLAINTEXT listener, with one replica (one broker). Existing topics are checked:
+# a mis-configured one stops the stack with the command's report.
 kafka_ensure_topics() {
-    local meta spec name missing=()
-    meta=$(kafka_metadata) || die "Kafka metadata request failed"
-    for spec in "${KAFKA_TOPICS[@]}"; do
-        name=${spec%%:*}
-        grep -qF "topic \"$name\" with" <<< "$meta" || missing+=("$spec")
+    local python=$REPO_ROOT/.venv/bin/python report variable unset=()
+    [[ -x $python ]] || die "no Python virtualenv in $REPO_ROOT/.venv: run 'make setup' first (Kafka's topics are created by python -m indutech_common.topics)"
+    # Only these settings: a developer's INDUTECH_* variables must not redirect it.
+    for variable in $(compgen -e); do
+        if [[ $variable == INDUTECH_* ]]; then unset+=(-u "$variable"); fi
     done
-    (( ${#missing[@]} )) || return 0
-    log "creating Kafka topics: ${missing[*]%%:*}"
-    kafka_tool StackTopics "127.0.0.1:$KAFKA_PLAINTEXT_PORT" "${missing[@]}" \
-        || die "creating Kafka topics failed; see $LOGS/kafka.log"
+    if ! report=$(
+        env "${unset[@]}" \
+            INDUTECH_TOPICS_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PLAINTEXT_PORT" \
+            INDUTECH_TOPICS_KAFKA__SECURITY_PROTOCOL=PLAINTEXT \
+            INDUTECH_TOPICS_ENVIRONMENT=local \
+            "$python" -m indutech_common.topics create 2>>"$LOGS/kafka.log"
+    ); then
+        printf '%s\n' "$report" >&2
+        die "Kafka topics are missing or mis-configured (above; the fix is in $LOGS/kafka.log)"
+    fi
+    printf '%s\n' "$report" >>"$LOGS/kafka.log"
+    log "Kafka topics: $(grep -c '^ok' <<< "$report") of the contract present (python -m indutech_common.topics list)"
 }
 
 kafka_start() {

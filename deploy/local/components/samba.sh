@@ -203,6 +203,18 @@ LDIF
     touch "$dir/.bootstrapped"
 }
 
+# samba_password_policy NAME: the default domain password policy of AWS Managed Microsoft
+# AD (complexity on, 7 characters at least, 24 remembered, 1 to 42 days), set on every start
+# (idempotent, ~0.4 s): identity-sync creates its users under it, and Windows AD refuses to
+# enable an account without a password under such a policy. Samba provisions the same
+# values today; this keeps the stand-in faithful if its defaults ever change.
+samba_password_policy() {
+    local name=$1
+    samba-tool domain passwordsettings set -H "$(samba_dir "$name")/private/sam.ldb" \
+        --complexity=on --min-pwd-length=7 --history-length=24 --min-pwd-age=1 --max-pwd-age=42 \
+        >>"$LOGS/samba-$name-provision.log" 2>&1
+}
+
 samba_start() {
     local name pids=() failed=0 i
     ensure_dirs
@@ -242,6 +254,8 @@ samba_start() {
             || die "Samba $name refuses the Administrator bind: see $LOGS/samba-$name.log"
         samba_bootstrap "$name" || die "could not create $(samba_ou "$name") on Samba $name"
     done
+    samba_password_policy aws \
+        || die "could not set the password policy of Samba aws: see $LOGS/samba-aws-provision.log"
 }
 
 samba_stop() {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
+from indutech_identity_sync import initial_password
 from indutech_identity_sync.config import SIDES, Mapping, Side, load_mapping
 from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
@@ -28,9 +29,10 @@ default_authority = "onprem"
 
 [deletion_guard]
 max_count = {max_count}
-max_percent = 50.0
-min_objects_for_percent = 1000
+max_percent = {max_percent}
+min_objects_for_percent = {min_objects_for_percent}
 window_max_count = {window_max_count}
+settle_s = {settle_s}
 
 [attributes.sAMAccountName]
 onprem = "sAMAccountName"
@@ -88,13 +90,26 @@ class Live:
         self.state = SyncState()
         self._sam = 0
 
-    def write_mapping(self, *, max_count: int, window_max_count: int = 200) -> None:
+    def write_mapping(
+        self,
+        *,
+        max_count: int,
+        window_max_count: int = 200,
+        settle_s: float = 0.0,
+        max_percent: float = 50.0,
+        min_objects_for_percent: int = 1000,
+    ) -> None:
+        """The test mapping; no settle time unless asked (deletes go out with the cycle that
+        sees them, as the tests of other behaviour expect)."""
         self.mapping_file.write_text(
             MAPPING_TOML.format(
                 onprem_root=self.roots["onprem"],
                 aws_root=self.roots["aws"],
                 max_count=max_count,
                 window_max_count=window_max_count,
+                settle_s=settle_s,
+                max_percent=max_percent,
+                min_objects_for_percent=min_objects_for_percent,
             )
         )
 
@@ -192,15 +207,23 @@ class Live:
         c.search(self.roots[side], search_filter, ldap3.SUBTREE, attributes=["objectGUID"])
         return sum(e.get("type") == "searchResEntry" for e in c.response or [])
 
-    def sync(self, *, allow_mass_delete: bool = False, writers: int = 1) -> CycleReport:
+    def sync(
+        self,
+        *,
+        allow_mass_delete: bool = False,
+        writers: int = 1,
+        password: Callable[[Iterable[str]], str] = initial_password.generate,
+    ) -> CycleReport:
         """One full cycle; ``writers`` > 1: that many connections per DC write concurrently
-        (the worker's ``writer_concurrency``)."""
+        (the worker's ``writer_concurrency``); ``password``: the writers' initial passwords."""
         mapping = self.mapping
         snapshots = {s: read_scope(self.connections[s], mapping, s) for s in SIDES}
-        primary: dict[Side, DirectoryWriter] = {s: LdapWriter(self.connections[s]) for s in SIDES}
+        primary: dict[Side, DirectoryWriter] = {
+            s: LdapWriter(self.connections[s], password=password) for s in SIDES
+        }
         extra = {s: [ldap_connect(self.settings[s]) for _ in range(writers - 1)] for s in SIDES}
         pools: dict[Side, list[DirectoryWriter]] = {
-            s: [primary[s], *(LdapWriter(c) for c in extra[s])] for s in SIDES
+            s: [primary[s], *(LdapWriter(c, password=password) for c in extra[s])] for s in SIDES
         }
         try:
             return Reconciler(

@@ -8,21 +8,24 @@ the real DC's own address.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
+from indutech_common.kafka import connection_kwargs
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
-from tests.integration.identity_sync.test_incremental import wait_started
-from tests.integration.identity_sync.test_worker import settings_for
+from tests.integration.identity_sync.test_incremental import total_writes, wait_started
+from tests.integration.identity_sync.test_worker import adds, consume, settings_for
 from tests.support.proxy import pipe
 from tests.support.stack import StackSettings
 
@@ -72,6 +75,20 @@ class Proxy:
 
 
 @pytest.fixture
+async def audit_topic(stack: StackSettings, unique: str) -> AsyncIterator[str]:
+    """A one-partition audit topic of this test, deleted afterwards."""
+    topic = f"test.identity-changes.{unique}"
+    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        yield topic
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
 async def aws_proxy(stack: StackSettings) -> AsyncIterator[Proxy]:
     """A proxy to the AWS DC, listed before the DC's own URL."""
     target = urlsplit(stack.ad_aws.url)
@@ -81,10 +98,6 @@ async def aws_proxy(stack: StackSettings) -> AsyncIterator[Proxy]:
         yield proxy
     finally:
         await proxy.close()
-
-
-def adds(worker: IdentitySyncWorker, side: str) -> float:
-    return float(worker.writes.labels(side, "add")._value.get())
 
 
 async def run_until(task: asyncio.Task[int], done: Callable[[], bool]) -> None:
@@ -138,17 +151,22 @@ class TestDcFailover:
     @pytest.mark.slow
     @pytest.mark.timeout(240)
     async def test_aws_dc_lost_mid_sync_moves_to_the_next(
-        self, stack: StackSettings, live: Live, aws_proxy: Proxy
+        self, stack: StackSettings, live: Live, aws_proxy: Proxy, audit_topic: str
     ) -> None:
         """The AWS DC in use (through a proxy) goes away while users are being created: the
         worker moves to the next DC, reconciles in full there and converges with no object
-        created twice; a change made meanwhile arrives."""
+        created twice; a change made meanwhile arrives. The adds of the failed cycle that
+        reached the DC are counted and published to the audit topic like any other."""
         users = 120
         ou = await asyncio.to_thread(live.ou, "onprem", "Bulk")
         for i in range(users):
             await asyncio.to_thread(live.user, "onprem", f"Bulk {i}", ou)
         settings = settings_for(stack, live, "unused").model_copy(
-            update={"aws": with_dcs(stack.ad_aws, aws_proxy.url, stack.ad_aws.url)}
+            update={
+                "aws": with_dcs(stack.ad_aws, aws_proxy.url, stack.ad_aws.url),
+                "audit_kafka": stack.kafka,
+                "audit_topic": audit_topic,
+            }
         )
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         with capture_logs() as logs:
@@ -177,9 +195,18 @@ class TestDcFailover:
         assert any(e["event"] == "cycle_failed" for e in logs)
         names = await asyncio.to_thread(live.names, "aws")
         assert len(names) == len(set(names)) == users + 1  # the users and the OU, once each
-        # an add whose answer was lost with the proxy is adopted, never written again
-        assert adds(worker, "aws") <= users + 1
+        # an add whose answer was lost with the proxy is adopted, never written again; every
+        # other object on AWS was added once, counted once and published once, the adds of
+        # the failed cycle included
+        adopted = sum(e["event"] == "identity_object_adopted" for e in logs)
+        assert adopted <= settings.writer_concurrency
+        assert adds(worker, "aws") + adopted == users + 1
         assert adds(worker, "onprem") == 0
+        written = int(total_writes(worker))  # every op of both sides: one record each
+        records = [json.loads(value) for _, value in await consume(stack, audit_topic, written)]
+        assert len(records) == written
+        published = [r["dn"] for r in records if (r["side"], r["op"]) == ("aws", "add")]
+        assert len(published) == len(set(published)) == adds(worker, "aws")
         sample = worker.metrics.registry.get_sample_value
         assert sample("indutech_identity_sync_dc", {"side": "aws", "url": stack.ad_aws.url}) == 1
         assert sample("indutech_identity_sync_dc_failovers_total", {"side": "aws"}) == 1

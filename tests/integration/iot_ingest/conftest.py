@@ -16,10 +16,24 @@ from typing import Any
 import pytest
 
 from indutech_common.kafka import create_consumer, start_client
+from indutech_common.schemas import Topics
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import temporary_topics
+from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
+
+
+def dead_letter_prefix(unique: str) -> str:
+    """The test's own prefix of the dead-letter store in the lake bucket."""
+    return f"tests/iot-ingest/{unique}/dead-letter/"
+
+
+@pytest.fixture(autouse=True)
+async def _dead_letter_objects(stack: StackSettings, unique: str) -> AsyncIterator[None]:
+    """Objects a test's worker kept in the dead-letter store are deleted after it."""
+    yield
+    await delete_prefix(stack.s3, stack.s3.lake_bucket, dead_letter_prefix(unique))
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,15 @@ class IngestTopics:
     @property
     def records(self) -> tuple[str, str]:
         return (self.sensor, self.ticket)
+
+    def contract(self) -> dict[str, str]:
+        """Each topic's entry in the topic contract (what it is created and checked as)."""
+        return {
+            self.sensor: Topics.SENSOR_READINGS,
+            self.ticket: Topics.CLIENT_TICKETS,
+            self.dead_letter: Topics.DEAD_LETTER,
+            self.checkpoint: Topics.INGEST_CHECKPOINTS,
+        }
 
     def env(self) -> dict[str, str]:
         return {
@@ -51,11 +74,7 @@ async def topics(stack: StackSettings, unique: str) -> AsyncIterator[IngestTopic
         dead_letter=f"test.{unique}.dlq",
         checkpoint=f"test.{unique}.checkpoints",
     )
-    async with temporary_topics(
-        stack.kafka,
-        {names.sensor: 2, names.ticket: 2, names.dead_letter: 1, names.checkpoint: 1},
-        compacted=[names.checkpoint],
-    ):
+    async with temporary_topics(stack.kafka, names.contract()):
         yield names
 
 
@@ -78,6 +97,8 @@ def ingest_settings(
         "dead_letter_topic": topics.dead_letter,
         "checkpoint_topic": topics.checkpoint,
         "transactional_id": f"iot-ingest-test-{unique}",
+        "s3": stack.s3,
+        "dead_letter_prefix": dead_letter_prefix(unique),
         "health": {"port": 0, "host": "127.0.0.1"},
         "gzip_settle_s": 0.2,
         "close_idle_s": 2.0,
@@ -162,6 +183,20 @@ def worker_env(
     kafka = stack.kafka
     password = kafka.password.get_secret_value() if kafka.password else ""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_INGEST_", "INDUTECH_"))}
+    s3 = stack.s3
+    s3_values = {
+        "ENDPOINT_URL": s3.endpoint_url,
+        "REGION": s3.region,
+        "ACCESS_KEY_ID": s3.access_key_id.get_secret_value() if s3.access_key_id else None,
+        "SECRET_ACCESS_KEY": (
+            s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
+        ),
+        "SSE": s3.sse,
+        "KMS_KEY_ID": s3.kms_key_id,
+        "CA_FILE": str(s3.ca_file) if s3.ca_file else None,
+        "LAKE_BUCKET": s3.lake_bucket,
+    }
+    env.update({f"IOT_INGEST_S3__{k}": v for k, v in s3_values.items() if v is not None})
     env.update(
         {
             "IOT_INGEST_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -172,6 +207,7 @@ def worker_env(
             "IOT_INGEST_KAFKA__TLS__CA_FILE": str(kafka.tls.ca_file),
             "IOT_INGEST_SAN_DIR": str(san),
             "IOT_INGEST_TRANSACTIONAL_ID": f"iot-ingest-test-{unique}",
+            "IOT_INGEST_DEAD_LETTER_PREFIX": dead_letter_prefix(unique),
             "IOT_INGEST_HEALTH__PORT": "0",
             "IOT_INGEST_HEALTH__HOST": "127.0.0.1",
             "IOT_INGEST_GZIP_SETTLE_S": "0.2",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from indutech_common.schemas import Topics
 from tests.integration.iot_ingest.conftest import IngestTopics
 from tests.integration.iot_to_s3.conftest import Lake
 from tests.support.kafka import temporary_topics
@@ -29,7 +30,7 @@ class Pipeline:
 
 @pytest.fixture
 async def pipeline(stack: StackSettings, unique: str) -> AsyncIterator[Pipeline]:
-    """Fresh record topics (two partitions), dead-letter topics, a compacted checkpoint topic,
+    """Fresh record topics, dead-letter topics, a compacted checkpoint topic (the contract's),
     a consumer group and a lake prefix; all removed afterwards."""
     ingest = IngestTopics(
         sensor=f"test.{unique}.sensors",
@@ -44,9 +45,8 @@ async def pipeline(stack: StackSettings, unique: str) -> AsyncIterator[Pipeline]
         prefix=f"tests/iot-pipeline/{unique}/",
         group_id=f"test-iot-pipeline-{unique}",
     )
-    partitions = {ingest.sensor: 2, ingest.ticket: 2, ingest.dead_letter: 1}
-    partitions |= {lake.dead_letter_topic: 1, ingest.checkpoint: 1}
-    async with temporary_topics(stack.kafka, partitions, compacted=[ingest.checkpoint]):
+    topics = ingest.contract() | {lake.dead_letter_topic: Topics.DEAD_LETTER}
+    async with temporary_topics(stack.kafka, topics):
         yield Pipeline(ingest, lake)
     await delete_prefix(stack.s3, stack.s3.lake_bucket, lake.prefix)
 

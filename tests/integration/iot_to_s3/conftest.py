@@ -21,17 +21,22 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from dotenv import dotenv_values
 
-from indutech_common.kafka import create_producer, start_client
+from indutech_common.kafka import (
+    connection_kwargs,
+    create_consumer,
+    create_producer,
+    start_client,
+)
 from indutech_common.s3 import create_s3_client
-from indutech_common.schemas import ClientTicket, SensorReading
+from indutech_common.schemas import ClientTicket, SensorReading, Topics, contract_spec
 from indutech_iot_to_s3.config import IotToS3Settings
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
-
-PARTITIONS = 2
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class Lake:
 
 @pytest.fixture
 async def lake(stack: StackSettings, unique: str) -> AsyncIterator[Lake]:
-    """Fresh topics (two partitions each), a fresh group and lake prefix; all removed after."""
+    """Fresh topics (the contract's settings), a fresh group and lake prefix; all removed after."""
     names = Lake(
         sensor_topic=f"test.{unique}.sensor-readings",
         ticket_topic=f"test.{unique}.client-tickets",
@@ -55,8 +60,12 @@ async def lake(stack: StackSettings, unique: str) -> AsyncIterator[Lake]:
         prefix=f"tests/iot-to-s3/{unique}/",
         group_id=f"test-iot-to-s3-{unique}",
     )
-    topics = [names.sensor_topic, names.ticket_topic, names.dead_letter_topic]
-    async with temporary_topics(stack.kafka, dict.fromkeys(topics, PARTITIONS)):
+    topics = {
+        names.sensor_topic: Topics.SENSOR_READINGS,
+        names.ticket_topic: Topics.CLIENT_TICKETS,
+        names.dead_letter_topic: Topics.DEAD_LETTER,
+    }
+    async with temporary_topics(stack.kafka, topics):
         yield names
     await delete_prefix(stack.s3, stack.s3.lake_bucket, names.prefix)
 
@@ -96,6 +105,8 @@ def worker_env(lake: Lake, **settings: str) -> dict[str, str]:
         "IOT_TO_S3_DEAD_LETTER_TOPIC": lake.dead_letter_topic,
         "IOT_TO_S3_LAKE_PREFIX": lake.prefix,
         "IOT_TO_S3_HEALTH__HOST": "127.0.0.1",
+        # An ephemeral port, never the default 8080 that other workers here may hold.
+        "IOT_TO_S3_HEALTH__PORT": "0",
         "IOT_TO_S3_SESSION_TIMEOUT_MS": "6000",
         "IOT_TO_S3_LOGGING__LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",  # a SIGKILLed worker leaves its whole log
@@ -225,6 +236,40 @@ async def wait_for_rows(
             return table
         await asyncio.sleep(0.5)
     pytest.fail(f"the lake holds {table.num_rows} rows of {topic}, expected {expected}")
+
+
+async def committed_offset(stack: StackSettings, lake: Lake, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(lake.group_id, partitions=[tp])
+    finally:
+        await admin.close()
+    found = offsets.get(tp)
+    return None if found is None or found.offset < 0 else found.offset
+
+
+async def read_dead_letters(
+    stack: StackSettings, topic: str, *, isolation_level: str = "read_committed"
+) -> list[Any]:
+    """Every record of the dead-letter topic as a consumer with this isolation level sees it."""
+    consumer = create_consumer(stack.kafka, group_id=None, isolation_level=isolation_level)
+    await start_client(consumer, stack.kafka)
+    try:
+        partitions = contract_spec(Topics.DEAD_LETTER).partitions  # as temporary_topics made it
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: list[Any] = []
+        deadline = time.monotonic() + 20
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "the dead-letter topic was not read to its end"
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [m for ms in batches.values() for m in ms]
+    finally:
+        await consumer.stop()
+    return found
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.integration.iot_to_s3.conftest import (
     BASE_TIME,
     Lake,
     client_ticket,
+    lake_keys,
     read_lake,
     sensor_reading,
     start_worker,
@@ -164,4 +165,11 @@ class TestChaos:
         assert not set(ids) & aborted, "aborted transactions must never reach the lake"
         assert set(ids) == committed
         assert text.count("replaying_intent") > 0, "no kill landed between an intent and its commit"
-        assert "Traceback" not in text or "worker_failed" not in text
+        # Kills are the only way a run may end early: no run failed on its own, and nothing
+        # raised an exception that a log line had to carry as a traceback.
+        failed = [line for line in text.splitlines() if '"event": "worker_failed"' in line]
+        assert not failed, failed[:3]
+        tracebacks = [line[:600] for line in text.splitlines() if "Traceback" in line]
+        assert not tracebacks, tracebacks[:3]
+        intents = await lake_keys(stack, f"{lake.prefix}_state/iot-to-s3/intents/")
+        assert intents == [], "every intent is deleted once its segment is committed"

@@ -15,8 +15,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import TopicPartition
+from structlog.testing import capture_logs
 
-from indutech_common.kafka import create_consumer, start_client
+from indutech_common.kafka import create_consumer, create_producer, start_client
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.s3 import create_s3_client
 from indutech_iot_to_s3.segments import PlannedObject
@@ -26,9 +28,11 @@ from tests.integration.iot_to_s3.conftest import (
     BASE_TIME,
     Lake,
     client_ticket,
+    committed_offset,
     lake_filesystem,
     lake_keys,
     produce,
+    read_dead_letters,
     records,
     sensor_reading,
     settings_for,
@@ -79,9 +83,16 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30) -> Non
     raise AssertionError("condition not met in time")
 
 
-async def has_read(counter: Any, count: int) -> bool:
-    """A worker's records_in counter (one labelled child) has reached ``count``."""
-    return bool(counter._value.get() >= count)
+async def has_read(worker: IotToS3Worker, stream: str, count: int) -> bool:
+    """The worker's ``indutech_records_in_total`` of ``stream`` has reached ``count``."""
+    read = worker.metrics.registry.get_sample_value(
+        "indutech_records_in_total", {"worker": worker.name, "stream": stream}
+    )
+    return (read or 0) >= count
+
+
+async def is_committed(stack: StackSettings, lake: Lake, tp: TopicPartition, offset: int) -> bool:
+    return await committed_offset(stack, lake, tp) == offset
 
 
 class TestLakeLayout:
@@ -139,9 +150,14 @@ class TestLakeLayout:
         good = records(5, "dlq")
         raw = [r.to_json_bytes() for r in good]
         await produce(stack, lake.sensor_topic, [*raw[:2], b"{not json", *raw[2:]], partition=0)
-        async with running_worker(stack, lake, rotation={"idle_s": 0.5}):
+        async with running_worker(stack, lake, rotation={"idle_s": 0.5}) as worker:
             table = await wait_for_rows(stack, lake, lake.sensor_topic, 5)
         assert Counter(table.column("event_id").to_pylist()) == Counter(r.event_id for r in good)
+        counted = worker.metrics.registry.get_sample_value(
+            "indutech_dead_lettered_records_total",
+            {"worker": worker.name, "reason": "invalid_json"},
+        )
+        assert counted == 1
         consumer = create_consumer(stack.kafka, lake.dead_letter_topic, group_id=None)
         await start_client(consumer, stack.kafka)
         try:
@@ -175,8 +191,6 @@ class TestRotation:
     async def test_rotation_by_age(self, stack: StackSettings, lake: Lake) -> None:
         """With a steady trickle and no idle gap, max_age_s still closes segments."""
         async with running_worker(stack, lake, rotation={"max_age_s": 1.0, "idle_s": 60}) as worker:
-            read = worker.metrics.records_in.labels(worker.name, lake.sensor_topic)
-
             for batch in range(4):
                 await produce(
                     stack,
@@ -186,7 +200,7 @@ class TestRotation:
                 )
                 # Each batch is in the worker before the next one: a slow group join
                 # would otherwise hand it all four at once, as one segment.
-                await wait_until(partial(has_read, read, 5 * (batch + 1)))
+                await wait_until(partial(has_read, worker, lake.sensor_topic, 5 * (batch + 1)))
                 await asyncio.sleep(0.7)
             await wait_for_rows(stack, lake, lake.sensor_topic, 15)
         sizes = object_sizes(stack, await parquet_keys(stack, lake, lake.sensor_topic))
@@ -250,6 +264,68 @@ class TestIntents:
             with pytest.raises(IntentConflictError, match="another consumer owns"):
                 await journal.write(other)
             assert await journal.pending("t", 0, committed=10) == first
-            assert await journal.pending("t", 0, committed=21) is None
             await journal.delete(first)
             assert await journal.pending("t", 0, committed=None) is None
+
+    async def test_intents_that_end_before_the_commit_are_deleted_on_recovery(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Left by kills between commit and delete, they are done: deleted, not returned."""
+
+        def planned_intent(partition: int, start: int) -> Intent:
+            planned = PlannedObject(f"k{partition}-{start}", BASE_TIME, start, start + 9, 10)
+            return Intent("t", partition, start, start + 9, (planned,))
+
+        done = [planned_intent(0, start) for start in (0, 10, 20)]
+        open_ = planned_intent(0, 30)
+        other_partition = planned_intent(1, 0)
+        async with create_s3_client(stack.s3) as s3:
+            journal = IntentJournal(
+                s3,
+                S3Calls(WorkerMetrics("test"), backoff_max_s=1),
+                bucket=stack.s3.lake_bucket,
+                prefix=lake.prefix,
+            )
+            for written in [*done, open_, other_partition]:
+                await journal.write(written)
+            intents = f"{lake.prefix}_state/iot-to-s3/intents/t/"
+            assert len(await lake_keys(stack, intents)) == 5
+            with capture_logs() as logs:
+                assert await journal.pending("t", 0, committed=30) == open_
+            assert await lake_keys(stack, intents) == [
+                journal.key("t", 0, 30),
+                journal.key("t", 1, 0),
+            ]
+            deleted = [e["start"] for e in logs if e["event"] == "stale_intent_deleted"]
+            assert deleted == [0, 10, 20]
+
+
+class TestFencing:
+    async def test_a_fenced_producer_recovers_the_partition_and_commits_once(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Another producer takes the partition's transactional id: the worker's commit is
+        fenced, the partition recovers with a new producer, and everything lands once."""
+        first = records(5, "fenced")
+        await produce(stack, lake.sensor_topic, first, partition=0)
+        tp = TopicPartition(lake.sensor_topic, 0)
+        with capture_logs() as logs:
+            async with running_worker(stack, lake, rotation={"idle_s": 0.5}) as worker:
+                await wait_for_rows(stack, lake, lake.sensor_topic, 5)
+                usurper = create_producer(stack.kafka, transactional_id=worker.transactional_id(tp))
+                await start_client(usurper, stack.kafka)  # bumps the epoch: the worker's is fenced
+                await usurper.stop()
+                second = records(10, "fenced", start=5)
+                raw = [r.to_json_bytes() for r in second]
+                await produce(stack, lake.sensor_topic, [*raw[:2], b"{bad", *raw[2:]], partition=0)
+                table = await wait_for_rows(stack, lake, lake.sensor_topic, 10)
+                # uploaded before the fenced commit: wait for the recovery's own commit
+                await wait_until(partial(is_committed, stack, lake, tp, 5 + len(raw) + 1))
+        assert Counter(table.column("event_id").to_pylist()) == Counter(
+            r.event_id for r in [*first, *second]
+        )
+        events = [e["event"] for e in logs]
+        assert "commit_fenced" in events
+        assert events.count("partition_ready") >= 5, "the fenced partition recovered"
+        letters = await read_dead_letters(stack, lake.dead_letter_topic)
+        assert [m.value for m in letters] == [b"{bad"]

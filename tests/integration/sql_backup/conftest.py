@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from dotenv import dotenv_values
 
+from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
@@ -53,7 +54,8 @@ async def erp(stack: StackSettings, unique: str) -> AsyncIterator[Erp]:
         completed_topic=f"test.{unique}.sql-backup-completed",
         group_id=f"test-sql-backup-{unique}",
     )
-    async with temporary_topics(stack.kafka, {names.work_topic: 4, names.completed_topic: 1}):
+    topics = {names.work_topic: Topics.BACKUP_WORK, names.completed_topic: Topics.BACKUP_COMPLETED}
+    async with temporary_topics(stack.kafka, topics):
         yield names
     source = OdbcSource(stack.erp, PostgresDialect())
     await asyncio.to_thread(source.execute, [f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE'])

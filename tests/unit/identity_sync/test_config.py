@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ldap3
 import pytest
 
 from indutech_identity_sync.cli import main
@@ -126,3 +127,81 @@ class TestNoPasswords:
             writer.add("user", "CN=x,OU=y", {attribute: ("secret",)})
         with pytest.raises(DirectoryWriteError, match="password"):
             writer.modify("CN=x,OU=y", {attribute: ("secret",)})
+
+    @pytest.mark.parametrize(
+        "attribute",
+        [
+            "unixUserPassword",
+            "msSFU30Password",
+            "ms-Mcs-AdmPwd",
+            "msLAPS-Password",
+            "msLAPS-EncryptedPassword",
+            "msLAPS-EncryptedDSRMPasswordHistory",
+            "msDS-ManagedPassword",
+            "userPassword",
+            "userPassword;binary",
+            "supplementalCredentials",
+        ],
+    )
+    def test_every_secret_is_refused_by_mapping_and_writer(
+        self, attribute: str, tmp_path: Path
+    ) -> None:
+        """The deny-list covers the POSIX, SFU, LAPS (legacy and Windows) and gMSA secrets, in
+        any case and with options: the mapping refuses them, and so does the writer."""
+        path = tmp_path / "m.toml"
+        path.write_text(EXAMPLE.read_text() + f'\n[attributes.x]\nonprem = "{attribute}"\n')
+        with pytest.raises(MappingError, match="password attributes are never"):
+            load_mapping(path)
+        writer = LdapWriter(connection=None)
+        for name in (attribute, attribute.upper()):
+            with pytest.raises(DirectoryWriteError, match="password"):
+                writer.modify("CN=x,OU=y", {name: ("secret",)})
+
+
+class RecordingConnection:
+    """Records the DNs an LdapWriter sends (every write succeeds)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, object]] = []
+        self.result: dict[str, Any] = {"result": 0}
+        self.response: list[dict[str, Any]] = []
+
+    def modify(self, dn: str, changes: dict[str, Any]) -> bool:
+        self.sent.append(("modify", dn, changes))
+        return True
+
+    def modify_dn(self, dn: str, new_rdn: str, new_superior: str) -> bool:
+        self.sent.append(("move", dn, (new_rdn, new_superior)))
+        return True
+
+    def delete(self, dn: str) -> bool:
+        self.sent.append(("delete", dn, None))
+        return True
+
+
+class TestDnValuesSent:
+    @pytest.mark.parametrize(
+        ("given", "sent"),
+        [
+            ("CN=#Lead,OU=y", "CN=\\#Lead,OU=y"),  # a leading '#' read as text is escaped
+            ("CN=\\ Both\\ ,OU=y", "CN=\\ Both\\ ,OU=y"),
+            ("CN=Trail\\20,OU=y", "CN=Trail\\ ,OU=y"),
+            ("CN=G1 #Top,OU=y", "CN=G1 \\#Top,OU=y"),
+        ],
+    )
+    def test_member_and_entry_dns_are_escaped(self, given: str, sent: str) -> None:
+        """DNs with a leading '#' or leading/trailing spaces go out in RFC 4514 escaping,
+        as member values and as the DN of the entry written."""
+        connection = RecordingConnection()
+        writer = LdapWriter(connection=connection)
+        writer.modify_members(given, add=[given], remove=[])
+        writer.delete(given)
+        (op, dn, changes), (_, deleted, _) = connection.sent
+        assert (op, dn, deleted) == ("modify", sent, sent)
+        assert changes == {"member": [(ldap3.MODIFY_ADD, [sent])]}
+
+    def test_a_dn_that_does_not_parse_is_a_refusal(self) -> None:
+        """Not sent, and refused like a DC refusal (the object is quarantined, not the cycle)."""
+        writer = LdapWriter(connection=RecordingConnection())
+        with pytest.raises(DirectoryWriteError, match="must be escaped"):
+            writer.delete("CN=a;b,OU=y")

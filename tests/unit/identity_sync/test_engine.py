@@ -5,16 +5,19 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from indutech_identity_sync.config import Kind, Mapping, Side
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
-from indutech_identity_sync.model import Values, make_dn, normalize_dn, split_rdn
+from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn, split_rdn
+from indutech_identity_sync.quarantine import Held, Quarantine
 from indutech_identity_sync.state import SyncState
 from tests.support.fake_directory import FakeDirectory
 
@@ -42,10 +45,26 @@ def mapping(**overrides: Any) -> Mapping:
             },
             "description": {"onprem": "description", "kinds": ["ou", "user", "group"]},
         },
-        "deletion_guard": {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 5},
+        # no settle time: a delete goes out with the cycle that sees it (TestSettle has one)
+        "deletion_guard": {
+            "max_count": 10,
+            "max_percent": 50,
+            "min_objects_for_percent": 5,
+            "settle_s": 0,
+        },
     }
     raw.update(overrides)
     return Mapping.model_validate(raw)
+
+
+class Clock:
+    """Monotonic seconds the test moves on by hand (the quarantine's backoff)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Connection:
@@ -92,11 +111,13 @@ class Pair:
 
     writers = 1
 
-    def __init__(self, rules: Mapping | None = None) -> None:
+    def __init__(self, rules: Mapping | None = None, *, onprem_folds: bool = True) -> None:
         self.mapping = rules or mapping()
-        self.onprem = FakeDirectory(ONPREM_ROOT)
+        self.onprem = FakeDirectory(ONPREM_ROOT, folds=onprem_folds)
         self.aws = FakeDirectory(AWS_ROOT)
         self.state = SyncState()
+        self.clock = Clock()
+        self.quarantine = Quarantine(initial_s=30, maximum_s=600, clock=self.clock)
 
     def pools(self) -> dict[Side, list[DirectoryWriter]] | None:
         if self.writers == 1:
@@ -115,6 +136,7 @@ class Pair:
         save: bool = True,
         now: float | None = None,
         hold_deletes: tuple[Side, ...] = (),
+        guard: DeleteGuard | None = None,
     ) -> CycleReport:
         state = self.state.model_copy(deep=True)
         report = Reconciler(
@@ -126,6 +148,8 @@ class Pair:
             pools=self.pools(),
             hold_deletes=hold_deletes,
             clock=(lambda: now) if now is not None else time.time,
+            guard=guard,
+            quarantine=self.quarantine,
         ).run()
         if save:
             self.state = state
@@ -298,7 +322,7 @@ class TestDelete:
         assert p.onprem.dns() == set()
         assert p.state.pairs == {}
 
-    def test_threshold_stops_exports_and_says_so(self) -> None:
+    def test_threshold_holds_the_deletes_and_says_so(self) -> None:
         """Deleting a whole OU over the threshold deletes nothing and raises the guard."""
         p = Pair()
         ou = p.onprem.ou("Big")
@@ -321,10 +345,16 @@ class TestDelete:
 
 class TestDeletePercent:
     def test_percentage_rule_alone_trips(self) -> None:
-        """Under max_count but over max_percent of a side: the guard still stops the deletes."""
+        """Under max_count but over max_percent of a side: the guard still holds the deletes,
+        and only them."""
         p = Pair(
             mapping(
-                deletion_guard={"max_count": 50, "max_percent": 10, "min_objects_for_percent": 20}
+                deletion_guard={
+                    "max_count": 50,
+                    "max_percent": 10,
+                    "min_objects_for_percent": 20,
+                    "settle_s": 0,
+                }
             )
         )
         users = [p.onprem.user(f"P{i}") for i in range(30)]
@@ -335,11 +365,19 @@ class TestDeletePercent:
         assert report.guard_tripped == {"aws": 5}
         assert len(p.aws.dns()) == 30
         p.onprem.user("Late")
-        assert p.sync().writes["aws", "add"] == 0  # exports to the side stay stopped
+        report = p.sync()
+        assert report.guard_tripped == {"aws": 5}  # the deletes stay held...
+        assert report.writes["aws", "add"] == 1  # ...and every other change goes out
+        assert len(p.aws.dns()) == 31
 
 
 def window_mapping(**guard: Any) -> Mapping:
-    rules: dict[str, Any] = {"max_count": 10, "max_percent": 50, "min_objects_for_percent": 1000}
+    rules: dict[str, Any] = {
+        "max_count": 10,
+        "max_percent": 50,
+        "min_objects_for_percent": 1000,
+        "settle_s": 0,
+    }
     rules.update(window_s=3600, window_max_count=6, window_max_percent=None)
     rules.update(guard)
     return mapping(deletion_guard=rules)
@@ -360,7 +398,7 @@ class TestDeletionWindow:
 
     def test_trickle_is_stopped_once_the_window_is_full(self) -> None:
         """Two deletes a cycle pass the per-cycle limit (10), but the fourth pair would make
-        8 in an hour (limit 6): nothing is written to that side, the log says what to do."""
+        8 in an hour (limit 6): no delete is written to that side, the log says what to do."""
         p = Pair(window_mapping())
         users = [p.onprem.user(f"T{i}") for i in range(8)]
         keep = p.onprem.user("Keep")
@@ -380,8 +418,10 @@ class TestDeletionWindow:
         assert "window_max_count" in event["action"]
         assert "--allow-mass-delete" in event["action"]
         p.onprem.assign(keep, title="Boss")
-        p.sync(now=1_000_000.0 + 300)
-        assert p.aws.get(aws_dn(keep), "title") is None  # no writes to the side, as per cycle
+        report = p.sync(now=1_000_000.0 + 300)
+        assert report.guard_tripped == {"aws": 2}
+        assert p.aws.get(aws_dn(keep), "title") == "Boss"  # only the deletes are held
+        assert len(p.aws.dns()) == 3
 
     def test_deletes_go_out_once_the_window_slides(self) -> None:
         """The held deletes are written when the older ones have left the window."""
@@ -536,6 +576,8 @@ class TestRecovery:
         p.aws.refuse = {normalize_dn(aws_dn(dn))}
         assert p.sync().failed == 1
         p.aws.refuse.clear()
+        assert p.sync().total_writes == 0  # quarantined: it waits its backoff
+        p.clock.now += 30
         p.sync()
         assert p.aws.get(aws_dn(dn), "title") == "new"
 
@@ -595,6 +637,7 @@ class TestAudit:
         p.aws.refuse = {normalize_dn(aws_dn(g))}
         assert p.sync().failed == 1
         p.aws.refuse.clear()
+        p.clock.now += 30  # its quarantine backoff
         assert p.sync().writes["aws", "members"] == 1
         assert p.aws.members(aws_dn(g)) == {aws_dn(u)}
 
@@ -699,3 +742,203 @@ class TestIncrementalCycle:
         assert make_dn("CN", "Kid", "OU=New," + ONPREM_ROOT) in inc.p.onprem.dns()
         assert inc.full().total_writes == 0
         assert len(inc.p.onprem.dns()) == 2
+
+
+def quarantined(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "identity_object_quarantined"]
+
+
+class TestQuarantine:
+    def test_refused_object_waits_its_backoff_and_the_rest_go_on(self) -> None:
+        """A create the target refuses: the other objects arrive; the object is logged once
+        with its DN and reason, audited, not tried again before its backoff, then released."""
+        p = Pair()
+        good = [p.onprem.user(f"Good {i}") for i in range(4)]
+        poison = p.onprem.user("Poison")
+        p.aws.refuse = {normalize_dn(aws_dn(poison))}
+        with capture_logs() as logs:
+            report = p.sync()
+            assert {aws_dn(d) for d in good} <= p.aws.dns()
+            again = p.sync()  # within the backoff: not tried, not logged again
+            assert p.aws.refused == 1
+            p.clock.now += 30
+            p.sync()  # tried again: refused again, still logged once
+            assert p.aws.refused == 2
+        [event] = quarantined(logs)
+        assert (event["side"], event["dn"], event["cause"]) == ("aws", poison, "refused")
+        assert event["target_dn"] == aws_dn(poison)
+        assert "refused" in event["reason"]
+        assert event["retry_in_s"] == 30
+        [record] = [c for c in report.changes if c.op == "quarantine"]
+        assert (record.side, record.dn, record.object_guid) == (
+            "aws",
+            poison,
+            p.onprem.guid(poison),
+        )
+        assert record.reason == event["reason"]
+        assert [e.dn for e in report.quarantined] == [poison]
+        assert again.quarantined == []
+        assert p.quarantine.retry_in(str(p.onprem.guid(poison))) == 60
+        p.aws.refuse.clear()
+        p.clock.now += 60
+        with capture_logs() as logs:
+            released = p.sync()
+        assert aws_dn(poison) in p.aws.dns()
+        assert [e.dn for e in released.released] == [poison]
+        assert [e["event"] for e in logs if "released" in e["event"]] == [
+            "identity_object_released"
+        ]
+        assert not p.quarantine.held
+
+    def test_held_pair_changes_nothing_until_due(self) -> None:
+        """A pair whose modify was refused: its later changes wait too, other pairs go on."""
+        p = Pair()
+        held, free = p.onprem.user("Held"), p.onprem.user("Free")
+        p.converge()
+        p.aws.refuse = {normalize_dn(aws_dn(held))}
+        p.onprem.assign(held, title="one")
+        assert p.sync().failed == 1
+        p.aws.refuse.clear()
+        p.onprem.assign(held, title="two")
+        p.onprem.assign(free, title="free")
+        report = p.sync()
+        assert report.writes["aws", "modify"] == 1
+        assert p.aws.get(aws_dn(held), "title") is None
+        assert p.aws.get(aws_dn(free), "title") == "free"
+        p.clock.now += 30
+        p.sync()
+        assert p.aws.get(aws_dn(held), "title") == "two"
+
+    def test_dn_that_does_not_parse_is_held_and_the_rest_go_on(self) -> None:
+        """An object whose DN cannot be read is left out of the mirror and quarantined."""
+        p = Pair()
+        p.onprem.user("Fine")
+        bad = DirObject(
+            guid="b0000000-0000-4000-8000-000000000001",
+            kind="user",
+            dn=f"CN=semi;colon,{ONPREM_ROOT}",
+            attributes={"samaccountname": ("bad",)},
+        )
+        with capture_logs() as logs:
+            Reconciler(
+                p.mapping,
+                p.state,
+                {"onprem": [*p.onprem.snapshot(), bad], "aws": p.aws.snapshot()},
+                {"onprem": p.onprem, "aws": p.aws},
+                quarantine=p.quarantine,
+            ).run()
+        assert make_dn("CN", "Fine", AWS_ROOT) in p.aws.dns()
+        [event] = quarantined(logs)
+        assert (event["side"], event["dn"], event["cause"]) == ("onprem", bad.dn, "invalid")
+        assert "must be escaped" in event["reason"]
+
+    def test_writes_before_a_lost_connection_are_audited(self) -> None:
+        """The DC goes away mid-cycle: the cycle fails, and every write that reached the DC
+        before is in the report's audit records (the worker publishes and counts them)."""
+        p = Pair()
+        users = [p.onprem.user(f"U{i}") for i in range(9)]
+        p.aws.broken = {normalize_dn(aws_dn(users[4]))}
+        reconciler = Reconciler(
+            p.mapping,
+            p.state,
+            {"onprem": p.onprem.snapshot(), "aws": p.aws.snapshot()},
+            {"onprem": p.onprem, "aws": p.aws},
+            pools=p.pools(),
+            quarantine=p.quarantine,
+        )
+        with pytest.raises(ConnectionResetError):
+            reconciler.run()
+        audited = {c.dn for c in reconciler.report.changes if c.op == "add"}
+        assert audited == p.aws.dns()
+        assert reconciler.report.writes["aws", "add"] == len(p.aws.dns())
+
+
+class TestNameCollision:
+    def test_names_ad_folds_to_one_name_both_source_objects(self) -> None:
+        """Weiß and Weiss side by side on a directory that tells them apart: one is synced,
+        the other is quarantined with a message naming both source objects."""
+        p = Pair(onprem_folds=False)
+        sharp = p.onprem.user("Weiß", sam="weiss1")
+        plain = p.onprem.user("Weiss", sam="weiss2")
+        with capture_logs() as logs:
+            report = p.sync()
+        assert p.aws.dns() == {aws_dn(plain)}  # the first by DN keeps the name
+        [event] = quarantined(logs)
+        assert (event["side"], event["dn"], event["cause"]) == ("aws", sharp, "collision")
+        assert (event["collides_with"], event["target_dn"]) == (plain, "")
+        assert sharp in event["reason"]
+        assert plain in event["reason"]
+        assert report.failed == 1
+        p.clock.now += 30
+        assert p.sync().total_writes == 0  # tried again, still the same verdict
+
+    def test_children_of_the_held_ou_wait_and_never_land_in_the_other(self) -> None:
+        """OU=Weiß and OU=Weiss, a user in each: the user of the held OU waits for its
+        parent; it is not created in the other OU (lookups go by the exact spelling)."""
+        p = Pair(onprem_folds=False)
+        sharp = p.onprem.ou("Weiß")
+        plain = p.onprem.ou("Weiss")
+        p.onprem.user("In Sharp", sharp, sam="insharp")
+        kept = p.onprem.user("In Plain", plain, sam="inplain")
+        report = p.sync()
+        assert p.aws.dns() == {aws_dn(plain), aws_dn(kept)}
+        assert report.deferred == 1
+
+    def test_the_object_already_synced_keeps_the_name(self) -> None:
+        """Weiß synced first; Weiss created later is the one quarantined."""
+        p = Pair(onprem_folds=False)
+        sharp = p.onprem.user("Weiß", sam="weiss1")
+        p.converge()
+        plain = p.onprem.user("Weiss", sam="weiss2")
+        with capture_logs() as logs:
+            p.sync()
+        [event] = quarantined(logs)
+        assert (event["dn"], event["collides_with"]) == (plain, sharp)
+        assert p.aws.dns() == {aws_dn(sharp)}
+
+    def test_name_taken_on_the_target_names_both(self) -> None:
+        """A user and a group of the same name, one on each side: neither is created over
+        the other; each is quarantined naming the object that holds its name."""
+        p = Pair()
+        group = p.aws.group("Dup")
+        user = p.onprem.user("Dup")
+        with capture_logs() as logs:
+            report = p.sync()
+        events = {e["dn"]: e for e in quarantined(logs)}
+        assert (events[user]["side"], events[user]["collides_with"]) == ("aws", group)
+        assert (events[group]["side"], events[group]["collides_with"]) == ("onprem", user)
+        assert "a group, not a user" in events[user]["reason"]
+        assert report.total_writes == 0
+
+
+class TestQuarantineBook:
+    def test_backoff_doubles_to_its_maximum_and_a_change_wakes_it(self) -> None:
+        """Pure bookkeeping: the wait doubles per failed try up to the maximum; a reported
+        change makes the object due at once; gone objects are forgotten."""
+        clock = Clock()
+        book = Quarantine(initial_s=10, maximum_s=25, clock=clock)
+
+        def held(reason: str = "r") -> Held:
+            return Held(
+                key="k",
+                side="aws",
+                dn="CN=x",
+                source="onprem",
+                object_guid="k",
+                cause="refused",
+                reason=reason,
+                guids=frozenset({"k", "twin"}),
+            )
+
+        assert book.hold(held())
+        assert book.waiting("k")
+        assert book.holds("twin")
+        assert not book.hold(held())  # same reason: not logged again
+        assert book.retry_in("k") == 20
+        assert book.hold(held("other"))  # a new reason is logged
+        assert book.retry_in("k") == 25
+        book.wake(["twin"])
+        assert not book.waiting("k")
+        assert [e.key for e in book.due()] == ["k"]
+        book.forget(lambda guid: guid == "elsewhere")
+        assert not book.held

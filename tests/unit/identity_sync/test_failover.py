@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_identity_sync.exceptions import IdentitySyncError
 from indutech_identity_sync.failover import DcPool
 from indutech_identity_sync.state import CookieState, SyncState
-from indutech_identity_sync.worker import IdentitySyncWorker, _Link
+from indutech_identity_sync.worker import IdentitySyncWorker, Link
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "services/identity-sync/mapping.example.toml"
 DC1, DC2, DC3 = "ldaps://dc1:636", "ldaps://dc2:636", "ldaps://dc3:636"
@@ -150,7 +151,29 @@ class FakeDirSync:
         return {}
 
 
-def make_worker(onprem: list[str], aws: list[str]) -> IdentitySyncWorker:
+class FakeDcs:
+    """The DCs that answer (``up``); the worker's connections to them are faked through its
+    public seams: a link factory and a notifier factory."""
+
+    def __init__(self) -> None:
+        self.up: set[str] = set()
+
+    async def open_link(self, settings: LdapSettings) -> Link:
+        if settings.url not in self.up:
+            raise DependencyUnavailableError(f"could not open {settings.url}: refused")
+        return Link(FakeConnection(settings.url), threading.Lock(), url=settings.url)
+
+    @staticmethod
+    def notifier(_settings: LdapSettings, _base: str, _wake: Callable[[], None]) -> FakeNotifier:
+        return FakeNotifier()
+
+
+class FakeNotifier:
+    def close(self) -> None:
+        pass
+
+
+def make_worker(onprem: list[str], aws: list[str], dcs: FakeDcs) -> IdentitySyncWorker:
     settings = IdentitySyncSettings(
         onprem=ldap(urls=onprem),
         aws=ldap(urls=aws),
@@ -159,35 +182,24 @@ def make_worker(onprem: list[str], aws: list[str]) -> IdentitySyncWorker:
         health={"host": "127.0.0.1", "port": 0},
         dc_backoff_initial_s=30,
     )
-    return IdentitySyncWorker(settings)
+    return IdentitySyncWorker(settings, link_factory=dcs.open_link, notifier_factory=dcs.notifier)
 
 
 class TestWorkerFailover:
     @pytest.fixture
-    def up(self, monkeypatch: pytest.MonkeyPatch) -> set[str]:
-        """The DCs that answer; the worker's connections to them are faked."""
-        answering: set[str] = set()
-
-        async def open_link(_worker: IdentitySyncWorker, settings: LdapSettings) -> _Link:
-            if settings.url not in answering:
-                raise DependencyUnavailableError(f"could not open {settings.url}: refused")
-            return _Link(FakeConnection(settings.url), threading.Lock(), url=settings.url)
-
-        async def no_notifiers(_worker: IdentitySyncWorker) -> None:
-            pass
-
-        monkeypatch.setattr(IdentitySyncWorker, "_open_link", open_link)
-        monkeypatch.setattr(IdentitySyncWorker, "_start_notifiers", no_notifiers)
+    def dcs(self, monkeypatch: pytest.MonkeyPatch) -> FakeDcs:
+        """Fake DCs; the rootDSE read and DirSync (public names of the worker module) answer
+        from the fake connection."""
         monkeypatch.setattr(worker_module, "highest_usn", lambda c: (c.dc, 500))
         monkeypatch.setattr(worker_module, "DirSyncWatcher", FakeDirSync)
         FakeDirSync.cookies.clear()
-        return answering
+        return FakeDcs()
 
-    async def test_first_dc_dead_at_start(self, up: set[str]) -> None:
+    async def test_first_dc_dead_at_start(self, dcs: FakeDcs) -> None:
         """The first DC does not answer: the side connects to the second, says dc_failover
         with the reason, and the DC gauge shows the one in use."""
-        up.update({DC2, DC3})
-        worker = make_worker([DC1, DC2], [DC3])
+        dcs.up.update({DC2, DC3})
+        worker = make_worker([DC1, DC2], [DC3], dcs)
         with capture_logs() as logs:
             await worker._connect()
         assert worker.links["onprem"].url == DC2
@@ -199,27 +211,27 @@ class TestWorkerFailover:
         assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC1}) == 0
         assert sample("indutech_identity_sync_dc_failovers_total", {"side": "onprem"}) == 1
 
-    async def test_no_dc_at_start_fails_naming_each(self, up: set[str]) -> None:
+    async def test_no_dc_at_start_fails_naming_each(self, dcs: FakeDcs) -> None:
         """No DC of a side answers at start: the worker stops, naming every DC and its error."""
-        up.add(DC3)
-        worker = make_worker([DC1, DC2], [DC3])
+        dcs.up.add(DC3)
+        worker = make_worker([DC1, DC2], [DC3], dcs)
         with pytest.raises(DependencyUnavailableError, match=r"onprem.*dc1.*refused.*dc2"):
             await worker._connect()
 
-    async def test_dc_lost_mid_run_moves_on_then_backs_off(self, up: set[str]) -> None:
+    async def test_dc_lost_mid_run_moves_on_then_backs_off(self, dcs: FakeDcs) -> None:
         """The DC in use goes away: the reconnect tries it once, then the next one; with
         none answering the side has no link (readiness says so) and waits its backoff."""
-        up.update({DC1, DC2, DC3})
-        worker = make_worker([DC1, DC2], [DC3])
+        dcs.up.update({DC1, DC2, DC3})
+        worker = make_worker([DC1, DC2], [DC3], dcs)
         await worker._connect()
         assert worker.links["onprem"].url == DC1
-        up.discard(DC1)
+        dcs.up.discard(DC1)
         with capture_logs() as logs:
             await worker._reconnect(["onprem"])
         assert worker.links["onprem"].url == DC2
         events = [e["event"] for e in logs]
         assert events[:2] == ["dc_unreachable", "dc_failover"]
-        up.discard(DC2)
+        dcs.up.discard(DC2)
         with capture_logs() as logs:
             await worker._reconnect(["onprem"])
             assert "onprem" not in worker.links
@@ -231,11 +243,11 @@ class TestWorkerFailover:
         assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC2}) == 0
         assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC1}) == 0
 
-    async def test_other_dc_means_fresh_cookie_and_usn(self, up: set[str]) -> None:
+    async def test_other_dc_means_fresh_cookie_and_usn(self, dcs: FakeDcs) -> None:
         """The cookie and USN of the DC used before are not reused on another DC: DirSync
         starts without a cookie, the USN is the new DC's, deletes on the other side wait."""
-        up.update({DC2, DC3})
-        worker = make_worker([DC1, DC2], [DC3])
+        dcs.up.update({DC2, DC3})
+        worker = make_worker([DC1, DC2], [DC3], dcs)
         worker.state = SyncState(
             onprem=CookieState(dc="CN=NTDS Settings,CN=dc1", dirsync_cookie_hex=b"dc1".hex()),
             aws=CookieState(dc="CN=NTDS Settings,CN=dc3", highest_usn=42),
@@ -252,10 +264,10 @@ class TestWorkerFailover:
         assert worker.delete_hold_until["aws"] > time.monotonic() + 250
         assert "onprem" not in worker.delete_hold_until
 
-    async def test_same_dc_resumes_its_cookie(self, up: set[str]) -> None:
+    async def test_same_dc_resumes_its_cookie(self, dcs: FakeDcs) -> None:
         """Back on the DC that issued the cookie, DirSync resumes from it; nothing is held."""
-        up.update({DC1, DC3})
-        worker = make_worker([DC1, DC2], [DC3])
+        dcs.up.update({DC1, DC3})
+        worker = make_worker([DC1, DC2], [DC3], dcs)
         worker.state = SyncState(
             onprem=CookieState(dc="CN=NTDS Settings,CN=dc1", dirsync_cookie_hex=b"dc1".hex()),
             aws=CookieState(dc="CN=NTDS Settings,CN=dc2", highest_usn=42),

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from indutech_common.settings import load_settings
 from indutech_iot_ingest.cli import main
+from indutech_iot_ingest.config import IotIngestSettings
 
 KAFKA_ENV = {
     "IOT_INGEST_KAFKA__USERNAME": "indutech",
@@ -62,3 +64,21 @@ class TestCli:
         assert main(["generate", "--dir", str(tmp_path), "--count", "50", "--rate", "0"]) == 0
         assert "wrote 50 records" in capsys.readouterr().out
         assert list(tmp_path.rglob("*.jsonl"))
+
+
+class TestDeadLetterStoreSettings:
+    def test_the_shared_s3_block_turns_the_store_on(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """INDUTECH_S3__* (the cluster-wide ConfigMap) configures the store; unset, it is off."""
+        for name, value in KAFKA_ENV.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("IOT_INGEST_SAN_DIR", str(tmp_path))
+        assert load_settings(IotIngestSettings).s3 is None
+        monkeypatch.setenv("INDUTECH_S3__SSE", "AES256")
+        monkeypatch.setenv("INDUTECH_S3__LAKE_BUCKET", "plant-lake")
+        settings = load_settings(IotIngestSettings)
+        assert settings.s3 is not None
+        assert settings.s3.lake_bucket == "plant-lake"
+        assert settings.dead_letter_prefix == "dead-letter/iot-ingest/"
+        assert settings.last_line_settle_s == 120.0

@@ -129,6 +129,27 @@ class TestConfig:
         assert "SQL_BACKUP_DELTA_AT_UTC" in error
         assert "a-secret-value" not in error
 
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("SQL_BACKUP_SCHEMA_DRIFT", "sometimes"),
+            ("SQL_BACKUP_MAX_ATTEMPTS", "0"),
+            ("SQL_BACKUP_RETRY_DELAY_S", "0"),
+            ("SQL_BACKUP_FAIL_ON_SKIPPED_TABLE", "perhaps"),
+        ],
+    )
+    def test_bad_hardening_settings_exit_2_naming_the_variable(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        variable: str,
+        value: str,
+    ) -> None:
+        monkeypatch.setenv("INDUTECH_S3__KMS_KEY_ID", "k")
+        monkeypatch.setenv(variable, value)
+        assert main(["discover"]) == 2
+        assert variable in capsys.readouterr().err
+
     def test_worker_without_kafka_says_what_to_set(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -85,22 +85,22 @@ class FakeStore:
         return True
 
 
-def full_manifest(dialect: str) -> Manifest:
+def full_manifest(dialect: str, table: TableInfo = TABLE) -> Manifest:
     plan = Plan(
         plan_id="f" * 32,
         kind="full",
         database="erp",
         dialect=dialect,
-        schema_name=TABLE.ref.schema,
-        table=TABLE.ref.name,
+        schema_name=table.ref.schema,
+        table=table.ref.name,
         day=DAY0,
         columns=tuple(
             ColumnSpec(name=c.name, source_type=c.source_type, nullable=c.nullable)
-            for c in TABLE.columns
+            for c in table.columns
         ),
-        key=TABLE.key,
+        key=table.key,
         key_from="primary key",
-        watermark=TABLE.watermark,
+        watermark=table.watermark,
         chunk_column="id",
         chunks=(ChunkSpec(chunk=0, lo=None, hi=None),),
         position_from=None,
@@ -110,7 +110,10 @@ def full_manifest(dialect: str) -> Manifest:
     return Manifest(plan=plan, parts=(), rows=0, bytes=0, completed_at=plan.created_at)
 
 
-def engine_for(dialect: str, source: FakeSource, **overrides: Any) -> tuple[Engine, FakeStore]:
+def engine_for(
+    dialect: str, source: FakeSource, *, previous: TableInfo = TABLE, **overrides: Any
+) -> tuple[Engine, FakeStore]:
+    """An engine over the fakes; the bucket holds a full run of ``previous``."""
     settings = SqlBackupSettings(
         erp={"dialect": dialect, "database": "erp", "host": "erp.invalid", "user": "backup"},
         s3={"kms_key_id": "k"},
@@ -118,7 +121,7 @@ def engine_for(dialect: str, source: FakeSource, **overrides: Any) -> tuple[Engi
         **overrides,
     )
     engine = Engine(settings, None)  # type: ignore[arg-type]
-    store = FakeStore(full_manifest(dialect))
+    store = FakeStore(full_manifest(dialect, previous))
     engine.source = source  # type: ignore[assignment]
     engine.store = store  # type: ignore[assignment]
     return engine, store
@@ -196,7 +199,7 @@ class TestPostgresDeltaChunks:
             key=("id",),
             watermark="row_version",
         )
-        engine, _ = engine_for("postgres", source, delta_chunk_rows=2)
+        engine, _ = engine_for("postgres", source, previous=table, delta_chunk_rows=2)
         plan, _ = await engine.plan(table, kind="delta", day=DAY1)
         assert not plan.snapshot
         assert [(c.chunk, c.lo, c.hi) for c in plan.chunks] == [

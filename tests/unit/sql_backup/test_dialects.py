@@ -75,10 +75,12 @@ class TestMssqlDialect:
         assert "[sales].[Order Lines]" in query.sql
 
     def test_types_are_read_exactly(self) -> None:
-        """datetimeoffset as UTC µs, datetime2 as µs, uniqueidentifier text, rowversion bigint."""
+        """datetimeoffset as UTC at its own precision (7 digits: no rounding to µs), datetime2
+        as it is, uniqueidentifier text, rowversion bigint."""
         sql = MssqlDialect().select_list(TABLE)
-        assert "SWITCHOFFSET([placed_at], '+00:00') AS DATETIME2(6)" in sql
-        assert "CAST([changed] AS DATETIME2(6))" in sql
+        assert "CAST(SWITCHOFFSET([placed_at], '+00:00') AS DATETIME2(7))" in sql
+        assert "[changed]" in sql
+        assert "CAST([changed]" not in sql
         assert "CAST([row_version] AS BIGINT)" in sql
         assert "[amount]" in sql
         assert "CAST([amount]" not in sql

@@ -26,6 +26,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import structlog
 import uvloop
 
+from indutech_common.cli import EXIT_CONFIG
+from indutech_common.errors import ConfigError
 from indutech_common.health import HealthServer
 from indutech_common.logging import configure_logging, register_secrets_of
 from indutech_common.metrics import WorkerMetrics
@@ -133,6 +135,11 @@ class Worker(ABC, Generic[SettingsT]):
             self.health.state.started = True
             self.log.info("worker_started", health_port=self.health.port)
             exit_code = await self._run_main_loop()
+        except ConfigError as exc:
+            # Found at start (e.g. a topic missing or mis-configured): no traceback, and
+            # the configuration exit code, as for bad settings.
+            self.log.error("worker_config_invalid", error=str(exc))  # noqa: TRY400 - no traceback: the message is the whole story
+            exit_code = EXIT_CONFIG
         except Exception:
             self.log.exception("worker_failed")
             exit_code = EXIT_FAILED

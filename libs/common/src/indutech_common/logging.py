@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from pydantic import BaseModel, SecretStr
 
 REDACTED = "**********"
+LIBRARY_REPEAT_WINDOW_S = 60.0
 _SECRET_KEY = re.compile(
     r"pass(word|wd)?|secret|token|credential|api[_-]?key|private[_-]?key", re.I
 )
@@ -82,6 +84,41 @@ class _ScrubbingRenderer:
         return scrub(str(self._inner(logger, method, event_dict)))
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the first of each message of a library logger through per window, then holds the
+    same message back until the window has passed; the next one carries ``repeated``, the
+    count held back. aiokafka logs one failure on every retry (each ~100 ms while a broker is
+    away): without this an outage would bury everything else in the log."""
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        window_s: float = LIBRARY_REPEAT_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.window_s = window_s
+        self._clock = clock
+        # Keyed by the message template, not its arguments: their number is small and fixed.
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        since, held = self._seen.get(key, (-self.window_s, 0))
+        if now - since < self.window_s:
+            self._seen[key] = (since, held + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if held:
+            record.repeated = held
+        return True
+
+
 def shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -123,14 +160,23 @@ def configure_logging(
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _ScrubbingRenderer(renderer),
             ],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors()],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=["repeated"]),
+                *shared_processors(),
+            ],
         )
     )
+    handler.addFilter(RepeatFilter("aiokafka"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.getLevelName(level), logging.INFO))
-    # aiokafka logs every reconnect attempt at ERROR; our retry layer reports outages.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
+    # aiokafka's warnings and errors name what our errors cannot (which broker, which
+    # request failed); its INFO is chatter. A record's level is checked at its own logger,
+    # so the worker's level must be applied here too.
+    level_no = logging.getLevelName(level)
+    library_level = logging.DEBUG if level_no <= logging.DEBUG else max(level_no, logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(library_level)
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:

@@ -144,8 +144,23 @@ class OdbcSourceSettings(_Block):
     database: str = "erp"
     user: str = "indutech"
     password: SecretStr | None = None
-    ca_file: Path | None = None
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA of the server certificate: psqlODBC and FreeTDS (required there); "
+        "refused for ODBC Driver 18, which uses the system trust store",
+    )
     login_timeout_s: int = Field(default=10, gt=0)
+
+    @model_validator(mode="after")
+    def _ca_file_reaches_the_driver(self) -> Self:
+        # A setting the driver would ignore, or TLS without a verified certificate, is
+        # refused at start-up rather than discovered in production.
+        from indutech_common.odbc import tls_refusal  # noqa: PLC0415 - odbc imports this module
+
+        refusal = tls_refusal(dialect=self.dialect, driver=self.odbc_driver, ca_file=self.ca_file)
+        if refusal:
+            raise ValueError(refusal)
+        return self
 
 
 def _ldaps_urls(value: object) -> object:

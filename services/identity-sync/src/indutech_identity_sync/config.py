@@ -30,6 +30,9 @@ Side = Literal["onprem", "aws"]
 Kind = Literal["ou", "user", "group"]
 SIDES: tuple[Side, Side] = ("onprem", "aws")
 KINDS: tuple[Kind, ...] = ("ou", "user", "group")
+# Secrets AD keeps on users, computers and service accounts: never read, never written (the
+# mapping refuses them, the LDAP writer refuses them again). Compared case-insensitively and
+# without attribute options (``userPassword;binary``).
 FORBIDDEN_ATTRIBUTES = frozenset(
     {
         "unicodepwd",
@@ -38,8 +41,20 @@ FORBIDDEN_ATTRIBUTES = frozenset(
         "ntpwdhistory",
         "lmpwdhistory",
         "supplementalcredentials",
+        "unixuserpassword",
+        "mssfu30password",
+        "ms-mcs-admpwd",  # legacy LAPS
+        "msds-managedpassword",  # gMSA password blob
     }
 )
+# Windows LAPS (msLAPS-Password, msLAPS-EncryptedPassword, ...) and the gMSA password family
+FORBIDDEN_PREFIXES = ("mslaps-", "msds-managedpassword")
+
+
+def is_secret_attribute(name: str) -> bool:
+    """True for an attribute that holds a password or another secret (never synced)."""
+    base = name.split(";", 1)[0].strip().lower()
+    return base in FORBIDDEN_ATTRIBUTES or base.startswith(FORBIDDEN_PREFIXES)
 
 
 def other(side: Side) -> Side:
@@ -73,9 +88,9 @@ class AttributeRule(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        names = {self.onprem.lower(), self.aws_name.lower()}
-        if names & FORBIDDEN_ATTRIBUTES:
-            raise ValueError(f"{self.onprem}: password attributes are never read or written")
+        secret = [n for n in (self.onprem, self.aws_name) if is_secret_attribute(n)]
+        if secret:
+            raise ValueError(f"{secret[0]}: password attributes are never read or written")
         if self.transform == "suffix" and not (self.onprem_suffix and self.aws_suffix):
             raise ValueError("transform 'suffix' needs onprem_suffix and aws_suffix")
         if self.transform == "enabled" and self.onprem.lower() != "useraccountcontrol":
@@ -84,12 +99,18 @@ class AttributeRule(_Model):
 
 
 class DeletionGuard(_Model):
-    """Exports to a side stop when one cycle would delete more than ``max_count`` /
-    ``max_percent``, or when the deletes applied to that side over the last ``window_s``
-    plus those of this cycle would pass ``window_max_count`` / ``window_max_percent`` (a
-    slow trickle of deletes, each cycle under the per-cycle limits). None turns a rule off."""
+    """The limits of the deletion guard (the guard itself: ``deletion_guard.DeleteGuard``).
 
-    max_count: int = Field(default=50, ge=0)
+    A delete first waits ``settle_s``, so the deletes of one source operation that arrive
+    over several cycles (a directory deletes one entry at a time) are judged together.
+    Deletes to a side are held when those pending together pass ``max_count`` /
+    ``max_percent``, or when they plus the deletes applied to that side over the last
+    ``window_s`` pass ``window_max_count`` / ``window_max_percent`` (a slow trickle).
+    None turns a window rule off."""
+
+    max_count: int = Field(
+        default=50, ge=0, description="deletes pending together per side (settling or due)"
+    )
     max_percent: float = Field(default=10.0, ge=0, le=100)
     min_objects_for_percent: int = Field(
         default=20, ge=0, description="below this many objects only the count limits apply"
@@ -105,6 +126,15 @@ class DeletionGuard(_Model):
         ge=0,
         le=100,
         description="deletes per window as a percentage of the side (None: no such limit)",
+    )
+    settle_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a delete waits this long before it is written, so the deletes of one "
+        "source operation are judged together (0: written by the cycle that sees them)",
+    )
+    reminder_s: float = Field(
+        default=300.0, gt=0, description="while the guard holds deletes, a reminder this often"
     )
 
 
@@ -207,6 +237,15 @@ class IdentitySyncSettings(WorkerSettings):
         le=16,
         description="LDAPS connections per DC that write concurrently (1: one write at a time); "
         "writes that depend on each other still wait (parents, members, moves, deletes)",
+    )
+    quarantine_backoff_initial_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="an object that could not be applied waits this long before it is tried "
+        "again (doubling per failed try); a change to it ends the wait",
+    )
+    quarantine_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="longest wait of a quarantined object between tries"
     )
     audit_kafka: KafkaSettings | None = Field(
         default=None, description="where to publish the audit records (unset: log only)"

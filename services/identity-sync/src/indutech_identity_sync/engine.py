@@ -10,7 +10,10 @@ the sync is loop-free by construction, and the write counters prove it.
 Order: parents before children (a work list retried until no progress, the
 retry queue of references not yet created), then attributes (DN references such
 as ``manager`` once their targets exist), then memberships, then deletes
-(children first) behind the deletion guard. A write that fails leaves the base
+(children first) behind the deletion guard (``deletion_guard``: a delete waits a
+settle time and is judged with every other pending one; only deletes are held, and
+a member whose object waits for its delete stays in its groups until the delete is
+written, as the delete itself removes it). A write that fails leaves the base
 unchanged, so the next cycle retries it; an object created before a crash is
 found again at its DN and adopted, so a restart never duplicates.
 
@@ -49,7 +52,9 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from indutech_identity_sync.config import SIDES, AttributeRule, Kind, Mapping, Side, other
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, WriterPool
+from indutech_identity_sync.dn import canonical_dn
 from indutech_identity_sync.exceptions import DirectoryWriteError
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import (
@@ -61,6 +66,7 @@ from indutech_identity_sync.model import (
     normalize_dn,
     split_rdn,
 )
+from indutech_identity_sync.quarantine import Cause, Held, Quarantine
 from indutech_identity_sync.sinks.audit import ChangeRecord
 from indutech_identity_sync.state import ROOT, PairState, SyncState
 
@@ -70,6 +76,14 @@ UAC_NORMAL_ACCOUNT = 0x200
 RDN_TYPE = {"ou": "OU", "user": "CN", "group": "CN"}
 KIND_ORDER = {"ou": 0, "user": 1, "group": 2}
 _MAX_PASSES = 50
+_ACTIONS: dict[Cause, str] = {
+    "refused": "fix what the DC refused (see reason) on either side; the object is tried "
+    "again after its backoff, at once when it changes",
+    "collision": "rename one of the two objects named in reason (AD compares names ignoring "
+    "case and width, ß as ss); it is tried again after its backoff, at once when it changes",
+    "invalid": "rename the object (its name cannot be read as a DN, see reason); it is tried "
+    "again after its backoff, at once when it changes",
+}
 
 Op = Literal["add", "modify", "move", "delete", "members"]
 Location = tuple[str, str]  # (parent pair id or ROOT, RDN value)
@@ -87,6 +101,7 @@ class _Pending:
     guid: str
     attributes: list[str] | None
     then: Then
+    key: str  # the object (or pair) a refusal quarantines
 
 
 @dataclass
@@ -97,15 +112,19 @@ class CycleReport:
     conflicts: int = 0
     failed: int = 0
     deferred: int = 0
-    guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> planned deletes
-    guard_rule: dict[Side, str] = field(default_factory=dict)  # side -> "cycle" or "window"
+    guard_tripped: dict[Side, int] = field(default_factory=dict)  # side -> pending deletes
+    guard_rule: dict[Side, str] = field(default_factory=dict)  # side -> "pending" or "window"
     deletes_in_window: dict[Side, int] = field(default_factory=dict)  # applied, this included
+    deletes_pending: dict[Side, int] = field(default_factory=dict)  # not written, this cycle's
+    deletes_settling: dict[Side, int] = field(default_factory=dict)  # of them, still settling
     deletes_held: dict[Side, int] = field(default_factory=dict)  # waiting after a DC change
     objects: dict[Side, int] = field(default_factory=dict)
     changes: list[ChangeRecord] = field(default_factory=list)
     retry: dict[Side, set[str]] = field(default_factory=lambda: {s: set() for s in SIDES})
     full: bool = True  # False: a focused cycle over one change batch
     merged: int = 0  # pairs merged (all of them in a full cycle)
+    quarantined: list[Held] = field(default_factory=list)  # newly held (logged, audited)
+    released: list[Held] = field(default_factory=list)  # held before, went through this cycle
 
     @property
     def total_writes(self) -> int:
@@ -122,7 +141,12 @@ class Reconciler:
     concurrently where the order allows it; without them (or with one writer, or
     in a dry run) every write goes through ``writers`` one at a time. ``hold_deletes``: sides
     whose deletes wait this cycle (the other side just moved to another DC). ``clock``: wall
-    time in seconds, for the deletion guard's rolling window (kept in the state).
+    time in seconds, for the deletion guard's settle time and rolling window (kept in the
+    state). ``guard``: the deletion guard kept across cycles (by the worker: it logs a trip
+    once, then reminders); without one the cycle has its own. ``quarantine``: objects that
+    could not be applied, kept by the caller between cycles; what it holds waits its
+    backoff, what fails this cycle joins it (logged once, audited), and every other object
+    goes on.
     """
 
     def __init__(
@@ -138,11 +162,18 @@ class Reconciler:
         pools: MappingOf[Side, Sequence[DirectoryWriter]] | None = None,
         hold_deletes: Iterable[Side] = (),
         clock: Callable[[], float] = time.time,
+        guard: DeleteGuard | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.dry_run = dry_run
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
+        self._attempted: set[str] = set()  # held keys whose backoff ran out, tried this cycle
+        self._held_now: set[str] = set()  # keys that failed (again) this cycle
         self.hold_deletes = frozenset(hold_deletes)
         self.now = clock()
-        self.deleted: Counter[Side] = Counter()
+        self.guard = guard or DeleteGuard(mapping.deletion_guard)
+        self.deleted: dict[Side, list[str]] = {s: [] for s in SIDES}  # pair ids deleted
+        self.vanishing: set[str] = set()  # pairs with one side gone (their delete pending)
         self._pool_writers = {
             side: list(writers)
             for side, writers in (pools or {}).items()
@@ -164,7 +195,6 @@ class Reconciler:
         self.report = CycleReport(
             objects={s: len(self.sides[s].objects) for s in SIDES}, full=focus is None
         )
-        self.blocked: set[Side] = set()
         self.log = structlog.get_logger("identity-sync")
         self.pair_of: dict[Side, dict[str, str]] = {s: {} for s in SIDES}
         self._reindex()
@@ -211,15 +241,18 @@ class Reconciler:
     def run(self) -> CycleReport:
         self.pools = {side: WriterPool(writers) for side, writers in self._pool_writers.items()}
         try:
+            self._quarantine_unreadable()
             deletes = self._plan_deletes()
             self._structure()
             self._attributes()
             self._memberships()
             self._deletes(deletes)
+            self._release_attempted()
         finally:
             for pool in self.pools.values():
                 pool.close()  # after a failure: waits for the writes in flight, drops the rest
             self.pools = {}
+            self._account_in_flight()  # writes that reached a DC before a failure: audited
             self._record_deletes()  # those applied before a failure count too
         return self.report
 
@@ -232,21 +265,21 @@ class Reconciler:
         *,
         guid: str = "",
         attributes: list[str] | None = None,
+        key: str = "",
     ) -> tuple[bool, T | None]:
-        """One audited write: (False, None) when the side is blocked or the directory refused."""
-        if side in self.blocked:
-            return False, None
+        """One audited write: (False, None) when the directory refused (then the object
+        ``key`` is quarantined)."""
         try:
             result = action()
         except DirectoryWriteError as exc:
-            self._refused(side, op, dn, exc)
+            self._refused(side, op, dn, exc, key)
             return False, None
         self._applied(side, op, dn, result, guid=guid, attributes=attributes)
         return True, result
 
-    def _refused(self, side: Side, op: Op, dn: str, exc: DirectoryWriteError) -> None:
+    def _refused(self, side: Side, op: Op, dn: str, exc: DirectoryWriteError, key: str) -> None:
         self.report.failed += 1
-        self.log.warning("identity_change_failed", side=side, op=op, dn=dn, error=str(exc))
+        self._quarantine(key, side, "refused", f"{op} {dn!r} refused by the {side} DC: {exc}", dn)
 
     def _applied(
         self,
@@ -289,19 +322,33 @@ class Reconciler:
         *,
         guid: str = "",
         attributes: list[str] | None = None,
+        key: str = "",
     ) -> None:
         """A write whose outcome ``then`` applies: at once with one writer, else at the next
-        barrier (``_flush``); the caller only submits writes independent of each other."""
+        barrier (``_flush``); the caller only submits writes independent of each other.
+        ``key``: the quarantine key of the object (default: that of ``guid`` on ``side``);
+        while it waits its backoff the write is not sent."""
+        key = key or self._key(side, guid)
+        if self._waits(key):
+            then(False, None)
+            return
         pool = self.pools.get(side)
-        if pool is None or side in self.blocked:
+        if pool is None:
             writer = self.writers[side]
             done, result = self._write(
-                side, op, dn, partial(call, writer), guid=guid, attributes=attributes
+                side, op, dn, partial(call, writer), guid=guid, attributes=attributes, key=key
             )
-            then(done, result)
+            self._then(then, done, result, key=key, side=side, dn=dn)
             return
         future = pool.submit(call)
-        self._pending.append(_Pending(side, op, dn, future, guid, attributes, then))
+        self._pending.append(_Pending(side, op, dn, future, guid, attributes, then, key))
+
+    def _then(self, then: Then, done: bool, result: Any, *, key: str, side: Side, dn: str) -> None:
+        """Apply a write's outcome; data that cannot be applied quarantines its object."""
+        try:
+            then(done, result)
+        except ValueError as exc:  # e.g. a DN that does not parse
+            self._quarantine(key, side, "invalid", f"{dn!r}: {exc}", dn)
 
     def _flush(self) -> None:
         """The barrier: wait for the writes in flight and apply them in the order planned.
@@ -313,24 +360,175 @@ class Reconciler:
             try:
                 result = item.future.result()
             except DirectoryWriteError as exc:
-                self._refused(item.side, item.op, item.dn, exc)
-                item.then(False, None)
-                continue
+                self._refused(item.side, item.op, item.dn, exc, item.key)
+                done, result = False, None
+            except ValueError as exc:  # data the writer could not send: this object only
+                self._quarantine(item.key, item.side, "invalid", f"{item.dn!r}: {exc}", item.dn)
+                done, result = False, None
             except Exception as exc:  # re-raised below, once the rest is applied
                 error = error or exc
                 continue
+            else:
+                done = True
+                self._applied(
+                    item.side, item.op, item.dn, result, guid=item.guid, attributes=item.attributes
+                )
+            try:
+                self._then(item.then, done, result, key=item.key, side=item.side, dn=item.dn)
+            except Exception as exc:  # re-raised below: every written result is audited first
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _account_in_flight(self) -> None:
+        """After a failure: the writes that finished in the pool reached their DC, so they are
+        audited and counted like any other (their outcome is applied where it still can be)."""
+        pending, self._pending = self._pending, []
+        for item in pending:
+            future = item.future
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                continue
+            result = future.result()
             self._applied(
                 item.side, item.op, item.dn, result, guid=item.guid, attributes=item.attributes
             )
-            item.then(True, result)
-        if error is not None:
-            raise error
+            try:
+                item.then(True, result)
+            except Exception:  # the cycle is failing already; the next one is full
+                self.log.debug("identity_outcome_not_applied", side=item.side, dn=item.dn)
+
+    # -- quarantine --------------------------------------------------------------------------
+
+    def _key(self, side: Side, guid: str) -> str:
+        """The quarantine key of an object: its pair id once paired, else its objectGUID."""
+        return self.pair_of[side].get(guid, guid)
+
+    def _waits(self, key: str) -> bool:
+        """True while ``key`` is quarantined and its backoff runs; a key whose backoff ran out
+        is tried (and released at the end of the cycle unless it fails again)."""
+        if not key or key not in self.quarantine.held:
+            return False
+        if self.quarantine.waiting(key):
+            return True
+        self._attempted.add(key)
+        return False
+
+    def _source_of(self, key: str, side: Side) -> tuple[Side, DirObject] | None:
+        """The object behind ``key``, preferably on the side other than ``side``."""
+        pair = self.state.pairs.get(key)
+        for look in (other(side), side):
+            obj = (
+                self._present(pair, look) if pair is not None else self.sides[look].objects.get(key)
+            )
+            if obj is not None:
+                return look, obj
+        return None
+
+    def _quarantine(
+        self,
+        key: str,
+        side: Side,
+        cause: Cause,
+        reason: str,
+        target_dn: str = "",
+        *,
+        other_dn: str = "",
+        found: tuple[Side, str, str] | None = None,
+    ) -> None:
+        """Hold the object ``key`` (it cannot be applied to ``side``): logged and audited the
+        first time (or when the reason changes), then it waits its backoff."""
+        if not key:
+            return
+        source = self._source_of(key, side)
+        if found is not None:
+            origin, guid, dn = found
+        elif source is not None:
+            origin, guid, dn = source[0], source[1].guid, source[1].dn
+        else:
+            origin, guid, dn = other(side), key, target_dn
+        pair = self.state.pairs.get(key)
+        guids = {key, guid} | ({pair.onprem_guid, pair.aws_guid} if pair is not None else set())
+        entry = Held(
+            key=key,
+            side=side,
+            dn=dn,
+            source=origin,
+            object_guid=guid,
+            cause=cause,
+            reason=reason,
+            target_dn=target_dn,
+            other_dn=other_dn,
+            guids=frozenset(guids),
+        )
+        self._held_now.add(key)
+        if not self.quarantine.hold(entry):
+            self.log.debug(
+                "identity_quarantine_retry_failed",
+                side=side,
+                dn=dn,
+                attempts=entry.attempts,
+                retry_in_s=round(self.quarantine.retry_in(key), 1),
+            )
+            return
+        self.report.quarantined.append(entry)
+        record = ChangeRecord(
+            side=side,
+            op="quarantine",
+            dn=dn,
+            object_guid=guid,
+            reason=reason,
+            dry_run=self.dry_run,
+        )
+        self.report.changes.append(record)
+        self.log.warning(
+            "identity_object_quarantined",
+            side=side,
+            dn=dn,
+            source=origin,
+            object_guid=guid,
+            target_dn=target_dn,
+            collides_with=other_dn,
+            cause=cause,
+            reason=reason,
+            attempts=entry.attempts,
+            retry_in_s=round(self.quarantine.retry_in(key), 1),
+            event_id=record.event_id,
+            action=_ACTIONS[cause],
+        )
+
+    def _quarantine_unreadable(self) -> None:
+        """Objects whose DN does not parse were left out of the mirrors: hold them visibly."""
+        for side in SIDES:
+            for guid, (dn, reason) in self.sides[side].rejected.items():
+                if not self._waits(guid):
+                    self._quarantine(guid, side, "invalid", reason, found=(side, guid, dn))
+
+    def _release_attempted(self) -> None:
+        """Held objects tried this cycle that did not fail again are released; in a full cycle,
+        entries whose objects are gone from both sides are dropped."""
+        for key in sorted(self._attempted - self._held_now):
+            entry = self.quarantine.release(key)
+            if entry is not None:
+                self.report.released.append(entry)
+                self.log.info(
+                    "identity_object_released",
+                    side=entry.side,
+                    dn=entry.dn,
+                    object_guid=entry.object_guid,
+                    attempts=entry.attempts,
+                )
+        if self.focus is None:
+            mirrors = [self.sides[s] for s in SIDES]
+            self.quarantine.forget(
+                lambda guid: any(guid in m.objects or guid in m.rejected for m in mirrors)
+            )
 
     # -- deletes -----------------------------------------------------------------------------
 
     def _plan_deletes(self) -> dict[Side, list[str]]:
         """Pairs with one side gone (a delete to write on the other), over every pair: one
-        pass of set lookups, the only per-cycle step that grows with the directory."""
+        pass of set lookups, the only per-cycle step that grows with the directory. The
+        guard decides which of them are written this cycle."""
         planned: dict[Side, list[str]] = {s: [] for s in SIDES}
         onprem, aws = self.sides["onprem"].objects, self.sides["aws"].objects
         gone = []
@@ -347,8 +545,11 @@ class Reconciler:
                 gone.append(pid)
         for pid in gone:
             self._unpair(pid)
+        due: dict[Side, list[str]] = {}
         for side in SIDES:
-            if planned[side] and side in self.hold_deletes:
+            self.vanishing.update(planned[side])
+            held = side in self.hold_deletes
+            if planned[side] and held:
                 self.report.deletes_held[side] = len(planned[side])
                 self.log.warning(
                     "deletes_held_after_dc_change",
@@ -357,91 +558,43 @@ class Reconciler:
                     reason=f"the {other(side)} side moved to another DC that may not hold "
                     "every write yet; the deletes wait for the hold to end",
                 )
-                planned[side] = []
-            self._guard(side, len(planned[side]))
-        return planned
-
-    def _window(self, side: Side) -> int:
-        """Deletes applied to ``side`` within the rolling window (older entries dropped)."""
-        start = self.now - self.mapping.deletion_guard.window_s
-        kept = [(at, n) for at, n in self.state.deletes.get(side, []) if at > start]
-        if kept:
-            self.state.deletes[side] = kept
-        else:
-            self.state.deletes.pop(side, None)
-        return sum(n for _, n in kept)
-
-    def _guard(self, side: Side, count: int) -> None:
-        """Block every write to ``side`` this cycle when its ``count`` planned deletes pass a
-        limit of this cycle or, with the deletes of the rolling window, a cumulative one."""
-        guard = self.mapping.deletion_guard
-        recent = self._window(side)
-        self.report.deletes_in_window[side] = recent
-        if not count or self.allow_mass_delete:
-            return
-        total = max(len(self.sides[side].objects), 1)
-        percent_applies = total >= guard.min_objects_for_percent
-        percent = 100.0 * count / total
-        window_percent = 100.0 * (recent + count) / total
-        if count > guard.max_count or (percent_applies and percent > guard.max_percent):
-            rule = "cycle"
-            action = (
-                "no writes to this side until resolved: check the deletes on the other side; "
-                "if intended, run once with --allow-mass-delete or raise "
-                "deletion_guard.max_count / max_percent in the mapping file"
+            verdict = self.guard.judge(
+                self.state,
+                side,
+                planned[side],
+                objects=len(self.sides[side].objects),
+                now=self.now,
+                allow_mass_delete=self.allow_mass_delete,
+                held=held,
+                dry_run=self.dry_run,
             )
-        elif (guard.window_max_count is not None and recent + count > guard.window_max_count) or (
-            percent_applies
-            and guard.window_max_percent is not None
-            and window_percent > guard.window_max_percent
-        ):
-            rule = "window"
-            action = (
-                f"no writes to this side until resolved: {recent} deletes were applied in the "
-                f"last {guard.window_s:.0f} s; check the deletes on the other side; if intended, "
-                "run once with --allow-mass-delete (which also starts the window afresh), raise "
-                "deletion_guard.window_max_count / window_max_percent in the mapping file, or "
-                "wait: they go out once the window's older deletes leave it"
-            )
-        else:
-            return
-        self.blocked.add(side)
-        self.report.guard_tripped[side] = count
-        self.report.guard_rule[side] = rule
-        self.log.error(
-            "deletion_guard_tripped",
-            side=side,
-            rule=rule,
-            planned_deletes=count,
-            objects=total,
-            percent=round(percent, 1),
-            max_count=guard.max_count,
-            max_percent=guard.max_percent,
-            deleted_in_window=recent,
-            window_s=guard.window_s,
-            window_max_count=guard.window_max_count,
-            window_max_percent=guard.window_max_percent,
-            action=action,
-        )
+            self.report.deletes_in_window[side] = verdict.in_window
+            self.report.deletes_pending[side] = verdict.pending
+            self.report.deletes_settling[side] = verdict.settling
+            if verdict.rule is not None:
+                self.report.guard_tripped[side] = verdict.pending
+                self.report.guard_rule[side] = verdict.rule
+            due[side] = list(verdict.due)
+        return due
 
     def _record_deletes(self) -> None:
-        """Count this cycle's applied deletes in the rolling window (a dry run's state is a
-        copy). With --allow-mass-delete an operator acknowledged them: the window restarts."""
+        """Count this cycle's written deletes in the rolling window (those written before a
+        failure too; a dry run's state is a copy)."""
         for side in SIDES:
-            if self.allow_mass_delete:
-                self.state.deletes.pop(side, None)
-                self.report.deletes_in_window[side] = 0
-                continue
+            self.report.deletes_in_window[side] = self.guard.record(
+                self.state,
+                side,
+                self.deleted[side],
+                now=self.now,
+                allow_mass_delete=self.allow_mass_delete,
+            )
             if self.deleted[side]:
-                self.state.deletes.setdefault(side, []).append((self.now, self.deleted[side]))
-                self.report.deletes_in_window[side] = (
-                    self.report.deletes_in_window.get(side, 0) + self.deleted[side]
+                self.report.deletes_pending[side] = max(
+                    self.report.deletes_pending.get(side, 0) - len(self.deleted[side]), 0
                 )
 
     def _deletes(self, planned: dict[Side, list[str]]) -> None:
         for side in SIDES:
-            if side in self.blocked:
-                continue
             victims = []
             for pid in planned[side]:
                 obj = self._present(self.state.pairs[pid], side)
@@ -467,7 +620,7 @@ class Reconciler:
         if done:
             self.sides[side].remove(guid)
             self._unpair(pid)
-            self.deleted[side] += 1
+            self.deleted[side].append(pid)
 
     # -- structure: creates, adoptions, renames and moves -------------------------------------
 
@@ -524,7 +677,7 @@ class Reconciler:
                 if item[:2] != wave:  # a new depth or kind: what it waits on must be written
                     self._flush()
                     wave = item[:2]
-                if not self._structure_one(item[2], item[3]):
+                if not self._structure_safe(item[2], item[3]):
                     remaining.append(item)
             self._flush()
             if len(remaining) == len(work):
@@ -535,6 +688,20 @@ class Reconciler:
             self._retry(side, guid)
             waiting = self.sides[side].objects.get(guid)
             self.log.info("identity_change_deferred", side=side, dn=waiting.dn if waiting else guid)
+
+    def _structure_safe(self, side: Side, guid: str) -> bool:
+        """``_structure_one``, unless the object is quarantined (it waits its backoff, not the
+        retry queue); an object whose data cannot be applied is quarantined, the rest go on."""
+        key = self._key(side, guid)
+        if self._waits(key):
+            return True
+        try:
+            return self._structure_one(side, guid)
+        except ValueError as exc:  # e.g. a DN that does not parse
+            obj = self.sides[side].objects.get(guid)
+            dn = obj.dn if obj is not None else guid
+            self._quarantine(key, side, "invalid", f"{dn!r}: {exc}", found=(side, guid, dn))
+            return True
 
     def _structure_one(self, side: Side, guid: str) -> bool:
         """Handle one object; False when it waits on a parent not yet synced."""
@@ -557,6 +724,8 @@ class Reconciler:
         parent_dn = self._parent_dn(target, location[0])
         if parent_dn is None:
             return False
+        if self._name_taken_at_source(source, obj):
+            return True
         rdn_type = RDN_TYPE[obj.kind]
         target_dn = make_dn(rdn_type, location[1], parent_dn)
         planned = (target, normalize_dn(target_dn))
@@ -566,8 +735,7 @@ class Reconciler:
         if existing is not None:
             found = self.sides[target].objects[existing]
             if existing in self.pair_of[target] or found.kind != obj.kind:
-                self.report.failed += 1
-                self.log.warning("identity_name_collision", side=target, dn=target_dn)
+                self._name_taken_at_target(source, obj, found)
                 return True
             self.dirty.add(self._pair(source, obj, found, location).onprem_guid)
             self.log.info("identity_object_adopted", side=target, dn=target_dn, guid=existing)
@@ -595,8 +763,58 @@ class Reconciler:
                 location=location,
             ),
             attributes=list(attributes),
+            key=obj.guid,
         )
         return True
+
+    def _name_taken_at_source(self, source: Side, obj: DirObject) -> bool:
+        """True when another object of ``source`` has the same name to AD (``Weiß`` and
+        ``Weiss``: a directory that folds less, as Samba, holds both) and keeps it: the one
+        already synced, else the first by DN. Then ``obj`` is quarantined naming both."""
+        mirror = self.sides[source]
+        rivals = mirror.same_name(obj.guid)
+        if not rivals:
+            return False
+        candidates = [obj.guid, *rivals]
+        synced = [g for g in candidates if g in self.pair_of[source]]
+        owner = min(synced or candidates, key=lambda g: (mirror.objects[g].dn, g))
+        if owner == obj.guid:
+            return False
+        holder = mirror.objects[owner]
+        self.report.failed += 1
+        self._quarantine(
+            obj.guid,
+            other(source),
+            "collision",
+            f"{obj.dn!r} and {holder.dn!r} on {source} are one name to AD (it compares names "
+            f"ignoring case and width, ß as ss), so only {holder.dn!r} is synced",
+            other_dn=holder.dn,
+            found=(source, obj.guid, obj.dn),
+        )
+        return True
+
+    def _name_taken_at_target(self, source: Side, obj: DirObject, found: DirObject) -> None:
+        """Another object holds the name on the target: quarantine ``obj`` naming both."""
+        target = other(source)
+        pid = self.pair_of[target].get(found.guid)
+        pair = None if pid is None else self.state.pairs.get(pid)
+        twin = None if pair is None else self._present(pair, source)
+        if twin is not None:
+            whose = f"synced with {twin.dn!r} on {source}"
+        elif pair is not None:
+            whose = "synced with an object gone from " + source
+        else:
+            whose = f"a {found.kind}, not a {obj.kind}"
+        self.report.failed += 1
+        self._quarantine(
+            obj.guid,
+            target,
+            "collision",
+            f"{obj.dn!r} cannot be created on {target}: {found.dn!r} holds that name there "
+            f"({whose})",
+            other_dn=found.dn,
+            found=(source, obj.guid, obj.dn),
+        )
 
     def _created(
         self,
@@ -613,7 +831,7 @@ class Reconciler:
         target = other(source)
         if not done or not isinstance(new_guid, str):
             self._retry(source, obj.guid)
-            return  # refused or blocked: retried next cycle
+            return  # refused: retried next cycle
         created = DirObject(
             guid=new_guid,
             kind=obj.kind,
@@ -724,41 +942,54 @@ class Reconciler:
     def _attributes(self) -> None:
         pairs = self._pairs()
         self.report.merged = len(pairs)
-        for _, pair in pairs:
-            objs = {s: self._present(pair, s) for s in SIDES}
-            if objs["onprem"] is None or objs["aws"] is None:
-                continue
-            changes: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
-            mirrored: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
-            decided: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
-            for name, rule in self.mapping.rules_for(pair.kind).items():
-                onprem = self._canonical("onprem", objs["onprem"], rule)
-                aws = self._canonical("aws", objs["aws"], rule)
-                if onprem is None or aws is None:
-                    self._retry_pair(pair)
-                    continue  # a reference not paired yet: retried next cycle
-                merged = self._merge(pair, name, onprem, aws)
-                if merged is None:
-                    continue
-                loser, value = merged
-                attr, side_values, mirror_values = self._to_side(loser, objs[loser], rule, value)
-                changes[loser][attr] = side_values
-                mirrored[loser][attr.lower()] = mirror_values
-                decided[loser][name] = value
-            for side in SIDES:
-                self._modify(
-                    side,
-                    objs[side],
-                    changes[side],
-                    partial(
-                        self._modified,
-                        pair=pair,
-                        obj=objs[side],
-                        mirrored=mirrored[side],
-                        decided=decided[side],
-                    ),
-                )
+        for pid, pair in pairs:
+            if self._waits(pid):
+                continue  # quarantined: waits its backoff
+            try:
+                self._merge_attributes(pair)
+            except ValueError as exc:  # data that cannot be applied: this pair only
+                self._quarantine_pair(pair, exc)
         self._flush()
+
+    def _quarantine_pair(self, pair: PairState, exc: ValueError) -> None:
+        present = self._source_of(pid_of(pair), "aws")
+        side: Side = "aws" if present is None else other(present[0])
+        self._quarantine(pid_of(pair), side, "invalid", str(exc))
+
+    def _merge_attributes(self, pair: PairState) -> None:
+        objs = {s: self._present(pair, s) for s in SIDES}
+        if objs["onprem"] is None or objs["aws"] is None:
+            return
+        changes: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+        mirrored: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+        decided: dict[Side, dict[str, Values]] = {s: {} for s in SIDES}
+        for name, rule in self.mapping.rules_for(pair.kind).items():
+            onprem = self._canonical("onprem", objs["onprem"], rule)
+            aws = self._canonical("aws", objs["aws"], rule)
+            if onprem is None or aws is None:
+                self._retry_pair(pair)
+                continue  # a reference not paired yet: retried next cycle
+            merged = self._merge(pair, name, onprem, aws)
+            if merged is None:
+                continue
+            loser, value = merged
+            attr, side_values, mirror_values = self._to_side(loser, objs[loser], rule, value)
+            changes[loser][attr] = side_values
+            mirrored[loser][attr.lower()] = mirror_values
+            decided[loser][name] = value
+        for side in SIDES:
+            self._modify(
+                side,
+                objs[side],
+                changes[side],
+                partial(
+                    self._modified,
+                    pair=pair,
+                    obj=objs[side],
+                    mirrored=mirrored[side],
+                    decided=decided[side],
+                ),
+            )
 
     def _modified(
         self,
@@ -867,7 +1098,7 @@ class Reconciler:
                 pair = self.state.pairs.get(pid)
                 target = None if pair is None else self._present(pair, side)
                 if target is not None:
-                    dns.append(target.dn)
+                    dns.append(canonical_dn(target.dn))  # our escaping: '#', edge spaces
                     guids.append(target.guid)
             return attr, tuple(dns), tuple(guids)
         return attr, value, value
@@ -894,9 +1125,13 @@ class Reconciler:
         return pids, unpaired
 
     def _memberships(self) -> None:
-        for _, pair in self._pairs():
-            if pair.kind == "group":
+        for pid, pair in self._pairs():
+            if pair.kind != "group" or self._waits(pid):
+                continue  # a quarantined group waits its backoff
+            try:
                 self._merge_members(pair)
+            except ValueError as exc:  # data that cannot be applied: this group only
+                self._quarantine_pair(pair, exc)
         self._flush()
 
     def _merge_members(self, pair: PairState) -> None:
@@ -916,6 +1151,13 @@ class Reconciler:
         if len(now) < len(SIDES):
             return
         base = set(pair.members)
+        for pid in base & self.vanishing:
+            # a member deleted on one side stays in the group until its delete is written
+            # (which removes it): held by the guard, that removal must not go out alone
+            member = self.state.pairs.get(pid)
+            for side in SIDES:
+                if member is not None and self._present(member, side) is None:
+                    now[side].add(pid)
         added = (now["onprem"] - base) | (now["aws"] - base)
         removed = (base - now["onprem"]) | (base - now["aws"])
         merged = (base | added) - removed

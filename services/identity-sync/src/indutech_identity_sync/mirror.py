@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from indutech_identity_sync.config import Mapping, Side
-from indutech_identity_sync.model import DirObject, normalize_dn
+from indutech_identity_sync.dn import DnError, canonical_dn
+from indutech_identity_sync.model import DirObject, make_dn, normalize_dn, reparent
 
 PENDING = "?"
 
@@ -31,20 +32,39 @@ class Mirror:
             if rule.transform == "dn"
         )
         self.excluded = (
-            tuple("," + normalize_dn(f"OU={ou},{self.root}") for ou in mapping.exclude_ous)
+            tuple("," + normalize_dn(make_dn("OU", ou, self.root)) for ou in mapping.exclude_ous)
             if name == "onprem"
             else ()
         )
         self.objects: dict[str, DirObject] = {}
         self.norm: dict[str, str] = {}  # guid -> normalised DN
-        self.by_dn: dict[str, str] = {}  # normalised DN -> guid
+        self.by_dn: dict[str, str] = {}  # normalised DN -> guid (the first one of a clash)
+        # normalised DN -> every guid with it: names AD folds to one (Weiß, Weiss) that a
+        # directory folding less (Samba) holds side by side
+        self.clashes: dict[str, set[str]] = {}
+        self.rejected: dict[str, tuple[str, str]] = {}  # guid -> (DN, why it does not parse)
         self.apply(objects, ())
         self.settle(list(self.objects))  # a full read: an unknown DN is not a synced object
 
     # -- lookups -----------------------------------------------------------------------------
 
     def guid_at(self, dn: str) -> str | None:
-        return self.by_dn.get(normalize_dn(dn))
+        return self._lookup(dn, normalize_dn(dn))
+
+    def _lookup(self, dn: str, norm: str) -> str | None:
+        """The GUID at ``dn``; among names that clash, the one spelled as ``dn`` (but for case)."""
+        clash = self.clashes.get(norm)
+        if clash is not None:
+            spelled = canonical_dn(dn).lower()
+            for guid in sorted(clash):
+                if canonical_dn(self.objects[guid].dn).lower() == spelled:
+                    return guid
+        return self.by_dn.get(norm)
+
+    def same_name(self, guid: str) -> list[str]:
+        """The other GUIDs whose DN AD would take for this one's."""
+        clash = self.clashes.get(self.norm.get(guid, ""), set())
+        return sorted(clash - {guid})
 
     def resolve(self, ref: str) -> str | None:
         """The GUID a reference names now, or None (gone, or not known yet: see ``pending``)."""
@@ -76,48 +96,63 @@ class Mirror:
                     self.remove(child)
                 self.remove(guid)
         fresh = list(found)
+        readable = []
         for obj in fresh:
+            try:
+                norm = normalize_dn(obj.dn)
+            except DnError as exc:  # left out, and quarantined by the reconciler
+                self.remove(obj.guid)
+                self.rejected[obj.guid] = (obj.dn, str(exc))
+                continue
+            self.rejected.pop(obj.guid, None)
             old = self.objects.get(obj.guid)
-            norm = normalize_dn(obj.dn)
             if old is not None and self.norm[obj.guid] != norm:
                 self.moved(obj.guid, obj.dn)
             self.insert(obj, norm)
-        for obj in fresh:
+            readable.append(obj)
+        for obj in readable:
             self._to_refs(obj)
 
     def insert(self, obj: DirObject, norm: str | None = None) -> None:
         """Add or replace an object whose references are already GUIDs (or none)."""
         old = self.norm.get(obj.guid)
-        if old is not None and self.by_dn.get(old) == obj.guid:
-            del self.by_dn[old]
+        if old is not None:
+            self._unindex(obj.guid, old)
         norm = norm or normalize_dn(obj.dn)
         self.objects[obj.guid] = obj
         self.norm[obj.guid] = norm
-        self.by_dn[norm] = obj.guid
+        holder = self.by_dn.setdefault(norm, obj.guid)
+        if holder != obj.guid:
+            self.clashes.setdefault(norm, {holder}).add(obj.guid)
 
     def remove(self, guid: str) -> None:
         self.objects.pop(guid, None)
+        self.rejected.pop(guid, None)
         norm = self.norm.pop(guid, None)
-        if norm is not None and self.by_dn.get(norm) == guid:
+        if norm is not None:
+            self._unindex(guid, norm)
+
+    def _unindex(self, guid: str, norm: str) -> None:
+        clash = self.clashes.get(norm)
+        if clash is not None:
+            clash.discard(guid)
+            if self.by_dn.get(norm) == guid:
+                self.by_dn[norm] = min(clash)
+            if len(clash) < 2:  # noqa: PLR2004 - one left: no clash any more
+                del self.clashes[norm]
+        elif self.by_dn.get(norm) == guid:
             del self.by_dn[norm]
 
     def moved(self, guid: str, new_dn: str) -> None:
         """``guid`` now lives at ``new_dn``: rewrite its DN and those of everything below it."""
         obj = self.objects[guid]
-        old_dn, old_norm = obj.dn, self.norm[guid]
-        new_norm = normalize_dn(new_dn)
-        for child in self.subtree(guid):
+        old_dn = obj.dn
+        for child in self.subtree(guid):  # its RDNs down to ``guid``, then the new DN
             child_obj = self.objects[child]
-            child_norm = self.norm[child]
-            keep = len(child_obj.dn) - len(old_dn)
-            if keep > 0 and child_obj.dn[keep:].lower() == old_dn.lower():
-                child_dn = child_obj.dn[:keep] + new_dn
-            else:  # spelled differently: rebuild from the normalised form
-                child_dn = child_norm[: len(child_norm) - len(old_norm)] + new_dn
-            child_obj.dn = child_dn
-            self.insert(child_obj, child_norm[: len(child_norm) - len(old_norm)] + new_norm)
+            child_obj.dn = reparent(child_obj.dn, old_dn, new_dn)
+            self.insert(child_obj)
         obj.dn = new_dn
-        self.insert(obj, new_norm)
+        self.insert(obj)
 
     def pending_dns(self, guids: Iterable[str]) -> set[str]:
         """The in-scope DNs the objects ``guids`` reference but this mirror does not know."""
@@ -153,8 +188,11 @@ class Mirror:
             obj.attributes[attr] = tuple(ref for ref in refs if ref is not None)
 
     def _ref(self, dn: str) -> str | None:
-        norm = normalize_dn(dn)
-        guid = self.by_dn.get(norm)
+        try:
+            norm = normalize_dn(dn)
+        except DnError:
+            return None  # the DN of an object left out (it does not parse): not synced
+        guid = self._lookup(dn, norm)
         if guid is not None:
             return guid
         if norm.endswith("," + self.root_norm) and not any(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from ldap3.utils.dn import escape_rdn, parse_dn
+from functools import lru_cache
 
 from indutech_identity_sync.config import Kind
+from indutech_identity_sync.dn import DnError, escape_value, fold, format_dn, format_rdn, parse_dn
 
 Values = tuple[str, ...]
 
@@ -22,60 +22,44 @@ class DirObject:
     members: frozenset[str] = frozenset()  # member DNs (groups), all ranges read
 
 
+@lru_cache(maxsize=65536)  # a mirror asks for the same DNs again and again
 def normalize_dn(dn: str) -> str:
-    """A comparable form of a DN: attribute types upper-cased, values case-folded, re-escaped."""
-    parts = parse_dn(dn, escape=False, strip=True)
-    return ",".join(f"{t.upper()}={escape_rdn(_unescape(v)).casefold()}" for t, v, _ in parts)
+    """A comparable form of a DN, as AD compares names: attribute types upper-cased, values
+    folded (case, width, ß = ss: ``dn.fold``) and re-escaped, AVAs of an RDN sorted."""
+    return ",".join(
+        "+".join(sorted(f"{kind.upper()}={escape_value(fold(value))}" for kind, value in rdn))
+        if len(rdn) > 1
+        else f"{rdn[0][0].upper()}={escape_value(fold(rdn[0][1]))}"
+        for rdn in parse_dn(dn)
+    )
 
 
 def split_rdn(dn: str) -> tuple[str, str, str]:
-    """(type, unescaped value, parent DN) of a DN."""
-    parts = parse_dn(dn, escape=False, strip=True)
-    if not parts:
-        raise ValueError(f"empty DN {dn!r}")
-    rdn_type, rdn_value, _ = parts[0]
-    parent = _join(parts[1:])
-    return rdn_type.upper(), _unescape(rdn_value), parent
-
-
-def _join(parts: list[tuple[str, str, str]]) -> str:
-    return ",".join(f"{t}={v}" for t, v, _ in parts)
-
-
-def _unescape(value: str) -> str:
-    out: list[str] = []
-    raw = bytearray()
-    i = 0
-    while i < len(value):
-        char = value[i]
-        if char == "\\" and i + 1 < len(value):
-            pair = value[i + 1 : i + 3]
-            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):  # noqa: PLR2004
-                raw.append(int(pair, 16))
-                i += 3
-                continue
-            if raw:
-                out.append(raw.decode("utf-8", errors="replace"))
-                raw.clear()
-            out.append(value[i + 1])
-            i += 2
-            continue
-        if raw:
-            out.append(raw.decode("utf-8", errors="replace"))
-            raw.clear()
-        out.append(char)
-        i += 1
-    if raw:
-        out.append(raw.decode("utf-8", errors="replace"))
-    return "".join(out)
+    """(type, unescaped value, parent DN) of a DN whose first RDN has one value (as in AD)."""
+    rdns = parse_dn(dn)
+    if not rdns:
+        raise DnError(f"empty DN {dn!r}")
+    if len(rdns[0]) != 1:
+        raise DnError(f"{dn!r}: multi-valued RDNs are not synced (AD has none)")
+    ((rdn_type, rdn_value),) = rdns[0]
+    return rdn_type.upper(), rdn_value, format_dn(rdns[1:])
 
 
 def make_rdn(rdn_type: str, rdn_value: str) -> str:
-    return f"{rdn_type}={escape_rdn(rdn_value)}"
+    return format_rdn(((rdn_type, rdn_value),))
 
 
 def make_dn(rdn_type: str, rdn_value: str, parent: str) -> str:
-    return f"{rdn_type}={escape_rdn(rdn_value)},{parent}"
+    return f"{make_rdn(rdn_type, rdn_value)},{parent}" if parent else make_rdn(rdn_type, rdn_value)
+
+
+def reparent(dn: str, old_parent: str, new_parent: str) -> str:
+    """``dn`` (at or below ``old_parent``) with ``old_parent`` replaced by ``new_parent``."""
+    rdns = parse_dn(dn)
+    keep = len(rdns) - len(parse_dn(old_parent))
+    if keep < 0:
+        raise DnError(f"{dn!r} is not below {old_parent!r}")
+    return ",".join(p for p in (format_dn(rdns[:keep]), new_parent) if p)
 
 
 def is_under(dn: str, root: str) -> bool:
@@ -84,6 +68,4 @@ def is_under(dn: str, root: str) -> bool:
 
 
 def depth_below(dn: str, root: str) -> int:
-    return len(parse_dn(dn, escape=False, strip=True)) - len(
-        parse_dn(root, escape=False, strip=True)
-    )
+    return len(parse_dn(dn)) - len(parse_dn(root))

@@ -52,6 +52,9 @@ class SyncState(BaseModel):
     # deletes applied per side as [epoch seconds of the cycle, count], within the deletion
     # guard's rolling window (older ones are dropped): the window survives a restart
     deletes: dict[Side, list[tuple[float, int]]] = Field(default_factory=dict)
+    # deletes not written yet per side: pair id -> epoch seconds the delete was first seen
+    # (its settle time runs from there, across restarts)
+    pending_deletes: dict[Side, dict[str, float]] = Field(default_factory=dict)
 
 
 class StateStore(Protocol):

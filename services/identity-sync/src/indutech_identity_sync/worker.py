@@ -14,19 +14,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from prometheus_client import Counter, Gauge
 
 from indutech_common.errors import DependencyUnavailableError, IndutechError
-from indutech_common.kafka import create_producer, ping_producer, start_client
+from indutech_common.kafka import create_producer, ping_producer, require_topics, start_client
 from indutech_common.ldap import ldap_connect
-from indutech_common.lifecycle import Worker
+from indutech_common.lifecycle import EXIT_FAILED, EXIT_OK, Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.schemas.topics import Topics
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import (
     SIDES,
@@ -36,11 +39,13 @@ from indutech_identity_sync.config import (
     load_mapping,
     other,
 )
+from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.exceptions import IdentitySyncError
 from indutech_identity_sync.failover import DcPool
 from indutech_identity_sync.mirror import Mirror
+from indutech_identity_sync.quarantine import Quarantine
 from indutech_identity_sync.sinks.audit import KafkaAuditSink
 from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import (
@@ -64,7 +69,7 @@ WRITER_IDLE_S = 60.0
 
 
 @dataclass
-class _Link:
+class Link:
     """One side's connection and the lock that keeps ldap3 to one thread at a time, plus the
     extra connections of the parallel writers (``writer_concurrency`` - 1), used only by a
     cycle, which holds the lock."""
@@ -80,7 +85,21 @@ class _Link:
             close_quietly(connection)
 
 
+class Notifier(Protocol):
+    """A change-notification listener (``ChangeNotifier``): it only has to close."""
+
+    def close(self) -> None: ...
+
+
+LinkFactory = Callable[[LdapSettings], Awaitable[Link]]
+NotifierFactory = Callable[[LdapSettings, str, Callable[[], None]], Notifier]
+
+
 class IdentitySyncWorker(Worker[IdentitySyncSettings]):
+    """The worker. ``link_factory`` opens a side's connections to one DC (default: LDAPS,
+    ``open_link``) and ``notifier_factory`` starts a change-notification listener (default:
+    ``ChangeNotifier``): the seams tests use to stand in for DCs."""
+
     name = "identity-sync"
 
     def __init__(
@@ -90,20 +109,33 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         once: bool = False,
         allow_mass_delete: bool = False,
         store: StateStore | None = None,
+        link_factory: LinkFactory | None = None,
+        notifier_factory: NotifierFactory | None = None,
     ) -> None:
         super().__init__(settings)
         self.once = once or settings.dry_run
         self.allow_mass_delete = allow_mass_delete
         self.store = store
+        self.link_factory: LinkFactory = link_factory or self.open_link
+        self.notifier_factory: NotifierFactory = notifier_factory or ChangeNotifier
         self.mapping: Mapping = load_mapping(settings.mapping_file)
-        self.links: dict[Side, _Link] = {}
+        # across cycles: a trip is logged once, then reminders; settled deletes wake a cycle
+        self.delete_guard = DeleteGuard(self.mapping.deletion_guard)
+        self.links: dict[Side, Link] = {}
+        # objects that could not be applied, each waiting its backoff (quarantine.py)
+        self.quarantine = Quarantine(
+            initial_s=settings.quarantine_backoff_initial_s,
+            maximum_s=settings.quarantine_backoff_max_s,
+        )
+        self._running: CycleReport | None = None  # the report of the cycle in progress
+        self.exit_code = EXIT_OK  # --once / --dry-run: EXIT_FAILED when the run fell short
         self.state = SyncState()
         self.last_report: CycleReport | None = None
         self._exit_stack = AsyncExitStack()
         self._dirsync: DirSyncWatcher | None = None
         self.audit: KafkaAuditSink | None = None
         self._wake = asyncio.Event()
-        self._notifiers: list[ChangeNotifier] = []
+        self._notifiers: list[Notifier] = []
         self.mirrors: dict[Side, Mirror] | None = None  # None: the next cycle is a full one
         self.scopes = {s: Scope(self.mapping, s) for s in SIDES}
         self.retries: dict[tuple[Side, str], int] = {}
@@ -138,6 +170,12 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             ["side"],
             registry=registry,
         )
+        self.deletes_pending = Gauge(
+            "indutech_identity_sync_deletes_pending",
+            "Deletes to a side not written yet (settling, or held by the deletion guard)",
+            ["side"],
+            registry=registry,
+        )
         self.dc = Gauge(
             "indutech_identity_sync_dc",
             "1 for the DC each side uses now, 0 for its other DCs (all 0: none answers)",
@@ -148,6 +186,18 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             "indutech_identity_sync_dc_failovers",
             "Moves of a side to another of its DCs",
             ["side"],
+            registry=registry,
+        )
+        self.quarantined = Gauge(
+            "indutech_identity_sync_quarantined",
+            "Objects that could not be applied to a side and wait their backoff",
+            ["side"],
+            registry=registry,
+        )
+        self.quarantine_events = Counter(
+            "indutech_identity_sync_quarantine_events",
+            "Objects put in quarantine (or whose reason changed), by cause",
+            ["side", "cause"],
             registry=registry,
         )
         for side in SIDES:
@@ -171,6 +221,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             self.store = S3StateStore(client, bucket=bucket, key=self.settings.state_key)
         self.state = await self.store.load()
         if self.settings.audit_kafka is not None:
+            topics = {self.settings.audit_topic: Topics.IDENTITY_CHANGES}
+            await require_topics(self.settings.audit_kafka, topics, worker=self.name)
             producer = create_producer(self.settings.audit_kafka)
             await start_client(producer, self.settings.audit_kafka)
             self._exit_stack.push_async_callback(producer.stop)
@@ -194,7 +246,10 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 continue
             try:
                 notifier = await asyncio.to_thread(
-                    ChangeNotifier, self._ldap(side).for_dc(link.url), self.mapping.root(side), wake
+                    self.notifier_factory,
+                    self._ldap(side).for_dc(link.url),
+                    self.mapping.root(side),
+                    wake,
                 )
             except (LDAPException, IndutechError) as exc:
                 self.log.warning("change_notification_unavailable", side=side, error=str(exc))
@@ -225,7 +280,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         for url in pool.candidates():
             tried = True
             try:
-                link = await self._open_link(self._ldap(side).for_dc(url))
+                link = await self.link_factory(self._ldap(side).for_dc(url))
             except (LDAPException, IndutechError) as exc:
                 wait = pool.failed(url, str(exc))
                 self.log.warning(
@@ -255,7 +310,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             )
         return False
 
-    async def _open_link(self, settings: LdapSettings) -> _Link:
+    async def open_link(self, settings: LdapSettings) -> Link:
         """The main connection to one DC and the writers' extra ones."""
         # auto_range off: ranged `member` values are followed by our own tested code; no
         # empty attributes: ldap3 2.9 then fails on DirSync's `member;range=0-0` + `1-1`
@@ -263,7 +318,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         connection = await asyncio.to_thread(
             ldap_connect, settings, auto_range=False, return_empty_attributes=False
         )
-        link = _Link(connection, threading.Lock(), url=settings.url)
+        link = Link(connection, threading.Lock(), url=settings.url)
         extra = [
             asyncio.to_thread(ldap_connect, settings)
             for _ in range(self.settings.writer_concurrency - 1)
@@ -302,17 +357,45 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                     if len(self.links) < len(SIDES):
                         await self._sleep_or_wake()
                         continue
-                await self.cycle(full=full, detected_at=detected)
+                report = await self.cycle(full=full, detected_at=detected)
                 if full:
                     next_full = time.monotonic() + self.settings.reconcile_interval_s
             except (LDAPException, IndutechError) as exc:
                 self.mirrors = None  # what we hold may be half-read: reconcile in full next
                 self.metrics.error(type(exc).__name__)
                 self.log.warning("cycle_failed", error=str(exc), error_type=type(exc).__name__)
+                report = None
                 await self._reconnect()
             if self.once:
+                self._judge_single_run(report)
                 return
             await self._sleep_or_wake()
+
+    def _judge_single_run(self, report: CycleReport | None) -> None:
+        """--once and --dry-run end non-zero when their one cycle failed, and a dry run also
+        when it could not plan every object (some were quarantined)."""
+        if report is None:
+            self.exit_code = EXIT_FAILED
+            self.log.error(
+                "single_run_failed",
+                dry_run=self.settings.dry_run,
+                action="the cycle failed (see cycle_failed): nothing more was planned or "
+                "written; fix the cause and run again",
+            )
+            return
+        if self.settings.dry_run and self.quarantine.held:
+            self.exit_code = EXIT_FAILED
+            self.log.error(
+                "dry_run_incomplete",
+                quarantined=len(self.quarantine.held),
+                action="these objects could not be planned (see identity_object_quarantined): "
+                "fix them, or expect a real run to leave them in quarantine",
+            )
+
+    async def serve(self, *, install_signal_handlers: bool = True) -> int:
+        """The lifecycle's exit code, or EXIT_FAILED when a --once / --dry-run fell short."""
+        code = await super().serve(install_signal_handlers=install_signal_handlers)
+        return code if code != EXIT_OK else self.exit_code
 
     async def _sleep_or_wake(self) -> None:
         """Wait for the poll interval, a change notification, or an exit request."""
@@ -444,27 +527,34 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         self, *, full: bool = True, detected_at: float | None = None
     ) -> CycleReport | None:
         """One cycle (full: both scopes; else the change batch), then the state saved to S3;
-        returns what was done, None when an incremental tick found no change."""
+        returns what was done, None when an incremental tick found no change. A cycle that
+        fails still audits and counts every write that reached a DC before the failure."""
         started = time.monotonic()
-        report = await asyncio.to_thread(self._cycle_in_thread, full)
+        try:
+            report = await asyncio.to_thread(self._cycle_in_thread, full)
+        except Exception:
+            partial_report, self._running = self._running, None
+            if partial_report is not None:
+                await self._account_failed(partial_report)
+            raise
+        self._running = None
         if report is None:
             return None
         if not self.settings.dry_run and self.store is not None:
-            await self.store.save(self.state)
-        if self.audit is not None and report.changes and not self.settings.dry_run:
-            await self.audit.publish(report.changes)
+            try:
+                await self.store.save(self.state)
+            except Exception:  # the writes were made all the same
+                await self._account_failed(report)
+                raise
+        await self._account(report)
         self.last_report = report
-        for (side, op), count in report.writes.items():
-            self.writes.labels(side, op).inc(count)
         self.conflicts.inc(report.conflicts)
         for side in SIDES:
             self.guard.labels(side).set(1 if side in report.guard_tripped else 0)
             self.deletes_in_window.labels(side).set(report.deletes_in_window.get(side, 0))
+            self.deletes_pending.labels(side).set(report.deletes_pending.get(side, 0))
             self.metrics.records_in.labels(self.name, side).inc(self.read_counts[side])
             self.read_counts[side] = 0
-            self.metrics.records_out.labels(self.name, side).inc(
-                sum(c for (s, _), c in report.writes.items() if s == side)
-            )
         if report.failed:
             self.metrics.error("directory_write")
         self.metrics.batch_duration.labels(self.name).observe(time.monotonic() - started)
@@ -479,12 +569,38 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             conflicts=report.conflicts,
             failed=report.failed,
             deferred=report.deferred,
+            quarantined=len(self.quarantine.held),
             guard_tripped=report.guard_tripped,
+            deletes_pending={s: n for s, n in report.deletes_pending.items() if n},
             objects=report.objects,
             dry_run=self.settings.dry_run,
             seconds=round(time.monotonic() - started, 3),
         )
         return report
+
+    async def _account(self, report: CycleReport) -> None:
+        """The writes and quarantines of a cycle (whole, or cut short by a failure): counted,
+        and published to the audit topic. Each was logged when it happened."""
+        for (side, op), count in report.writes.items():
+            self.writes.labels(side, op).inc(count)
+        for side in SIDES:
+            self.metrics.records_out.labels(self.name, side).inc(
+                sum(c for (s, _), c in report.writes.items() if s == side)
+            )
+            self.quarantined.labels(side).set(self.quarantine.count(side))
+        for entry in report.quarantined:
+            self.quarantine_events.labels(entry.side, entry.cause).inc()
+        if self.audit is None or not report.changes or self.settings.dry_run:
+            return
+        await self.audit.publish(report.changes)
+
+    async def _account_failed(self, report: CycleReport) -> None:
+        """``_account`` for a cycle that failed: its own error is the one raised."""
+        try:
+            await self._account(report)
+        except Exception as exc:
+            self.metrics.error("audit_publish")
+            self.log.warning("audit_publish_failed", records=len(report.changes), error=str(exc))
 
     def _cycle_in_thread(self, full: bool) -> CycleReport | None:
         with self.links["onprem"].lock, self.links["aws"].lock:
@@ -500,9 +616,17 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 self.retries.clear()
             else:
                 mirrors = self.mirrors
-                focus = {s: changes[s] | {g for (r, g) in self.retries if r == s} for s in SIDES}
-                if not any(focus.values()):
-                    return None
+                # a change reported for a quarantined object ends its wait: it may be the fix
+                self.quarantine.wake(g for guids in changes.values() for g in guids)
+                due = self.quarantine.due()
+                focus = {
+                    s: changes[s]
+                    | {g for (r, g) in self.retries if r == s}
+                    | {e.object_guid for e in due if e.source == s}
+                    for s in SIDES
+                }
+                if not any(focus.values()) and not self.delete_guard.due(self.state, time.time()):
+                    return None  # nothing changed, no delete finished settling, no reminder due
                 self._refresh(mirrors, focus)
             dry_run = self.settings.dry_run
             writers: dict[Side, DirectoryWriter] = {
@@ -518,7 +642,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             state = self.state.model_copy(deep=True) if dry_run else self.state
             now = time.monotonic()
             held = {s for s, until in self.delete_hold_until.items() if until > now}
-            report = Reconciler(
+            reconciler = Reconciler(
                 self.mapping,
                 state,
                 mirrors,
@@ -528,7 +652,11 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                 dry_run=dry_run,
                 pools=pools,
                 hold_deletes=held,
-            ).run()
+                guard=self.delete_guard,
+                quarantine=self.quarantine,
+            )
+            self._running = reconciler.report  # filled as it goes: read if the cycle fails
+            report = reconciler.run()
             if not dry_run:
                 self.mirrors = mirrors
             self._count_retries(report)
@@ -555,6 +683,8 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         retries = {}
         for side, guids in report.retry.items():
             for guid in guids:
+                if self.quarantine.holds(guid):
+                    continue  # it waits its backoff, not the retry queue
                 count = self.retries.get((side, guid), 0) + 1
                 if count <= MAX_RETRIES:
                     retries[side, guid] = count

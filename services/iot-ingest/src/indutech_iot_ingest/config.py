@@ -10,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.schemas import Topics
-from indutech_common.settings import KafkaSettings, WorkerSettings
+from indutech_common.settings import KafkaSettings, S3Settings, WorkerSettings
 
 RecordKind = Literal["sensor_reading", "client_ticket"]
 MAX_KAFKA_VALUE_BYTES = 900_000  # under the broker's 1 MB message limit, with headers
+MIB = 1024 * 1024
+CSV_DELIMITERS = (",", ";", "\t", "|")  # what "auto" chooses from, by the header
 
 
 def _ascii_compatible(encoding: str) -> str:
@@ -34,7 +36,13 @@ class CsvOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    delimiter: str = Field(
+        default="auto",
+        min_length=1,
+        max_length=4,
+        description="one character, or 'auto': per file, the one of , ; tab | that splits its "
+        "header into the most columns (',' on a tie, and without a header)",
+    )
     quotechar: str = Field(default='"', min_length=1, max_length=1)
     header: bool = Field(default=True, description="the first line names the columns")
     columns: tuple[str, ...] = Field(default=(), description="column names when header is false")
@@ -43,7 +51,19 @@ class CsvOptions(BaseModel):
     def _columns_known(self) -> Self:
         if not self.header and not self.columns:
             raise ValueError("a CSV route without a header needs its columns")
+        if self.delimiter != "auto" and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter {self.delimiter!r} must be one character or 'auto'")
         return self
+
+    def delimiter_for(self, header: str | None) -> str:
+        """The delimiter of a file with this header line."""
+        if self.delimiter != "auto":
+            return self.delimiter
+        if header is None:
+            return ","
+        counts = [(header.count(candidate), candidate) for candidate in CSV_DELIMITERS]
+        best = max(count for count, _ in counts)
+        return next(c for n, c in counts if n == best) if best else ","
 
 
 class Route(BaseModel):
@@ -73,28 +93,42 @@ class Route(BaseModel):
         return value
 
 
+def rotated_patterns(directory: str, extension: str) -> tuple[str, ...]:
+    """Globs for ``directory/**/*.extension``, compressed or not, and its usual rotated names.
+
+    logrotate's numbered (``.1``, ``.1.gz``, ``.12``) and ``dateext`` (``-20261204``,
+    ``-20261204.gz``) names, and Python's ``TimedRotatingFileHandler``
+    (``.2026-12-04``). A rotated name must end with a digit or ``.gz``, so a
+    writer's temporary file (``.1.gz.tmp``) is not read half-written. A renamed
+    file keeps its fingerprint, so a rotation never reads a line twice.
+    """
+    base = f"{directory}/**/*.{extension}"
+    names = (base, f"{base}.[0-9]", f"{base}.[0-9]*[0-9]", f"{base}-[0-9]*[0-9]")
+    return tuple(pattern for name in names for pattern in (name, f"{name}.gz"))
+
+
 DEFAULT_ROUTES = (
     Route(
         name="sensor-jsonl",
-        patterns=("sensors/**/*.jsonl", "sensors/**/*.jsonl.gz"),
+        patterns=rotated_patterns("sensors", "jsonl"),
         record="sensor_reading",
         format="jsonl",
     ),
     Route(
         name="sensor-csv",
-        patterns=("sensors/**/*.csv", "sensors/**/*.csv.gz"),
+        patterns=rotated_patterns("sensors", "csv"),
         record="sensor_reading",
         format="csv",
     ),
     Route(
         name="ticket-jsonl",
-        patterns=("tickets/**/*.jsonl", "tickets/**/*.jsonl.gz"),
+        patterns=rotated_patterns("tickets", "jsonl"),
         record="client_ticket",
         format="jsonl",
     ),
     Route(
         name="ticket-csv",
-        patterns=("tickets/**/*.csv", "tickets/**/*.csv.gz"),
+        patterns=rotated_patterns("tickets", "csv"),
         record="client_ticket",
         format="csv",
     ),
@@ -140,7 +174,33 @@ class IotIngestSettings(WorkerSettings):
         description="longer lines are dead-lettered",
     )
     dead_letter_keep_bytes: int = Field(
-        default=64 * 1024, ge=64, description="bytes of an over-long line kept in its dead letter"
+        default=64 * 1024,
+        ge=64,
+        description="bytes of an over-long line kept in its dead letter message (the whole "
+        "line goes to the dead-letter store in S3)",
+    )
+    s3: S3Settings | None = Field(
+        default=None,
+        description="the dead-letter store (shared INDUTECH_S3__* block): over-long lines are "
+        "kept whole in the lake bucket; unset, only their first dead_letter_keep_bytes are kept",
+    )
+    dead_letter_prefix: str = Field(
+        default="dead-letter/iot-ingest/",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]*/$",
+        description="key prefix of the dead-letter store in the lake bucket; an object's key is "
+        "{prefix}{file fingerprint}/{byte offset:020d}, the same on every replay",
+    )
+    dead_letter_max_object_bytes: int = Field(
+        default=64 * MIB,
+        ge=MIB,
+        le=5 * 1024 * MIB,
+        description="an over-long line beyond this is kept up to it (header object_truncated)",
+    )
+    last_line_settle_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a file's last line without a newline is read as a line once the file has "
+        "not changed for this long (twice NFS's default attribute cache time)",
     )
     fingerprint_bytes: int = Field(default=1024, ge=16, le=1 << 20)
     gzip_settle_s: float = Field(

@@ -6,7 +6,8 @@ of every file that moved are added and the whole commits. A failed
 transaction is aborted and reading rewinds to the last committed checkpoints,
 so what is sent again was never visible. Backpressure: reading waits for the
 producer; nothing is ever dropped. SIGTERM: the open transaction commits, then
-the worker stops.
+the worker stops. An over-long line is kept whole in the dead-letter store (S3)
+before the transaction holding its dead letter commits.
 """
 
 from __future__ import annotations
@@ -16,21 +17,57 @@ import time
 from collections import Counter
 from datetime import datetime
 
+import prometheus_client
 from aiokafka.errors import KafkaError, ProducerFenced
+from botocore.exceptions import BotoCoreError, ClientError
 
-from indutech_common.kafka import ping_producer
+from indutech_common.kafka import ping_producer, require_topics
 from indutech_common.lifecycle import Worker
-from indutech_common.tailing import FileTailer, Line, LineKind
+from indutech_common.s3 import S3Error, create_s3_client, ping_bucket
+from indutech_common.schemas import Topics
+from indutech_common.tailing import FileTailer, Line, LineKind, SkipReason, TailingError
 from indutech_iot_ingest.config import IotIngestSettings
-from indutech_iot_ingest.sinks import TransactionalSink, load_checkpoints
+from indutech_iot_ingest.sinks import DeadLetterStore, TransactionalSink, load_checkpoints
 from indutech_iot_ingest.sources import LineParser, RejectedLine, watch_specs
 
 FORGET_CHECK_S = 60.0
 TRANSACTION_WAIT_WARNING_S = 10.0
+# a failed transaction is aborted, rewound and tried again after these
+RETRIED = (KafkaError, OSError, BotoCoreError, ClientError, S3Error)
 
 
 class IotIngestWorker(Worker[IotIngestSettings]):
     name = "iot-ingest"
+
+    def __init__(self, settings: IotIngestSettings) -> None:
+        super().__init__(settings)
+        registry = self.metrics.registry
+        self.files_skipped = prometheus_client.Counter(
+            "indutech_files_skipped",
+            "Files under the SAN dir that are not read (each path counted once per process): "
+            "no route matches, or a symbolic link (refused when it leads outside)",
+            ["worker", "reason"],
+            registry=registry,
+        )
+        self.unterminated_lines = prometheus_client.Counter(
+            "indutech_unterminated_lines",
+            "Last lines without a newline, read once their file settled",
+            ["worker"],
+            registry=registry,
+        )
+        self.dead_letter_objects = prometheus_client.Counter(
+            "indutech_dead_letter_objects",
+            "Over-long lines kept whole in the dead-letter store (S3)",
+            ["worker"],
+            registry=registry,
+        )
+        self.store: DeadLetterStore | None = None
+        # counted into the metrics when their transaction commits (an abort replays them)
+        self._pending_counts: Counter[str] = Counter()
+
+    def _skipped(self, _path: str, reason: SkipReason) -> None:
+        # called from the tailer's thread: prometheus counters are thread-safe
+        self.files_skipped.labels(self.name, str(reason)).inc()
 
     async def startup(self) -> None:
         settings = self.settings
@@ -47,7 +84,10 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             keep_bytes=settings.dead_letter_keep_bytes,
             gzip_settle_s=settings.gzip_settle_s,
             close_idle_s=settings.close_idle_s,
+            tail_settle_s=settings.last_line_settle_s,
+            on_skipped=self._skipped,
         )
+        await self._open_store()
         self.sink = TransactionalSink(
             settings.kafka,
             transactional_id=settings.transactional_id,
@@ -56,6 +96,11 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             metrics=self.metrics,
             record_topics=[settings.topic_of(route) for route in settings.routes],
         )
+        kinds = {"sensor_reading": Topics.SENSOR_READINGS, "client_ticket": Topics.CLIENT_TICKETS}
+        topics = {settings.topic_of(r): kinds[r.record] for r in settings.routes}
+        topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        topics |= {settings.checkpoint_topic: Topics.INGEST_CHECKPOINTS}
+        await require_topics(settings.kafka, topics, worker=self.name)
         await self.sink.start()
         self.health.register_ping("kafka", self._ping_kafka)
         self.health.register_ping("san", self._ping_san)
@@ -72,6 +117,26 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             transactional_id=settings.transactional_id,
             known_files=len(self.tailer.states),
         )
+
+    async def _open_store(self) -> None:
+        settings = self.settings
+        if settings.s3 is None:
+            self.log.warning(
+                "dead_letter_store_disabled",
+                keep_bytes=settings.dead_letter_keep_bytes,
+                hint="no S3 settings: an over-long line keeps only its first keep_bytes in its "
+                "dead letter; set INDUTECH_S3__* (or IOT_INGEST_S3__*) to keep it whole",
+            )
+            return
+        s3 = settings.s3
+        client = await self.enter("s3", create_s3_client(s3))
+        self.store = DeadLetterStore(
+            client,
+            bucket=s3.lake_bucket,
+            prefix=settings.dead_letter_prefix,
+            max_object_bytes=settings.dead_letter_max_object_bytes,
+        )
+        self.health.register_ping("s3", lambda: ping_bucket(client, s3.lake_bucket))
 
     async def _ping_kafka(self) -> None:
         if self.sink.producer is None:
@@ -91,11 +156,12 @@ class IotIngestWorker(Worker[IotIngestSettings]):
                     "producer_fenced", transactional_id=self.settings.transactional_id
                 )
                 raise
-            except (KafkaError, OSError) as exc:
+            except RETRIED as exc:
                 self.metrics.error(type(exc).__name__)
                 self.log.warning("transaction_failed", error=f"{type(exc).__name__}: {exc}")
                 await self.sink.abort()
                 self.tailer.rewind()
+                self._pending_counts.clear()
                 await self.sleep_or_exit(self.settings.retry_backoff_s)
                 continue
             if not moved:
@@ -151,6 +217,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         forgotten = list(self.forgotten)
         await self.sink.commit(states, forgotten)
         self.tailer.mark_committed(states)
+        counts, self._pending_counts = self._pending_counts, Counter()
+        self.unterminated_lines.labels(self.name).inc(counts["unterminated"])
+        self.dead_letter_objects.labels(self.name).inc(counts["stored"])
         if forgotten:
             self.log.info("checkpoints_deleted", files=len(forgotten))
             del self.forgotten[: len(forgotten)]
@@ -196,11 +265,14 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             read[spec] += 1
             try:
                 if kind is not plain:
+                    if kind is LineKind.UNTERMINATED:
+                        self._pending_counts["unterminated"] += 1
                     rejected = LineParser.special(line)
                     if rejected is not None:
                         raise rejected
                 record = parsers[spec].parse(line)
             except RejectedLine as exc:
+                extra = await self._keep_whole(line) if kind is LineKind.TOO_LONG else []
                 await sink.dead_letter(
                     line.data,
                     reason=exc.reason,
@@ -208,6 +280,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
                     path=line.state.path,
                     offset=line.offset,
                     fingerprint=line.state.fingerprint,
+                    extra_headers=extra,
                 )
                 continue
             if record is None:
@@ -216,6 +289,26 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             sent[spec] += 1
             last_event[spec] = record.event_time
         await sink.ship()
+
+    async def _keep_whole(self, line: Line) -> list[tuple[str, bytes]]:
+        """Headers pointing at the whole over-long line in the dead-letter store (none
+        without a store, or when its file was truncated before it could be read again)."""
+        store = self.store
+        if store is None:
+            return []
+        try:
+            with self.tailer.line_reader(line, chunk_bytes=store.part_bytes) as chunks:
+                stored = await store.keep(
+                    chunks, fingerprint=line.state.fingerprint, offset=line.offset
+                )
+        except TailingError as exc:  # truncated or rewritten since: those bytes are gone
+            self.metrics.error("dead_letter_line_gone")
+            self.log.warning(
+                "dead_letter_line_gone", path=line.state.path, offset=line.offset, error=str(exc)
+            )
+            return [("object_error", str(exc).encode()[:1024])]
+        self._pending_counts["stored"] += 1
+        return stored.headers()
 
     async def shutdown(self) -> None:
         tailer = getattr(self, "tailer", None)

@@ -5,7 +5,7 @@ The delivery protocol (per partition, one segment in flight at a time)
 1. Records are read ``read_committed`` and buffered in the partition's open
    *segment*: a contiguous offset range ``[start, end]`` with the valid records
    grouped by event-time hour (late events go to their own hour). Invalid
-   records go to the dead-letter topic and still count in the range.
+   records are held as the segment's dead letters and still count in the range.
 2. Rotation (record count, buffered bytes, age, idleness, or the global memory
    cap) *seals* the segment and plans one object per hour, keyed
    ``{topic}+{partition}+{first offset of that hour in the segment}``.
@@ -14,17 +14,24 @@ The delivery protocol (per partition, one segment in flight at a time)
    created with ``If-None-Match: *``).
 4. The objects are uploaded (SSE enforced by the common client; multipart when
    large); S3 failures are retried with backoff for as long as it takes.
-5. Only then is ``end + 1`` committed for that partition; the intent is deleted.
+5. Only then is ``end + 1`` committed for that partition, in one Kafka
+   transaction with the segment's dead letters, by the partition's own
+   transactional producer (``{group_id}.{topic}.{partition}``); then the intent
+   is deleted (never before: it is what a replay needs until the commit).
 
-On assignment a partition is paused until its recovery ran: the committed
-offset ``C`` is read and any intent with ``end >= C`` is *replayed*: the same
+On assignment a partition is paused until its recovery ran: its transactional
+producer is started (which fences the previous owner's and ends its open
+transaction), the committed offset ``C`` is read, the intents that end before
+``C`` are deleted (committed, so done: a kill between commit and delete) and
+any intent with ``end >= C`` is *replayed*: the same
 offsets ``[start, end]`` are read again and sealed at exactly ``end`` whatever
 the current rotation settings, which re-plans the same keys with the same
 records (the plan is a pure function of the records), overwrites whatever part
 of it was uploaded, and commits ``end + 1``. So a crash at any point (before
 the intent, between intent and uploads, mid-upload, between upload and commit,
 before the intent's deletion) and a change of rotation settings between runs
-leave every record in exactly one object.
+leave every record in exactly one object, and every dead letter committed once
+in its topic (an aborted transaction's copies are invisible to read_committed).
 
 On revoke, an in-flight flush may finish within ``rebalance_flush_timeout_s``
 (else it is cancelled and its intent is replayed by the next owner); open
@@ -38,25 +45,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import IllegalStateError, ProducerFenced
 from prometheus_client import Counter, Gauge
 
 from indutech_common.kafka import (
     DeadLetterWriter,
     create_consumer,
     create_producer,
-    ping_producer,
+    require_topics,
     start_client,
     stop_client,
 )
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.schemas import Topics
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Poll, Segment
 from indutech_iot_to_s3.sinks import Intent, IntentJournal, LakeWriter, ParquetEncoder, S3Calls
@@ -72,11 +80,29 @@ POLL_TIMEOUT_MS = 200
 RESUME_FRACTION = 0.8
 RESTART_DELAY_S = 2.0
 
+Step = Literal["intent_written", "uploaded", "before_commit", "committed"]
+STEPS: tuple[Step, ...] = ("intent_written", "uploaded", "before_commit", "committed")
+StepHook = Callable[[Step, TopicPartition], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused record, held until the transaction that commits its segment's offsets."""
+
+    value: bytes
+    key: bytes | None
+    offset: int
+    reason: str
+    detail: str
+
 
 @dataclass
 class PartitionState:
     tp: TopicPartition
     open: Segment
+    producer: AIOKafkaProducer | None = None  # transactional, owned with the partition
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # of the open segment(s)
+    dead_letter_bytes: int = 0
     recovering: bool = True
     recovery: asyncio.Task[None] | None = None
     replay: Intent | None = None
@@ -86,6 +112,11 @@ class PartitionState:
     paused: bool = True
     recovery_delay_s: float = 0.0
     failed: bool = False  # a flush failed: later segments must not write or commit
+
+
+def _open_bytes(state: PartitionState) -> int:
+    """What sealing the partition's open segment would hand to a flush."""
+    return state.open.size_bytes + state.dead_letter_bytes
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -102,8 +133,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class IotToS3Worker(Worker[IotToS3Settings]):
     name = "iot-to-s3"
 
-    def __init__(self, settings: IotToS3Settings) -> None:
+    def __init__(self, settings: IotToS3Settings, *, on_step: StepHook | None = None) -> None:
+        """``on_step`` is awaited at each point of the delivery protocol (``STEPS``): the seam
+        through which the kill tests stop a worker exactly there before they SIGKILL it."""
         super().__init__(settings)
+        self.on_step = on_step
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.codec = RecordCodec(
             sensor_topic=settings.sensor_topic, ticket_topic=settings.ticket_topic
@@ -137,6 +171,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
         self._capped = False
         self._stack = AsyncExitStack()
+        self._closing: set[asyncio.Task[None]] = set()  # producers of lost partitions
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,13 +189,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             multipart_threshold=settings.multipart_threshold_bytes,
             part_bytes=settings.multipart_part_bytes,
         )
-        self.producer: AIOKafkaProducer = create_producer(settings.kafka)
-        await start_client(self.producer, settings.kafka)
-        self._stack.push_async_callback(stop_client, self.producer)
-        self.health.register_ping("kafka", lambda: ping_producer(self.producer))
-        self.dead_letters = DeadLetterWriter(
-            self.producer, metrics=self.metrics, topic=settings.dead_letter_topic
-        )
+        topics = {settings.sensor_topic: Topics.SENSOR_READINGS}
+        topics |= {settings.ticket_topic: Topics.CLIENT_TICKETS}
+        topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        await require_topics(settings.kafka, topics, worker=self.name)
         fetch_max = max(1024 * 1024, min(16 * 1024 * 1024, settings.memory_cap_bytes // 4))
         self.consumer: AIOKafkaConsumer = create_consumer(
             settings.kafka,
@@ -173,6 +205,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         )
         await start_client(self.consumer, settings.kafka)
         self._stack.push_async_callback(stop_client, self.consumer)
+        self.health.register_ping("kafka", self._ping_kafka)
         self.consumer.subscribe(list(settings.topics), listener=_Rebalance(self))
         self.log.info(
             "consuming",
@@ -203,7 +236,28 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             for task in (state.inflight, state.recovery):
                 if task is not None and not task.done():
                     task.cancel()
+        for state in self.partitions.values():
+            self._close_producer(state)
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._stack.aclose()
+
+    async def _ping_kafka(self) -> None:
+        """Readiness: the cluster metadata can be fetched through the consumer's connections."""
+        await self.consumer.topics()
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        """One per partition: whoever owns the partition next fences the previous owner."""
+        return f"{self.settings.group_id}.{tp.topic}.{tp.partition}"
+
+    def _close_producer(self, state: PartitionState) -> None:
+        producer, state.producer = state.producer, None
+        if producer is not None:
+            self._stop_later(producer)
+
+    def _stop_later(self, producer: AIOKafkaProducer) -> None:
+        task = asyncio.create_task(stop_client(producer))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _drain(self) -> None:
         """SIGTERM: seal every open segment, wait for every flush (uploads and commits)."""
@@ -239,6 +293,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         for state in states:
             if self.partitions.get(state.tp) is state:
                 del self.partitions[state.tp]
+            self._close_producer(state)  # the next owner's producer fences it anyway
         self.log.info(
             "partitions_revoked",
             partitions=sorted(str(tp) for tp in revoked),
@@ -256,6 +311,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         if state.recovery_delay_s:
             await asyncio.sleep(state.recovery_delay_s)
         try:
+            if state.producer is None:
+                state.producer = await self._start_producer(tp)
+            # Read only now: starting the producer ended the previous owner's transaction
+            # (aborted, or completed if it was committing), so the offset is settled.
             committed = await self.consumer.committed(tp)
             intent = await self.journal.pending(tp.topic, tp.partition, committed)
         except asyncio.CancelledError:
@@ -267,6 +326,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             state.recovery = None  # the main loop starts it again
             return
         if self.partitions.get(tp) is not state:
+            self._close_producer(state)
             return
         if committed is None:
             await self.consumer.seek_to_beginning(tp)
@@ -289,11 +349,21 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         self.consumer.resume(tp)
         self.log.info("partition_ready", partition=str(tp), committed=committed)
 
+    async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        """The partition's transactional producer; starting it fences the previous owner's."""
+        producer = create_producer(self.settings.kafka, transactional_id=self.transactional_id(tp))
+        try:
+            await start_client(producer, self.settings.kafka)
+        except asyncio.CancelledError:  # revoked while starting (start_client stops it on errors)
+            self._stop_later(producer)
+            raise
+        return producer
+
     # -- buffering and rotation --------------------------------------------------------------
 
     async def _take(self, state: PartitionState, records: list[ConsumerRecord[Any, Any]]) -> None:
         """Buffer one poll of a partition: validated at once straight into Arrow columns,
-        the refused records sent to the dead letters, then fed to the open segment(s)."""
+        the refused records held as dead letters, then fed to the open segment(s)."""
         if records and records[0].offset <= state.last_offset:
             # already buffered (a re-fetch after a seek)
             records = [r for r in records if r.offset > state.last_offset]
@@ -304,15 +374,13 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         offsets = [r.offset for r in records]
         decoded = self.codec.decode_batch(topic, offsets, [r.value for r in records])
         for rejected in decoded.rejected:
+            # Held, not sent: they go out in the transaction that commits their offsets.
             record = records[rejected.index]
-            await self.dead_letters.send(
-                record.value or b"",
-                reason=rejected.reason,
-                error=rejected.detail,
-                source=f"{topic}[{state.tp.partition}]",
-                offset=record.offset,
-                key=record.key,
+            value = record.value or b""
+            state.dead_letters.append(
+                DeadLetter(value, record.key, record.offset, rejected.reason, rejected.detail)
             )
+            state.dead_letter_bytes += len(value)
         rotation = self.settings.rotation
         poll = Poll(offsets, decoded.valid)
         while not poll.done() and self.partitions.get(state.tp) is state and not state.recovering:
@@ -340,14 +408,23 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         state.open = Segment(segment.topic, segment.partition)
         replay = state.replay if segment.replay_end is not None else None
         state.replay = None
+        end = segment.end if segment.end is not None else -1
+        cut = next((i for i, d in enumerate(state.dead_letters) if d.offset > end), None)
+        dead = state.dead_letters[:cut]
+        state.dead_letters = state.dead_letters[len(dead) :]
+        dead_bytes = sum(len(d.value) for d in dead)
+        state.dead_letter_bytes -= dead_bytes
         previous = state.inflight
-        state.inflight_bytes += segment.size_bytes
+        state.inflight_bytes += segment.size_bytes + dead_bytes
         state.inflight = asyncio.create_task(
-            self._flush(state, segment, reason=reason, replay=replay, after=previous)
+            self._flush(state, segment, dead, reason=reason, replay=replay, after=previous)
         )
 
     def _buffered_bytes(self) -> int:
-        return sum(s.open.size_bytes + s.inflight_bytes for s in self.partitions.values())
+        return sum(
+            s.open.size_bytes + s.dead_letter_bytes + s.inflight_bytes
+            for s in self.partitions.values()
+        )
 
     def _apply_memory_cap(self) -> None:
         cap = self.settings.memory_cap_bytes
@@ -359,14 +436,14 @@ class IotToS3Worker(Worker[IotToS3Settings]):
                     for s in self.partitions.values()
                     if s.inflight is None and not s.open.empty and s.open.replay_end is None
                 ),
-                key=lambda s: s.open.size_bytes,
+                key=_open_bytes,
                 reverse=True,
             )
-            open_bytes = sum(s.open.size_bytes for s in candidates)
+            open_bytes = sum(_open_bytes(s) for s in candidates)
             for state in candidates:
                 if open_bytes < cap // 2:
                     break
-                open_bytes -= state.open.size_bytes
+                open_bytes -= _open_bytes(state)
                 self._seal(state, "memory_cap")
         buffered = self._buffered_bytes()
         if not self._capped and buffered >= cap:
@@ -392,6 +469,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         self,
         state: PartitionState,
         segment: Segment,
+        dead_letters: list[DeadLetter],
         *,
         reason: str,
         replay: Intent | None,
@@ -402,7 +480,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
                 await asyncio.gather(after, return_exceptions=True)
             if state.failed or self.partitions.get(state.tp) is not state:
                 return  # an earlier segment failed: the partition recovers from its commit
-            await self._write_segment(state, segment, reason=reason, replay=replay)
+            await self._write_segment(state, segment, dead_letters, reason=reason, replay=replay)
         except asyncio.CancelledError:
             state.failed = True
             raise
@@ -417,7 +495,7 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             self.metrics.error("flush")
             self._restart_partition(state)
         finally:
-            state.inflight_bytes -= segment.size_bytes
+            state.inflight_bytes -= segment.size_bytes + sum(len(d.value) for d in dead_letters)
             if state.inflight is asyncio.current_task():
                 state.inflight = None
 
@@ -429,12 +507,19 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         fresh = PartitionState(state.tp, Segment(state.tp.topic, state.tp.partition))
         fresh.recovery_delay_s = RESTART_DELAY_S
         self.partitions[state.tp] = fresh
+        self._close_producer(state)  # its transaction may be unusable; recovery starts anew
         state.paused = True
         with contextlib.suppress(IllegalStateError):
             self.consumer.pause(state.tp)
 
     async def _write_segment(
-        self, state: PartitionState, segment: Segment, *, reason: str, replay: Intent | None
+        self,
+        state: PartitionState,
+        segment: Segment,
+        dead_letters: list[DeadLetter],
+        *,
+        reason: str,
+        replay: Intent | None,
     ) -> None:
         started = time.perf_counter()
         tp = state.tp
@@ -457,16 +542,20 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             intent = Intent(tp.topic, tp.partition, segment.start, segment.end, tuple(plan))
             if plan:
                 await self.journal.write(intent)
+                await self._step("intent_written", tp)
         encoder = self.encoders[tp.topic]
         by_hour = {b.hour: b for b in segment.hours.values()}
         await asyncio.gather(*(self._upload(encoder, tp, by_hour[p.hour], p, intent) for p in plan))
-        if segment.invalid:
-            await self.producer.flush()  # dead letters are durable before their offsets commit
+        await self._step("uploaded", tp)
         if state.failed or self.partitions.get(tp) is not state:
             return  # revoked meanwhile: the next owner replays the intent
-        if not await self._commit(tp, segment.end + 1):
-            state.failed = True
+        if not await self._commit(state, segment.end + 1, dead_letters):
+            # Fenced: another member took the partition (the rebalance will tell us), or the
+            # broker aborted our transaction (its timeout, during a long outage). Either way
+            # recover from the committed offset with a new producer; the intent stays.
+            self._restart_partition(state)
             return
+        await self._step("committed", tp)
         if plan:
             await self.journal.delete(intent)
         self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - started)
@@ -489,6 +578,10 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             duration_s=round(time.perf_counter() - started, 3),
         )
 
+    async def _step(self, step: Step, tp: TopicPartition) -> None:
+        if self.on_step is not None:
+            await self.on_step(step, tp)
+
     async def _upload(
         self,
         encoder: ParquetEncoder,
@@ -508,12 +601,38 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             await self.lake.upload(planned, body, metadata)
         self.objects_written.labels(self.name, tp.topic).inc()
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
+    async def _commit(
+        self, state: PartitionState, offset: int, dead_letters: list[DeadLetter]
+    ) -> bool:
+        """One Kafka transaction: the segment's dead letters and its next offset.
+
+        Either both are visible (to read_committed consumers) or neither: a crash before
+        the commit leaves an open transaction that the next owner's producer aborts, and
+        the replay sends the same dead letters again in its own transaction.
+        """
+        tp, producer = state.tp, state.producer
+        if producer is None:  # revoked meanwhile (its producer closed): the next owner replays
+            return False
+        writer = DeadLetterWriter(producer, topic=self.settings.dead_letter_topic)
+        source = f"{tp.topic}[{tp.partition}]"
         try:
-            await self.consumer.commit({tp: offset})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partition moved to another member: it replays our intent.
-            self.log.warning("commit_lost_partition", partition=str(tp), error=str(exc))
+            async with producer.transaction():
+                for dead in dead_letters:
+                    await writer.send(
+                        dead.value,
+                        reason=dead.reason,
+                        error=dead.detail,
+                        source=source,
+                        offset=dead.offset,
+                        key=dead.key,
+                    )
+                await producer.send_offsets_to_transaction({tp: offset}, self.settings.group_id)
+                await producer.flush()
+                await self._step("before_commit", tp)
+        except ProducerFenced as exc:
+            self.log.warning("commit_fenced", partition=str(tp), error=str(exc))
             self.metrics.error("commit_failed")
             return False
+        for dead in dead_letters:  # counted once committed, so a replay never counts twice
+            self.metrics.dead_lettered.labels(self.name, dead.reason).inc()
         return True

@@ -92,6 +92,23 @@ async def with_engine(
         return await body(engine)
 
 
+def report_skipped(settings: SqlBackupSettings, engine: Engine, command: str) -> int:
+    """List the tables left out of the run on stderr; the exit code the setting asks for."""
+    for skipped in engine.skipped:
+        print(f"sql-backup {command}: {scrub(skipped.line())}", file=sys.stderr)
+    if not engine.skipped:
+        return EXIT_OK
+    tables = len({s.table for s in engine.skipped})
+    if settings.fail_on_skipped_table:
+        print(
+            f"sql-backup {command}: {tables} table(s) skipped, the others done: failing the run "
+            "(SQL_BACKUP_FAIL_ON_SKIPPED_TABLE=true). Fix each cause above and run it again.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 async def cmd_backup(settings: SqlBackupSettings, args: argparse.Namespace) -> int:
     async def body(engine: Engine) -> int:
         tables = await engine.discover(args.table)
@@ -106,7 +123,7 @@ async def cmd_backup(settings: SqlBackupSettings, args: argparse.Namespace) -> i
             from indutech_sql_backup.worker import announce  # noqa: PLC0415
 
             await announce(settings, engine, results)
-        return EXIT_OK
+        return report_skipped(settings, engine, "backup")
 
     return await with_engine(settings, body, progress=True)
 
@@ -120,7 +137,7 @@ async def cmd_plan(settings: SqlBackupSettings, args: argparse.Namespace) -> int
             settings, engine, tables, kind=args.kind, day=args.date or today()
         )
         print(f"published {published} work item(s) to {settings.work_topic}")
-        return EXIT_OK
+        return report_skipped(settings, engine, "plan")
 
     return await with_engine(settings, body, progress=False)
 
@@ -133,7 +150,7 @@ async def cmd_discover(settings: SqlBackupSettings, args: argparse.Namespace) ->
                 f"change column {table.watermark or 'none (full backups only)'}, "
                 f"{len(table.columns)} columns"
             )
-        return EXIT_OK
+        return report_skipped(settings, engine, "discover")
 
     return await with_engine(settings, body, progress=False)
 
@@ -195,6 +212,9 @@ async def cmd_prepare(settings: SqlBackupSettings, args: argparse.Namespace) -> 
         tables = (
             await engine.discover([ref.qualified for ref in args.table]) if not args.key else []
         )
+        if engine.skipped:
+            report_skipped(settings, engine, "prepare-source")
+            return EXIT_FAILED
     statements: list[str] = []
     for ref in args.table:
         key = tuple(args.key) or next(t.key for t in tables if t.ref == ref)

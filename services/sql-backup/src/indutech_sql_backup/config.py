@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.s3 import MIN_PART_BYTES
+from indutech_common.schemas.topics import Topics
 from indutech_common.settings import (
     KafkaSettings,
     OdbcSourceSettings,
@@ -95,6 +96,33 @@ class SqlBackupSettings(WorkerSettings):
         gt=0,
         description="how long a replica that did not write a manifest waits for its writer's "
         "announcement before sending it itself (the writer may have died in between)",
+    )
+    schema_drift: Literal["snapshot", "fail"] = Field(
+        default="snapshot",
+        description="a table whose columns, types or key changed since the run a delta would "
+        "continue: 'snapshot' re-reads the whole table as that day's delta (restore takes its "
+        "columns from it), 'fail' skips the table with an error until a full is taken",
+    )
+    fail_on_skipped_table: bool = Field(
+        default=True,
+        description="a table that cannot be backed up (no key, a key override that is not "
+        "unique, drift with SCHEMA_DRIFT=fail, a chunk that failed …) is reported and skipped "
+        "while the others go on; true: the run then exits 1 (and the scheduler reports no "
+        "success), false: it exits 0 with the skipped tables listed",
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="attempts of a work item that fails by itself (not by an outage) before it "
+        "is dead-lettered and its partition moves on; the table's run stays incomplete",
+    )
+    retry_delay_s: float = Field(
+        default=5.0, gt=0, description="pause before a failed work item is tried again"
+    )
+    dead_letter_topic: str = Field(
+        default=Topics.DEAD_LETTER,
+        min_length=1,
+        description="where work items that failed MAX_ATTEMPTS times go, with the reason",
     )
     idle_exit_s: float | None = Field(
         default=None, description="worker exits 0 after this long without work (batch jobs)"

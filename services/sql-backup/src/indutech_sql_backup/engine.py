@@ -10,6 +10,12 @@
    chunk is simply redone under the same deterministic name.
 3. **Finalise** (whoever finishes the last chunk): when every chunk has a
    record, write ``_manifest.json`` (create-only, so exactly one writer wins).
+
+A table that cannot be backed up (no key, a key override that is not unique, a
+schema change with ``schema_drift=fail``, a chunk that keeps failing) is skipped
+and listed in ``Engine.skipped``; the other tables go on. A delta of a table whose
+columns, types or key changed since the run it continues re-reads the whole table
+(a re-snapshot), so every run of a chain holds the columns of the run it starts from.
 """
 
 from __future__ import annotations
@@ -27,14 +33,20 @@ import structlog
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
+from indutech_common.logging import scrub
 from indutech_common.metrics import WorkerMetrics
 from indutech_sql_backup.config import SqlBackupSettings
-from indutech_sql_backup.dialects import Column, Query, TableInfo, dialect_for
+from indutech_sql_backup.dialects import Dialect, Query, TableInfo, dialect_for
+from indutech_sql_backup.dialects.types import stored_type
 from indutech_sql_backup.errors import (
     BackupNotFoundError,
     LobTooLargeError,
+    NoChangeColumnError,
     PlanMismatchError,
+    SchemaDriftError,
     SqlBackupError,
+    UnsupportedTypeError,
+    environment_error,
 )
 from indutech_sql_backup.progress import Progress
 from indutech_sql_backup.sinks import (
@@ -42,14 +54,18 @@ from indutech_sql_backup.sinks import (
     BackupStore,
     ChunkSpec,
     ColumnSpec,
+    FailureRecord,
     Manifest,
     PartRecord,
     PartWriter,
     Plan,
     chain,
+    restore_base,
+    schema_drift,
 )
 from indutech_sql_backup.sinks.store import Kind, now_utc
 from indutech_sql_backup.sources import OdbcSource, discover
+from indutech_sql_backup.sources.discovery import check_key
 
 if TYPE_CHECKING:
     import pyodbc
@@ -63,6 +79,18 @@ ROW_OVERHEAD_BYTES = 64
 class ChunkResult:
     record: PartRecord
     skipped: bool
+
+
+@dataclass(frozen=True)
+class SkippedTable:
+    """A table left out of a run, and why (the error's message says what to do next)."""
+
+    table: str
+    reason: str
+    error: str  # the exception's class name, a stable kind for metrics
+
+    def line(self) -> str:
+        return f"{self.table}: skipped: {self.reason}"
 
 
 class BackupMetrics:
@@ -81,6 +109,12 @@ class BackupMetrics:
             "indutech_sql_backup_chunks",
             "Chunks done, per table and outcome (written, skipped)",
             ["worker", "table", "outcome"],
+            registry=registry,
+        )
+        self.skipped_tables = PromCounter(
+            "indutech_sql_backup_skipped_tables",
+            "Tables left out of a run (no key, key not unique, schema drift, failed chunks)",
+            ["worker", "table", "error"],
             registry=registry,
         )
         self.table_success = Gauge(
@@ -123,23 +157,29 @@ def double_columns(table: TableInfo) -> frozenset[str]:
     )
 
 
-def _tz_column(column: Column) -> bool:
-    kind = column.source_type.lower()
-    return "with time zone" in kind or kind.startswith("datetimeoffset")
-
-
-def arrow_schema_for(table: TableInfo, read: pa.Schema, *, delta: bool) -> pa.Schema:
-    """What is stored: the ODBC types, with zoned timestamps marked UTC and every timestamp µs."""
+def arrow_schema_for(
+    table: TableInfo, read: pa.Schema, *, delta: bool, dialect: Dialect
+) -> pa.Schema:
+    """What is stored: each column's type from the type matrix (``dialects/types.py``). What
+    the driver returned must convert to it without changing a value (a safe cast then does
+    it); anything else stops the chunk naming the column, never a silent narrowing."""
     fields = []
     columns = {c.name: c for c in table.columns}
     for field in read:
-        arrow_type = field.type
         column = columns.get(field.name)
-        if pa.types.is_timestamp(arrow_type):
-            zone = "UTC" if column is not None and _tz_column(column) else None
-            arrow_type = pa.timestamp("us", tz=zone)
-        nullable = True if delta or column is None else column.nullable
-        fields.append(pa.field(field.name, arrow_type, nullable=nullable))
+        if column is None:  # the delta's _op
+            fields.append(field)
+            continue
+        expected = dialect.column_type(table.ref, column).arrow
+        if not stored_type(expected, field.type):
+            raise UnsupportedTypeError(
+                f"column {table.ref.qualified}.{column.name} ({column.source_type}) was read as "
+                f"{field.type}, but the type matrix stores {expected}: the ODBC driver does not "
+                "describe it as expected, and converting could change values. Check the driver "
+                "version and its options (README, section Type matrix)."
+            )
+        nullable = True if delta else column.nullable
+        fields.append(pa.field(field.name, expected, nullable=nullable))
     return pa.schema(fields)
 
 
@@ -161,6 +201,8 @@ class Engine:
         self.metrics = metrics
         self.progress = progress
         self._plans: dict[str, Plan] = {}
+        # Tables left out by this engine's discover/plan/backup calls (one engine per run).
+        self.skipped: list[SkippedTable] = []
 
     @property
     def database(self) -> str:
@@ -168,9 +210,20 @@ class Engine:
 
     # -- discovery and planning ----------------------------------------------------------
 
+    def skip(self, table: str, exc: BaseException) -> SkippedTable:
+        """Leave a table out of this run: logged, counted, listed in ``skipped``."""
+        skipped = SkippedTable(table=table, reason=scrub(str(exc)), error=type(exc).__name__)
+        self.skipped.append(skipped)
+        _log.error("table_skipped", table=table, error=skipped.error, reason=skipped.reason)
+        if self.metrics:
+            self.metrics.skipped_tables.labels(self.metrics.base.worker, table, skipped.error).inc()
+            self.metrics.base.error("table_skipped")
+        return skipped
+
     async def discover(self, only: Iterable[str] = ()) -> list[TableInfo]:
+        """The selected tables that can be backed up; the others go to ``skipped``."""
         settings = self.settings
-        return await asyncio.to_thread(
+        tables, skipped = await asyncio.to_thread(
             discover,
             self.source,
             include=settings.include,
@@ -179,6 +232,22 @@ class Engine:
             default_watermark=settings.watermark_column,
             only=tuple(only),
         )
+        for ref, exc in skipped:
+            self.skip(ref.qualified, exc)
+        return tables
+
+    async def plan_or_skip(
+        self, table: TableInfo, *, kind: Kind, day: date
+    ) -> tuple[Plan, str] | None:
+        """``plan``, or None when this table cannot be planned (it is skipped, see ``skip``);
+        errors of the environment (the source or S3 down) are raised."""
+        try:
+            return await self.plan(table, kind=kind, day=day)
+        except Exception as exc:
+            if environment_error(exc):
+                raise
+            self.skip(table.ref.qualified, exc)
+            return None
 
     def directory(self, table: TableInfo, day: date, kind: Kind) -> BackupDir:
         return BackupDir(
@@ -199,9 +268,10 @@ class Engine:
         if existing is not None:
             return existing, "resume"
         position_from = None
+        snapshot_reason = None
         if kind == "delta":
             if table.watermark is None:
-                raise SqlBackupError(
+                raise NoChangeColumnError(
                     f"{table.ref.qualified} has no change column {self.settings.watermark_column!r}"
                     ": set a watermark override (SQL_BACKUP_TABLES) or enable change capture "
                     "(sql-backup prepare-source)."
@@ -213,8 +283,9 @@ class Engine:
                     "delta continues one. Run 'sql-backup backup --kind full' first."
                 )
             position_from = runs[-1].position_to
+            snapshot_reason = self._drift(table, runs)
         position_to, chunks, snapshot = await asyncio.to_thread(
-            self._position_and_chunks, table, kind, position_from
+            self._position_and_chunks, table, kind, position_from, snapshot_reason is not None
         )
         plan = Plan(
             plan_id=uuid.uuid4().hex,
@@ -237,6 +308,7 @@ class Engine:
             position_to=position_to,
             created_at=now_utc(),
             snapshot=snapshot,
+            snapshot_reason=snapshot_reason if snapshot_reason else self._lost_changes(snapshot),
         )
         if not await self.store.put_json(directory.plan, plan, create_only=True):
             winner = await self.store.plan(directory.plan)  # another planner was first
@@ -254,17 +326,57 @@ class Engine:
         )
         return plan, "new"
 
+    def _drift(self, table: TableInfo, runs: list[Manifest]) -> str | None:
+        """Why this delta must re-read the whole table (its columns, types or key differ from
+        the run it would continue), or None. With ``schema_drift=fail`` the table is refused
+        instead. A delta carries the columns of the run it continues: without this, a column
+        added later would be dropped on restore and a dropped one would break it."""
+        base = runs[restore_base(runs)].plan
+        last = runs[-1].plan
+        drift = schema_drift(base.columns, base.key, table.columns, table.key) or schema_drift(
+            last.columns, last.key, table.columns, table.key
+        )
+        if drift is None:
+            return None
+        said = drift.describe()
+        fields = {
+            "table": table.ref.qualified,
+            "since": f"{last.day}/{last.kind}",
+            "added": list(drift.added),
+            "dropped": list(drift.dropped),
+            "changed": list(drift.changed),
+            "key": list(drift.key_after),
+        }
+        if self.settings.schema_drift == "fail":
+            _log.error("schema_drift", action="refused", **fields)
+            raise SchemaDriftError(
+                f"{table.ref.qualified} changed since its run of {last.day} ({said}): a delta "
+                "cannot carry that. Take a full backup of it (sql-backup plan --kind full "
+                f"--table {table.ref.qualified}), or set SQL_BACKUP_SCHEMA_DRIFT=snapshot to "
+                "let the delta re-read the whole table."
+            )
+        _log.warning("schema_drift", action="snapshot", **fields)
+        return f"schema changed since {last.day}: {said}"
+
+    @staticmethod
+    def _lost_changes(snapshot: bool) -> str | None:
+        return "the source no longer holds the changes since the last run" if snapshot else None
+
     def _position_and_chunks(
-        self, table: TableInfo, kind: Kind, position_from: str | None
+        self, table: TableInfo, kind: Kind, position_from: str | None, drifted: bool = False
     ) -> tuple[str, tuple[ChunkSpec, ...], bool]:
         """Blocking: (position, chunks, re-snapshot). A full's chunks split the table; a
         delta's split its changes since ``position_from``, unless the source can no longer
-        say what changed since then (re-snapshot: the whole table, chunked like a full)."""
+        say what changed since then or the table's columns changed (re-snapshot: the whole
+        table, chunked like a full). A key override is checked for uniqueness first."""
         with self.source.connect() as connection:
+            check_key(self.source, connection, table)
             # The position first: whatever changes after it is the next delta's.
             position = str(self.source.fetch(connection, self.dialect.position())[0][0])
             since = str(position_from)
-            resnapshot = kind == "delta" and not self._delta_possible(connection, table, since)
+            resnapshot = kind == "delta" and (
+                drifted or not self._delta_possible(connection, table, since)
+            )
             if kind == "full" or resnapshot:
                 boundaries = self.dialect.boundaries(table, self.settings.chunk_rows)
             else:
@@ -416,7 +528,9 @@ class Engine:
             max_batch_bytes=self.settings.max_batch_bytes + self.settings.lob_max_bytes,
             doubles=double_columns(table),
         )
-        schema = arrow_schema_for(table, read_schema, delta=plan.kind == "delta")
+        schema = arrow_schema_for(
+            table, read_schema, delta=plan.kind == "delta", dialect=self.dialect
+        )
         changes = plan.reads_changes
         writer = PartWriter(schema)
         try:
@@ -465,36 +579,83 @@ class Engine:
             )
         return (manifest if created else await self.store.manifest(directory.manifest)), created
 
+    # -- chunks given up on -------------------------------------------------------------
+
+    async def record_failure(
+        self, plan: Plan, chunk: int, error: str, *, attempts: int, dead_letter_topic: str | None
+    ) -> None:
+        """Mark a chunk as given up on: no manifest will claim the run until a rerun redoes it
+        (``clear_failures``); ``incomplete`` then says the run ended without it."""
+        directory = BackupDir.of(self.settings.backup_prefix, plan)
+        failure = FailureRecord(
+            plan_id=plan.plan_id,
+            chunk=chunk,
+            attempts=attempts,
+            error=scrub(error)[:2000],
+            failed_at=now_utc(),
+            dead_letter_topic=dead_letter_topic,
+        )
+        await self.store.put_json(directory.failure(chunk), failure)
+        if self.metrics:
+            name = f"{plan.database}.{plan.schema_name}.{plan.table}"
+            self.metrics.chunks.labels(self.metrics.base.worker, name, "failed").inc()
+
+    async def incomplete(self, plan: Plan) -> dict[int, FailureRecord] | None:
+        """The chunks given up on when every other chunk of the plan is recorded (the run is
+        over and has no manifest), else None (still running, or complete)."""
+        directory = BackupDir.of(self.settings.backup_prefix, plan)
+        failed = await self.store.failures(directory, plan.plan_id)
+        if not failed:
+            return None
+        records = await self.store.records(directory, plan.plan_id)
+        if any(c.chunk not in records and c.chunk not in failed for c in plan.chunks):
+            return None
+        return {c: f for c, f in failed.items() if c not in records} or None
+
+    async def clear_failures(self, plan: Plan) -> int:
+        """Forget the chunks given up on before (a rerun redoes them); how many there were."""
+        directory = BackupDir.of(self.settings.backup_prefix, plan)
+        keys = await self.store.list_keys(directory.failures_prefix)
+        if keys:
+            await self.store.delete_keys(keys)
+            _log.info("redoing_failed_chunks", table=plan.ref.qualified, chunks=len(keys))
+        return len(keys)
+
     # -- a whole run in this process -----------------------------------------------------
 
     async def backup(
         self, tables: list[TableInfo], *, kind: Kind, day: date
     ) -> list[tuple[Manifest, bool]]:
-        """Plan and run every chunk here (``parallel_chunks`` at once); resumes unfinished runs."""
-        plans = [await self.plan(t, kind=kind, day=day) for t in tables]
-        slots = asyncio.Semaphore(self.settings.parallel_chunks)
-        total = sum(len(p.chunks) for p, status in plans if status != "complete")
+        """Plan and run every chunk here (``parallel_chunks`` at once); resumes unfinished runs.
+
+        Returns the tables backed up. A table that cannot be planned, or one of whose chunks
+        fails by itself, is left out (``skipped``, with a failure marker for the chunk) while
+        the others go on; an outage of the source or S3 stops the run (rerun to resume)."""
+        plans: list[tuple[Plan, str]] = []
+        for table in tables:
+            planned = await self.plan_or_skip(table, kind=kind, day=day)
+            if planned is not None:
+                plans.append(planned)
+                if planned[1] == "resume":
+                    await self.clear_failures(planned[0])
+        todo = [plan for plan, status in plans if status != "complete"]
         if self.progress:
+            total = sum(len(p.chunks) for p in todo)
             self.progress.start(f"{kind} backup of {len(tables)} table(s)", total=total)
-
-        async def one(plan: Plan, chunk: int) -> None:
-            async with slots:
-                result = await self.run_chunk(plan, chunk)
-            if self.progress:
-                self.progress.advance(
-                    rows=result.record.rows, nbytes=result.record.bytes, skipped=result.skipped
-                )
-
-        await asyncio.gather(
-            *(
-                one(plan, spec.chunk)
-                for plan, status in plans
-                if status != "complete"
-                for spec in plan.chunks
-            )
-        )
+        failed = await self._run_chunks(todo)
         results = []
         for plan, _status in plans:
+            if plan.plan_id in failed:
+                chunk, exc = failed[plan.plan_id]
+                self.skip(
+                    plan.ref.qualified,
+                    SqlBackupError(
+                        f"chunk {chunk} of its {plan.kind} of {plan.day} failed: {exc}. The run "
+                        "has no manifest (nothing claims it); fix the cause and run the same "
+                        "command again: it redoes the chunks not recorded."
+                    ),
+                )
+                continue
             manifest, created = await self.finalize(plan)
             if manifest is None:  # pragma: no cover - every chunk ran above
                 raise SqlBackupError(f"{plan.ref.qualified}: chunks missing after the run")
@@ -502,3 +663,38 @@ class Engine:
         if self.progress:
             self.progress.finish()
         return results
+
+    async def _run_chunks(self, plans: list[Plan]) -> dict[str, tuple[int, Exception]]:
+        """Every chunk of the plans, ``parallel_chunks`` at once. A chunk that fails by itself
+        is marked failed and stops its table's chunks not yet started (the table's first
+        failure is returned by plan id); an outage stops them all and is raised."""
+        slots = asyncio.Semaphore(self.settings.parallel_chunks)
+        failed: dict[str, tuple[int, Exception]] = {}
+
+        async def one(plan: Plan, chunk: int) -> None:
+            async with slots:
+                if plan.plan_id in failed:
+                    return
+                try:
+                    result = await self.run_chunk(plan, chunk)
+                except Exception as exc:
+                    if environment_error(exc):
+                        raise
+                    failed.setdefault(plan.plan_id, (chunk, exc))
+                    await self.record_failure(
+                        plan, chunk, str(exc), attempts=1, dead_letter_topic=None
+                    )
+                    return
+            if self.progress:
+                self.progress.advance(
+                    rows=result.record.rows, nbytes=result.record.bytes, skipped=result.skipped
+                )
+
+        try:
+            async with asyncio.TaskGroup() as group:  # an outage cancels the other chunks
+                for plan in plans:
+                    for spec in plan.chunks:
+                        group.create_task(one(plan, spec.chunk))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        return failed

@@ -15,6 +15,7 @@ from indutech_common.kafka.exceptions import (
     KafkaTlsError,
     KafkaUnavailableError,
 )
+from indutech_common.kafka.topics import TopicBinding, TopicContractError, require_topics
 
 __all__ = [
     "DeadLetterWriter",
@@ -22,10 +23,13 @@ __all__ = [
     "KafkaClientError",
     "KafkaTlsError",
     "KafkaUnavailableError",
+    "TopicBinding",
+    "TopicContractError",
     "connection_kwargs",
     "create_consumer",
     "create_producer",
     "ping_producer",
+    "require_topics",
     "start_client",
     "stop_client",
 ]

@@ -60,3 +60,8 @@ class DeadLetterWriter:
         _log.warning(
             "dead_lettered", reason=reason, error=error[:500], source=source, offset=offset
         )
+
+    async def flush(self) -> None:
+        """Wait until every dead letter queued so far is delivered: call it before committing
+        an offset past them, when the producer is not transactional."""
+        await self._producer.flush()

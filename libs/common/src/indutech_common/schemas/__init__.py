@@ -8,15 +8,18 @@ from indutech_common.schemas.iot import (
     derive_event_id,
 )
 from indutech_common.schemas.sql_backup import BackupCompleted, BackupEvent
-from indutech_common.schemas.topics import Topics
+from indutech_common.schemas.topics import CONTRACT, Topics, TopicSpec, contract_spec
 
 __all__ = [
+    "CONTRACT",
     "BackupCompleted",
     "BackupEvent",
     "ClientTicket",
     "Quality",
     "SensorReading",
     "TicketStatus",
+    "TopicSpec",
     "Topics",
+    "contract_spec",
     "derive_event_id",
 ]

@@ -16,9 +16,16 @@ durable identity is the :class:`FileState` keyed by fingerprint:
   ``truncated_gzip``/``corrupt_gzip`` line for the rest and the file is done.
 
 Only lines ended by a newline are handed out (the final line of a ``.gz`` is
-complete at end of stream). A line longer than ``max_line_bytes`` is handed out
-as ``too_long`` with its first ``keep_bytes`` once its end is found; it is never
-buffered whole.
+complete at end of stream), except that with ``tail_settle_s`` set, the
+unterminated rest of a file that has not grown for that long is handed out as
+an ``unterminated`` line (the writer is done with it). A line longer than
+``max_line_bytes`` is handed out as ``too_long`` with its first ``keep_bytes``
+once its end is found; it is never buffered whole, and
+:meth:`FileTailer.line_reader` reads it again whole from its file.
+
+Files are found without following symbolic links and opened with
+``O_NOFOLLOW`` (``paths.py``): nothing outside the root is ever read. A link, or
+a regular file that no spec matches, is reported once (log and ``on_skipped``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import os
 import stat
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +45,7 @@ import structlog
 
 from indutech_common.tailing.exceptions import TailingError
 from indutech_common.tailing.fingerprint import prefix_hash
+from indutech_common.tailing.paths import OutsideRootError, glob_regex, inside, open_under, walk
 from indutech_common.tailing.state import FileState
 
 _log = structlog.get_logger(__name__)
@@ -47,6 +55,17 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _Inode = tuple[int, int]
 _PARK = "park"
 _RETRY = "retry"
+_REPORTED_MAX = 100_000  # paths remembered as reported (then forgotten and reported again)
+_NEVER = float("inf")
+
+
+class SkipReason(StrEnum):
+    """Why a file under the root is not read (each path is reported once)."""
+
+    NO_ROUTE = "no_route"  # a regular file that no spec's patterns match
+    SYMLINK = "symlink"  # a link whose target is under the root (read under its own name)
+    SYMLINK_OUTSIDE = "symlink_outside"  # a link leading out of the root: refused
+    NOT_REGULAR = "not_regular"  # a FIFO, socket or device matching a pattern
 
 
 class LineKind(StrEnum):
@@ -55,6 +74,7 @@ class LineKind(StrEnum):
     TOO_LONG = "too_long"
     TRUNCATED_GZIP = "truncated_gzip"
     CORRUPT_GZIP = "corrupt_gzip"
+    UNTERMINATED = "unterminated"  # the last line of a settled file, without its newline
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,8 @@ class _Tracker:
     end_sample: bytes = b""
     seen: bool = True
     last_data: float = field(default_factory=time.monotonic)
+    size_seen: int = -1  # the size found by the last read (plain files)
+    grew_at: float = field(default_factory=time.monotonic)  # when that size last changed
 
     def reset_reader(self) -> None:
         """Forget everything read past ``state.offset`` (after a rewind)."""
@@ -144,11 +166,20 @@ class FileTailer:
         gzip_settle_s: float = 1.0,
         close_idle_s: float = 30.0,
         gone_idle_s: float = 2.0,
+        tail_settle_s: float | None = None,
+        on_skipped: Callable[[str, SkipReason], None] | None = None,
     ) -> None:
         self.root = root
         self.specs = tuple(specs)
         if not self.specs:
             raise TailingError("the tailer needs at least one watch spec")
+        self._matchers = [(spec, glob_regex(spec.patterns).match) for spec in self.specs]
+        self.tail_settle_s = tail_settle_s
+        self.on_skipped = on_skipped
+        self._routes: dict[str, WatchSpec | None] = {}  # relative path -> its spec (a cache)
+        self._reported: set[str] = set()  # relative paths already reported as skipped
+        self._park_until: dict[_Inode, float] = {}  # parked without a fingerprint: look again
+        self._root_unreadable = False
         self.fingerprint_bytes = fingerprint_bytes
         self.max_line_bytes = max_line_bytes
         self.keep_bytes = min(keep_bytes, max_line_bytes)
@@ -241,6 +272,7 @@ class FileTailer:
             tracker.reset_reader()
         self._parked.clear()
         self._parked_fingerprint.clear()
+        self._park_until.clear()
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -250,62 +282,150 @@ class FileTailer:
             tracker.seen = False
         seen: set[_Inode] = set()
         now = time.monotonic()
-        for spec, path in self._candidates():
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
+        for spec, relative, path, st in self._candidates():
             key = (st.st_dev, st.st_ino)
             seen.add(key)
             tracked = self._trackers.get(key)
             if tracked is not None:
                 tracked.seen = True
                 self._last_seen[tracked.state.fingerprint] = now
-                if tracked.path != str(path):
-                    _log.info("file_renamed", old=tracked.path, new=str(path))
-                    tracked.path = str(path)
-                    tracked.state.path = str(path)
+                if tracked.path != path:
+                    _log.info("file_renamed", old=tracked.path, new=path)
+                    tracked.path = path
+                    tracked.state.path = path
                 if not tracked.gzip and st.st_size != tracked.last_size:
                     tracked.last_size = st.st_size
                     self._check_prefix(tracked, st.st_size)
                 continue
-            if self._parked.get(key) == (st.st_size, st.st_mtime_ns):
+            if self._parked.get(key) == (st.st_size, st.st_mtime_ns) and (
+                now < self._park_until.get(key, _NEVER)
+            ):
                 fingerprint = self._parked_fingerprint.get(key)
                 if fingerprint is not None:
                     self._last_seen[fingerprint] = now
                 continue
-            self._discover(spec, path, key, st)
+            self._discover(spec, relative, Path(path), key, st)
         self._found_files = bool(seen)
         for key in [k for k in self._parked if k not in seen]:
             del self._parked[key]
             self._parked_fingerprint.pop(key, None)
+            self._park_until.pop(key, None)
         for key in [k for k in self._gzip_seen if k not in seen]:
             del self._gzip_seen[key]
         self._close_finished()
 
-    def _candidates(self) -> Iterable[tuple[WatchSpec, Path]]:
-        done: set[Path] = set()
-        for spec in self.specs:
-            for pattern in spec.patterns:
-                for path in sorted(self.root.glob(pattern)):
-                    if path not in done:
-                        done.add(path)
-                        yield spec, path
+    def _candidates(self) -> Iterable[tuple[WatchSpec, str, str, os.stat_result]]:
+        """The regular files a spec matches (the first spec wins), with their ``lstat``.
 
-    def _discover(self, spec: WatchSpec, path: Path, key: _Inode, st: os.stat_result) -> None:
+        The root is walked without following links; links and files no spec matches
+        are reported once each. The spec of each relative path is cached (the
+        patterns do not change), so a scan costs one directory walk and one ``lstat``
+        per matched file.
+        """
+        routes: dict[str, WatchSpec | None] = {}
+        known = self._routes
+        try:
+            entries = list(walk(str(self.root)))
+        except OSError as exc:  # the root itself: an unmounted SAN shows no file, as before
+            if not self._root_unreadable:
+                _log.warning("root_unreadable", path=str(self.root), error=str(exc))
+            self._root_unreadable = True
+            return
+        self._root_unreadable = False
+        for relative, entry in entries:
+            if relative in known:
+                spec = known[relative]
+            else:
+                spec = next((s for s, match in self._matchers if match(relative)), None)
+            routes[relative] = spec
+            try:
+                if entry.is_symlink():
+                    self._report_link(relative, entry.path)
+                    continue
+                if spec is None:
+                    if entry.is_file(follow_symlinks=False):
+                        self._report(relative, SkipReason.NO_ROUTE)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone between the listing and now
+            if not stat.S_ISREG(st.st_mode):
+                self._report(relative, SkipReason.NOT_REGULAR)
+                continue
+            yield spec, relative, entry.path, st
+        self._routes = routes
+
+    def _report_link(self, relative: str, path: str) -> None:
+        if relative in self._reported:
+            return
+        if inside(str(self.root), path):
+            self._report(relative, SkipReason.SYMLINK)
+        else:
+            self._report(relative, SkipReason.SYMLINK_OUTSIDE)
+
+    def _report(self, relative: str, reason: SkipReason) -> None:
+        """Log a skipped path once (hidden names, a writer's temporary files, are not
+        reported when no spec matches them) and tell ``on_skipped``."""
+        if relative in self._reported:
+            return
+        if reason is SkipReason.NO_ROUTE and relative.rsplit("/", 1)[-1].startswith("."):
+            return
+        if len(self._reported) >= _REPORTED_MAX:
+            self._reported.clear()
+        self._reported.add(relative)
+        path = str(self.root / relative)
+        if reason is SkipReason.SYMLINK_OUTSIDE:
+            _log.warning(
+                "file_refused",
+                path=path,
+                reason=str(reason),
+                hint="a symbolic link leading out of the watched directory is never read; "
+                "copy the file into it instead",
+            )
+        elif reason is SkipReason.NO_ROUTE:
+            _log.warning(
+                "file_unmatched",
+                path=path,
+                reason=str(reason),
+                hint="no route's glob patterns match this file, so it is not read: rename it "
+                "or add a pattern (a writer's temporary files should start with '.')",
+            )
+        else:
+            _log.info(
+                "file_skipped",
+                path=path,
+                reason=str(reason),
+                hint="symbolic links are never followed (a target under the watched "
+                "directory is read under its own name); only regular files are read",
+            )
+        if self.on_skipped is not None:
+            self.on_skipped(path, reason)
+
+    def _discover(
+        self, spec: WatchSpec, relative: str, path: Path, key: _Inode, st: os.stat_result
+    ) -> None:
         gzip = path.name.endswith(".gz")
         if gzip and not self._gzip_settled(key, st):
             return
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_under(self.root, relative)
+        except OutsideRootError as exc:  # swapped for a link since the walk
+            self._report(relative, SkipReason.SYMLINK)
+            _log.info("file_open_refused", path=str(path), error=str(exc))
+            return
         except OSError as exc:
             _log.warning("file_open_failed", path=str(path), error=str(exc))
             return
         try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != key:
+                os.close(fd)  # replaced since the walk: the next scan sees the new file
+                return
             prefix = self._read_prefix(fd, gzip=gzip)
-            state = self._identify(spec, path, key, prefix, gzip=gzip, size=st.st_size)
+            settled = not gzip and self._settled_since(st) >= 0
+            state = self._identify(
+                spec, path, key, prefix, gzip=gzip, size=st.st_size, settled=settled
+            )
         except OSError as exc:
             os.close(fd)
             _log.warning("file_read_failed", path=str(path), error=str(exc))
@@ -318,14 +438,24 @@ class FileTailer:
                 self._parked[key] = (st.st_size, st.st_mtime_ns)
                 if isinstance(state, FileState):
                     self._parked_fingerprint[key] = state.fingerprint
+                elif not gzip and (wait := -self._settled_since(st)) > 0 and wait < _NEVER:
+                    # too short for a fingerprint and no newline yet: once it has not
+                    # changed for tail_settle_s, its whole content is the fingerprint
+                    # (already settled and still too short, e.g. a CSV header alone:
+                    # parked until it changes)
+                    self._park_until[key] = time.monotonic() + wait
             return
         tracker = _Tracker(key=key, path=str(path), spec=spec, fd=fd, gzip=gzip, state=state)
+        # the tail settle time runs from the file's last change (its mtime), not from now
+        tracker.grew_at = time.monotonic() - max(0.0, time.time() - st.st_mtime)
+        tracker.size_seen = st.st_size
         if spec.header_lines:
             tracker.header = _first_lines(prefix, spec.header_lines)
         tracker.reset_reader()
         self._trackers[key] = tracker
         self._held[state.fingerprint] = key
         self._truncated_from.pop(key, None)
+        self._park_until.pop(key, None)
         _log.info(
             "file_tracked",
             path=str(path),
@@ -333,6 +463,12 @@ class FileTailer:
             offset=state.offset,
             generation=state.generation,
         )
+
+    def _settled_since(self, st: os.stat_result) -> float:
+        """Seconds since the file's tail settled (negative: not yet; -inf: never settles)."""
+        if self.tail_settle_s is None:
+            return -_NEVER
+        return time.time() - st.st_mtime - self.tail_settle_s
 
     def _gzip_settled(self, key: _Inode, st: os.stat_result) -> bool:
         now = time.monotonic()
@@ -353,7 +489,15 @@ class FileTailer:
             return raw[: self.fingerprint_bytes]  # identity of a corrupt file: its raw bytes
 
     def _identify(
-        self, spec: WatchSpec, path: Path, key: _Inode, prefix: bytes, *, gzip: bool, size: int
+        self,
+        spec: WatchSpec,
+        path: Path,
+        key: _Inode,
+        prefix: bytes,
+        *,
+        gzip: bool,
+        size: int,
+        settled: bool = False,
     ) -> FileState | str:
         """The state of this content, or _PARK (not enough bytes yet) or _RETRY (a twin)."""
         for length in sorted(self._lengths, reverse=True):
@@ -361,7 +505,7 @@ class FileTailer:
                 known = self._latest.get((length, prefix_hash(prefix[:length])))
                 if known is not None:
                     return self._resume(known, path, key, size=size, gzip=gzip)
-        length = self._fingerprint_length(spec, prefix, complete=gzip)
+        length = self._fingerprint_length(spec, prefix, complete=gzip, settled=settled)
         if length == 0:
             return _PARK
         base = prefix_hash(prefix[:length])
@@ -372,14 +516,25 @@ class FileTailer:
         self._index(state)
         return state
 
-    def _fingerprint_length(self, spec: WatchSpec, prefix: bytes, *, complete: bool) -> int:
+    def _fingerprint_length(
+        self, spec: WatchSpec, prefix: bytes, *, complete: bool, settled: bool = False
+    ) -> int:
+        """How many first bytes identify the file: ``fingerprint_bytes``, or at least the
+        header lines and one more line; 0 while a plain file has fewer.
+
+        A ``settled`` plain file (unchanged for ``tail_settle_s``) whose header lines are
+        followed by an unterminated line is identified by its whole content; one with
+        nothing after its header is not (every file with that header would match it).
+        """
         if len(prefix) >= self.fingerprint_bytes:
             return self.fingerprint_bytes
         end = 0
-        for _ in range(spec.header_lines + 1):
+        for index in range(spec.header_lines + 1):
             newline = prefix.find(b"\n", end)
             if newline < 0:
-                return len(prefix) if complete else 0
+                if complete or (settled and index == spec.header_lines and len(prefix) > end):
+                    return len(prefix)
+                return 0
             end = newline + 1
         return end
 
@@ -428,8 +583,53 @@ class FileTailer:
             tracker.buf += chunk
             tracker.read_pos += len(chunk)
             self._drain_buffer(tracker, out, max_lines)
+        if (
+            (tracker.buf or tracker.skipping)
+            and len(out) < max_lines
+            and self.tail_settle_s is not None
+            and not tracker.gzip
+        ):
+            self._settle_tail(tracker, out)
         if len(out) > before:
             tracker.last_data = time.monotonic()
+
+    def _settle_tail(self, tracker: _Tracker, out: list[Line]) -> None:
+        """Hand out the unterminated rest of a file that stopped growing ``tail_settle_s`` ago.
+
+        Only at the end of the file as last read (a truncation closes the tracker) and
+        after the header lines; the next bytes, if the writer comes back, start a new line.
+        """
+        settle = self.tail_settle_s
+        if (
+            settle is None
+            or self._trackers.get(tracker.key) is not tracker
+            or tracker.size_seen != tracker.read_pos
+            or tracker.state.lines < tracker.spec.header_lines
+            or time.monotonic() - tracker.grew_at < settle
+        ):
+            return
+        state = tracker.state
+        start = tracker.skip_start if tracker.skipping else state.offset
+        if tracker.skipping:
+            tracker.skipping = False
+            end = tracker.read_pos
+            line = self._emit(
+                tracker, start, end, tracker.skip_keep, LineKind.TOO_LONG, length=end - start
+            )
+        else:
+            data = bytes(tracker.buf)
+            line = self._emit(tracker, start, start + len(data), data, LineKind.UNTERMINATED)
+        tracker.buf.clear()
+        out.append(line)
+        _log.warning(
+            "unterminated_line",
+            path=tracker.path,
+            offset=start,
+            bytes=line.length,
+            settle_s=settle,
+            hint="the file's last line has no newline and the file has not changed for "
+            "settle_s: it is handed out as a line; writers should end every line with \\n",
+        )
 
     def _next_chunk(self, tracker: _Tracker) -> bytes | None:
         if tracker.at_eof:
@@ -437,6 +637,9 @@ class FileTailer:
         if tracker.gzip:
             return self._next_gzip_chunk(tracker)
         size = os.fstat(tracker.fd).st_size
+        if size != tracker.size_seen:
+            tracker.size_seen = size
+            tracker.grew_at = time.monotonic()
         if size < tracker.read_pos or size < tracker.state.offset:
             self._truncated(tracker, size)
             return None
@@ -639,6 +842,27 @@ class FileTailer:
             len(data) if length is None else length,
         )
 
+    def line_reader(self, line: Line, *, chunk_bytes: int = 8 << 20) -> LineReader:
+        """The whole content of a line handed out by the last :meth:`read` (a ``too_long``
+        one is handed out with its first ``keep_bytes`` only), read again from its file
+        in chunks of at most ``chunk_bytes``, without its newline.
+
+        Call it before the next :meth:`scan`, while the file's state is uncommitted (its
+        file stays open until then). Raises :class:`TailingError` when the file was
+        closed meanwhile (truncated or unreadable: the bytes are gone). A ``.gz`` file is
+        decompressed again from its start.
+        """
+        key = self._held.get(line.state.fingerprint)
+        tracker = self._trackers.get(key) if key is not None else None
+        if tracker is None or tracker.state is not line.state:
+            raise TailingError(
+                f"{line.state.path} is no longer open (truncated or unreadable since the line "
+                f"at offset {line.offset} was read): its bytes cannot be read again"
+            )
+        fd = os.dup(tracker.fd)  # ours to close, whatever the tracker does next
+        ranged = _gzip_range if tracker.gzip else _plain_range
+        return LineReader(fd, ranged(fd, line.offset, line.length, chunk_bytes))
+
     def _check_prefix(self, tracker: _Tracker, size: int) -> None:
         """A file rewritten between two scans (truncated, then grown past our offset) has
         another prefix: it is a new file, read from its start."""
@@ -673,6 +897,8 @@ class FileTailer:
                 continue
             if not self._at_end(tracker):
                 continue
+            if self.tail_settle_s is not None and (tracker.buf or tracker.skipping):
+                continue  # an unterminated last line waits for its settle time, not parked
             if tracker.seen:
                 self._park(tracker)
                 continue
@@ -696,6 +922,7 @@ class FileTailer:
         self._close(tracker)
         self._parked[tracker.key] = (st.st_size, st.st_mtime_ns)
         self._parked_fingerprint[tracker.key] = tracker.state.fingerprint
+        self._park_until.pop(tracker.key, None)
 
     def _close(self, tracker: _Tracker) -> None:
         self._trackers.pop(tracker.key, None)
@@ -722,3 +949,72 @@ def _first_lines(prefix: bytes, count: int) -> bytes | None:
             return None
         end = newline + 1
     return prefix[: end - 1] if end else None
+
+
+class LineReader:
+    """The chunks of one line read again from its file (:meth:`FileTailer.line_reader`);
+    ``close()`` (or the end of a ``with`` block) closes its own file descriptor."""
+
+    def __init__(self, fd: int, chunks: Generator[bytes]) -> None:
+        self._fd: int | None = fd
+        self._chunks = chunks
+
+    def __iter__(self) -> LineReader:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> LineReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _plain_range(fd: int, start: int, length: int, chunk_bytes: int) -> Generator[bytes]:
+    position, end = start, start + length
+    while position < end:
+        chunk = os.pread(fd, min(chunk_bytes, end - position), position)
+        if not chunk:
+            raise TailingError(f"the file ended at byte {position}, before the line's end")
+        position += len(chunk)
+        yield chunk
+
+
+def _gzip_range(fd: int, start: int, length: int, chunk_bytes: int) -> Generator[bytes]:
+    """Bytes ``[start, start + length)`` of the decompressed content (members concatenated)."""
+    raw_pos = 0
+    position = 0  # in the decompressed content
+    end = start + length
+    inflater = zlib.decompressobj(wbits=31)
+    pending = b""
+    while position < end:
+        if not pending:
+            pending = os.pread(fd, _READ_CHUNK, raw_pos)
+            raw_pos += len(pending)
+            if not pending:
+                break
+        try:
+            out = inflater.decompress(pending, chunk_bytes)
+        except zlib.error as exc:
+            raise TailingError(f"corrupt gzip data at byte {raw_pos}: {exc}") from None
+        pending = inflater.unconsumed_tail
+        if inflater.eof:
+            rest = inflater.unused_data
+            inflater = zlib.decompressobj(wbits=31)
+            pending = rest if rest.startswith(_GZIP_MAGIC) else b""
+            if rest and not pending:
+                break  # trailing garbage: the tailer ignored it too
+        piece_start, piece_end = max(start, position), min(end, position + len(out))
+        if piece_end > piece_start:
+            yield out[piece_start - position : piece_end - position]
+        position += len(out)
+    if position < start + length:
+        raise TailingError(f"the gzip content ended at byte {position}, before the line's end")

@@ -21,17 +21,23 @@ _NAMESPACE = uuid.UUID("6c5b7f0e-3d1a-4c57-9a53-0d6f1c1e2a60")
 
 
 class ChangeRecord(BaseModel):
-    """One applied change (schema_version 1)."""
+    """One applied change, or one object quarantined (schema_version 1).
+
+    For op ``quarantine`` the object could not be applied to ``side``: ``dn`` and
+    ``object_guid`` name it on its own side, ``reason`` says why (the DNs concerned and what
+    the DC answered; never attribute values).
+    """
 
     schema_version: int = 1
     event_id: str = ""
     event_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     side: Literal["onprem", "aws"]
-    op: Literal["add", "modify", "move", "delete", "members"]
+    op: Literal["add", "modify", "move", "delete", "members", "quarantine"]
     dn: str
     object_guid: str = ""
     attributes: list[str] = Field(default_factory=list)  # names only, never values
     dry_run: bool = False
+    reason: str = ""  # op quarantine: why the object could not be applied
 
     def model_post_init(self, _context: object) -> None:
         if not self.event_id:

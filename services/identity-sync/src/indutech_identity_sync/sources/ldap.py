@@ -23,8 +23,9 @@ from ldap3.utils.conv import escape_bytes
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import KINDS, Kind, Mapping, Side
+from indutech_identity_sync.dn import DnError
 from indutech_identity_sync.exceptions import IdentitySyncError
-from indutech_identity_sync.model import DirObject, Values, normalize_dn
+from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn
 
 SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 _RANGE = re.compile(r"^(?P<attr>[^;]+);range=(?P<lo>\d+)-(?P<hi>\d+|\*)$", re.IGNORECASE)
@@ -76,12 +77,15 @@ class Scope:
         root = mapping.root(side)
         self.root = normalize_dn(root)
         names = mapping.exclude_ous if side == "onprem" else ()
-        self.excluded = tuple(normalize_dn(f"OU={name},{root}") for name in names)
+        self.excluded = tuple(normalize_dn(make_dn("OU", name, root)) for name in names)
 
     def __contains__(self, dn: object) -> bool:
         if not isinstance(dn, str):
             return False
-        norm = normalize_dn(dn)
+        try:
+            norm = normalize_dn(dn)
+        except DnError:
+            return True  # kept, so the mirror leaves it out visibly (quarantined, logged)
         if not norm.endswith("," + self.root):
             return False
         return not any(norm == x or norm.endswith("," + x) for x in self.excluded)

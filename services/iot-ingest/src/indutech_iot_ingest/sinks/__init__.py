@@ -2,5 +2,13 @@
 
 from indutech_iot_ingest.sinks.exceptions import CheckpointTopicMissingError, SinkError
 from indutech_iot_ingest.sinks.kafka import TransactionalSink, load_checkpoints
+from indutech_iot_ingest.sinks.store import DeadLetterStore, StoredLine
 
-__all__ = ["CheckpointTopicMissingError", "SinkError", "TransactionalSink", "load_checkpoints"]
+__all__ = [
+    "CheckpointTopicMissingError",
+    "DeadLetterStore",
+    "SinkError",
+    "StoredLine",
+    "TransactionalSink",
+    "load_checkpoints",
+]

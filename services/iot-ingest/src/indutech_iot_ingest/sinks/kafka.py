@@ -177,7 +177,15 @@ class TransactionalSink:
             self._pending.append(await producer.send_batch(builder, topic, partition=partition))
 
     async def dead_letter(
-        self, value: bytes, *, reason: str, error: str, path: str, offset: int, fingerprint: str
+        self,
+        value: bytes,
+        *,
+        reason: str,
+        error: str,
+        path: str,
+        offset: int,
+        fingerprint: str,
+        extra_headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         writer = self.dead_letters
         if writer is None:
@@ -188,7 +196,11 @@ class TransactionalSink:
             error=error,
             source=path,
             offset=offset,
-            extra_headers=(("file", path.encode()), ("fingerprint", fingerprint.encode())),
+            extra_headers=(
+                ("file", path.encode()),
+                ("fingerprint", fingerprint.encode()),
+                *extra_headers,
+            ),
         )
 
     async def commit(self, states: Iterable[FileState], forgotten: Iterable[str] = ()) -> None:

@@ -62,7 +62,8 @@ class LineParser:
         # UTF-8 lines are validated as bytes (pydantic checks the encoding itself)
         self._utf8 = codecs.lookup(route.encoding).name == "utf-8"
         self._plain_json = self._utf8 and route.format == "jsonl"
-        self._headers: dict[bytes, tuple[str, ...]] = {}
+        self._headers: dict[bytes, tuple[tuple[str, ...], str]] = {}
+        self._default_delimiter = route.csv.delimiter_for(None)
 
     def parse(self, line: Line) -> ParsedRecord | None:
         """The record of a line, None for a blank line; raises RejectedLine for a bad one."""
@@ -122,12 +123,12 @@ class LineParser:
         return record
 
     def _from_csv(self, data: bytes, header: bytes | None) -> SensorReading | ClientTicket:
-        columns = self._columns(header)
+        columns, delimiter = self._columns(header)
         try:
             text = data.decode(self.route.encoding)
         except UnicodeDecodeError as exc:
             raise RejectedLine("invalid_encoding", str(exc)) from None
-        row = self._split(text)
+        row = self._split(text, delimiter)
         if len(row) != len(columns):
             raise RejectedLine(
                 "csv_error", f"expected {len(columns)} fields ({','.join(columns)}), got {len(row)}"
@@ -139,18 +140,16 @@ class LineParser:
             raise RejectedLine("schema_violation", _describe(exc)) from None
         return record
 
-    def _split(self, text: str) -> list[str]:
-        options = self.route.csv
+    def _split(self, text: str, delimiter: str) -> list[str]:
         try:
-            return next(
-                csv.reader([text], delimiter=options.delimiter, quotechar=options.quotechar)
-            )
+            return next(csv.reader([text], delimiter=delimiter, quotechar=self.route.csv.quotechar))
         except (csv.Error, StopIteration) as exc:
             raise RejectedLine("csv_error", str(exc) or "empty row") from None
 
-    def _columns(self, header: bytes | None) -> tuple[str, ...]:
+    def _columns(self, header: bytes | None) -> tuple[tuple[str, ...], str]:
+        """The column names and the delimiter of a file, from its header (cached)."""
         if not self.route.csv.header:
-            return self.route.csv.columns
+            return self.route.csv.columns, self._default_delimiter
         if header is None:
             raise RejectedLine("csv_error", "the file has no header line")
         known = self._headers.get(header)
@@ -160,7 +159,8 @@ class LineParser:
                 text = raw.rstrip(b"\r").decode(self.route.encoding)
             except UnicodeDecodeError as exc:
                 raise RejectedLine("csv_error", f"undecodable header: {exc}") from None
-            known = tuple(name.strip() for name in self._split(text))
+            delimiter = self.route.csv.delimiter_for(text)
+            known = (tuple(name.strip() for name in self._split(text, delimiter)), delimiter)
             if len(self._headers) > 64:  # noqa: PLR2004 - a small cache of distinct headers
                 self._headers.clear()
             self._headers[header] = known

@@ -142,6 +142,9 @@ class IntentJournal:
 
     Created with ``If-None-Match: *`` so two owners of a partition can never
     record different plans for the same start offset; deleted after the commit.
+    An intent that outlived its commit (a kill between the commit and the delete,
+    or a failed delete) ends before the committed offset: ``pending`` deletes it,
+    so a partition's intents never pile up and each assignment reads at most a few.
     """
 
     def __init__(self, client: S3Client, calls: S3Calls, *, bucket: str, prefix: str) -> None:
@@ -189,7 +192,8 @@ class IntentJournal:
             return Intent.from_json(await stream.read())
 
     async def pending(self, topic: str, partition: int, committed: int | None) -> Intent | None:
-        """The intent a previous owner recorded but did not commit, if any."""
+        """The intent a previous owner recorded but did not commit, if any; the intents whose
+        offsets are all committed (``end < committed``) are deleted on the way."""
 
         async def find() -> Intent | None:
             prefix = self._dir(topic, partition)
@@ -202,6 +206,17 @@ class IntentJournal:
                 intent = await self._get(key)
                 if committed is None or intent.end >= committed:
                     found.append(intent)
+                else:
+                    # Committed, so every object it planned was uploaded: it is done.
+                    await self._s3.delete_object(Bucket=self.bucket, Key=key)
+                    _log.info(
+                        "stale_intent_deleted",
+                        topic=topic,
+                        partition=partition,
+                        start=intent.start,
+                        end=intent.end,
+                        committed=committed,
+                    )
             if len(found) > 1:
                 _log.warning(
                     "several_pending_intents",

@@ -10,6 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from indutech_sql_backup.dialects.types import ColumnType, lob_kind
+from indutech_sql_backup.errors import UnsupportedTypeError
+
 
 @dataclass(frozen=True)
 class Column:
@@ -24,14 +27,8 @@ class Column:
 
     @property
     def lob_kind(self) -> str | None:
-        t = self.source_type.lower()
-        if t in ("text", "json", "jsonb", "xml", "character varying", "ntext"):
-            return "text"
-        if t in ("bytea", "image"):
-            return "binary"
-        if t.endswith("(max)"):
-            return "binary" if "binary" in t else "text"
-        return None
+        """'text' or 'binary' (the type matrix's ``lob``), None for bounded values."""
+        return lob_kind(self.source_type)
 
 
 @dataclass(frozen=True)
@@ -83,6 +80,51 @@ class Dialect(ABC):
 
     @abstractmethod
     def quote(self, identifier: str) -> str: ...
+
+    @abstractmethod
+    def type_of(self, source_type: str) -> ColumnType:
+        """The type matrix row of a source type (``dialects/types.py``); raises
+        ``UnsupportedTypeError`` for a refused type."""
+
+    def column_type(self, table: TableRef, column: Column) -> ColumnType:
+        """The matrix row of a column; a refused type names the column and what to do."""
+        try:
+            return self.type_of(column.source_type)
+        except UnsupportedTypeError as exc:
+            raise UnsupportedTypeError(
+                f"column {table.qualified}.{column.name}: {exc} Or exclude the table "
+                "(SQL_BACKUP_EXCLUDE); nothing of it was written."
+            ) from None
+
+    def check_columns(self, table: TableInfo) -> None:
+        """Refuse, before anything is written, a table with a column the matrix refuses."""
+        for column in table.columns:
+            self.column_type(table.ref, column)
+
+    def read_expression(self, column: Column, value: str) -> str:
+        """How a value of the column is selected (``value``: the column or an expression of
+        its type): the matrix's read, behind its guard when the driver would change some
+        values (the read then fails naming the column instead)."""
+        row = self.type_of(column.source_type)
+        read = row.read.format(value)
+        if row.guard is None:
+            return read
+        message = (
+            f"sql-backup refuses column {column.name}: the ODBC driver would change this "
+            "value; correct it or exclude the table: "
+        ).replace("'", "''")
+        failing = f"'{message}' || CAST({value} AS {self.text_type})"
+        if row.guard_parse:
+            failing = f"CAST({failing} AS {row.guard_parse})"
+        failing = f"CAST({failing} AS {row.guard_type})"
+        # The CAST around the CASE keeps the type's modifier (a CASE drops numeric's
+        # precision and scale, and the driver would then describe a different type).
+        return (
+            f"CAST(CASE WHEN {row.guard.format(value)} THEN {failing} ELSE {read} END "
+            f"AS {row.guard_type})"
+        )
+
+    text_type = "text"
 
     def table(self, ref: TableRef) -> str:
         return f"{self.quote(ref.schema)}.{self.quote(ref.name)}"

@@ -20,6 +20,7 @@ not by executing it.
 from __future__ import annotations
 
 from indutech_sql_backup.dialects.base import Column, Dialect, Query, TableInfo, TableRef
+from indutech_sql_backup.dialects.types import ColumnType, mssql_type
 from indutech_sql_backup.errors import ChangeTrackingError
 
 SNAPSHOT_PREAMBLE = "SET NOCOUNT ON; SET TRANSACTION ISOLATION LEVEL SNAPSHOT; "
@@ -29,8 +30,13 @@ _SNAPSHOT = SNAPSHOT_PREAMBLE
 class MssqlDialect(Dialect):
     name = "mssql"
 
+    text_type = "NVARCHAR(MAX)"
+
     def quote(self, identifier: str) -> str:
         return "[" + identifier.replace("]", "]]") + "]"
+
+    def type_of(self, source_type: str) -> ColumnType:
+        return mssql_type(source_type)
 
     def connection_options(self) -> str:
         return "ApplicationIntent=ReadOnly;"
@@ -70,24 +76,17 @@ class MssqlDialect(Dialect):
         )
 
     def _read_as(self, column: Column, value: str) -> str:
-        """How a value is read: UTC µs timestamps, text uuids, rowversion as BIGINT."""
-        kind = column.source_type.lower()
-        if kind.startswith("datetimeoffset"):
-            return f"CAST(SWITCHOFFSET({value}, '+00:00') AS DATETIME2(6))"
-        if kind.startswith("datetime2"):
-            return f"CAST({value} AS DATETIME2(6))"
-        if kind in ("rowversion", "timestamp"):
-            return f"CAST({value} AS BIGINT)"
-        if kind == "uniqueidentifier":
-            return f"LOWER(CAST({value} AS CHAR(36)))"
-        return value
+        """How a value is read (the type matrix): UTC timestamps at the column's own
+        precision, text uuids, rowversion as BIGINT, money as its exact DECIMAL."""
+        return self.read_expression(column, value)
 
     def _null(self, column: Column) -> str:
         kind = column.source_type.lower()
         if kind in ("rowversion", "timestamp"):
             return "CAST(NULL AS BIGINT)"
         if kind.startswith("datetimeoffset"):
-            return "CAST(NULL AS DATETIME2(6))"
+            scale = kind.partition("(")[2].rstrip(")") or "7"
+            return f"CAST(NULL AS DATETIME2({int(scale)}))"
         return self._read_as(column, f"CAST(NULL AS {column.source_type.upper()})")
 
     def _expr(self, column: Column) -> str:
@@ -188,14 +187,22 @@ class MssqlDialect(Dialect):
 
     def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
         lobs = [c for c in table.columns if c.lob]
-        select = ", ".join(
-            f"CAST(COALESCE(MAX(DATALENGTH({self.quote(c.name)})), 0) AS BIGINT)" for c in lobs
-        )
+        select = ", ".join(self._lob_length(c) for c in lobs)
         predicate = where or Query("1=1")
         return Query(
             f"SELECT {select} FROM {self.table(table.ref)} WHERE {predicate.sql}",  # noqa: S608
             predicate.params,
         )
+
+    def _lob_length(self, column: Column) -> str:
+        """The largest value as read, in bytes of UTF-8 (what arrow-odbc fetches on Linux):
+        DATALENGTH counts UTF-16 for N-types and xml once converted, and one UTF-16 unit
+        becomes at most 3 UTF-8 bytes; binary and 8-bit text are counted as they are."""
+        value = self._read_as(column, self.quote(column.name))
+        kind = column.source_type.lower()
+        wide = kind.startswith("n") or kind == "xml"
+        length = f"CAST(COALESCE(MAX(DATALENGTH({value})), 0) AS BIGINT)"
+        return f"{length} * 3 / 2" if wide else length
 
     def enable_change_tracking(self, database: str, ref: TableRef) -> list[str]:
         """What a DBA runs once on the source (printed by ``sql-backup prepare-source``)."""

@@ -16,6 +16,7 @@ prepare-source`` run it).
 from __future__ import annotations
 
 from indutech_sql_backup.dialects.base import Column, Dialect, Query, TableInfo, TableRef
+from indutech_sql_backup.dialects.types import ColumnType, postgres_type
 
 DELETES_TABLE = "indutech_deletes"
 
@@ -25,6 +26,9 @@ class PostgresDialect(Dialect):
 
     def quote(self, identifier: str) -> str:
         return '"' + identifier.replace('"', '""') + '"'
+
+    def type_of(self, source_type: str) -> ColumnType:
+        return postgres_type(source_type)
 
     def connection_options(self) -> str:
         # Cursor-based fetches (bounded memory, the fastest arrow-odbc path measured here),
@@ -60,12 +64,9 @@ class PostgresDialect(Dialect):
         )
 
     def _read_as(self, column: Column, value: str) -> str:
-        """How a value of the column is read: zoned timestamps in UTC, uuids as text."""
-        if column.source_type.startswith("timestamp") and "with time zone" in column.source_type:
-            return f"({value} AT TIME ZONE 'UTC')"
-        if column.source_type == "uuid":
-            return f"CAST({value} AS char(36))"
-        return value
+        """How a value of the column is read (the type matrix): zoned timestamps in UTC,
+        uuids and the types psqlODBC would narrow as their text, special values refused."""
+        return self.read_expression(column, value)
 
     def _expr(self, column: Column) -> str:
         name = self.quote(column.name)
@@ -178,8 +179,17 @@ class PostgresDialect(Dialect):
 
     def lob_lengths(self, table: TableInfo, where: Query | None) -> Query:
         lobs = [c for c in table.columns if c.lob]
+        # Text-kind values are measured as the text that is read (jsonb, arrays, numeric…
+        # have no octet_length of their own); bytea as its bytes.
         select = ", ".join(
-            f"CAST(COALESCE(max(octet_length({self.quote(c.name)})), 0) AS bigint)" for c in lobs
+            "CAST(COALESCE(max(octet_length("
+            + (
+                self.quote(c.name)
+                if c.lob_kind == "binary"
+                else f"CAST({self.quote(c.name)} AS text)"
+            )
+            + ")), 0) AS bigint)"
+            for c in lobs
         )
         predicate = where or Query("1=1")
         sql = f"SELECT {select} FROM {self.table(table.ref)} WHERE {predicate.sql}"  # noqa: S608

@@ -6,10 +6,15 @@ from indutech_sql_backup.sinks.store import (
     BackupStore,
     ChunkSpec,
     ColumnSpec,
+    FailureRecord,
     Manifest,
     PartRecord,
     Plan,
+    SchemaDrift,
     chain,
+    chain_problems,
+    restore_base,
+    schema_drift,
 )
 
 __all__ = [
@@ -17,10 +22,15 @@ __all__ = [
     "BackupStore",
     "ChunkSpec",
     "ColumnSpec",
+    "FailureRecord",
     "Manifest",
     "PartRecord",
     "PartWriter",
     "Plan",
+    "SchemaDrift",
     "chain",
+    "chain_problems",
     "read_part",
+    "restore_base",
+    "schema_drift",
 ]

@@ -40,7 +40,9 @@ class PartWriter:
             schema,
             compression="zstd",
             use_dictionary=dictionary_columns(schema),
-            coerce_timestamps="us",
+            # Each column keeps the unit the type matrix gave it (µs, or ns for SQL Server's
+            # 100 ns types): nothing is coerced, so nothing can be truncated.
+            coerce_timestamps=None,
             allow_truncated_timestamps=False,
             write_statistics=True,
         )

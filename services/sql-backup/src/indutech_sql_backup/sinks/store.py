@@ -7,6 +7,8 @@ One directory per (table, day, kind), as DESIGN.md fixes it::
         part-{chunk:05d}.parquet   one per chunk; deterministic name, overwritten on redo
         _parts/part-{chunk:05d}.json   the part's record once uploaded and verified
         _manifest.json             written last, once every part is verified
+        _failed/part-{chunk:05d}.json  a chunk given up on (dead-lettered): no manifest until
+                                   a rerun redoes it
 
 Only a directory with ``_manifest.json`` is trusted (restore, the next delta,
 sql-to-redshift); a plan or parts without it are an unfinished run that the
@@ -19,9 +21,11 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +81,11 @@ class Plan(_Model):
     snapshot: bool = Field(
         default=False,
         description="a delta that re-reads the whole table (the source lost its changes, e.g. "
-        "SQL Server after a TRUNCATE): its parts replace the table on restore",
+        "SQL Server after a TRUNCATE, or its columns changed): its parts replace the table "
+        "on restore, with this plan's columns",
+    )
+    snapshot_reason: str | None = Field(
+        default=None, description="why a delta re-reads the whole table (None: not said)"
     )
 
     @property
@@ -112,6 +120,18 @@ class PartRecord(_Model):
     ops: dict[str, int] = Field(default_factory=dict)
     arrow_schema: tuple[ColumnSpec, ...] = ()
     seconds: float = 0.0
+
+
+class FailureRecord(_Model):
+    """A chunk given up on after ``attempts`` failures: the run has no manifest until a rerun
+    (``sql-backup plan`` or ``backup`` again) redoes it."""
+
+    plan_id: str
+    chunk: int
+    attempts: int
+    error: str
+    failed_at: datetime
+    dead_letter_topic: str | None = None
 
 
 class Manifest(_Model):
@@ -152,6 +172,13 @@ class BackupDir:
 
     def record(self, chunk: int) -> str:
         return f"{self.base}_parts/part-{chunk:05d}.json"
+
+    def failure(self, chunk: int) -> str:
+        return f"{self.base}_failed/part-{chunk:05d}.json"
+
+    @property
+    def failures_prefix(self) -> str:
+        return self.base + "_failed/"
 
     @property
     def plan(self) -> str:
@@ -266,6 +293,21 @@ class BackupStore:
                 found[record.chunk] = record
         return found
 
+    async def failures(self, directory: BackupDir, plan_id: str) -> dict[int, FailureRecord]:
+        """The chunks of this plan given up on (markers of another plan are ignored)."""
+        found: dict[int, FailureRecord] = {}
+        for key in await self.list_keys(directory.failures_prefix):
+            raw = await self.get_bytes(key)
+            if raw is not None:
+                failure = FailureRecord.model_validate_json(raw)
+                if failure.plan_id == plan_id:
+                    found[failure.chunk] = failure
+        return found
+
+    async def delete_keys(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            await self.s3.delete_object(Bucket=self.bucket, Key=key)
+
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         paginator = self.s3.get_paginator("list_objects_v2")
@@ -305,6 +347,104 @@ def chain(manifests: list[Manifest], *, until: date | None = None) -> list[Manif
         if not following:
             return result
         result.append(following[0])
+
+
+class _ColumnLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def source_type(self) -> str: ...
+    @property
+    def nullable(self) -> bool: ...
+
+
+def _column_text(column: _ColumnLike) -> str:
+    return f"{column.source_type}{'' if column.nullable else ' NOT NULL'}"
+
+
+@dataclass(frozen=True)
+class SchemaDrift:
+    """How a table's columns and key differ between two moments (before → after)."""
+
+    added: tuple[str, ...]
+    dropped: tuple[str, ...]
+    changed: tuple[str, ...]  # "name: type → type"
+    key_before: tuple[str, ...]
+    key_after: tuple[str, ...]
+
+    def describe(self) -> str:
+        said = []
+        if self.added:
+            said.append(f"added {', '.join(self.added)}")
+        if self.dropped:
+            said.append(f"dropped {', '.join(self.dropped)}")
+        if self.changed:
+            said.append(f"changed {'; '.join(self.changed)}")
+        if self.key_before != self.key_after:
+            said.append(f"key ({', '.join(self.key_before)}) → ({', '.join(self.key_after)})")
+        return ", ".join(said)
+
+
+def schema_drift(
+    before: Sequence[_ColumnLike],
+    key_before: Sequence[str],
+    after: Sequence[_ColumnLike],
+    key_after: Sequence[str],
+) -> SchemaDrift | None:
+    """What changed in columns (name, type, nullability) and key, or None. The order of the
+    columns does not matter: every read and load names its columns."""
+    old = {c.name: _column_text(c) for c in before}
+    new = {c.name: _column_text(c) for c in after}
+    drift = SchemaDrift(
+        added=tuple(c.name for c in after if c.name not in old),
+        dropped=tuple(c.name for c in before if c.name not in new),
+        changed=tuple(
+            f"{name}: {old[name]} → {new[name]}"
+            for name in new
+            if name in old and old[name] != new[name]
+        ),
+        key_before=tuple(key_before),
+        key_after=tuple(key_after),
+    )
+    if drift.added or drift.dropped or drift.changed or drift.key_before != drift.key_after:
+        return drift
+    return None
+
+
+def restore_base(runs: Sequence[Manifest]) -> int:
+    """Index of the run a restore starts from: the last full or re-snapshot of the chain
+    (each replaces everything before it, columns included)."""
+    return max(i for i, m in enumerate(runs) if m.plan.kind == "full" or m.plan.snapshot)
+
+
+def chain_problems(runs: Sequence[Manifest]) -> list[str]:
+    """Why a chain cannot be restored column for column: a delta whose columns or key
+    differ from the run it continues (backups made before drift was detected at plan
+    time), or a part whose stored columns are not its plan's. Empty when sound."""
+    problems: list[str] = []
+    base: Manifest | None = None
+    for run in runs:
+        plan = run.plan
+        if plan.kind == "full" or plan.snapshot:
+            base = run
+        elif base is not None:
+            drift = schema_drift(base.plan.columns, base.plan.key, plan.columns, plan.key)
+            if drift is not None:
+                problems.append(
+                    f"the delta of {plan.day} has other columns than the {base.plan.kind} of "
+                    f"{base.plan.day} it continues ({drift.describe()}): restore as of a day "
+                    f"before {plan.day}, and take a full backup of {plan.ref.qualified} (deltas "
+                    "after a schema change are re-snapshots since this was detected)"
+                )
+        expected = (["_op"] if plan.reads_changes else []) + [c.name for c in plan.columns]
+        for part in run.parts:
+            stored = [c.name for c in part.arrow_schema]
+            if stored and stored != expected:
+                problems.append(
+                    f"{part.key} holds columns {stored}, its plan lists {expected}: the table "
+                    "changed while the chunk ran; take a full backup"
+                )
+    return problems
 
 
 def now_utc() -> datetime:

@@ -2,8 +2,10 @@
 
 Include/exclude rules are ``schema.table`` globs (``sales.*``, ``*.audit_*``);
 the change-capture log of the postgres stand-in is never a table to back up.
-A table without a primary key needs a key override, and a named table that does
-not exist is an error: both are found before anything is written.
+A table without a primary key needs a key override: without one the table is
+skipped and reported (the others go on); a named table that does not exist is an
+error. Both are found before anything is written. A key override is checked for
+uniqueness when a run is planned (``check_key``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from collections.abc import Iterable, Mapping
 import pyodbc
 
 from indutech_sql_backup.config import TableOverride
-from indutech_sql_backup.dialects import DELETES_TABLE, Column, TableInfo, TableRef
-from indutech_sql_backup.errors import NoKeyError, UnknownTableError
+from indutech_sql_backup.dialects import DELETES_TABLE, Column, Query, TableInfo, TableRef
+from indutech_sql_backup.errors import (
+    KeyNotUniqueError,
+    NoKeyError,
+    UnknownTableError,
+    environment_error,
+)
 from indutech_sql_backup.sources.odbc import OdbcSource
 
 
@@ -65,13 +72,46 @@ def describe(
     if missing:
         raise NoKeyError(f"the key override of {ref.qualified} names unknown columns {missing}")
     watermark = (override.watermark if override else None) or default_watermark
-    return TableInfo(
+    table = TableInfo(
         ref=ref,
         columns=columns,
         key=key,
         watermark=watermark if watermark in names else None,
         key_from=key_from,
     )
+    # A column the type matrix refuses stops the table here, before any plan or part.
+    source.dialect.check_columns(table)
+    return table
+
+
+def key_check(source: OdbcSource, table: TableInfo) -> Query:
+    """(key values held by more than one row, rows with a NULL in the key): plain SQL that
+    SQL Server and PostgreSQL both run. One aggregate scan of the table."""
+    quote = source.dialect.quote
+    name = source.dialect.table(table.ref)
+    key = ", ".join(quote(k) for k in table.key)
+    nulls = " OR ".join(f"{quote(k)} IS NULL" for k in table.key)
+    return Query(
+        f"SELECT (SELECT count(*) FROM (SELECT {key} FROM {name} GROUP BY {key} "  # noqa: S608 - quoted identifiers
+        f"HAVING count(*) > 1) d), (SELECT count(*) FROM {name} WHERE {nulls})"
+    )
+
+
+def check_key(source: OdbcSource, connection: pyodbc.Connection, table: TableInfo) -> None:
+    """A key override must be what a primary key would be: unique and never NULL. Otherwise
+    the backup would hold rows that restore cannot load under that key (and a delta would
+    replace every row of a shared key by one). Primary keys are the database's to enforce."""
+    if table.key_from != "override":
+        return
+    duplicates, nulls = (int(v) for v in source.fetch(connection, key_check(source, table))[0])
+    if duplicates or nulls:
+        raise KeyNotUniqueError(
+            f"the key override ({', '.join(table.key)}) of {table.ref.qualified} is not a key: "
+            f"{duplicates:,} value(s) of it occur in more than one row, {nulls:,} row(s) have a "
+            "NULL in it. A restore could not rebuild the table under it. Name columns that "
+            f"are unique and never NULL in SQL_BACKUP_TABLES['{table.ref.qualified}'].key, or "
+            "add a primary key to the table."
+        )
 
 
 def discover(
@@ -82,8 +122,10 @@ def discover(
     overrides: Mapping[str, TableOverride],
     default_watermark: str,
     only: Iterable[str] = (),
-) -> list[TableInfo]:
-    """Every selected table described; ``only`` names tables explicitly (each must exist)."""
+) -> tuple[list[TableInfo], list[tuple[TableRef, Exception]]]:
+    """Every selected table described, and the tables that cannot be backed up with why (no
+    key, …): one such table never stops the others. ``only`` names tables explicitly (each
+    must exist). Errors of the environment (the source down) stop discovery."""
     with source.connect() as connection:
         existing = list_tables(source, connection)
         wanted = [TableRef.parse(name) for name in only]
@@ -99,13 +141,21 @@ def discover(
             refs = [known[w.qualified.lower()] for w in wanted]
         else:
             refs = [r for r in existing if selected(r, include, exclude)]
-        return [
-            describe(
-                source,
-                connection,
-                ref,
-                override=overrides.get(ref.qualified),
-                default_watermark=default_watermark,
-            )
-            for ref in refs
-        ]
+        tables: list[TableInfo] = []
+        skipped: list[tuple[TableRef, Exception]] = []
+        for ref in refs:
+            try:
+                tables.append(
+                    describe(
+                        source,
+                        connection,
+                        ref,
+                        override=overrides.get(ref.qualified),
+                        default_watermark=default_watermark,
+                    )
+                )
+            except Exception as exc:
+                if environment_error(exc):
+                    raise
+                skipped.append((ref, exc))
+        return tables, skipped

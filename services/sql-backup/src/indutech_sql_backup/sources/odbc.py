@@ -27,7 +27,7 @@ from arrow_odbc import Error as ArrowOdbcError
 from arrow_odbc import connect as arrow_odbc_connect
 
 from indutech_common.logging import scrub
-from indutech_common.odbc import odbc_connection_string
+from indutech_common.odbc import is_freetds, odbc_connection_string, use_freetds_conf
 from indutech_common.settings import OdbcSourceSettings
 from indutech_sql_backup.dialects import Dialect, Query
 from indutech_sql_backup.errors import SourceAuthError, SourceUnavailableError, SqlBackupError
@@ -67,6 +67,9 @@ class OdbcSource:
     ) -> None:
         self.settings = settings
         self.dialect = dialect
+        if settings.dialect == "mssql" and is_freetds(settings.odbc_driver):
+            # FreeTDS takes its CA file from freetds.conf only (indutech_common.odbc).
+            use_freetds_conf(settings)
         self.dsn = odbc_connection_string(settings) + dialect.connection_options()
         self.pool_size = pool_size
         self._idle: list[tuple[str, ArrowOdbcConnection, float]] = []

@@ -1,0 +1,73 @@
+"""Settings of metrics-shipper (env prefix ``METRICS_SHIPPER_``; shared blocks ``INDUTECH_``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from indutech_common.settings import CloudWatchSettings, WorkerSettings
+
+
+def _comma_list(value: object) -> object:
+    """A list from the environment: comma-separated (a JSON list also works)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+
+
+class MetricsShipperSettings(WorkerSettings):
+    service_name: ClassVar[str] = "metrics-shipper"
+    model_config = SettingsConfigDict(env_prefix="METRICS_SHIPPER_")
+
+    cloudwatch: CloudWatchSettings = CloudWatchSettings()
+    namespace: str = Field(
+        default="InduTech/Flows", min_length=1, max_length=255, description="CloudWatch namespace"
+    )
+    targets: CommaList = Field(
+        default=(),
+        description="comma-separated /metrics URLs; dns+http://name:port/metrics scrapes every "
+        "address the name resolves to (a headless Service's pods)",
+    )
+    interval_s: float = Field(
+        default=60.0, ge=10, le=300, description="seconds between scrape-and-ship cycles"
+    )
+    scrape_timeout_s: float = Field(default=10.0, gt=0, le=60, description="per target")
+    scrape_ca_file: Path | None = Field(
+        default=None, description="CA for https:// targets (the system's when unset)"
+    )
+    histogram_mode: Literal["values", "statistics"] = Field(
+        default="values",
+        description="histograms as Values/Counts per bucket (percentiles in CloudWatch) or "
+        "StatisticValues (exact sum and count)",
+    )
+    dimension_allow: CommaList = Field(
+        default=(), description="labels kept as dimensions (empty: every label not denied)"
+    )
+    dimension_deny: CommaList = Field(
+        default=("instance", "pod", "le", "quantile"), description="labels never kept"
+    )
+    max_series_per_metric: int = Field(
+        default=200,
+        ge=1,
+        description="dimension sets a metric may have; more are counted, not sent",
+    )
+    buffer_max_datums: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="datums held through a CloudWatch outage; the oldest go first when full",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="where counters' last values are kept across restarts (none: a restart "
+        "takes older counters as a baseline and never re-sends them)",
+    )

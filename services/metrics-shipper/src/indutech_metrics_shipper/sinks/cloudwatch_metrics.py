@@ -1,0 +1,173 @@
+"""Datums → PutMetricData, through a bounded buffer that outlives a CloudWatch outage.
+
+The buffer holds datums in arrival order up to ``max_datums``; when full, the
+oldest are dropped and counted (the newest are the ones an alarm needs). A
+flush sends packed calls in order and removes a call's datums only once
+CloudWatch accepted them; throttling, 5xx and connection errors end the flush
+with everything still buffered, and the next cycle tries again after a jittered
+backoff — the scrape loop never waits on CloudWatch for long.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from indutech_common.retry import Backoff
+from indutech_metrics_shipper.batching import RequestSizer, pack
+from indutech_metrics_shipper.convert import Datum
+from indutech_metrics_shipper.errors import DatumTooLargeError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_cloudwatch import CloudWatchClient
+
+_log = structlog.get_logger(__name__)
+HTTP_SERVER_ERROR = 500
+
+# Errors after which the same call may succeed later; anything else is a bug or bad
+# input in the call and is dropped with a log rather than retried forever.
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServiceError",
+        "RequestTimeout",
+    }
+)
+
+
+class DatumBuffer:
+    """A bounded FIFO of datums; full means the oldest go (and are counted)."""
+
+    def __init__(self, max_datums: int) -> None:
+        if max_datums < 1:
+            raise ValueError("max_datums must be at least 1")
+        self.max_datums = max_datums
+        self._datums: deque[Datum] = deque()
+        self.dropped = 0
+
+    def extend(self, datums: Iterable[Datum]) -> int:
+        """Add datums; returns how many old ones were dropped to make room."""
+        dropped = 0
+        for datum in datums:
+            if len(self._datums) >= self.max_datums:
+                self._datums.popleft()
+                dropped += 1
+            self._datums.append(datum)
+        self.dropped += dropped
+        return dropped
+
+    def snapshot(self) -> list[Datum]:
+        return list(self._datums)
+
+    def remove_first(self, count: int) -> None:
+        for _ in range(min(count, len(self._datums))):
+            self._datums.popleft()
+
+    def __len__(self) -> int:
+        return len(self._datums)
+
+
+class CloudWatchMetricsSink:
+    """Sends buffered datums to one namespace; ``write`` buffers and flushes what it can."""
+
+    name = "cloudwatch-metrics"
+
+    def __init__(
+        self,
+        client: CloudWatchClient,
+        *,
+        namespace: str,
+        buffer: DatumBuffer,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._sizer = RequestSizer(namespace)
+        self.buffer = buffer
+        self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._delays = self._backoff.delays(self._rng)
+        self._not_before = 0.0
+        self.calls = 0
+        self.datums_sent = 0
+        self.api_errors = 0
+        self.rejected = 0
+
+    async def ping(self) -> None:
+        await self._client.list_metrics(Namespace=self._namespace, RecentlyActive="PT3H")
+
+    async def close(self) -> None:
+        """The client is closed by its owner (the worker's resources)."""
+
+    async def write(self, batch: list[Datum]) -> None:
+        """Buffer the batch, then send what CloudWatch takes now (never raises on an outage)."""
+        self.buffer.extend(batch)
+        await self.flush()
+
+    async def flush(self) -> bool:
+        """Send the buffer in packed calls; True when it is empty afterwards."""
+        if time.monotonic() < self._not_before:
+            return False
+        pending = self.buffer.snapshot()
+        try:
+            calls = list(pack(pending, self._sizer))
+        except DatumTooLargeError as exc:  # cannot happen with ≤150 values a datum: say so
+            _log.error("datum_too_large", error=str(exc))
+            self.rejected += len(pending)
+            self.buffer.remove_first(len(pending))
+            return True
+        for call in calls:
+            try:
+                await self._client.put_metric_data(
+                    Namespace=self._namespace,
+                    MetricData=call.metric_data,  # type: ignore[arg-type]
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                self.api_errors += 1
+                if code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
+                    self._defer(code or "server_error")
+                    return False
+                # refused as invalid: retrying cannot help; drop this call, say what it was
+                _log.error(
+                    "put_metric_data_rejected",
+                    code=code,
+                    datums=len(call.metric_data),
+                    error=str(exc),
+                )
+                self.rejected += len(call.metric_data)
+            except (BotoCoreError, OSError) as exc:
+                self.api_errors += 1
+                self._defer(type(exc).__name__)
+                return False
+            else:
+                self.calls += 1
+                self.datums_sent += len(call.metric_data)
+            self.buffer.remove_first(len(call.metric_data))
+        self._delays = self._backoff.delays(self._rng)  # a success resets the backoff
+        return len(self.buffer) == 0
+
+    def _defer(self, reason: str) -> None:
+        delay = next(self._delays)
+        self._not_before = time.monotonic() + delay
+        _log.warning(
+            "cloudwatch_unavailable",
+            reason=reason,
+            retry_in_s=round(delay, 2),
+            buffered=len(self.buffer),
+        )
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)

@@ -1,0 +1,153 @@
+"""metrics-shipper: scrape every worker's /metrics, convert, and ship to CloudWatch.
+
+One cycle every ``interval_s``: scrape all targets concurrently, convert each
+scrape (counters to increases, histograms to values/counts; see convert.py),
+buffer the datums and flush what CloudWatch takes. CloudWatch being away never
+stops the cycle: the buffer holds the datums (bounded, oldest dropped first and
+counted) and the next cycles deliver them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from prometheus_client import Counter, Gauge
+
+from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_common.lifecycle import Worker
+from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.convert import Converter, DimensionRules
+from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
+from indutech_metrics_shipper.sources import ScrapeSource
+
+
+class MetricsShipperWorker(Worker[MetricsShipperSettings]):
+    name = "metrics-shipper"
+
+    def __init__(self, settings: MetricsShipperSettings, *, once: bool = False) -> None:
+        super().__init__(settings)
+        self.once = once
+        self.converter = Converter(
+            state_epoch=time.time(),
+            rules=DimensionRules(
+                allow=frozenset(settings.dimension_allow),
+                deny=frozenset(settings.dimension_deny),
+                max_series_per_metric=settings.max_series_per_metric,
+            ),
+            histogram_mode=settings.histogram_mode,
+        )
+        if settings.state_file is not None and settings.state_file.exists():
+            self.converter.import_state(json.loads(settings.state_file.read_text()))
+        registry = self.metrics.registry
+        self.series_scraped = Counter(
+            "indutech_shipper_series_scraped",
+            "Series read from targets",
+            ["worker"],
+            registry=registry,
+        )
+        self.datums_sent = Counter(
+            "indutech_shipper_datums_sent",
+            "Datums CloudWatch accepted",
+            ["worker"],
+            registry=registry,
+        )
+        self.series_dropped = Counter(
+            "indutech_shipper_series_dropped",
+            "Series not sent, by reason (not_finite, cardinality_cap, too_many_dimensions, "
+            "buffer_full, rejected)",
+            ["worker", "reason"],
+            registry=registry,
+        )
+        self.scrape_failures = Counter(
+            "indutech_shipper_scrape_failures",
+            "Failed scrapes",
+            ["worker", "target"],
+            registry=registry,
+        )
+        self.buffer_fill = Gauge(
+            "indutech_shipper_buffer_datums",
+            "Datums waiting for CloudWatch",
+            ["worker"],
+            registry=registry,
+        )
+        self.api_errors = Counter(
+            "indutech_shipper_api_errors", "CloudWatch API errors", ["worker"], registry=registry
+        )
+        self.source = ScrapeSource(
+            settings.targets, timeout_s=settings.scrape_timeout_s, ca_file=settings.scrape_ca_file
+        )
+        self.sink: CloudWatchMetricsSink | None = None
+        self.cycles = 0
+
+    async def startup(self) -> None:
+        client = await self.enter(
+            "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
+        )
+        self.adopt(self.source)
+        self.sink = self.adopt(
+            CloudWatchMetricsSink(
+                client,
+                namespace=self.settings.namespace,
+                buffer=DatumBuffer(self.settings.buffer_max_datums),
+            )
+        )
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            started = time.monotonic()
+            await self.cycle()
+            if self.once:
+                return
+            left = self.settings.interval_s - (time.monotonic() - started)
+            if await self.sleep_or_exit(max(0.0, left)):
+                break
+
+    async def shutdown(self) -> None:
+        """A last flush of what is buffered, within the stop budget."""
+        if self.sink is not None and len(self.sink.buffer):
+            await asyncio.wait_for(self.sink.flush(), timeout=max(0.1, self.stop_budget_left() / 2))
+
+    async def cycle(self) -> None:
+        """One scrape → convert → ship round (the unit of work)."""
+        assert self.sink is not None, "startup() opens the sink"  # noqa: S101 - a lifecycle invariant
+        begun = time.perf_counter()
+        scrapes = await self.source.read()
+        datums = []
+        for scrape in scrapes:
+            if scrape.text is None:
+                self.scrape_failures.labels(self.name, scrape.target.id).inc()
+                self.log.warning("scrape_failed", target=scrape.target.id, error=scrape.error)
+                continue
+            report = self.converter.convert(scrape.target.id, scrape.text, scrape.scraped_at)
+            self.series_scraped.labels(self.name).inc(
+                len(report.datums) + sum(report.dropped.values())
+            )
+            for reason, count in report.dropped.items():
+                self.series_dropped.labels(self.name, reason).inc(count)
+            datums.extend(report.datums)
+        sent_before, errors_before = self.sink.datums_sent, self.sink.api_errors
+        dropped_before, rejected_before = self.sink.buffer.dropped, self.sink.rejected
+        await self.sink.write(datums)
+        self.datums_sent.labels(self.name).inc(self.sink.datums_sent - sent_before)
+        self.api_errors.labels(self.name).inc(self.sink.api_errors - errors_before)
+        self.series_dropped.labels(self.name, "buffer_full").inc(
+            self.sink.buffer.dropped - dropped_before
+        )
+        self.series_dropped.labels(self.name, "rejected").inc(self.sink.rejected - rejected_before)
+        self.buffer_fill.labels(self.name).set(len(self.sink.buffer))
+        self._save_state()
+        self.cycles += 1
+        self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - begun)
+        if len(self.sink.buffer) == 0:
+            self.metrics.record_success(stream="metrics", count=len(datums), last_event_time=None)
+
+    def _save_state(self) -> None:
+        path = self.settings.state_file
+        if path is None:
+            return
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.converter.export_state()))
+        os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state

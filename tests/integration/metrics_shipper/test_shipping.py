@@ -1,0 +1,188 @@
+"""metrics-shipper against moto's CloudWatch over HTTPS and a real worker's /metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_common.health import HealthServer
+from indutech_common.metrics import WorkerMetrics
+from indutech_common.settings import CloudWatchSettings, HealthSettings
+from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.worker import MetricsShipperWorker
+from tests.support.proxy import pipe
+from tests.support.stack import StackSettings
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.asynccontextmanager
+async def metrics_endpoint(worker: str) -> AsyncIterator[tuple[WorkerMetrics, str]]:
+    """A worker's real health server (the one every worker runs) on a free port."""
+    metrics = WorkerMetrics(worker)
+    server = HealthServer(HealthSettings(host="127.0.0.1", port=0), metrics)
+    await server.start()
+    try:
+        yield metrics, f"http://127.0.0.1:{server.port}/metrics"
+    finally:
+        await server.stop()
+
+
+def shipper_settings(
+    cloudwatch: CloudWatchSettings, namespace: str, target: str, **extra: Any
+) -> MetricsShipperSettings:
+    return MetricsShipperSettings(
+        cloudwatch=cloudwatch,
+        namespace=namespace,
+        targets=(target,),
+        interval_s=10,
+        health=HealthSettings(host="127.0.0.1", port=0),
+        **extra,
+    )
+
+
+async def metric_values(
+    cloudwatch: CloudWatchSettings, namespace: str, name: str, stat: str, **dimensions: str
+) -> list[float]:
+    """Every value of the metric with exactly these dimensions (CloudWatch matches them all)."""
+    now = datetime.now(UTC)
+    async with create_cloudwatch_client(cloudwatch) as client:
+        response = await client.get_metric_data(
+            MetricDataQueries=[
+                {
+                    "Id": "q",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": namespace,
+                            "MetricName": name,
+                            "Dimensions": [
+                                {"Name": k, "Value": v} for k, v in sorted(dimensions.items())
+                            ],
+                        },
+                        "Period": 60,
+                        "Stat": stat,
+                    },
+                }
+            ],
+            StartTime=now - timedelta(minutes=30),
+            EndTime=now + timedelta(minutes=5),
+        )
+    return list(response["MetricDataResults"][0]["Values"])
+
+
+class TestShipping:
+    """Counters arrive as increases (first value kept), histograms as their observations."""
+
+    async def test_counters_and_histograms_arrive_exactly(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        state = tmp_path / "shipper-state.json"
+        async with metrics_endpoint(worker) as (metrics, url):
+            settings = shipper_settings(stack.cloudwatch, namespace, url, state_file=state)
+            first = MetricsShipperWorker(settings, once=True)  # its state begins now
+            metrics.records_out.labels(worker, "sensor").inc(7)  # a series newer than the state
+            for seconds in (0.02, 0.3, 3.0):
+                metrics.batch_duration.labels(worker).observe(seconds)
+            assert await first.serve(install_signal_handlers=False) == 0
+            assert first.sink is not None
+            assert first.sink.datums_sent > 0
+
+            metrics.records_out.labels(worker, "sensor").inc(5)
+            second = MetricsShipperWorker(settings, once=True)  # continues from the state file
+            assert await second.serve(install_signal_handlers=False) == 0
+
+        sums = await metric_values(
+            stack.cloudwatch,
+            namespace,
+            "indutech_records_out",
+            "Sum",
+            worker=worker,
+            stream="sensor",
+        )
+        # one increase a cycle; a running total would have given 7 + 12 = 19
+        assert sum(sums) == 12
+        counts = await metric_values(
+            stack.cloudwatch,
+            namespace,
+            "indutech_batch_duration_seconds",
+            "SampleCount",
+            worker=worker,
+        )
+        assert sum(counts) == 3
+
+    async def test_an_outage_is_buffered_then_delivered(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        """CloudWatch unreachable: the cycle goes on, datums wait, and arrive once it is back."""
+        endpoint = stack.cloudwatch.endpoint_url
+        assert endpoint is not None
+        host, port = "localhost", int(endpoint.rsplit(":", 1)[1].rstrip("/"))
+        reachable = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if not reachable.is_set():  # the outage: connections are cut at once
+                writer.close()
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        proxy_port = server.sockets[0].getsockname()[1]
+        # "localhost" so that the stack's certificate still verifies through the proxy
+        cloudwatch = stack.cloudwatch.model_copy(
+            update={"endpoint_url": f"https://localhost:{proxy_port}"}
+        )
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        try:
+            async with metrics_endpoint(worker) as (metrics, url):
+                shipper = MetricsShipperWorker(shipper_settings(cloudwatch, namespace, url))
+                metrics.records_out.labels(worker, "sensor").inc(4)
+                task = asyncio.create_task(shipper.serve(install_signal_handlers=False))
+                await wait_until(lambda: shipper.cycles >= 1, timeout_s=30)
+                assert shipper.sink is not None
+                assert len(shipper.sink.buffer) > 0, "nothing was buffered during the outage"
+                assert shipper.sink.datums_sent == 0
+
+                reachable.set()
+                metrics.records_out.labels(worker, "sensor").inc(6)
+                await wait_until(
+                    lambda: (
+                        shipper.sink is not None
+                        and shipper.cycles >= 2  # the cycle after the outage
+                        and len(shipper.sink.buffer) == 0
+                    ),
+                    timeout_s=60,
+                )
+                shipper.request_exit()
+                assert await task == 0
+        finally:
+            server.close()
+            await server.wait_closed()
+        sums = await metric_values(
+            stack.cloudwatch,
+            namespace,
+            "indutech_records_out",
+            "Sum",
+            worker=worker,
+            stream="sensor",
+        )
+        assert sum(sums) == 10
+
+
+async def wait_until(condition: Any, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.1)
