@@ -20,14 +20,15 @@ import pytest
 from dotenv import dotenv_values
 
 from indutech_common.kafka import create_producer, start_client
-from indutech_common.schemas import ClientTicket, SensorReading
+from indutech_common.schemas import ClientTicket, SensorReading, Topics, contract_spec
 from indutech_common.warehouse import connect_warehouse
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.worker import IotAggregatorWorker
 from tests.support.kafka import temporary_topics
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
 
-PARTITIONS = 2
+# the contract's partition count of both IoT topics
+PARTITIONS = contract_spec(Topics.CLIENT_TICKETS).partitions
 WINDOW_S = 60
 BASE_TIME = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -45,7 +46,8 @@ class Names:
 
 @pytest.fixture
 async def names(stack: StackSettings, unique: str) -> AsyncIterator[Names]:
-    """Fresh topics (two partitions each), group and warehouse schema; all removed after."""
+    """Fresh topics (as the contract makes them), group and warehouse schema; all removed
+    after."""
     made = Names(
         sensor_topic=f"test.{unique}.sensor-readings",
         ticket_topic=f"test.{unique}.client-tickets",
@@ -53,9 +55,13 @@ async def names(stack: StackSettings, unique: str) -> AsyncIterator[Names]:
         group_id=f"test-iot-aggregator-{unique}",
         schema=f"test_agg_{unique}",
     )
-    topics = [made.sensor_topic, made.ticket_topic, made.dead_letter_topic]
+    topics = {
+        made.sensor_topic: Topics.SENSOR_READINGS,
+        made.ticket_topic: Topics.CLIENT_TICKETS,
+        made.dead_letter_topic: Topics.DEAD_LETTER,
+    }
     try:
-        async with temporary_topics(stack.kafka, dict.fromkeys(topics, PARTITIONS)):
+        async with temporary_topics(stack.kafka, topics):
             yield made
     finally:
         connection = await connect_warehouse(stack.warehouse)

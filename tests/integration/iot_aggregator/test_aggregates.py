@@ -12,6 +12,7 @@ from decimal import Decimal
 from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, start_client
+from indutech_iot_aggregator.worker import IotAggregatorWorker
 from tests.integration.iot_aggregator.conftest import (
     BASE_TIME,
     Names,
@@ -22,6 +23,7 @@ from tests.integration.iot_aggregator.conftest import (
     produce,
     running_worker,
     sensor_reading,
+    settings_for,
     view_readings,
     view_tickets,
     wait_for,
@@ -209,3 +211,15 @@ class TestWarehouseIsTheTruth:
         again = [e for e in after if e["event"] == "partition_ready"]
         assert again, "fenced partitions were not positioned again"
         assert all(e["next_offset"] is None for e in again), "not re-read from the start"
+
+
+class TestStartUp:
+    async def test_a_missing_topic_stops_the_start_naming_it(
+        self, stack: StackSettings, names: Names
+    ) -> None:
+        """The topic contract is checked before anything is read: exit 2, the topic named."""
+        missing = f"{names.dead_letter_topic}.missing"
+        worker = IotAggregatorWorker(settings_for(stack, names, dead_letter_topic=missing))
+        with capture_logs() as logs:
+            assert await worker.serve(install_signal_handlers=False) == 2
+        assert missing in str(logs)

@@ -20,10 +20,11 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from indutech_common.kafka import require_topics
 from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
 from indutech_common.s3 import create_s3_client
-from indutech_common.schemas import ClientTicket
+from indutech_common.schemas import ClientTicket, Topics
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.errors import FencedError, InvalidRecordError
 from indutech_iot_aggregator.sinks import DeadLetter, DeadLetterSink, WarehouseBatch
@@ -129,6 +130,11 @@ class IotAggregatorWorker(Worker[IotAggregatorSettings]):
 
     async def startup(self) -> None:
         settings = self.settings
+        # Missing or mis-configured topics stop the start (exit 2) naming the fix.
+        topics = {settings.sensor_topic: Topics.SENSOR_READINGS}
+        topics |= {settings.ticket_topic: Topics.CLIENT_TICKETS}
+        topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
+        await require_topics(settings.kafka, topics, worker=self.name)
         stager: Stager | None = None
         if settings.warehouse.dialect == "redshift" and settings.s3 is not None:
             stager = settings.stager_for(await self.enter("s3", create_s3_client(settings.s3)))
