@@ -20,6 +20,7 @@ import yaml
 
 from indutech_common.settings import WorkerSettings, load_settings
 from indutech_identity_sync.config import IdentitySyncSettings
+from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_sql_backup.config import SqlBackupSettings
@@ -29,6 +30,7 @@ K8S = REPO_ROOT / "deploy" / "k8s"
 SETTINGS_BY_WORKER: dict[str, type[WorkerSettings]] = {
     "iot-ingest": IotIngestSettings,
     "iot-to-s3": IotToS3Settings,
+    "iot-aggregator": IotAggregatorSettings,
     "identity-sync": IdentitySyncSettings,
     "sql-backup": SqlBackupSettings,
 }

@@ -112,7 +112,7 @@ CONTRACT: Final[tuple[TopicSpec, ...]] = (
         partitions=1,
         cleanup_policy="delete",
         retention_ms=30 * DAY_MS,
-        producers=("iot-ingest", "iot-to-s3", "sql-backup"),
+        producers=("iot-ingest", "iot-to-s3", "iot-aggregator", "sql-backup"),
         consumers=("operators",),
         why="kept a month so an operator can read, fix and replay what was refused",
     ),

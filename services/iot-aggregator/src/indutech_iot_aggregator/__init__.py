@@ -1,0 +1,1 @@
+"""iot-aggregator: flow 3, the iot.* topics to windowed aggregates in the warehouse."""

@@ -1,0 +1,225 @@
+"""The warehouse sink on the real PostgreSQL: deltas add up, the offsets compare-and-set refuses
+a zombie's or a retried batch whole, and the schema is created idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from indutech_common.warehouse import connect_warehouse, create_warehouse_pool
+from indutech_iot_aggregator.errors import FencedError
+from indutech_iot_aggregator.sinks import (
+    CopyStager,
+    RedshiftSink,
+    Statements,
+    WarehouseBatch,
+    WarehouseSink,
+    open_sink,
+)
+from indutech_iot_aggregator.windows import Committed, PartitionWindows, WindowSpec, to_us
+from tests.integration.iot_aggregator.conftest import BASE_TIME, fetch
+from tests.support.stack import StackSettings
+
+SPEC = WindowSpec.of(size_s=60, grace_s=5)
+T0 = to_us(BASE_TIME)
+GROUP = "test-group"
+
+
+@pytest.fixture
+async def postgres_sink(stack: StackSettings, unique: str) -> AsyncIterator[WarehouseSink]:
+    """The PostgreSQL sink on a fresh, migrated schema (dropped after)."""
+    schema = f"test_sink_{unique}"
+    opened = await open_sink(stack.warehouse, schema=schema)
+    try:
+        await opened.migrate()
+        yield opened
+    finally:
+        await opened.close()
+        connection = await connect_warehouse(stack.warehouse)
+        try:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await connection.close()
+
+
+@pytest.fixture(params=["postgres", "redshift-sql-on-postgres"])
+async def sink(
+    request: pytest.FixtureRequest, stack: StackSettings, postgres_sink: WarehouseSink
+) -> AsyncIterator[WarehouseSink]:
+    """The PostgreSQL sink; and the Redshift sink's statements (MERGE, one compare-and-set
+    per partition, LOCK) run on PostgreSQL 15, with the staging table filled by COPY from
+    this process instead of COPY from S3, the one statement PostgreSQL lacks."""
+    if request.param == "postgres":
+        yield postgres_sink
+        return
+    pool = await create_warehouse_pool(stack.warehouse, min_size=1, max_size=2)
+    redshift = RedshiftSink(pool, Statements(postgres_sink.schema, "redshift"), CopyStager())
+    try:
+        yield redshift
+    finally:
+        await redshift.close()
+
+
+def partition(
+    number: int, committed: Committed, offsets: range, revenue: str = "1.25"
+) -> PartitionWindows:
+    windows = PartitionWindows(f"tickets-{number}", 0, SPEC, "correction", committed=committed)
+    for offset in offsets:
+        windows.add_ticket(
+            offset,
+            event_us=T0 + offset,
+            customer_id="c1",
+            region="emea",
+            revenue=Decimal(revenue),
+            latency_ms=offset,
+        )
+    return windows
+
+
+def batch(*windows: PartitionWindows) -> WarehouseBatch:
+    parts = [b for w in windows if (b := w.batch()) is not None]
+    return WarehouseBatch(GROUP, SPEC.size_us, parts)
+
+
+async def totals(stack: StackSettings, sink: WarehouseSink) -> list[tuple[str, int, Decimal]]:
+    rows = await fetch(
+        stack,
+        sink.schema,
+        "SELECT source_topic, ticket_count, revenue_sum FROM ticket_aggregates_partial "
+        "ORDER BY source_topic",
+    )
+    return [(r["source_topic"], r["ticket_count"], r["revenue_sum"]) for r in rows]
+
+
+class TestCompareAndSet:
+    async def test_deltas_add_up_across_batches(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """Two batches of one window: the row holds their sum, the offsets the end."""
+        first = partition(0, Committed(), range(3))
+        written = batch(first)
+        await sink.write(written)
+        first.written(written.partitions[0])
+        for offset in range(3, 5):
+            first.add_ticket(
+                offset,
+                event_us=T0 + offset,
+                customer_id="c1",
+                region="emea",
+                revenue=Decimal("1.25"),
+                latency_ms=offset,
+            )
+        await sink.write(batch(first))
+        assert await totals(stack, sink) == [("tickets-0", 5, Decimal("6.25"))]
+        offsets = await sink.load_offsets(GROUP, ["tickets-0"])
+        assert offsets[("tickets-0", 0)].next_offset == 5
+
+    async def test_a_batch_written_twice_is_refused_the_second_time(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """A retry after a lost acknowledgement (or a zombie's write from the same offset)
+        raises FencedError and adds nothing."""
+        await sink.write(batch(partition(0, Committed(), range(4))))
+        with pytest.raises(FencedError) as raised:
+            await sink.write(batch(partition(0, Committed(), range(4))))
+        assert raised.value.partitions == [("tickets-0", 0)]
+        later = Committed(next_offset=4)
+        await sink.write(batch(partition(0, later, range(4, 6))))
+        with pytest.raises(FencedError):
+            await sink.write(batch(partition(0, later, range(4, 6))))
+        assert await totals(stack, sink) == [("tickets-0", 6, Decimal("7.50"))]
+
+    async def test_one_stale_partition_rolls_the_whole_batch_back(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """The deltas of a good partition are not applied when another partition of the same
+        transaction is fenced: one transaction, all or nothing."""
+        await sink.write(batch(partition(1, Committed(), range(2))))
+        fresh = partition(0, Committed(), range(3))
+        stale = partition(1, Committed(), range(2))  # continues from a position already moved
+        with pytest.raises(FencedError) as raised:
+            await sink.write(batch(fresh, stale))
+        assert raised.value.partitions == [("tickets-1", 0)]
+        assert await totals(stack, sink) == [("tickets-1", 2, Decimal("2.50"))]
+        assert ("tickets-0", 0) not in await sink.load_offsets(GROUP, ["tickets-0"])
+
+    async def test_concurrent_writers_from_one_offset_only_one_wins(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """Two members writing the same partition at once (a rebalance race): exactly one
+        commits, whatever the interleaving."""
+        await sink.write(batch(partition(0, Committed(), range(1))))
+        start = Committed(next_offset=1)
+        results = await asyncio.gather(
+            sink.write(batch(partition(0, start, range(1, 5)))),
+            sink.write(batch(partition(0, start, range(1, 5)))),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in results) == ["FencedError", "NoneType"]
+        assert await totals(stack, sink) == [("tickets-0", 5, Decimal("6.25"))]
+
+
+class TestSchema:
+    async def test_migrate_is_idempotent_and_safe_to_run_concurrently(
+        self, stack: StackSettings, postgres_sink: WarehouseSink
+    ) -> None:
+        """Replicas starting together all migrate: no error, the same objects."""
+        await asyncio.gather(postgres_sink.migrate(), postgres_sink.migrate())
+        rows = await fetch(
+            stack,
+            postgres_sink.schema,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
+            "ORDER BY table_name",
+            postgres_sink.schema,
+        )
+        assert [r["table_name"] for r in rows] == [
+            "consumer_offsets",
+            "reading_aggregates",
+            "reading_aggregates_partial",
+            "ticket_aggregates",
+            "ticket_aggregates_partial",
+        ]
+
+
+class TestReplaceRange:
+    async def test_rows_of_the_range_are_replaced_and_positions_handed_to_build(
+        self, stack: StackSettings, sink: WarehouseSink
+    ) -> None:
+        """Rebuild's transaction: build() gets the locked positions; rows of windows in the
+        range are replaced by its batch, rows outside are left alone."""
+        windows = PartitionWindows("tickets-0", 0, SPEC, "correction")
+        for offset, minute in enumerate((0, 1, 2)):
+            windows.add_ticket(
+                offset,
+                event_us=T0 + minute * 60_000_000,
+                customer_id="c1",
+                region="emea",
+                revenue=Decimal("1.00"),
+                latency_ms=1,
+            )
+        await sink.write(batch(windows))
+        seen: list[dict[tuple[str, int], int]] = []
+
+        def build(positions: dict[tuple[str, int], int]) -> WarehouseBatch:
+            seen.append(positions)
+            rebuilt = partition(0, Committed(), range(2), revenue="5.00")  # both in minute 0
+            return batch(rebuilt)
+
+        start = BASE_TIME
+        end = BASE_TIME + timedelta(minutes=2)
+        await sink.replace_range(GROUP, ["tickets-0"], start, end, build)
+        assert seen == [{("tickets-0", 0): 3}]
+        rows = await fetch(
+            stack,
+            sink.schema,
+            "SELECT window_start, ticket_count, revenue_sum FROM ticket_aggregates_partial "
+            "ORDER BY window_start",
+        )
+        assert [(r["ticket_count"], r["revenue_sum"]) for r in rows] == [
+            (2, Decimal("10.00")),  # minute 0: rebuilt
+            (1, Decimal("1.00")),  # minute 2: outside the range, untouched
+        ]

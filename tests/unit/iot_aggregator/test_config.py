@@ -1,0 +1,108 @@
+"""Settings and command line of iot-aggregator: bad values exit 2 naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from indutech_iot_aggregator.cli import main
+from tests.support.stack import REPO_ROOT
+
+VALID = {"INDUTECH_KAFKA__USERNAME": "u", "INDUTECH_KAFKA__PASSWORD": "secret-password-1"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name, value in VALID.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+class TestBadConfig:
+    @pytest.mark.parametrize(
+        ("variable", "value", "expected"),
+        [
+            ("IOT_AGGREGATOR_WINDOW_S", "5", "greater than or equal to 10"),
+            ("IOT_AGGREGATOR_WINDOW_S", "7200", "less than or equal to 3600"),
+            ("IOT_AGGREGATOR_LATE_POLICY", "drop", "'correction' or 'dead_letter'"),
+            ("IOT_AGGREGATOR_WAREHOUSE_SCHEMA", "rt;drop", "lower-case SQL identifier"),
+            ("IOT_AGGREGATOR_MAX_OPEN_KEYS", "0", "greater than 0"),
+        ],
+    )
+    def test_exits_2_naming_the_variable(
+        self,
+        env: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        variable: str,
+        value: str,
+        expected: str,
+    ) -> None:
+        """A bad value stops the worker before any work, naming the variable and the rule."""
+        env.setenv(variable, value)
+        assert main([]) == 2
+        err = capsys.readouterr().err
+        assert variable in err
+        assert expected in err
+
+
+class TestHelp:
+    def test_help_lists_every_setting_with_its_description(self) -> None:
+        """``python -m indutech_iot_aggregator --help`` documents the settings and commands."""
+        result = subprocess.run(
+            [sys.executable, "-m", "indutech_iot_aggregator", "--help"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        for text in (
+            "migrate",
+            "IOT_AGGREGATOR_WINDOW_S (default 60)",
+            "IOT_AGGREGATOR_GRACE_S",
+            "IOT_AGGREGATOR_EMIT_INTERVAL_S",
+            "IOT_AGGREGATOR_IDLE_CLOSE_S",
+            "IOT_AGGREGATOR_LATE_POLICY (default 'correction')",
+            "IOT_AGGREGATOR_MAX_OPEN_KEYS",
+            "IOT_AGGREGATOR_WAREHOUSE__DIALECT",
+        ):
+            assert text in result.stdout
+
+
+class TestRebuildArguments:
+    @pytest.mark.parametrize(
+        ("argv", "expected"),
+        [
+            (["rebuild"], "give --from and --to"),
+            (
+                [
+                    "rebuild",
+                    "--from",
+                    "2026-03-01T10:00:30+00:00",
+                    "--to",
+                    "2026-03-01T11:00+00:00",
+                ],
+                "is not a window boundary",
+            ),
+            (
+                ["rebuild", "--from", "2026-03-01T10:00:00", "--to", "2026-03-01T11:00:00"],
+                "need a UTC offset",
+            ),
+            (
+                ["rebuild", "--from", "2026-03-01T11:00+00:00", "--to", "2026-03-01T10:00+00:00"],
+                "--to must be after --from",
+            ),
+        ],
+    )
+    @pytest.mark.usefixtures("env")
+    def test_a_bad_range_exits_2_before_touching_anything(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        argv: list[str],
+        expected: str,
+    ) -> None:
+        """No lake read, no warehouse connection: the command says what to fix."""
+        assert main(argv) == 2
+        assert expected in capsys.readouterr().err
