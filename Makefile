@@ -7,9 +7,13 @@ UV := python3 -m uv
 endif
 PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py deploy/local/demo_sql.py $(wildcard services/*/src)
 PYTEST_ARGS ?=
+# Integration tests mostly wait (on Kafka, S3, Samba, timers): they run in parallel
+# processes, a test file per process. Tests that stop a shared service (`serial`) and
+# the `last` ones run afterwards, one at a time.
+PYTEST_WORKERS ?= 4
 STACK := deploy/local/stack
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset test test-unit demo lint lock-check mypy format bench clean
+.PHONY: help setup stack-up stack-down stack-status stack-reset test test-quick test-unit demo lint lock-check mypy format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
@@ -33,7 +37,17 @@ stack-reset: ## stop the stack and delete .stack/ (certificates, data, secrets)
 	@$(STACK) reset
 
 test: stack-up ## THE test command: start the stack, run every test (unit + integration)
-	@.venv/bin/pytest $(PYTEST_ARGS)
+	@rc=0; \
+	.venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not serial and not last" $(PYTEST_ARGS) || rc=$$?; \
+	echo "== tests that stop a shared service, and the last ones, one at a time"; \
+	.venv/bin/pytest -m "serial or last" $(PYTEST_ARGS) || { r=$$?; [[ $$r == 5 ]] || rc=$$r; }; \
+	exit $$rc
+
+test-quick: stack-up ## every test except the `last` ones (the 5,000-member group); same phases as test
+	@rc=0; \
+	.venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not serial and not last" $(PYTEST_ARGS) || rc=$$?; \
+	.venv/bin/pytest -m "serial" $(PYTEST_ARGS) || { r=$$?; [[ $$r == 5 ]] || rc=$$r; }; \
+	exit $$rc
 
 test-unit: setup ## only the tests that need no running service
 	@.venv/bin/pytest tests/unit $(PYTEST_ARGS)

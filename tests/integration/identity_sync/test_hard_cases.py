@@ -123,6 +123,7 @@ def start_samba() -> None:
     stack_service("up", "samba", timeout_s=120)
 
 
+@pytest.mark.serial  # stops the shared AWS DC: never beside other tests
 class TestDcRestartedMidSync:
     @pytest.mark.slow
     @pytest.mark.timeout(240)

@@ -37,6 +37,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+@pytest.mark.serial  # stops the shared broker: never beside other tests
 class TestBrokerRestart:
     @pytest.mark.slow
     @pytest.mark.timeout(240)

@@ -32,6 +32,7 @@ BEFORE = 3000
 AFTER = 1000
 
 
+@pytest.mark.serial  # stops the shared broker: never beside other tests
 class TestBrokerRestart:
     @pytest.mark.slow
     @pytest.mark.timeout(200)

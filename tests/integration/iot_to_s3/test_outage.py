@@ -43,6 +43,7 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+@pytest.mark.serial  # stops the shared MinIO: never beside other tests
 class TestS3Outage:
     @pytest.mark.slow
     @pytest.mark.timeout(170)
