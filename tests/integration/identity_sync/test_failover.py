@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
-from indutech_common.kafka import connection_kwargs
+from indutech_common.schemas import Topics
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.model import make_dn
 from indutech_identity_sync.state import MemoryStateStore
@@ -26,6 +25,7 @@ from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import total_writes, wait_started
 from tests.integration.identity_sync.test_worker import adds, consume, settings_for
+from tests.support.kafka import temporary_topics
 from tests.support.proxy import pipe
 from tests.support.stack import StackSettings
 
@@ -76,16 +76,10 @@ class Proxy:
 
 @pytest.fixture
 async def audit_topic(stack: StackSettings, unique: str) -> AsyncIterator[str]:
-    """A one-partition audit topic of this test, deleted afterwards."""
+    """An audit topic of this test with the contract's settings, deleted afterwards."""
     topic = f"test.identity-changes.{unique}"
-    admin = AIOKafkaAdminClient(**connection_kwargs(stack.kafka))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    async with temporary_topics(stack.kafka, {topic: Topics.IDENTITY_CHANGES}):
         yield topic
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
