@@ -125,6 +125,9 @@ class TestDcFailover:
                 await run_until(task, lambda: live.count("aws") == 6)
                 late = await asyncio.to_thread(live.user, "onprem", "Late")
                 await run_until(task, lambda: live.exists("aws", live.twin(late, "aws")))
+                # the AWS user's way back may still be in flight (slow under load): wait for
+                # it, so that the idle ticks below measure echoes and nothing else
+                await run_until(task, lambda: live.exists("onprem", live.twin(aws_user, "onprem")))
                 before = adds(worker, "aws") + adds(worker, "onprem")
                 await asyncio.sleep(1.0)  # idle ticks: nothing more to write
                 assert adds(worker, "aws") + adds(worker, "onprem") == before

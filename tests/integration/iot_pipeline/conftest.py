@@ -78,16 +78,21 @@ class Process:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def wait_logged(self, event: str, timeout_s: float = 30) -> None:
-        """Wait until the current run logged ``event`` (fails if the process died first)."""
+    async def wait_logged(
+        self, event: str, timeout_s: float = 30, *, required: bool = True
+    ) -> bool:
+        """Wait until the current run logged ``event`` (fails if the process died first);
+        with ``required=False`` a timeout returns False instead of failing."""
         needle = f'"event": "{event}"'
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if needle in await asyncio.to_thread(self.log.read_text, errors="replace"):
-                return
+                return True
             if not self.alive():
                 pytest.fail(f"{self.name} exited early: {self.tail()}")
             await asyncio.sleep(0.05)
+        if not required:
+            return False
         pytest.fail(f"{self.name} did not log {event} within {timeout_s}s: {self.tail()}")
 
     async def kill(self) -> None:
