@@ -8,14 +8,18 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from pydantic import BaseModel
 
 from indutech_common.s3 import (
     MIN_PART_BYTES,
+    JsonObjectStore,
     SseRequiredError,
     create_s3_client,
+    is_missing,
     ping_bucket,
     upload_multipart,
 )
+from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
 
 
@@ -157,3 +161,46 @@ class TestS3Client:
             await ping_bucket(s3, stack.s3.lake_bucket)
             with pytest.raises(ClientError):
                 await ping_bucket(s3, "indutech-no-such-bucket")
+
+
+class Note(BaseModel):
+    text: str
+    count: int
+
+
+class TestJsonObjectStore:
+    """The JSON document store every worker's state, plans and intents go through."""
+
+    async def test_round_trip_missing_create_only_and_list(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        prefix = f"tests/{unique}/json/"
+        try:
+            async with create_s3_client(stack.s3) as s3:
+                store = JsonObjectStore(s3, bucket=stack.s3.lake_bucket)
+                assert await store.get(f"{prefix}absent.json", Note) is None
+                assert await store.put(f"{prefix}a.json", Note(text="first", count=1))
+                assert await store.get(f"{prefix}a.json", Note) == Note(text="first", count=1)
+                # create_only: the existing document wins, and the caller is told so
+                won = await store.put(
+                    f"{prefix}a.json", Note(text="second", count=2), create_only=True
+                )
+                assert won is False
+                assert await store.get(f"{prefix}a.json", Note) == Note(text="first", count=1)
+                assert await store.put(f"{prefix}b.json", b'{"text": "raw", "count": 3}')
+                assert await store.list_keys(prefix) == [f"{prefix}a.json", f"{prefix}b.json"]
+                head = await s3.head_object(Bucket=stack.s3.lake_bucket, Key=f"{prefix}b.json")
+                assert head["ContentType"] == "application/json"
+                assert head["ServerSideEncryption"] == "aws:kms"
+                await store.delete(f"{prefix}a.json")
+                assert await store.get_bytes(f"{prefix}a.json") is None
+        finally:
+            await delete_prefix(stack.s3, stack.s3.lake_bucket, prefix)
+
+    async def test_other_errors_are_not_taken_for_missing(self, stack: StackSettings) -> None:
+        async with create_s3_client(stack.s3) as s3:
+            store = JsonObjectStore(s3, bucket=f"no-such-bucket-{stack.s3.lake_bucket}")
+            with pytest.raises(ClientError) as raised:
+                await store.get_bytes("anything.json")
+        assert raised.value.response["Error"]["Code"] == "NoSuchBucket"
+        assert not is_missing(raised.value)

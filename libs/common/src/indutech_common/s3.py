@@ -17,12 +17,13 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from pydantic import SecretStr
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, SecretStr
 
 from indutech_common.errors import IndutechError
 from indutech_common.settings import S3Settings
@@ -196,3 +197,86 @@ async def upload_multipart(
             _log.warning("multipart_abort_failed", key=key, error=type(exc).__name__)
         raise
     return len(parts)
+
+
+JSON_CONTENT_TYPE = "application/json"
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_PRECONDITION_STATUSES = frozenset({409, 412})
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def is_missing(exc: BaseException) -> bool:
+    """True for S3's answers that mean "no such object" (the codes differ by call and server)."""
+    if not isinstance(exc, ClientError):
+        return False
+    return exc.response.get("Error", {}).get("Code", "") in _MISSING_CODES
+
+
+def sha256_checksum(data: bytes) -> str:
+    """The ``ChecksumSHA256`` of a body: S3 recomputes it and refuses a body that differs."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class JsonObjectStore:
+    """Small JSON documents in one bucket: the state, plans, manifests and intents of workers.
+
+    ``get`` returns None for a missing object (any other error raises), ``put`` sends a
+    SHA-256 the server verifies and, with ``create_only``, never overwrites (an existing
+    object wins and ``put`` returns False: two writers of the same key cannot both think
+    they wrote it). SSE comes from the client's policy like every write.
+    """
+
+    def __init__(self, client: S3Client, *, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        async with response["Body"] as body:
+            return await body.read()
+
+    async def get(self, key: str, model: type[ModelT]) -> ModelT | None:
+        raw = await self.get_bytes(key)
+        return model.model_validate_json(raw) if raw is not None else None
+
+    async def put(
+        self, key: str, document: BaseModel | bytes, *, create_only: bool = False
+    ) -> bool:
+        """Write the document; False when ``create_only`` and the key already exists."""
+        data = document if isinstance(document, bytes) else document.model_dump_json().encode()
+        conditional: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=JSON_CONTENT_TYPE,
+                ChecksumSHA256=sha256_checksum(data),
+                **conditional,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if create_only and status in _PRECONDITION_STATUSES:
+                return False
+            raise
+        return True
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
