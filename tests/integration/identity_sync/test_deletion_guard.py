@@ -67,12 +67,14 @@ class TestTrickledMassDelete:
                         live.read("aws", live.twin(survivor, "aws"), "userAccountControl")
                         == ["514"]
                     ),
-                    timeout_s=5,
+                    timeout_s=7.5,
                 )
                 # past the settle time of every delete: still held
                 await asyncio.sleep(max(0.0, first_delete + 8 + 2 - time.monotonic()))
                 assert await asyncio.to_thread(live.count, "aws") == USERS
-            assert took < 5
+            # sooner than a delete's settle time (8 s): not held with the deletes; how much
+            # sooner is the benchmark's business, not a test's (a loaded machine is slower)
+            assert took < 8
             cycles = sum(e["event"] == "cycle_done" for e in logs)
             assert cycles >= 4, cycles  # the deletes came in several batches
             tripped = [e for e in logs if e["event"] == "deletion_guard_tripped"]
