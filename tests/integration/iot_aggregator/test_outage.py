@@ -11,7 +11,6 @@ from structlog.testing import capture_logs
 from tests.integration.iot_aggregator.conftest import (
     BASE_TIME,
     Names,
-    SwitchableProxy,
     client_ticket,
     expected_tickets,
     produce,
@@ -19,6 +18,7 @@ from tests.integration.iot_aggregator.conftest import (
     view_tickets,
     wait_for,
 )
+from tests.support.proxy import SwitchableProxy
 from tests.support.stack import StackSettings
 
 CAP = 40

@@ -18,7 +18,7 @@ from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import CloudWatchSettings, HealthSettings
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.worker import MetricsShipperWorker
-from tests.support.proxy import pipe
+from tests.support.proxy import SwitchableProxy
 from tests.support.stack import StackSettings
 
 pytestmark = pytest.mark.integration
@@ -126,25 +126,15 @@ class TestShipping:
         """CloudWatch unreachable: the cycle goes on, datums wait, and arrive once it is back."""
         endpoint = stack.cloudwatch.endpoint_url
         assert endpoint is not None
-        host, port = "localhost", int(endpoint.rsplit(":", 1)[1].rstrip("/"))
-        reachable = asyncio.Event()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if not reachable.is_set():  # the outage: connections are cut at once
-                writer.close()
-                return
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        proxy_port = server.sockets[0].getsockname()[1]
-        # "localhost" so that the stack's certificate still verifies through the proxy
-        cloudwatch = stack.cloudwatch.model_copy(
-            update={"endpoint_url": f"https://localhost:{proxy_port}"}
-        )
+        port = int(endpoint.rsplit(":", 1)[1].rstrip("/"))
         namespace = f"InduTech/Test/{unique}"
         worker = f"w-{unique}"
-        try:
+        async with SwitchableProxy("localhost", port) as proxy:
+            proxy.cut()  # the outage: connections are refused until restore()
+            # "localhost" so that the stack's certificate still verifies through the proxy
+            cloudwatch = stack.cloudwatch.model_copy(
+                update={"endpoint_url": f"https://localhost:{proxy.port}"}
+            )
             async with metrics_endpoint(worker) as (metrics, url):
                 shipper = MetricsShipperWorker(shipper_settings(cloudwatch, namespace, url))
                 metrics.records_out.labels(worker, "sensor").inc(4)
@@ -154,7 +144,7 @@ class TestShipping:
                 assert len(shipper.sink.buffer) > 0, "nothing was buffered during the outage"
                 assert shipper.sink.datums_sent == 0
 
-                reachable.set()
+                proxy.restore()
                 metrics.records_out.labels(worker, "sensor").inc(6)
                 await wait_until(
                     lambda: (
@@ -166,9 +156,6 @@ class TestShipping:
                 )
                 shipper.request_exit()
                 assert await task == 0
-        finally:
-            server.close()
-            await server.wait_closed()
         sums = await metric_values(
             stack.cloudwatch,
             namespace,
