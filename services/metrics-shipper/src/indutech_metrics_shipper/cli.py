@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from argparse import ArgumentParser, Namespace
 
 from indutech_common.cli import worker_main
+from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_metrics_shipper import alarms
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 
@@ -14,16 +17,22 @@ def _arguments(parser: ArgumentParser) -> None:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "once"],
+        choices=["run", "once", "alarms"],
         default="run",
         help="run: scrape and ship every interval until SIGTERM (the default); "
         "once: one cycle, then exit (what is not delivered is lost unless state_file is set "
-        "and the buffer drains)",
+        "and the buffer drains); alarms: create or update the seed's alarms (with --dry-run: "
+        "only show what would change)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="alarms: print the changes, write nothing"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     def run(settings: MetricsShipperSettings, args: Namespace) -> int:
+        if args.command == "alarms":
+            return asyncio.run(apply_alarms(settings, dry_run=args.dry_run))
         return MetricsShipperWorker(settings, once=args.command == "once").run()
 
     return worker_main(
@@ -31,13 +40,33 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Flow 7: every worker's /metrics to CloudWatch (counters as increases with resets "
             "detected, histograms as values/counts), batched within PutMetricData's limits and "
-            "buffered through outages. Not built yet: logs, alarms, the status view."
+            "buffered through outages; the seed's alarms as code (alarms). Not built yet: "
+            "logs, the status view."
         ),
         settings_cls=MetricsShipperSettings,
         run=run,
         argv=argv,
         add_arguments=_arguments,
     )
+
+
+async def apply_alarms(settings: MetricsShipperSettings, *, dry_run: bool) -> int:
+    """Print one line per alarm: create, update (fields), unchanged, or unmanaged."""
+    async with create_cloudwatch_client(settings.cloudwatch) as client:
+        changes = await alarms.apply(
+            client,
+            prefix=settings.alarm_prefix,
+            namespace=settings.namespace,
+            actions=settings.alarm_actions,
+            dry_run=dry_run,
+        )
+    for change in changes:
+        print(change.describe())
+    for flow, rule, why in alarms.NOT_YET:
+        print(f"not yet   flow {flow}: {rule} ({why})")
+    if dry_run:
+        print("dry run: nothing written")
+    return 0
 
 
 if __name__ == "__main__":

@@ -66,6 +66,14 @@ class MetricsShipperSettings(WorkerSettings):
         ge=1_000,
         description="datums held through a CloudWatch outage; the oldest go first when full",
     )
+    alarm_prefix: str = Field(
+        default="indutech-",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="name prefix of the alarms `alarms apply` manages",
+    )
+    alarm_actions: CommaList = Field(
+        default=(), description="SNS topic ARNs notified when an alarm fires or clears"
+    )
     state_file: Path | None = Field(
         default=None,
         description="where counters' last values are kept across restarts (none: a restart "
