@@ -17,7 +17,8 @@ class TestSpecs:
         """The seed's table, in seconds and counts, per flow."""
         by_slug = {(s.flow, s.slug): (s.comparison, s.threshold) for s in SEED_ALARMS}
         assert by_slug == {
-            (1, "broker-lag"): ("GreaterThanThreshold", 300),
+            (1, "broker-lag-iot-to-s3"): ("GreaterThanThreshold", 300),
+            (1, "broker-lag-iot-aggregator"): ("GreaterThanThreshold", 300),
             (2, "s3-write-latency"): ("GreaterThanThreshold", 600),
             (2, "s3-files-per-day"): ("LessThanThreshold", 100),
             (3, "warehouse-ingestion-lag"): ("GreaterThanThreshold", 3600),
@@ -34,9 +35,10 @@ class TestSpecs:
         params = desired(SEED_ALARMS[0], prefix=PREFIX, namespace=NAMESPACE)
         [query] = params["Metrics"]
         assert query["Expression"] == (
-            "SELECT MAX(indutech_lag_seconds) FROM \"InduTech/Flows\" WHERE worker = 'iot-ingest'"
+            'SELECT MAX(indutech_kafka_consumer_lag_seconds) FROM "InduTech/Flows" '
+            "WHERE consumer_group = 'iot-to-s3'"
         )
-        assert params["AlarmName"] == "indutech-flow1-broker-lag"
+        assert params["AlarmName"] == "indutech-flow1-broker-lag-iot-to-s3"
 
     def test_missing_data_breaches_where_silence_is_the_failure(self) -> None:
         breaching = {s.slug for s in SEED_ALARMS if s.missing == "breaching"}

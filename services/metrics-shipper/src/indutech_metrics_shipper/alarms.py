@@ -2,7 +2,8 @@
 
 Each row of the seed's table that a metric of ours can express is one
 ``AlarmSpec`` below, written against the metrics as the shipper publishes them
-(namespace, names, the ``worker`` dimension). Lags and error counts are
+(namespace, names, the ``worker`` dimension; broker lag is the shipper's own
+``indutech_kafka_consumer_lag_seconds`` per consumer group). Lags and error counts are
 Metrics Insights queries (``SELECT MAX(...) ... WHERE worker = '...'``), so one
 alarm covers every stream or kind of a worker without naming each dimension
 set; the daily file count needs a day of data, which Insights does not query,
@@ -65,16 +66,22 @@ def _sum_of(metric: str, worker: str) -> str:
 
 MINUTE = 60
 SEED_ALARMS: tuple[AlarmSpec, ...] = (
-    AlarmSpec(
-        "broker-lag",
-        1,
-        "broker lag > 5 min: the newest record iot-ingest put on Redpanda is over 5 min old",
-        "GreaterThanThreshold",
-        5 * MINUTE,
-        MINUTE,
-        5,
-        "notBreaching",
-        insights=_max_of("indutech_lag_seconds", "iot-ingest"),
+    *(
+        AlarmSpec(
+            f"broker-lag-{group}",
+            1,
+            f"broker lag > 5 min: consumer group {group} is over 5 min behind Redpanda",
+            "GreaterThanThreshold",
+            5 * MINUTE,
+            MINUTE,
+            5,
+            "notBreaching",
+            insights=(
+                "SELECT MAX(indutech_kafka_consumer_lag_seconds) FROM {namespace} "
+                f"WHERE consumer_group = '{group}'"  # noqa: S608 - Metrics Insights, constants
+            ),
+        )
+        for group in ("iot-to-s3", "iot-aggregator")  # the workers' default group ids
     ),
     AlarmSpec(
         "s3-write-latency",

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from indutech_common.settings import CloudWatchSettings, WorkerSettings
+from indutech_common.settings import CloudWatchSettings, KafkaSettings, WorkerSettings
 
 
 def _comma_list(value: object) -> object:
@@ -37,6 +37,13 @@ class MetricsShipperSettings(WorkerSettings):
         default=(),
         description="comma-separated /metrics URLs; dns+http://name:port/metrics scrapes every "
         "address the name resolves to (a headless Service's pods)",
+    )
+    kafka: KafkaSettings | None = Field(
+        default=None,
+        description="the broker whose consumer groups' lag is shipped (unset: no broker lag)",
+    )
+    lag_groups: CommaList = Field(
+        default=(), description="consumer groups whose lag is shipped (empty: every group)"
     )
     interval_s: float = Field(
         default=60.0, ge=10, le=300, description="seconds between scrape-and-ship cycles"

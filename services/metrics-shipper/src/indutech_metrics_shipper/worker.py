@@ -21,7 +21,7 @@ from indutech_common.lifecycle import Worker
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
 from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
-from indutech_metrics_shipper.sources import ScrapeSource
+from indutech_metrics_shipper.sources import ConsumerLagSource, ScrapeSource
 
 
 class MetricsShipperWorker(Worker[MetricsShipperSettings]):
@@ -79,6 +79,11 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.source = ScrapeSource(
             settings.targets, timeout_s=settings.scrape_timeout_s, ca_file=settings.scrape_ca_file
         )
+        self.lag: ConsumerLagSource | None = (
+            ConsumerLagSource(settings.kafka, groups=settings.lag_groups)
+            if settings.kafka
+            else None
+        )
         self.sink: CloudWatchMetricsSink | None = None
         self.cycles = 0
 
@@ -87,6 +92,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
         )
         self.adopt(self.source)
+        if self.lag is not None:
+            self.adopt(self.lag)
         self.sink = self.adopt(
             CloudWatchMetricsSink(
                 client,
@@ -128,6 +135,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             for reason, count in report.dropped.items():
                 self.series_dropped.labels(self.name, reason).inc(count)
             datums.extend(report.datums)
+        if self.lag is not None:
+            try:
+                datums.extend(await self.lag.read())
+            except Exception as exc:  # the broker away: the workers' own metrics still go out
+                self.scrape_failures.labels(self.name, "kafka-consumer-lag").inc()
+                self.log.warning("consumer_lag_failed", error=f"{type(exc).__name__}: {exc}")
         sent_before, errors_before = self.sink.datums_sent, self.sink.api_errors
         dropped_before, rejected_before = self.sink.buffer.dropped, self.sink.rejected
         await self.sink.write(datums)

@@ -1,5 +1,6 @@
 """Where the shipper reads: the workers' Prometheus endpoints."""
 
+from indutech_metrics_shipper.sources.consumer_lag import ConsumerLagSource
 from indutech_metrics_shipper.sources.scrape import Scrape, ScrapeSource, Target
 
-__all__ = ["Scrape", "ScrapeSource", "Target"]
+__all__ = ["ConsumerLagSource", "Scrape", "ScrapeSource", "Target"]
