@@ -55,13 +55,17 @@ class AlarmSpec:
         return f"{prefix}flow{self.flow}-{self.slug}"
 
 
+def _query(function: str, metric: str, key: str, value: str) -> str:
+    # Metrics Insights, not SQL; every part is one of this module's constants
+    return f"SELECT {function}({metric}) FROM {{namespace}} WHERE {key} = '{value}'"  # noqa: S608
+
+
 def _max_of(metric: str, worker: str) -> str:
-    # Metrics Insights, not SQL; metric and worker are this module's constants
-    return f"SELECT MAX({metric}) FROM {{namespace}} WHERE worker = '{worker}'"  # noqa: S608
+    return _query("MAX", metric, "worker", worker)
 
 
 def _sum_of(metric: str, worker: str) -> str:
-    return f"SELECT SUM({metric}) FROM {{namespace}} WHERE worker = '{worker}'"  # noqa: S608
+    return _query("SUM", metric, "worker", worker)
 
 
 MINUTE = 60
@@ -76,10 +80,7 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
             MINUTE,
             5,
             "notBreaching",
-            insights=(
-                "SELECT MAX(indutech_kafka_consumer_lag_seconds) FROM {namespace} "
-                f"WHERE consumer_group = '{group}'"  # noqa: S608 - Metrics Insights, constants
-            ),
+            insights=_query("MAX", "indutech_kafka_consumer_lag_seconds", "consumer_group", group),
         )
         for group in ("iot-to-s3", "iot-aggregator")  # the workers' default group ids
     ),
