@@ -9,7 +9,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from indutech_common.settings import CloudWatchSettings, KafkaSettings, WorkerSettings
+from indutech_common.settings import (
+    CloudWatchSettings,
+    KafkaSettings,
+    WarehouseSettings,
+    WorkerSettings,
+)
 
 
 def _comma_list(value: object) -> object:
@@ -44,6 +49,10 @@ class MetricsShipperSettings(WorkerSettings):
     )
     lag_groups: CommaList = Field(
         default=(), description="consumer groups whose lag is shipped (empty: every group)"
+    )
+    warehouse: WarehouseSettings | None = Field(
+        default=None,
+        description="the warehouse whose query queue is shipped (unset: no queue metric)",
     )
     interval_s: float = Field(
         default=60.0, ge=10, le=300, description="seconds between scrape-and-ship cycles"

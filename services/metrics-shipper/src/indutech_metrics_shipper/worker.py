@@ -21,7 +21,11 @@ from indutech_common.lifecycle import Worker
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
 from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
-from indutech_metrics_shipper.sources import ConsumerLagSource, ScrapeSource
+from indutech_metrics_shipper.sources import (
+    ConsumerLagSource,
+    ScrapeSource,
+    WarehouseQueueSource,
+)
 
 
 class MetricsShipperWorker(Worker[MetricsShipperSettings]):
@@ -84,6 +88,9 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             if settings.kafka
             else None
         )
+        self.queue: WarehouseQueueSource | None = (
+            WarehouseQueueSource(settings.warehouse) if settings.warehouse else None
+        )
         self.sink: CloudWatchMetricsSink | None = None
         self.cycles = 0
 
@@ -94,6 +101,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.adopt(self.source)
         if self.lag is not None:
             self.adopt(self.lag)
+        if self.queue is not None:
+            self.adopt(self.queue)
         self.sink = self.adopt(
             CloudWatchMetricsSink(
                 client,
@@ -135,12 +144,16 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             for reason, count in report.dropped.items():
                 self.series_dropped.labels(self.name, reason).inc(count)
             datums.extend(report.datums)
-        if self.lag is not None:
+        for source in (self.lag, self.queue):
+            if source is None:
+                continue
             try:
-                datums.extend(await self.lag.read())
-            except Exception as exc:  # the broker away: the workers' own metrics still go out
-                self.scrape_failures.labels(self.name, "kafka-consumer-lag").inc()
-                self.log.warning("consumer_lag_failed", error=f"{type(exc).__name__}: {exc}")
+                datums.extend(await source.read())
+            except Exception as exc:  # a dependency away: the workers' own metrics still go out
+                self.scrape_failures.labels(self.name, source.name).inc()
+                self.log.warning(
+                    "source_failed", source=source.name, error=f"{type(exc).__name__}: {exc}"
+                )
         sent_before, errors_before = self.sink.datums_sent, self.sink.api_errors
         dropped_before, rejected_before = self.sink.buffer.dropped, self.sink.rejected
         await self.sink.write(datums)
