@@ -1,13 +1,15 @@
-"""`metrics-shipper alarms` against moto's CloudWatch: the seed's alarms exist, twice is once."""
+"""`metrics-shipper alarms` and `dashboard` against moto's CloudWatch: twice is once."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 from indutech_common.cloudwatch import create_cloudwatch_client
 from indutech_metrics_shipper.alarms import SEED_ALARMS, apply, existing_alarms
+from indutech_metrics_shipper.dashboard import apply_dashboard, body
 from tests.support.stack import REPO_ROOT, StackSettings
 
 
@@ -95,3 +97,23 @@ class TestAlarms:
         assert sum(line.startswith("create") for line in lines) == len(SEED_ALARMS)
         assert sum(line.startswith("not yet") for line in lines) == 3
         assert lines[-1] == "dry run: nothing written"
+
+
+class TestDashboard:
+    async def test_written_and_read_back_the_same_twice(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        name = f"test-{unique}"
+        async with create_cloudwatch_client(stack.cloudwatch) as client:
+            try:
+                for _ in range(2):
+                    problems = await apply_dashboard(
+                        client, name=name, namespace="InduTech/Flows", region="eu-west-1"
+                    )
+                    assert problems == []
+                    stored = await client.get_dashboard(DashboardName=name)
+                    assert json.loads(stored["DashboardBody"]) == body(
+                        "InduTech/Flows", "eu-west-1"
+                    )
+            finally:
+                await client.delete_dashboards(DashboardNames=[name])

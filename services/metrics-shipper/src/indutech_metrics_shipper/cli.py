@@ -8,7 +8,7 @@ from argparse import ArgumentParser, Namespace
 
 from indutech_common.cli import worker_main
 from indutech_common.cloudwatch import create_cloudwatch_client
-from indutech_metrics_shipper import alarms
+from indutech_metrics_shipper import alarms, dashboard
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 
@@ -17,12 +17,12 @@ def _arguments(parser: ArgumentParser) -> None:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "once", "alarms"],
+        choices=["run", "once", "alarms", "dashboard"],
         default="run",
         help="run: scrape and ship every interval until SIGTERM (the default); "
         "once: one cycle, then exit (what is not delivered is lost unless state_file is set "
         "and the buffer drains); alarms: create or update the seed's alarms (with --dry-run: "
-        "only show what would change)",
+        "only show what would change); dashboard: write the seven flows' dashboard",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="alarms: print the changes, write nothing"
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(settings: MetricsShipperSettings, args: Namespace) -> int:
         if args.command == "alarms":
             return asyncio.run(apply_alarms(settings, dry_run=args.dry_run))
+        if args.command == "dashboard":
+            return asyncio.run(write_dashboard(settings))
         return MetricsShipperWorker(settings, once=args.command == "once").run()
 
     return worker_main(
@@ -67,6 +69,20 @@ async def apply_alarms(settings: MetricsShipperSettings, *, dry_run: bool) -> in
     if dry_run:
         print("dry run: nothing written")
     return 0
+
+
+async def write_dashboard(settings: MetricsShipperSettings) -> int:
+    async with create_cloudwatch_client(settings.cloudwatch) as client:
+        problems = await dashboard.apply_dashboard(
+            client,
+            name=settings.dashboard_name,
+            namespace=settings.namespace,
+            region=settings.cloudwatch.region,
+        )
+    for problem in problems:
+        print(f"CloudWatch says: {problem}", file=sys.stderr)
+    print(f"dashboard {settings.dashboard_name} written ({len(dashboard.FLOWS)} flows)")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ class MetricsShipperSettings(WorkerSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
         description="name prefix of the alarms `alarms apply` manages",
     )
+    dashboard_name: str = Field(
+        default="indutech-flows",
+        pattern=r"^[A-Za-z0-9_-]{1,255}$",
+        description="the CloudWatch dashboard `dashboard` writes",
+    )
     alarm_actions: CommaList = Field(
         default=(), description="SNS topic ARNs notified when an alarm fires or clears"
     )
