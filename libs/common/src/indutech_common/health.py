@@ -19,6 +19,7 @@ from indutech_common.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 from indutech_common.settings import HealthSettings
 
 Ping = Callable[[], Awaitable[object]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = structlog.get_logger(__name__)
 
 
@@ -43,9 +44,16 @@ class HealthServer:
         self._settings = settings
         self._metrics = metrics
         self._pings: dict[str, Ping] = {}
+        self._pages: dict[str, Handler] = {}
         self.state = HealthState()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+
+    def add_page(self, path: str, handler: Handler) -> None:
+        """Serve one more GET page on the same port (before ``start``), e.g. a status view."""
+        if path in {"/healthz", "/readyz", "/metrics"}:
+            raise ValueError(f"{path} is the health server's own")
+        self._pages[path] = handler
 
     def register_ping(self, name: str, ping: Ping) -> None:
         """Register a readiness check; it must raise (or time out) when the dependency is down."""
@@ -94,6 +102,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_handler)
+        for path, handler in self._pages.items():
+            app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)

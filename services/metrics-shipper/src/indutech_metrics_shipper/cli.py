@@ -10,6 +10,8 @@ from indutech_common.cli import worker_main
 from indutech_common.cloudwatch import create_cloudwatch_client
 from indutech_metrics_shipper import alarms, dashboard
 from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.sources import ScrapeSource
+from indutech_metrics_shipper.status import State, StatusBoard, render_text
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 
 
@@ -17,15 +19,23 @@ def _arguments(parser: ArgumentParser) -> None:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "once", "alarms", "dashboard"],
+        choices=["run", "once", "alarms", "dashboard", "status"],
         default="run",
         help="run: scrape and ship every interval until SIGTERM (the default); "
         "once: one cycle, then exit (what is not delivered is lost unless state_file is set "
         "and the buffer drains); alarms: create or update the seed's alarms (with --dry-run: "
-        "only show what would change); dashboard: write the seven flows' dashboard",
+        "only show what would change); dashboard: write the seven flows' dashboard; "
+        "status: scrape the targets twice and print the seven flows against the seed's "
+        "thresholds (exit 1 when one is red)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="alarms: print the changes, write nothing"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=5.0,
+        help="status: seconds between the two scrapes that give throughput and new errors",
     )
 
 
@@ -35,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(apply_alarms(settings, dry_run=args.dry_run))
         if args.command == "dashboard":
             return asyncio.run(write_dashboard(settings))
+        if args.command == "status":
+            return asyncio.run(print_status(settings, window_s=args.window))
         return MetricsShipperWorker(settings, once=args.command == "once").run()
 
     return worker_main(
@@ -83,6 +95,23 @@ async def write_dashboard(settings: MetricsShipperSettings) -> int:
         print(f"CloudWatch says: {problem}", file=sys.stderr)
     print(f"dashboard {settings.dashboard_name} written ({len(dashboard.FLOWS)} flows)")
     return 1 if problems else 0
+
+
+async def print_status(settings: MetricsShipperSettings, *, window_s: float) -> int:
+    """Two scrapes ``window_s`` apart, then one line per flow; exit 1 when one is red."""
+    source = ScrapeSource(
+        settings.targets, timeout_s=settings.scrape_timeout_s, ca_file=settings.scrape_ca_file
+    )
+    board = StatusBoard()
+    try:
+        board.update(await source.read())
+        await asyncio.sleep(window_s)
+        board.update(await source.read())
+    finally:
+        await source.close()
+    statuses = board.statuses()
+    print(render_text(statuses))
+    return 1 if any(s.state is State.RED for s in statuses) else 0
 
 
 if __name__ == "__main__":

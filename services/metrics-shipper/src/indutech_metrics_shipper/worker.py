@@ -14,6 +14,7 @@ import json
 import os
 import time
 
+from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from indutech_common.cloudwatch import create_cloudwatch_client
@@ -25,6 +26,11 @@ from indutech_metrics_shipper.sources import (
     ConsumerLagSource,
     ScrapeSource,
     WarehouseQueueSource,
+)
+from indutech_metrics_shipper.status import (
+    FlowStatus,
+    StatusBoard,
+    render_html,
 )
 
 
@@ -93,6 +99,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         )
         self.sink: CloudWatchMetricsSink | None = None
         self.cycles = 0
+        self.board = StatusBoard()
+        self.health.add_page("/status", self._status_page)
 
     async def startup(self) -> None:
         client = await self.enter(
@@ -131,6 +139,7 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         assert self.sink is not None, "startup() opens the sink"  # noqa: S101 - a lifecycle invariant
         begun = time.perf_counter()
         scrapes = await self.source.read()
+        self.board.update(scrapes)
         datums = []
         for scrape in scrapes:
             if scrape.text is None:
@@ -169,6 +178,13 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - begun)
         if len(self.sink.buffer) == 0:
             self.metrics.record_success(stream="metrics", count=len(datums), last_event_time=None)
+
+    def statuses(self) -> list[FlowStatus]:
+        """The seven flows as of the last scrape (the /status page and tests)."""
+        return self.board.statuses()
+
+    async def _status_page(self, _request: web.Request) -> web.Response:
+        return web.Response(text=render_html(self.statuses()), content_type="text/html")
 
     def _save_state(self) -> None:
         path = self.settings.state_file
