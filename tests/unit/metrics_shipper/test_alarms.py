@@ -26,11 +26,13 @@ class TestSpecs:
             (4, "backup-errors"): ("GreaterThanThreshold", 0),
             (6, "ad-sync-lag"): ("GreaterThanThreshold", 60),
             (6, "ad-sync-errors"): ("GreaterThanThreshold", 0),
+            (7, "log-delivery"): ("GreaterThanThreshold", 300),
+            (7, "shipper-errors"): ("GreaterThanThreshold", 0),
             (7, "shipper-stale"): ("LessThanThreshold", 1),
         }
 
     def test_rows_without_a_metric_are_said_not_hidden(self) -> None:
-        assert {flow for flow, _, _ in NOT_YET} == {4, 5, 7}
+        assert {flow for flow, _, _ in NOT_YET} == {4, 5}
 
     def test_insights_query_names_the_namespace_quoted(self) -> None:
         params = desired(SEED_ALARMS[0], prefix=PREFIX, namespace=NAMESPACE)

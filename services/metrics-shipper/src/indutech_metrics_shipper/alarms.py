@@ -16,7 +16,7 @@ that no spec names are reported, never deleted.
 
 Rows of the seed not expressed yet, because the metric does not exist yet:
 the loader (flow 5) lag and errors,
-the backup's duration (> 2 h), and log delivery (> 5 min). They are listed by
+and the backup's duration (> 2 h). They are listed by
 ``NOT_YET`` and in the README, not hidden behind an alarm that could never fire.
 """
 
@@ -168,6 +168,28 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
         insights=_sum_of("indutech_errors", "identity-sync"),
     ),
     AlarmSpec(
+        "log-delivery",
+        7,
+        "log delivery > 5 min: the log files were last delivered over 5 min ago",
+        "GreaterThanThreshold",
+        5 * MINUTE,
+        MINUTE,
+        2,
+        "notBreaching",
+        insights=_max_of("indutech_shipper_log_delivery_seconds", "metrics-shipper"),
+    ),
+    AlarmSpec(
+        "shipper-errors",
+        7,
+        "any error of the shipper (log delivery failures included)",
+        "GreaterThanThreshold",
+        0,
+        5 * MINUTE,
+        1,
+        "notBreaching",
+        insights=_sum_of("indutech_errors", "metrics-shipper"),
+    ),
+    AlarmSpec(
         "shipper-stale",
         7,
         "the shipper itself sent nothing for 10 min (missing data is breaching)",
@@ -183,7 +205,6 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
 NOT_YET: tuple[tuple[int, str, str], ...] = (
     (4, "backup duration > 2 h", "sql-backup reports no run duration yet"),
     (5, "loader lag > 30 min or any error", "sql-to-redshift (flow 5) is not built"),
-    (7, "log delivery > 5 min or any error", "the shipper's log shipping is not built"),
 )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from indutech_common.settings import (
@@ -31,6 +31,8 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 
 
 class MetricsShipperSettings(WorkerSettings):
+    """Settings of the shipper; ``log_dir`` and ``log_state_dir`` go together."""
+
     service_name: ClassVar[str] = "metrics-shipper"
     model_config = SettingsConfigDict(env_prefix="METRICS_SHIPPER_")
 
@@ -95,8 +97,36 @@ class MetricsShipperSettings(WorkerSettings):
     alarm_actions: CommaList = Field(
         default=(), description="SNS topic ARNs notified when an alarm fires or clears"
     )
+    log_dir: Path | None = Field(
+        default=None,
+        description="the workers' JSON log files are under this folder (unset: no log shipping)",
+    )
+    log_patterns: CommaList = Field(
+        default=("**/*.log", "**/*.log.[0-9]*"),
+        description="globs of the log files under log_dir (rotated names included)",
+    )
+    log_group: str = Field(
+        default="/indutech/flows", min_length=1, max_length=512, description="CloudWatch log group"
+    )
+    log_flush_s: float = Field(
+        default=5.0, gt=0, le=300, description="seconds between two reads of the log files"
+    )
+    log_state_dir: Path | None = Field(
+        default=None,
+        description="where the log offsets and the in-flight batch are kept (required with "
+        "log_dir; a persistent volume, or each line may be sent again after a pod move)",
+    )
     state_file: Path | None = Field(
         default=None,
         description="where counters' last values are kept across restarts (none: a restart "
         "takes older counters as a baseline and never re-sends them)",
     )
+
+    @model_validator(mode="after")
+    def _log_state_with_log_dir(self) -> Self:
+        if self.log_dir is not None and self.log_state_dir is None:
+            raise ValueError(
+                "log_dir is set but log_state_dir is not: set log_state_dir to a folder that "
+                "survives restarts, where the log offsets are kept"
+            )
+        return self

@@ -17,10 +17,12 @@ import time
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_common.cloudwatch import create_cloudwatch_client, create_logs_client
 from indutech_common.lifecycle import Worker
+from indutech_common.retry import Backoff
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
+from indutech_metrics_shipper.logs import MAX_EVENTS, LogCheckpoints, LogShipper
 from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
 from indutech_metrics_shipper.sources import (
     ConsumerLagSource,
@@ -98,6 +100,25 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             WarehouseQueueSource(settings.warehouse) if settings.warehouse else None
         )
         self.sink: CloudWatchMetricsSink | None = None
+        self.logs: LogShipper | None = None
+        self.log_events_sent = Counter(
+            "indutech_shipper_log_events_sent",
+            "Log lines CloudWatch Logs accepted",
+            ["worker"],
+            registry=registry,
+        )
+        self.log_events_dropped = Counter(
+            "indutech_shipper_log_events_dropped",
+            "Log lines CloudWatch would refuse (over 14 days old, over 2 h ahead), not sent",
+            ["worker"],
+            registry=registry,
+        )
+        self.log_delivery_lag = Gauge(
+            "indutech_shipper_log_delivery_seconds",
+            "Seconds since the log files were last read to their end and delivered",
+            ["worker"],
+            registry=registry,
+        )
         self.cycles = 0
         self.board = StatusBoard()
         self.health.add_page("/status", self._status_page)
@@ -107,6 +128,20 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
         )
         self.adopt(self.source)
+        if self.settings.log_dir is not None and self.settings.log_state_dir is not None:
+            logs_client = await self.enter(
+                "cloudwatch-logs-client", create_logs_client(self.settings.cloudwatch)
+            )
+            self.logs = LogShipper(
+                logs_client,
+                root=self.settings.log_dir,
+                patterns=self.settings.log_patterns,
+                group=self.settings.log_group,
+                checkpoints=LogCheckpoints(self.settings.log_state_dir),
+            )
+            await self.logs.start()
+            logs = self.logs
+            self.add_closer("log-files", lambda: asyncio.to_thread(logs.close))
         if self.lag is not None:
             self.adopt(self.lag)
         if self.queue is not None:
@@ -120,6 +155,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         )
 
     async def main_loop(self) -> None:
+        loops = [self._metrics_loop()]
+        if self.logs is not None:
+            loops.append(self._logs_loop(self.logs))
+        await asyncio.gather(*loops)
+
+    async def _metrics_loop(self) -> None:
         while not self.should_exit.is_set():
             started = time.monotonic()
             await self.cycle()
@@ -127,6 +168,35 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
                 return
             left = self.settings.interval_s - (time.monotonic() - started)
             if await self.sleep_or_exit(max(0.0, left)):
+                break
+
+    async def _logs_loop(self, logs: LogShipper) -> None:
+        """Lines as they come: a read every ``log_flush_s``, at once while files have more."""
+        delays = Backoff(initial_s=1.0, max_s=60.0).delays()
+        delivered_at = time.time()
+        while not self.should_exit.is_set():
+            try:
+                sent_before, dropped_before = logs.events_sent, logs.events_dropped
+                read = await logs.ship()
+                self.log_events_sent.labels(self.name).inc(logs.events_sent - sent_before)
+                self.log_events_dropped.labels(self.name).inc(logs.events_dropped - dropped_before)
+            except Exception as exc:  # CloudWatch away: nothing committed, read again later
+                self.metrics.error("log_delivery")
+                delay = next(delays)
+                self.log.warning(
+                    "log_delivery_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
+                )
+                self.log_delivery_lag.labels(self.name).set(time.time() - delivered_at)
+                if await self.sleep_or_exit(delay):
+                    break
+                continue
+            delays = Backoff(initial_s=1.0, max_s=60.0).delays()
+            if read < MAX_EVENTS:  # the files are read to their end
+                delivered_at = time.time()
+                if self.once:
+                    return
+            self.log_delivery_lag.labels(self.name).set(time.time() - delivered_at)
+            if read < MAX_EVENTS and await self.sleep_or_exit(self.settings.log_flush_s):
                 break
 
     async def shutdown(self) -> None:
