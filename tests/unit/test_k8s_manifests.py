@@ -23,6 +23,7 @@ from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
+from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_sql_backup.config import SqlBackupSettings
 from tests.support.stack import REPO_ROOT
 
@@ -33,6 +34,7 @@ SETTINGS_BY_WORKER: dict[str, type[WorkerSettings]] = {
     "iot-aggregator": IotAggregatorSettings,
     "identity-sync": IdentitySyncSettings,
     "sql-backup": SqlBackupSettings,
+    "metrics-shipper": MetricsShipperSettings,
 }
 # What the indutech-secrets Secret holds in production, one file per field.
 SECRET_FILES = ("kafka__password", "onprem__password", "aws__password", "erp__password")

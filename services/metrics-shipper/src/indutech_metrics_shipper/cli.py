@@ -6,7 +6,7 @@ import asyncio
 import sys
 from argparse import ArgumentParser, Namespace
 
-from indutech_common.cli import worker_main
+from indutech_common.cli import EXIT_CONFIG, worker_main
 from indutech_common.cloudwatch import create_cloudwatch_client
 from indutech_metrics_shipper import alarms, dashboard
 from indutech_metrics_shipper.config import MetricsShipperSettings
@@ -47,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(write_dashboard(settings))
         if args.command == "status":
             return asyncio.run(print_status(settings, window_s=args.window))
+        if not settings.has_something_to_ship():
+            print(
+                "metrics-shipper: invalid configuration for metrics-shipper: nothing to ship.\n"
+                "  Set METRICS_SHIPPER_TARGETS (the workers' /metrics), METRICS_SHIPPER_LOG_DIR, "
+                "METRICS_SHIPPER_KAFKA__* (broker lag) or METRICS_SHIPPER_WAREHOUSE__* "
+                "(warehouse queue), or INDUTECH_* for the shared blocks, and start again.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         return MetricsShipperWorker(settings, once=args.command == "once").run()
 
     return worker_main(

@@ -122,6 +122,9 @@ class MetricsShipperSettings(WorkerSettings):
         "takes older counters as a baseline and never re-sends them)",
     )
 
+    def has_something_to_ship(self) -> bool:
+        return bool(self.targets or self.log_dir or self.kafka or self.warehouse)
+
     @model_validator(mode="after")
     def _log_state_with_log_dir(self) -> Self:
         if self.log_dir is not None and self.log_state_dir is None:
