@@ -178,9 +178,13 @@ class TestKeyPrefix:
             "iot-to-s3.lake_prefix",
             "sql-backup.backup_prefix",
         }
+        accepted: list[tuple[str, str]] = []
         for name, info in fields:
             adapter: TypeAdapter[str] = TypeAdapter(Annotated[str, *info.metadata])
             for bad in ("tests/x", "/tests/x/"):
-                with pytest.raises(ValidationError):
+                try:
                     adapter.validate_python(bad)
-                    pytest.fail(f"{name} accepted {bad!r}")
+                except ValidationError:
+                    continue
+                accepted.append((name, bad))
+        assert accepted == []

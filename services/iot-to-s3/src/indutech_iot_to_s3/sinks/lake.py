@@ -24,7 +24,7 @@ from botocore.exceptions import (
 
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.retry import Backoff, retry_async
-from indutech_common.s3 import upload_multipart
+from indutech_common.s3 import PARQUET_CONTENT_TYPE, upload_multipart
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks.exceptions import IntentConflictError, S3TransientError
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _log = structlog.get_logger(__name__)
 
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
