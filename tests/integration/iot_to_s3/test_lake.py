@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, create_producer, start_client
 from indutech_common.metrics import WorkerMetrics
-from indutech_common.s3 import create_s3_client
+from indutech_common.s3 import create_s3_client, sha256_checksum
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks import Intent, IntentConflictError, IntentJournal, S3Calls
 from indutech_iot_to_s3.worker import IotToS3Worker
@@ -266,6 +266,25 @@ class TestIntents:
             assert await journal.pending("t", 0, committed=10) == first
             await journal.delete(first)
             assert await journal.pending("t", 0, committed=None) is None
+
+    async def test_an_intent_is_stored_as_checked_json(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Through the common JSON store: JSON content type, a SHA-256 the server verified."""
+        intent = Intent("t", 2, 0, 9, (PlannedObject("k", BASE_TIME, 0, 9, 10),))
+        async with create_s3_client(stack.s3) as s3:
+            journal = IntentJournal(
+                s3,
+                S3Calls(WorkerMetrics("test"), backoff_max_s=1),
+                bucket=stack.s3.lake_bucket,
+                prefix=lake.prefix,
+            )
+            await journal.write(intent)
+            head = await s3.head_object(
+                Bucket=stack.s3.lake_bucket, Key=journal.key("t", 2, 0), ChecksumMode="ENABLED"
+            )
+        assert head["ContentType"] == "application/json"
+        assert head.get("ChecksumSHA256") == sha256_checksum(intent.to_json())
 
     async def test_intents_that_end_before_the_commit_are_deleted_on_recovery(
         self, stack: StackSettings, lake: Lake
