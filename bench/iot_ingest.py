@@ -19,8 +19,8 @@ from bench.harness import Result, run_quiet, run_workers
 from bench.kafka_throughput import _kcat_config
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.schemas import Topics
+from indutech_devtools.iot import GenerateOptions, generate
 from indutech_iot_ingest.config import IotIngestSettings, Route
-from indutech_iot_ingest.generator import GenerateOptions, generate
 from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack

@@ -1,6 +1,6 @@
 """`make demo`: the built flows, end to end on the local stack with generated data.
 
-IoT: ``iot-ingest generate`` writes SAN files (JSON Lines, CSV, gzip-rotated)
+IoT: ``python -m indutech_devtools.iot`` writes SAN files (JSON Lines, CSV, gzip-rotated)
 while ``iot-ingest`` and ``iot-to-s3`` run as real processes; the demo waits
 until every generated record is in the lake exactly once and says so.
 Identity: a small on-prem OU with users and a group is synced to the AWS side
@@ -174,7 +174,15 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
     say(f"   iot-to-s3 (pid {to_s3.pid}) writes s3://{stack.s3.lake_bucket}/{prefix}")
     generator = subprocess.Popen(
         [
-            *(str(BIN / "iot-ingest"), "generate", "--dir", str(san), "--rate", str(rate)),
+            *(
+                sys.executable,
+                "-m",
+                "indutech_devtools.iot",
+                "--dir",
+                str(san),
+                "--rate",
+                str(rate),
+            ),
             *("--duration", str(seconds), "--rotate-every", "2000", "--gzip", "--start", "now"),
         ],
         cwd=REPO_ROOT,

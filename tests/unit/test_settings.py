@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.cli import settings_help
 from indutech_common.errors import ConfigError
-from indutech_common.settings import KafkaSettings, S3Settings, WorkerSettings, load_settings
+from indutech_common.settings import (
+    KafkaSettings,
+    KeyPrefix,
+    S3Settings,
+    WorkerSettings,
+    load_settings,
+)
 
 
 class DemoSettings(WorkerSettings):
@@ -119,3 +127,64 @@ class TestHelp:
         assert "DEMO_KAFKA__PASSWORD (secret)" in text
         assert "DEMO_S3__SSE" in text
         assert "DEMO_SHUTDOWN_TIMEOUT_S" in text
+
+
+def _prefix_settings() -> list[tuple[str, FieldInfo]]:
+    """Every ``*_prefix`` setting of every worker (a new one is covered without editing this)."""
+    from indutech_identity_sync.config import IdentitySyncSettings  # noqa: PLC0415
+    from indutech_iot_aggregator.config import IotAggregatorSettings  # noqa: PLC0415
+    from indutech_iot_ingest.config import IotIngestSettings  # noqa: PLC0415
+    from indutech_iot_to_s3.config import IotToS3Settings  # noqa: PLC0415
+    from indutech_metrics_shipper.config import MetricsShipperSettings  # noqa: PLC0415
+    from indutech_sql_backup.config import SqlBackupSettings  # noqa: PLC0415
+
+    workers: list[type[WorkerSettings]] = [
+        IdentitySyncSettings,
+        IotAggregatorSettings,
+        IotIngestSettings,
+        IotToS3Settings,
+        MetricsShipperSettings,
+        SqlBackupSettings,
+    ]
+    return [
+        (f"{worker.service_name}.{name}", info)
+        for worker in workers
+        for name, info in worker.model_fields.items()
+        if name.endswith("_prefix")
+    ]
+
+
+class TestKeyPrefix:
+    @pytest.mark.parametrize("value", ["", "tests/x/", "a/b/c/"])
+    def test_accepts_empty_or_a_folder(self, value: str) -> None:
+        """Empty, or ending with '/' and not starting with it."""
+        assert TypeAdapter(KeyPrefix).validate_python(value) == value
+
+    @pytest.mark.parametrize(
+        ("value", "why"), [("tests/x", "must end with '/'"), ("/tests/x/", "no leading '/'")]
+    )
+    def test_refuses_what_is_not_a_folder(self, value: str, why: str) -> None:
+        """The message says what to fix."""
+        with pytest.raises(ValidationError, match=why):
+            TypeAdapter(KeyPrefix).validate_python(value)
+
+    def test_every_worker_prefix_setting_is_a_key_prefix(self) -> None:
+        """No worker's prefix setting takes 'tests/x' (it would write keys 'tests/xiot/...')."""
+        fields = _prefix_settings()
+        assert {name for name, _ in fields} >= {
+            "iot-aggregator.lake_prefix",
+            "iot-aggregator.staging_prefix",
+            "iot-ingest.dead_letter_prefix",
+            "iot-to-s3.lake_prefix",
+            "sql-backup.backup_prefix",
+        }
+        accepted: list[tuple[str, str]] = []
+        for name, info in fields:
+            adapter: TypeAdapter[str] = TypeAdapter(Annotated[str, *info.metadata])
+            for bad in ("tests/x", "/tests/x/"):
+                try:
+                    adapter.validate_python(bad)
+                except ValidationError:
+                    continue
+                accepted.append((name, bad))
+        assert accepted == []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_devtools.iot import GenerateOptions, generate, records
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     generated_ids,

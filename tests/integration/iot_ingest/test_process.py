@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from indutech_common.kafka import create_producer, start_client
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_devtools.iot import GenerateOptions, generate, records
 from indutech_iot_ingest.sinks import load_checkpoints
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,

@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_devtools.iot import GenerateOptions, generate, records
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     generated_ids,

@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_devtools.iot import GenerateOptions, generate, records
 from tests.integration.iot_ingest.conftest import worker_env as ingest_env
 from tests.integration.iot_pipeline.conftest import Pipeline, Process
 from tests.integration.iot_to_s3.conftest import lake_keys, read_lake

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, create_producer, start_client
 from indutech_common.metrics import WorkerMetrics
-from indutech_common.s3 import create_s3_client
+from indutech_common.s3 import create_s3_client, sha256_checksum
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks import Intent, IntentConflictError, IntentJournal, S3Calls
 from indutech_iot_to_s3.worker import IotToS3Worker
@@ -39,6 +39,9 @@ from tests.integration.iot_to_s3.conftest import (
     wait_for_rows,
 )
 from tests.support.stack import StackSettings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 KEY_PATTERN = re.compile(
     r"iot/(?P<topic>[^/]+)/year=\d{4}/month=\d{2}/day=\d{2}/hour=\d{2}/"
@@ -244,6 +247,16 @@ class TestRotation:
         assert "-" in head["ETag"], "a multipart ETag ends with -<parts>"
 
 
+def intent_journal(s3: S3Client, stack: StackSettings, lake: Lake) -> IntentJournal:
+    """The worker's intent journal under the test's lake prefix."""
+    return IntentJournal(
+        s3,
+        S3Calls(WorkerMetrics("test"), backoff_max_s=1),
+        bucket=stack.s3.lake_bucket,
+        prefix=lake.prefix,
+    )
+
+
 class TestIntents:
     async def test_a_different_plan_for_the_same_start_is_refused(
         self, stack: StackSettings, lake: Lake
@@ -253,12 +266,7 @@ class TestIntents:
         first = Intent("t", 0, 10, 20, (PlannedObject("k1", hour, 10, 20, 11),))
         other = Intent("t", 0, 10, 15, (PlannedObject("k1", hour, 10, 15, 6),))
         async with create_s3_client(stack.s3) as s3:
-            journal = IntentJournal(
-                s3,
-                S3Calls(WorkerMetrics("test"), backoff_max_s=1),
-                bucket=stack.s3.lake_bucket,
-                prefix=lake.prefix,
-            )
+            journal = intent_journal(s3, stack, lake)
             await journal.write(first)
             await journal.write(first)  # a retry whose first answer was lost
             with pytest.raises(IntentConflictError, match="another consumer owns"):
@@ -266,6 +274,20 @@ class TestIntents:
             assert await journal.pending("t", 0, committed=10) == first
             await journal.delete(first)
             assert await journal.pending("t", 0, committed=None) is None
+
+    async def test_an_intent_is_stored_as_checked_json(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Through the common JSON store: JSON content type, a SHA-256 the server verified."""
+        intent = Intent("t", 2, 0, 9, (PlannedObject("k", BASE_TIME, 0, 9, 10),))
+        async with create_s3_client(stack.s3) as s3:
+            journal = intent_journal(s3, stack, lake)
+            await journal.write(intent)
+            head = await s3.head_object(
+                Bucket=stack.s3.lake_bucket, Key=journal.key("t", 2, 0), ChecksumMode="ENABLED"
+            )
+        assert head["ContentType"] == "application/json"
+        assert head.get("ChecksumSHA256") == sha256_checksum(intent.to_json())
 
     async def test_intents_that_end_before_the_commit_are_deleted_on_recovery(
         self, stack: StackSettings, lake: Lake
@@ -280,12 +302,7 @@ class TestIntents:
         open_ = planned_intent(0, 30)
         other_partition = planned_intent(1, 0)
         async with create_s3_client(stack.s3) as s3:
-            journal = IntentJournal(
-                s3,
-                S3Calls(WorkerMetrics("test"), backoff_max_s=1),
-                bucket=stack.s3.lake_bucket,
-                prefix=lake.prefix,
-            )
+            journal = intent_journal(s3, stack, lake)
             for written in [*done, open_, other_partition]:
                 await journal.write(written)
             intents = f"{lake.prefix}_state/iot-to-s3/intents/t/"

@@ -1,4 +1,4 @@
-"""The iot-ingest command line: --help, bad settings named at start, the generate subcommand."""
+"""The iot-ingest command line: --help, bad settings named at start, no demo subcommand."""
 
 from __future__ import annotations
 
@@ -57,13 +57,14 @@ class TestCli:
         assert main([]) == 2
         assert "IOT_INGEST_KAFKA" in capsys.readouterr().err
 
-    def test_generate_writes_files(
+    def test_no_generate_subcommand(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """`generate` needs no worker settings and writes the requested records."""
-        assert main(["generate", "--dir", str(tmp_path), "--count", "50", "--rate", "0"]) == 0
-        assert "wrote 50 records" in capsys.readouterr().out
-        assert list(tmp_path.rglob("*.jsonl"))
+        """The production CLI offers no demo data generator (it is indutech_devtools.iot)."""
+        with pytest.raises(SystemExit) as info:
+            main(["generate", "--dir", str(tmp_path), "--count", "1"])
+        assert info.value.code == 2
+        assert "invalid choice: 'generate'" in capsys.readouterr().err
 
 
 class TestDeadLetterStoreSettings:

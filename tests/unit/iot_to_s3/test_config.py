@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from indutech_iot_to_s3.cli import main
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks import Intent, is_transient
 from tests.support.stack import REPO_ROOT
+
+SAMPLES = Path(__file__).parents[1] / "samples"
 
 VALID = {
     "INDUTECH_KAFKA__USERNAME": "u",
@@ -91,6 +94,23 @@ class TestIntentAndErrors:
         hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
         intent = Intent("t", 1, 5, 9, (PlannedObject("k", hour, 5, 8, 3),))
         assert Intent.from_json(intent.to_json()) == intent
+
+    def test_recorded_v1_intent_still_parses(self) -> None:
+        """An intent written before the refactor (samples/iot_to_s3_intent_v1.json) reads back
+        whole, and is written again byte for byte (a replay compares plans by value)."""
+        raw = (SAMPLES / "iot_to_s3_intent_v1.json").read_bytes().strip()
+        intent = Intent.from_json(raw)
+        assert (intent.topic, intent.partition, intent.start, intent.end) == (
+            "iot.sensor-readings.v1",
+            3,
+            1000,
+            1999,
+        )
+        assert [(o.hour.hour, o.first_offset, o.records) for o in intent.objects] == [
+            (10, 1000, 480),
+            (11, 1012, 510),
+        ]
+        assert intent.to_json() == raw
 
     def test_transient_s3_errors(self) -> None:
         """No answer, 5xx and throttling are retried; a 403 is not."""

@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 
 from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_common.schemas.arrow import arrow_schema
+from indutech_common.schemas.lake import lake_schema
+from indutech_iot_to_s3.batches import row_bytes
 from indutech_iot_to_s3.sinks import ParquetEncoder
 from indutech_iot_to_s3.sources import RecordCodec
-from indutech_iot_to_s3.sources.records import row_bytes
 
 CODEC = RecordCodec(sensor_topic="s", ticket_topic="t")
 TICKET = (
@@ -125,3 +126,10 @@ class TestParquet:
         assert table.schema.field("event_time").type == pa.timestamp("us", tz="UTC")
         assert table.column("kafka_partition").to_pylist() == [4, 4]
         assert table.column("kafka_offset").to_pylist() == [7, 9]
+
+
+class TestLakeColumns:
+    def test_the_encoder_writes_the_lake_contract(self) -> None:
+        """What iot-to-s3 writes has exactly indutech_common.schemas.lake's columns."""
+        for model in (SensorReading, ClientTicket):
+            assert ParquetEncoder(model).schema == lake_schema(model)

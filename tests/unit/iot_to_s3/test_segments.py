@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indutech_common.schemas.lake import object_key
+from indutech_iot_to_s3.batches import row_bytes
 from indutech_iot_to_s3.config import RotationSettings
-from indutech_iot_to_s3.segments import Poll, Segment, lake_key, split_by_hour
-from indutech_iot_to_s3.sources.records import row_bytes
+from indutech_iot_to_s3.segments import Poll, Segment, split_by_hour
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
 SCHEMA = pa.schema(
@@ -51,13 +52,13 @@ def contents(segment: Segment) -> dict[datetime, list[int]]:
 
 
 class TestLakeKey:
-    def test_key_follows_the_design_layout(self) -> None:
-        """Hive partitions by event hour, then topic+partition+first offset on 20 digits."""
-        key = lake_key("p/", "iot.x.v1", T0.astimezone(), 2, 42)
-        assert key == (
-            "p/iot/iot.x.v1/year=2026/month=03/day=01/hour=10/"
-            "iot.x.v1+2+00000000000000000042.parquet"
-        )
+    def test_planned_keys_are_the_lake_contract(self) -> None:
+        """Each planned object is named by indutech_common.schemas.lake, whatever the zone."""
+        segment = filled([(42, 0), (43, 70)])
+        assert [p.key for p in segment.plan("p/")] == [
+            object_key("p/", segment.topic, T0.astimezone(), 3, 42),
+            object_key("p/", segment.topic, T0 + timedelta(hours=1), 3, 43),
+        ]
 
 
 class TestPlan:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -39,6 +40,22 @@ from indutech_common.errors import ConfigError
 
 SHARED_ENV_PREFIX = "INDUTECH_"
 SECRETS_DIR_ENV = "INDUTECH_SECRETS_DIR"
+
+
+def _key_prefix(value: str) -> str:
+    if value.startswith("/"):
+        raise ValueError("a key prefix has no leading '/' (S3 keys do not start with one)")
+    if value and not value.endswith("/"):
+        raise ValueError("a key prefix must end with '/' (or be empty): add the trailing '/'")
+    return value
+
+
+KeyPrefix = Annotated[str, AfterValidator(_key_prefix)]
+"""An S3 key prefix setting: empty, or ``a/b/`` (no leading ``/``, a trailing one).
+
+Every worker's prefix settings use it, so ``{prefix}{name}`` is always a key in
+the prefix's folder (``tests/x`` + ``iot/`` would silently write ``tests/xiot/``).
+"""
 
 
 class _Block(BaseModel):

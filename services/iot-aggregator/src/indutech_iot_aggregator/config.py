@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from indutech_common.schemas import Topics
 from indutech_common.settings import (
     KafkaSettings,
+    KeyPrefix,
     S3Settings,
     WarehouseSettings,
     WorkerSettings,
@@ -97,7 +98,7 @@ class IotAggregatorSettings(WorkerSettings):
     s3: S3Settings | None = Field(
         default=None, description="the lake, read by 'rebuild' only (INDUTECH_S3__* applies)"
     )
-    lake_prefix: str = Field(
+    lake_prefix: KeyPrefix = Field(
         default="", description="key prefix of the lake inside the lake bucket ('' in production)"
     )
     lake_group_id: str = Field(
@@ -106,7 +107,7 @@ class IotAggregatorSettings(WorkerSettings):
         description="consumer group of iot-to-s3: 'rebuild' checks the lake holds every "
         "record up to the aggregator's offsets from its committed offsets",
     )
-    staging_prefix: str = Field(
+    staging_prefix: KeyPrefix = Field(
         default="warehouse-staging/iot-aggregator/",
         description="Redshift: where the deltas are staged as Parquet in the lake bucket "
         "(under lake_prefix)",

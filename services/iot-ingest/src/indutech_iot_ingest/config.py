@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.schemas import Topics
-from indutech_common.settings import KafkaSettings, S3Settings, WorkerSettings
+from indutech_common.settings import KafkaSettings, KeyPrefix, S3Settings, WorkerSettings
 
 RecordKind = Literal["sensor_reading", "client_ticket"]
 MAX_KAFKA_VALUE_BYTES = 900_000  # under the broker's 1 MB message limit, with headers
@@ -184,7 +184,7 @@ class IotIngestSettings(WorkerSettings):
         description="the dead-letter store (shared INDUTECH_S3__* block): over-long lines are "
         "kept whole in the lake bucket; unset, only their first dead_letter_keep_bytes are kept",
     )
-    dead_letter_prefix: str = Field(
+    dead_letter_prefix: KeyPrefix = Field(
         default="dead-letter/iot-ingest/",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]*/$",
         description="key prefix of the dead-letter store in the lake bucket; an object's key is "

@@ -21,16 +21,15 @@ import prometheus_client
 from aiokafka.errors import KafkaError, ProducerFenced
 from botocore.exceptions import BotoCoreError, ClientError
 
-from indutech_common.kafka import ping_producer, require_topics
+from indutech_common.kafka import require_topics
 from indutech_common.lifecycle import Worker
 from indutech_common.s3 import S3Error, create_s3_client, ping_bucket
 from indutech_common.schemas import Topics
-from indutech_common.tailing import FileTailer, Line, LineKind, SkipReason, TailingError
+from indutech_common.tailing import Line, LineKind, SkipReason, TailingError
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.sinks import DeadLetterStore, TransactionalSink, load_checkpoints
-from indutech_iot_ingest.sources import LineParser, RejectedLine, watch_specs
+from indutech_iot_ingest.sources import LineParser, RejectedLine, SanSource
 
-FORGET_CHECK_S = 60.0
 TRANSACTION_WAIT_WARNING_S = 10.0
 # a failed transaction is aborted, rewound and tried again after these
 RETRIED = (KafkaError, OSError, BotoCoreError, ClientError, S3Error)
@@ -71,39 +70,30 @@ class IotIngestWorker(Worker[IotIngestSettings]):
 
     async def startup(self) -> None:
         settings = self.settings
-        self.forgotten: list[str] = []  # fingerprints whose checkpoints are to be deleted
-        self._next_forget = time.monotonic()
         self.parsers = {
             route.name: LineParser(route, settings.topic_of(route)) for route in settings.routes
         }
-        self.tailer = FileTailer(
-            settings.san_dir,
-            watch_specs(settings),
-            fingerprint_bytes=settings.fingerprint_bytes,
-            max_line_bytes=settings.max_line_bytes,
-            keep_bytes=settings.dead_letter_keep_bytes,
-            gzip_settle_s=settings.gzip_settle_s,
-            close_idle_s=settings.close_idle_s,
-            tail_settle_s=settings.last_line_settle_s,
-            on_skipped=self._skipped,
-        )
         await self._open_store()
-        self.sink = TransactionalSink(
-            settings.kafka,
-            transactional_id=settings.transactional_id,
-            checkpoint_topic=settings.checkpoint_topic,
-            dead_letter_topic=settings.dead_letter_topic,
-            metrics=self.metrics,
-            record_topics=[settings.topic_of(route) for route in settings.routes],
+        # Adopted before it starts: closed (a transaction still open aborted) however far
+        # the start got. Closed after the source, before the dead-letter store's client.
+        self.sink = self.adopt(
+            TransactionalSink(
+                settings.kafka,
+                transactional_id=settings.transactional_id,
+                checkpoint_topic=settings.checkpoint_topic,
+                dead_letter_topic=settings.dead_letter_topic,
+                metrics=self.metrics,
+                record_topics=[settings.topic_of(route) for route in settings.routes],
+            )
         )
+        self.source = self.adopt(SanSource(settings, on_skipped=self._skipped))
+        self.tailer = self.source.tailer
         kinds = {"sensor_reading": Topics.SENSOR_READINGS, "client_ticket": Topics.CLIENT_TICKETS}
         topics = {settings.topic_of(r): kinds[r.record] for r in settings.routes}
         topics |= {settings.dead_letter_topic: Topics.DEAD_LETTER}
         topics |= {settings.checkpoint_topic: Topics.INGEST_CHECKPOINTS}
         await require_topics(settings.kafka, topics, worker=self.name)
         await self.sink.start()
-        self.health.register_ping("kafka", self._ping_kafka)
-        self.health.register_ping("san", self._ping_san)
         # after start(): the fenced zombie's open transaction is aborted, so what we read
         # here is exactly what is visible to every read_committed consumer
         producer = self.sink.producer
@@ -137,15 +127,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             max_object_bytes=settings.dead_letter_max_object_bytes,
         )
         self.health.register_ping("s3", lambda: ping_bucket(client, s3.lake_bucket))
-
-    async def _ping_kafka(self) -> None:
-        if self.sink.producer is None:
-            raise RuntimeError("producer not started")
-        await ping_producer(self.sink.producer)
-
-    async def _ping_san(self) -> None:
-        if not await asyncio.to_thread(self.settings.san_dir.is_dir):
-            raise FileNotFoundError(f"{self.settings.san_dir} is not reachable")
 
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
@@ -197,8 +178,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         read: Counter[str] = Counter()
         sent: Counter[str] = Counter()
         last_event: dict[str, datetime] = {}
-        lines = await self._read(settings.max_batch_records)
-        if not lines and not self.tailer.dirty_states() and not self.forgotten:
+        source = self.source
+        lines = await source.read(settings.max_batch_records)
+        if not lines and not self.tailer.dirty_states() and not source.forgotten:
             return False
         await self.sink.begin()
         count = 0
@@ -212,9 +194,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             await asyncio.sleep(
                 min(settings.poll_interval_s, max(0.0, deadline - time.monotonic()))
             )
-            lines = await self._read(remaining)
+            lines = await source.read(remaining)
         states = self.tailer.dirty_states()
-        forgotten = list(self.forgotten)
+        forgotten = list(source.forgotten)
         await self.sink.commit(states, forgotten)
         self.tailer.mark_committed(states)
         counts, self._pending_counts = self._pending_counts, Counter()
@@ -222,7 +204,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         self.dead_letter_objects.labels(self.name).inc(counts["stored"])
         if forgotten:
             self.log.info("checkpoints_deleted", files=len(forgotten))
-            del self.forgotten[: len(forgotten)]
+            del source.forgotten[: len(forgotten)]
         self.metrics.batch_duration.labels(self.name).observe(time.monotonic() - started)
         for stream, number in read.items():
             self.metrics.records_in.labels(self.name, stream).inc(number)
@@ -233,18 +215,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         if not sent:
             self.metrics.last_success.labels(self.name).set(time.time())
         return True
-
-    async def _read(self, max_lines: int) -> list[Line]:
-        def scan_and_read() -> list[Line]:
-            self.tailer.scan()
-            now = time.monotonic()
-            if now >= self._next_forget:
-                self._next_forget = now + min(FORGET_CHECK_S, self.settings.forget_after_s)
-                gone = self.tailer.forget_unseen(self.settings.forget_after_s)
-                self.forgotten += [state.fingerprint for state in gone]
-            return self.tailer.read(max_lines)
-
-        return await asyncio.to_thread(scan_and_read)
 
     async def _send(
         self,
@@ -309,16 +279,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             return [("object_error", str(exc).encode()[:1024])]
         self._pending_counts["stored"] += 1
         return stored.headers()
-
-    async def shutdown(self) -> None:
-        tailer = getattr(self, "tailer", None)
-        if tailer is not None:
-            tailer.close()
-        sink = getattr(self, "sink", None)
-        if sink is not None:
-            if sink.in_transaction:
-                await sink.abort()
-            await sink.stop()
 
 
 def _timestamp(moment: datetime | None) -> float | None:

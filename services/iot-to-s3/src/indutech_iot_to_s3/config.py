@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from indutech_common.schemas import Topics
-from indutech_common.settings import KafkaSettings, S3Settings, WorkerSettings
+from indutech_common.settings import KafkaSettings, KeyPrefix, S3Settings, WorkerSettings
 
 MIB = 1024 * 1024
 S3_MIN_PART_BYTES = 5 * MIB
@@ -49,7 +49,7 @@ class IotToS3Settings(WorkerSettings):
     sensor_topic: str = Field(default=Topics.SENSOR_READINGS, min_length=1)
     ticket_topic: str = Field(default=Topics.CLIENT_TICKETS, min_length=1)
     dead_letter_topic: str = Field(default=Topics.DEAD_LETTER, min_length=1)
-    lake_prefix: str = Field(
+    lake_prefix: KeyPrefix = Field(
         default="",
         description="key prefix inside the lake bucket ('' in production; 'tests/x/' in tests)",
     )
@@ -71,15 +71,6 @@ class IotToS3Settings(WorkerSettings):
     rebalance_flush_timeout_s: float = Field(
         default=10.0, gt=0, description="on revoke, how long an in-flight flush may finish"
     )
-
-    @field_validator("lake_prefix")
-    @classmethod
-    def _prefix_shape(cls, value: str) -> str:
-        if value.startswith("/"):
-            raise ValueError("lake_prefix is a key prefix: no leading '/'")
-        if value and not value.endswith("/"):
-            raise ValueError("lake_prefix must end with '/' (or be empty)")
-        return value
 
     @model_validator(mode="after")
     def _cap_holds_a_segment(self) -> Self:

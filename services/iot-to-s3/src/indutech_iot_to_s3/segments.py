@@ -19,19 +19,11 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indutech_common.schemas.lake import object_key
+from indutech_iot_to_s3.batches import EVENT_TIME_COLUMN, OFFSET_COLUMN, row_bytes
 from indutech_iot_to_s3.config import RotationSettings
-from indutech_iot_to_s3.sources.records import EVENT_TIME_COLUMN, OFFSET_COLUMN, row_bytes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def lake_key(prefix: str, topic: str, hour: datetime, partition: int, first_offset: int) -> str:
-    """The object key of DESIGN.md's lake layout."""
-    hour = hour.astimezone(UTC)
-    return (
-        f"{prefix}iot/{topic}/year={hour.year:04d}/month={hour.month:02d}/day={hour.day:02d}/"
-        f"hour={hour.hour:02d}/{topic}+{partition}+{first_offset:020d}.parquet"
-    )
 
 
 def _as_datetime(micros: int) -> datetime:
@@ -167,7 +159,7 @@ class Segment:
         """One object per event-time hour, named by the hour's first offset in this segment."""
         planned = [
             PlannedObject(
-                key=lake_key(prefix, self.topic, b.hour, self.partition, b.first_offset),
+                key=object_key(prefix, self.topic, b.hour, self.partition, b.first_offset),
                 hour=b.hour,
                 first_offset=b.first_offset,
                 last_offset=b.last_offset,

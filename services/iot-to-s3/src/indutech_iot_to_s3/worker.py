@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,9 +65,9 @@ from indutech_common.lifecycle import Worker
 from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_common.schemas import Topics
 from indutech_iot_to_s3.config import IotToS3Settings
+from indutech_iot_to_s3.errors import IntentConflictError
 from indutech_iot_to_s3.segments import HourBuffer, PlannedObject, Poll, Segment
 from indutech_iot_to_s3.sinks import Intent, IntentJournal, LakeWriter, ParquetEncoder, S3Calls
-from indutech_iot_to_s3.sinks.exceptions import IntentConflictError
 from indutech_iot_to_s3.sources import RecordCodec
 
 if TYPE_CHECKING:
@@ -170,14 +169,13 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         )
         self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
         self._capped = False
-        self._stack = AsyncExitStack()
         self._closing: set[asyncio.Task[None]] = set()  # producers of lost partitions
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
         settings = self.settings
-        self.s3: S3Client = await self._stack.enter_async_context(create_s3_client(settings.s3))
+        self.s3: S3Client = await self.enter("s3", create_s3_client(settings.s3))
         bucket = settings.s3.lake_bucket
         self.health.register_ping("s3", lambda: ping_bucket(self.s3, bucket))
         calls = S3Calls(self.metrics, backoff_max_s=settings.s3_backoff_max_s)
@@ -204,8 +202,11 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             max_partition_fetch_bytes=min(fetch_max, 1024 * 1024),
         )
         await start_client(self.consumer, settings.kafka)
-        self._stack.push_async_callback(stop_client, self.consumer)
+        self.add_closer("kafka", lambda: stop_client(self.consumer))
         self.health.register_ping("kafka", self._ping_kafka)
+        # Registered after the consumer, so closed before it: the partitions' producers
+        # come and go with the assignment, and whatever is open at stop closes here.
+        self.add_closer("partition_producers", self._close_partitions)
         self.consumer.subscribe(list(settings.topics), listener=_Rebalance(self))
         self.log.info(
             "consuming",
@@ -231,7 +232,8 @@ class IotToS3Worker(Worker[IotToS3Settings]):
             self._update_gauges()
         await self._drain()
 
-    async def shutdown(self) -> None:
+    async def _close_partitions(self) -> None:
+        """Cancel what still runs for a partition, then stop every transactional producer."""
         for state in self.partitions.values():
             for task in (state.inflight, state.recovery):
                 if task is not None and not task.done():
@@ -239,7 +241,6 @@ class IotToS3Worker(Worker[IotToS3Settings]):
         for state in self.partitions.values():
             self._close_producer(state)
         await asyncio.gather(*self._closing, return_exceptions=True)
-        await self._stack.aclose()
 
     async def _ping_kafka(self) -> None:
         """Readiness: the cluster metadata can be fetched through the consumer's connections."""

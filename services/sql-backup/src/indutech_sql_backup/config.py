@@ -12,6 +12,7 @@ from indutech_common.s3 import MIN_PART_BYTES
 from indutech_common.schemas.topics import Topics
 from indutech_common.settings import (
     KafkaSettings,
+    KeyPrefix,
     OdbcSourceSettings,
     S3Settings,
     WarehouseSettings,
@@ -49,7 +50,7 @@ class SqlBackupSettings(WorkerSettings):
     target: WarehouseSettings | None = Field(
         default=None, description="the database restore writes into (PostgreSQL)"
     )
-    backup_prefix: str = Field(
+    backup_prefix: KeyPrefix = Field(
         default="", description="key prefix inside the backup bucket ('' in production)"
     )
     include: tuple[str, ...] = Field(
@@ -127,15 +128,6 @@ class SqlBackupSettings(WorkerSettings):
     idle_exit_s: float | None = Field(
         default=None, description="worker exits 0 after this long without work (batch jobs)"
     )
-
-    @field_validator("backup_prefix")
-    @classmethod
-    def _prefix_shape(cls, value: str) -> str:
-        if value.startswith("/"):
-            raise ValueError("backup_prefix is a key prefix: no leading '/'")
-        if value and not value.endswith("/"):
-            raise ValueError("backup_prefix must end with '/' (or be empty)")
-        return value
 
     @field_validator("delta_at_utc")
     @classmethod

@@ -1,6 +1,6 @@
 """Where iot-ingest writes: records, dead letters and checkpoints, in one Kafka transaction."""
 
-from indutech_iot_ingest.sinks.exceptions import CheckpointTopicMissingError, SinkError
+from indutech_iot_ingest.errors import CheckpointTopicMissingError, SinkError
 from indutech_iot_ingest.sinks.kafka import TransactionalSink, load_checkpoints
 from indutech_iot_ingest.sinks.store import DeadLetterStore, StoredLine
 

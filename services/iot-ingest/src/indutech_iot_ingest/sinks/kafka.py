@@ -28,13 +28,14 @@ from indutech_common.kafka import (
     DeadLetterWriter,
     create_consumer,
     create_producer,
+    ping_producer,
     start_client,
     stop_client,
 )
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import KafkaSettings
 from indutech_common.tailing import FileState
-from indutech_iot_ingest.sinks.exceptions import CheckpointTopicMissingError
+from indutech_iot_ingest.errors import CheckpointTopicMissingError
 
 if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder
@@ -76,7 +77,12 @@ async def load_checkpoints(
 
 
 class TransactionalSink:
-    """A transactional producer with a stable id: starting it fences any older instance."""
+    """A transactional producer with a stable id: starting it fences any older instance.
+
+    A ``Resource``: the worker adopts it (``ping`` on ``/readyz``, ``close`` at stop).
+    """
+
+    name = "kafka"
 
     def __init__(
         self,
@@ -133,10 +139,6 @@ class TransactionalSink:
             self._partitions[topic] = sorted(await producer.partitions_for(topic))
         await producer.begin_transaction()
         self.in_transaction = True
-
-    async def send(self, topic: str, value: bytes, key: bytes | None) -> None:
-        """Queue one record in the open transaction (awaits when the buffer is full)."""
-        self._pending.append(await self._require().send(topic, value=value, key=key))
 
     def append(self, topic: str, value: bytes, key: bytes) -> None:
         """Add a record of one of ``record_topics`` to its partition's batch (no I/O, no await).
@@ -244,3 +246,14 @@ class TransactionalSink:
         producer, self.producer = self.producer, None
         if producer is not None:
             await stop_client(producer)
+
+    async def ping(self) -> None:
+        """Readiness: the started producer reaches the cluster."""
+        await ping_producer(self._require())
+
+    async def close(self) -> None:
+        """At stop: a transaction still open is aborted (never half-visible), then the producer
+        stops."""
+        if self.in_transaction:
+            await self.abort()
+        await self.stop()

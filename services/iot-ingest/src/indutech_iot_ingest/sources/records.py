@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from indutech_common.schemas import ClientTicket, SensorReading, derive_event_id
 from indutech_common.tailing import Line, LineKind, WatchSpec
 from indutech_iot_ingest.config import IotIngestSettings, Route
-from indutech_iot_ingest.sources.exceptions import RejectedLine
+from indutech_iot_ingest.errors import RejectedLine
 
 _BOM = b"\xef\xbb\xbf"
 _RECORD_TYPES: dict[str, type[SensorReading] | type[ClientTicket]] = {

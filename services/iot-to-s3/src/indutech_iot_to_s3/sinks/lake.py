@@ -24,9 +24,9 @@ from botocore.exceptions import (
 
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.retry import Backoff, retry_async
-from indutech_common.s3 import upload_multipart
+from indutech_common.s3 import PARQUET_CONTENT_TYPE, JsonObjectStore, upload_multipart
+from indutech_iot_to_s3.errors import IntentConflictError, S3TransientError
 from indutech_iot_to_s3.segments import PlannedObject
-from indutech_iot_to_s3.sinks.exceptions import IntentConflictError, S3TransientError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _log = structlog.get_logger(__name__)
 
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -140,15 +139,16 @@ class Intent:
 class IntentJournal:
     """One small JSON object per in-flight segment, keyed by the segment's start offset.
 
-    Created with ``If-None-Match: *`` so two owners of a partition can never
-    record different plans for the same start offset; deleted after the commit.
-    An intent that outlived its commit (a kill between the commit and the delete,
-    or a failed delete) ends before the committed offset: ``pending`` deletes it,
-    so a partition's intents never pile up and each assignment reads at most a few.
+    Kept in a ``JsonObjectStore`` (SHA-256 checked by the server). Created only when
+    absent (``If-None-Match: *``) so two owners of a partition can never record
+    different plans for the same start offset; deleted after the commit. An intent
+    that outlived its commit (a kill between the commit and the delete, or a failed
+    delete) ends before the committed offset: ``pending`` deletes it, so a
+    partition's intents never pile up and each assignment reads at most a few.
     """
 
     def __init__(self, client: S3Client, calls: S3Calls, *, bucket: str, prefix: str) -> None:
-        self._s3 = client
+        self.store = JsonObjectStore(client, bucket=bucket)
         self._calls = calls
         self.bucket = bucket
         self.prefix = f"{prefix}_state/iot-to-s3/intents/"
@@ -164,51 +164,40 @@ class IntentJournal:
         body = intent.to_json()
 
         async def put() -> None:
-            try:
-                await self._s3.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/json",
-                    IfNoneMatch="*",
+            if await self.store.put(key, body, create_only=True):
+                return
+            # Our own earlier attempt may have landed before its answer was lost.
+            existing = await self._get(key)
+            if existing is None:  # the write that won is not visible yet (409): try again
+                raise S3TransientError(f"{self.store.url(key)} is being written concurrently")
+            if existing != intent:
+                raise IntentConflictError(
+                    f"{self.store.url(key)} already holds a different plan for "
+                    f"{intent.topic}[{intent.partition}] from offset {intent.start}: "
+                    "another consumer owns this partition"
                 )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
-                    raise
-                # Our own earlier attempt may have landed before its answer was lost.
-                existing = await self._get(key)
-                if existing != intent:
-                    raise IntentConflictError(
-                        f"s3://{self.bucket}/{key} already holds a different plan for "
-                        f"{intent.topic}[{intent.partition}] from offset {intent.start}: "
-                        "another consumer owns this partition"
-                    ) from None
 
         await self._calls.run(f"s3 put intent {key}", put)
 
-    async def _get(self, key: str) -> Intent:
-        response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-        async with response["Body"] as stream:
-            return Intent.from_json(await stream.read())
+    async def _get(self, key: str) -> Intent | None:
+        raw = await self.store.get_bytes(key)
+        return None if raw is None else Intent.from_json(raw)
 
     async def pending(self, topic: str, partition: int, committed: int | None) -> Intent | None:
         """The intent a previous owner recorded but did not commit, if any; the intents whose
         offsets are all committed (``end < committed``) are deleted on the way."""
 
         async def find() -> Intent | None:
-            prefix = self._dir(topic, partition)
-            keys: list[str] = []
-            paginator = self._s3.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                keys += [item["Key"] for item in page.get("Contents", [])]
             found: list[Intent] = []
-            for key in sorted(keys):
+            for key in sorted(await self.store.list_keys(self._dir(topic, partition))):
                 intent = await self._get(key)
+                if intent is None:
+                    continue  # deleted since the listing (by its own writer, after the commit)
                 if committed is None or intent.end >= committed:
                     found.append(intent)
                 else:
                     # Committed, so every object it planned was uploaded: it is done.
-                    await self._s3.delete_object(Bucket=self.bucket, Key=key)
+                    await self.store.delete(key)
                     _log.info(
                         "stale_intent_deleted",
                         topic=topic,
@@ -232,7 +221,7 @@ class IntentJournal:
         """Best effort after the commit: a leftover intent ends before the committed offset."""
         key = self.key(intent.topic, intent.partition, intent.start)
         try:
-            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+            await self.store.delete(key)
         except Exception as exc:  # harmless: pending() skips intents that end before the commit
             _log.warning("intent_delete_failed", key=key, error=f"{type(exc).__name__}: {exc}")
 

@@ -1,4 +1,4 @@
-"""Parquet encoding of one planned object: explicit schema, zstd, microsecond UTC timestamps."""
+"""Parquet encoding of one planned object: the lake's columns, zstd, microsecond UTC timestamps."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from indutech_common.parquet import writer_options
 from indutech_common.schemas.arrow import arrow_schema
-from indutech_iot_to_s3.sources.records import OFFSET_COLUMN, batch_schema
+from indutech_common.schemas.lake import OFFSET_COLUMN, PARTITION_FIELD, lake_schema
+from indutech_iot_to_s3.batches import batch_schema
 
-PARTITION_FIELD = pa.field("kafka_partition", pa.int32(), nullable=False)
-OFFSET_FIELD = pa.field(OFFSET_COLUMN, pa.int64(), nullable=False)
 # Columns that are (nearly) unique per record: a dictionary only costs time and, as its
 # indices do not compress, size. Every other column is dictionary-encoded.
 PLAIN_COLUMNS = frozenset({"event_id", "event_time", "ticket_id", OFFSET_COLUMN})
@@ -25,8 +25,11 @@ class ParquetEncoder:
     def __init__(self, model: type[BaseModel]) -> None:
         self.record_schema = arrow_schema(model)
         self.batch_schema = batch_schema(self.record_schema)
-        self.schema = pa.schema([*self.record_schema, PARTITION_FIELD, OFFSET_FIELD])
-        self._dictionary = [n for n in self.schema.names if n not in PLAIN_COLUMNS]
+        self.schema = lake_schema(model)
+        self._options = writer_options(
+            dictionary_columns=[n for n in self.schema.names if n not in PLAIN_COLUMNS],
+            coerce_timestamps="us",
+        )
 
     def table(self, batches: Sequence[pa.RecordBatch], partition: int) -> pa.Table:
         """The rows of ``batches`` (model columns + ``kafka_offset``) with ``kafka_partition``."""
@@ -37,13 +40,5 @@ class ParquetEncoder:
 
     def encode(self, batches: Sequence[pa.RecordBatch], partition: int) -> bytes:
         sink = io.BytesIO()
-        pq.write_table(
-            self.table(batches, partition),
-            sink,
-            compression="zstd",
-            use_dictionary=self._dictionary,
-            coerce_timestamps="us",
-            allow_truncated_timestamps=False,
-            write_statistics=True,
-        )
+        pq.write_table(self.table(batches, partition), sink, **self._options)
         return sink.getvalue()

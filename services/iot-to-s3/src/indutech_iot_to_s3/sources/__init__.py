@@ -1,6 +1,5 @@
 """Where iot-to-s3 reads from: the iot.* topics through a read_committed consumer group."""
 
-from indutech_iot_to_s3.sources.exceptions import InvalidRecordError, SourceError
-from indutech_iot_to_s3.sources.records import RecordCodec
+from indutech_iot_to_s3.sources.records import DecodedBatch, RecordCodec, Rejected
 
-__all__ = ["InvalidRecordError", "RecordCodec", "SourceError"]
+__all__ = ["DecodedBatch", "RecordCodec", "Rejected"]

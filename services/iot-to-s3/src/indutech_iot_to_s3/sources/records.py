@@ -20,15 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_common.schemas.arrow import arrow_schema
+from indutech_iot_to_s3.batches import OFFSET_COLUMN, batch_schema
 
 MAX_ERROR_CHARS = 1000
-OFFSET_COLUMN = "kafka_offset"
-EVENT_TIME_COLUMN = "event_time"
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
 
 
@@ -109,10 +107,6 @@ class RecordCodec:
         return DecodedBatch(valid, rejected)
 
 
-def batch_schema(record_schema: pa.Schema) -> pa.Schema:
-    return pa.schema([*record_schema, pa.field(OFFSET_COLUMN, pa.int64(), nullable=False)])
-
-
 def to_batch(
     schema: pa.Schema, rows: list[dict[str, Any]], offsets: list[int]
 ) -> pa.RecordBatch | None:
@@ -127,26 +121,6 @@ def to_batch(
     columns = [pa.array([row[name] for row in rows], type=type_) for name, type_ in fields]
     columns.append(pa.array(offsets, type=pa.int64()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def row_bytes(batch: pa.RecordBatch) -> pa.Array:
-    """The Arrow bytes of each row: fixed widths, string lengths and their 4-byte offsets.
-
-    A pure function of the row (unlike the ``nbytes`` of a slice), so a segment's size
-    does not depend on how its records were polled.
-    """
-    fixed = 0
-    sizes: pa.Array | None = None
-    for column in batch.columns:
-        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
-            fixed += 4
-            lengths = pc.fill_null(pc.binary_length(column), 0).cast(pa.int64())
-            sizes = lengths if sizes is None else pc.add(sizes, lengths)
-        else:
-            fixed += max(1, column.type.bit_width // 8)
-    if sizes is None:
-        return pa.repeat(pa.scalar(fixed, pa.int64()), batch.num_rows)
-    return pc.add(sizes, fixed)
 
 
 def _to_batch_row_by_row(

@@ -1,5 +1,10 @@
 """A realistic SAN writer: sensor readings and client tickets at a chosen rate.
 
+``python -m indutech_devtools.iot --dir D --rate 200 --duration 60`` (``--help``
+for the rest) writes the files iot-ingest reads: the demo, the tests and the
+benchmarks use it. It was ``iot-ingest generate`` before; a production worker
+carries no demo data generator.
+
 Deterministic under a seed (the records, their event ids and the files they
 go to), so tests can count every generated event id. Sensors belong to sites
 and measure one metric in its unit, drifting as a random walk, with gaps
@@ -13,6 +18,7 @@ a hidden temporary name, then renamed, as logrotate does).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import io
@@ -20,10 +26,11 @@ import json
 import os
 import random
 import shutil
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -334,3 +341,57 @@ def describe(options: GenerateOptions, written: int) -> str:
         f"wrote {written} records under {options.directory} "
         f"(seed {options.seed}, formats {','.join(options.formats)}, pid {os.getpid()})"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m indutech_devtools.iot``: write SAN files (deterministic under ``--seed``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m indutech_devtools.iot",
+        description="Write realistic sensor readings and client tickets as SAN files for "
+        "iot-ingest (deterministic under --seed).",
+    )
+    parser.add_argument("--dir", type=Path, required=True, help="the SAN directory to write")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="records/s (0: as fast as possible)"
+    )
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run")
+    parser.add_argument("--count", type=int, default=None, help="records to write")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--formats", default="jsonl,csv", help="comma-separated: jsonl, csv (default both)"
+    )
+    parser.add_argument("--rotate-every", type=int, default=0, help="records per file (0: never)")
+    parser.add_argument("--gzip", action="store_true", help="gzip rotated files")
+    parser.add_argument("--bom", action="store_true", help="start CSV files with a UTF-8 BOM")
+    parser.add_argument("--ticket-ratio", type=float, default=0.2)
+    parser.add_argument(
+        "--event-id-ratio", type=float, default=1.0, help="share of records carrying an event_id"
+    )
+    parser.add_argument("--start", default=None, help="first event time (ISO 8601 or 'now')")
+    args = parser.parse_args(argv)
+    formats = tuple(part.strip() for part in args.formats.split(",") if part.strip())
+    if not formats or any(fmt not in ("jsonl", "csv") for fmt in formats):
+        parser.error(f"--formats must list jsonl and/or csv, not {args.formats!r}")
+    if args.count is None and args.duration is None:
+        parser.error("give --count or --duration")
+    options = GenerateOptions(
+        directory=args.dir,
+        rate=args.rate,
+        count=args.count,
+        duration_s=args.duration,
+        seed=args.seed,
+        formats=formats,
+        rotate_every=args.rotate_every,
+        gzip_rotated=args.gzip,
+        bom=args.bom,
+        ticket_ratio=args.ticket_ratio,
+        event_id_ratio=args.event_id_ratio,
+        start=parse_start(args.start),
+    )
+    written = generate(options)
+    print(describe(options, written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

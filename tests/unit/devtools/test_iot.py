@@ -1,14 +1,19 @@
-"""The SAN generator: deterministic under a seed, realistic, rotating and compressing."""
+"""indutech_devtools.iot, the SAN generator: deterministic under a seed, realistic, rotating
+and compressing; and its command line."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from indutech_common.schemas import ClientTicket, SensorReading
-from indutech_iot_ingest.generator import GenerateOptions, generate, records
+from indutech_devtools.iot import GenerateOptions, generate, main, records
 
 
 class TestGenerator:
@@ -55,3 +60,31 @@ class TestGenerator:
         for ticket in tickets:
             assert isinstance(ticket["revenue"], str)
             assert Decimal(ticket["revenue"]).as_tuple().exponent == -2
+
+
+class TestCommandLine:
+    def test_writes_the_requested_records(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """No worker settings needed: the directory and a count are enough."""
+        assert main(["--dir", str(tmp_path), "--count", "50", "--rate", "0"]) == 0
+        assert "wrote 50 records" in capsys.readouterr().out
+        assert list(tmp_path.rglob("*.jsonl"))
+
+    def test_refuses_an_unknown_format(self, tmp_path: Path) -> None:
+        """--formats lists jsonl and/or csv; anything else is a usage error (exit 2)."""
+        with pytest.raises(SystemExit) as info:
+            main(["--dir", str(tmp_path), "--count", "1", "--formats", "xml"])
+        assert info.value.code == 2
+
+    def test_runs_as_a_module(self) -> None:
+        """`python -m indutech_devtools.iot --help` is the documented entry."""
+        result = subprocess.run(
+            [sys.executable, "-m", "indutech_devtools.iot", "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert result.returncode == 0
+        assert "--rotate-every" in result.stdout
