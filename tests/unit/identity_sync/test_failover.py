@@ -19,7 +19,7 @@ from indutech_common.errors import DependencyUnavailableError
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync import worker as worker_module
 from indutech_identity_sync.config import IdentitySyncSettings
-from indutech_identity_sync.exceptions import IdentitySyncError
+from indutech_identity_sync.errors import IdentitySyncError
 from indutech_identity_sync.failover import DcPool
 from indutech_identity_sync.state import CookieState, SyncState
 from indutech_identity_sync.worker import IdentitySyncWorker, Link

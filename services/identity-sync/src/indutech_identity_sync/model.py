@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from indutech_identity_sync.config import Kind
-from indutech_identity_sync.dn import DnError, escape_value, fold, format_dn, format_rdn, parse_dn
+from indutech_identity_sync.dn import escape_value, fold, format_dn, format_rdn, parse_dn
+from indutech_identity_sync.errors import DnError
 
 Values = tuple[str, ...]
 

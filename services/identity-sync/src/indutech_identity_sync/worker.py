@@ -42,7 +42,7 @@ from indutech_identity_sync.config import (
 from indutech_identity_sync.deletion_guard import DeleteGuard
 from indutech_identity_sync.directory import DirectoryWriter, DryRunWriter
 from indutech_identity_sync.engine import CycleReport, Reconciler
-from indutech_identity_sync.exceptions import IdentitySyncError
+from indutech_identity_sync.errors import IdentitySyncError
 from indutech_identity_sync.failover import DcPool
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.quarantine import Quarantine

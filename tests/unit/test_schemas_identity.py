@@ -1,4 +1,5 @@
-"""The ``identity.changes.v1`` record: recorded samples of every format sent still parse."""
+"""The ``identity.changes.v1`` record (``indutech_common.schemas.identity``): the recorded
+samples of every format identity-sync has sent still parse."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from indutech_identity_sync.sinks.audit import ChangeRecord
+from indutech_common.schemas import ChangeRecord
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "identity"
+SAMPLES = Path(__file__).resolve().parent / "samples" / "identity"
 
 
 class TestChangeRecordSamples:
