@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from indutech_common.s3 import JsonObjectStore, ping_bucket
 from indutech_identity_sync.config import Kind, Side
@@ -88,14 +88,23 @@ class S3StateStore:
         await ping_bucket(self.objects.client, self.objects.bucket)
 
     async def load(self) -> SyncState:
+        url = self.objects.url(self.key)
         try:
-            state = await self.objects.get(self.key, SyncState)
+            data = await self.objects.get_bytes(self.key)
         except Exception as exc:
             raise StateError(
-                f"cannot read {self.objects.url(self.key)}: {exc}; check the S3 settings and "
-                "that the worker's role may read it (the worker does not start without its state)"
+                f"cannot read {url}: {exc}; check the S3 settings and that the worker's role "
+                "may read it (the worker does not start without its state)"
             ) from exc
-        return state if state is not None else SyncState()
+        if data is None:
+            return SyncState()
+        try:
+            return SyncState.model_validate_json(data)
+        except ValidationError as exc:
+            raise StateError(
+                f"{url} is not an identity-sync state: {exc}; check what wrote it, restore "
+                "its previous version, or fix it (the worker does not start without its state)"
+            ) from exc
 
     async def save(self, state: SyncState) -> None:
         try:
