@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -10,6 +11,11 @@ from indutech_identity_sync.dn import escape_value, fold, format_dn, format_rdn,
 from indutech_identity_sync.errors import DnError
 
 Values = tuple[str, ...]
+
+
+def guid_text(raw: bytes) -> str:
+    """An objectGUID as LDAP returns it (little-endian bytes) in its text form."""
+    return str(uuid.UUID(bytes_le=raw))
 
 
 @dataclass

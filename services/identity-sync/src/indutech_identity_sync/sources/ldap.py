@@ -24,7 +24,7 @@ from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import KINDS, Kind, Mapping, Side
 from indutech_identity_sync.errors import DirectoryReadError, DnError
-from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn
+from indutech_identity_sync.model import DirObject, Values, guid_text, make_dn, normalize_dn
 
 SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 _RANGE = re.compile(r"^(?P<attr>[^;]+);range=(?P<lo>\d+)-(?P<hi>\d+|\*)$", re.IGNORECASE)
@@ -39,10 +39,6 @@ def close_quietly(connection: ldap3.Connection) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def guid_text(raw: bytes) -> str:
-    return str(uuid.UUID(bytes_le=raw))
 
 
 def _entries(connection: ldap3.Connection) -> list[dict[str, Any]]:
