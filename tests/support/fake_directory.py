@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from indutech_identity_sync.config import Kind
 from indutech_identity_sync.dn import canonical_dn
-from indutech_identity_sync.exceptions import DirectoryWriteError
+from indutech_identity_sync.errors import DirectoryWriteError
 from indutech_identity_sync.model import (
     DirObject,
     Values,

@@ -15,6 +15,7 @@ from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
 from tests.integration.identity_sync.test_worker import delete_state, settings_for, wait_until
+from tests.support.metrics import sample
 from tests.support.stack import StackSettings
 
 USERS = 30
@@ -22,7 +23,7 @@ DELETED = 9  # 30 % of the OU, each delete under the 10 % one cycle may delete
 
 
 def gauge(worker: IdentitySyncWorker, name: str) -> float | None:
-    return worker.metrics.registry.get_sample_value(name, {"side": "aws"})
+    return sample(worker, name, side="aws")
 
 
 async def saved_state(stack: StackSettings, key: str) -> dict[str, object]:

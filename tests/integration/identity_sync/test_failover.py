@@ -26,6 +26,7 @@ from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import total_writes, wait_started
 from tests.integration.identity_sync.test_worker import adds, consume, settings_for
 from tests.support.kafka import temporary_topics
+from tests.support.metrics import sample
 from tests.support.proxy import pipe
 from tests.support.stack import StackSettings
 
@@ -142,8 +143,7 @@ class TestDcFailover:
         )
         assert await asyncio.to_thread(live.exists, "onprem", live.twin(aws_user, "onprem"))
         assert (adds(worker, "aws"), adds(worker, "onprem")) == (6, 1)  # each object once
-        sample = worker.metrics.registry.get_sample_value
-        assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": dead}) == 0
+        assert sample(worker, "indutech_identity_sync_dc", side="onprem", url=dead) == 0
 
     @pytest.mark.slow
     @pytest.mark.timeout(240)
@@ -204,9 +204,8 @@ class TestDcFailover:
         assert len(records) == written
         published = [r["dn"] for r in records if (r["side"], r["op"]) == ("aws", "add")]
         assert len(published) == len(set(published)) == adds(worker, "aws")
-        sample = worker.metrics.registry.get_sample_value
-        assert sample("indutech_identity_sync_dc", {"side": "aws", "url": stack.ad_aws.url}) == 1
-        assert sample("indutech_identity_sync_dc_failovers_total", {"side": "aws"}) == 1
+        assert sample(worker, "indutech_identity_sync_dc", side="aws", url=stack.ad_aws.url) == 1
+        assert sample(worker, "indutech_identity_sync_dc_failovers_total", side="aws") == 1
 
 
 class TestDeletionWindow:
@@ -229,23 +228,13 @@ class TestDeletionWindow:
             await asyncio.to_thread(live.delete, "onprem", dn)
         worker = await run_once()
         assert await asyncio.to_thread(live.count, "aws") == 3
-        assert (
-            worker.metrics.registry.get_sample_value(
-                "indutech_identity_sync_deletes_in_window", {"side": "aws"}
-            )
-            == 2
-        )
+        assert sample(worker, "indutech_identity_sync_deletes_in_window", side="aws") == 2
         for dn in dns[2:4]:
             await asyncio.to_thread(live.delete, "onprem", dn)
         with capture_logs() as logs:
             worker = await run_once()
         assert await asyncio.to_thread(live.count, "aws") == 3
-        assert (
-            worker.metrics.registry.get_sample_value(
-                "indutech_identity_sync_deletion_guard_tripped", {"side": "aws"}
-            )
-            == 1
-        )
+        assert sample(worker, "indutech_identity_sync_deletion_guard_tripped", side="aws") == 1
         event = next(e for e in logs if e["event"] == "deletion_guard_tripped")
         assert (event["rule"], event["planned_deletes"], event["deleted_in_window"]) == (
             "window",

@@ -23,6 +23,7 @@ from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
 from tests.integration.identity_sync.test_worker import settings_for
+from tests.support.metrics import sample
 from tests.support.stack import REPO_ROOT, StackSettings, stack_service
 
 BIG_GROUP = 5000
@@ -197,9 +198,7 @@ class TestDeletionGuardAlarm:
         worker = IdentitySyncWorker(settings, once=True, store=store)
         with capture_logs() as logs:
             assert await worker.serve(install_signal_handlers=False) == 0
-        gauge = worker.metrics.registry.get_sample_value(
-            "indutech_identity_sync_deletion_guard_tripped", {"side": "aws"}
-        )
+        gauge = sample(worker, "indutech_identity_sync_deletion_guard_tripped", side="aws")
         assert gauge == 1
         event = next(e for e in logs if e["event"] == "deletion_guard_tripped")
         assert (event["side"], event["planned_deletes"], event["max_count"]) == ("aws", 9, 5)

@@ -16,6 +16,7 @@ from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
 from tests.integration.identity_sync.test_worker import settings_for, wait_until
 from tests.support.directory import delete_subtree
+from tests.support.metrics import sample
 from tests.support.stack import StackSettings
 
 
@@ -52,13 +53,13 @@ def quarantined(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str
 def held(worker: IdentitySyncWorker, side: str) -> float:
     """indutech_identity_sync_quarantined{side}: objects waiting now."""
     name = "indutech_identity_sync_quarantined"
-    return worker.metrics.registry.get_sample_value(name, {"side": side}) or 0.0
+    return sample(worker, name, side=side) or 0.0
 
 
 def entered(worker: IdentitySyncWorker, side: str, cause: str) -> float:
     """indutech_identity_sync_quarantine_events_total{side, cause}."""
     name = "indutech_identity_sync_quarantine_events_total"
-    return worker.metrics.registry.get_sample_value(name, {"side": side, "cause": cause}) or 0.0
+    return sample(worker, name, side=side, cause=cause) or 0.0
 
 
 def add_blocker(live: Live, parent: str, sam: str) -> str:

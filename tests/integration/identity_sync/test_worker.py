@@ -30,6 +30,7 @@ from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.support.kafka import temporary_topics
+from tests.support.metrics import sample
 from tests.support.stack import REPO_ROOT, StackSettings
 
 
@@ -86,9 +87,7 @@ async def wait_until(check: Callable[[], bool], timeout_s: float = 10) -> float:
 
 def adds(worker: IdentitySyncWorker, side: str) -> float:
     """indutech_identity_sync_writes_total{side, op="add"} as /metrics shows it."""
-    labels = {"side": side, "op": "add"}
-    value = worker.metrics.registry.get_sample_value("indutech_identity_sync_writes_total", labels)
-    return value or 0.0
+    return sample(worker, "indutech_identity_sync_writes_total", side=side, op="add") or 0.0
 
 
 async def delete_state(stack: StackSettings, key: str) -> None:

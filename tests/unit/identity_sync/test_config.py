@@ -11,7 +11,7 @@ import pytest
 
 from indutech_identity_sync.cli import main
 from indutech_identity_sync.config import load_mapping
-from indutech_identity_sync.exceptions import DirectoryWriteError, MappingError
+from indutech_identity_sync.errors import DirectoryWriteError, MappingError
 from indutech_identity_sync.sinks.ldap import LdapWriter
 from indutech_identity_sync.sources.ldap import read_member_ranges
 

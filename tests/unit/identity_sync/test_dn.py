@@ -7,13 +7,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from indutech_identity_sync.dn import (
-    DnError,
     canonical_dn,
     escape_value,
     fold,
     format_dn,
     parse_dn,
 )
+from indutech_identity_sync.errors import DnError
 from indutech_identity_sync.model import depth_below, make_dn, normalize_dn, reparent, split_rdn
 
 ROOT = "OU=InduTech,DC=corp,DC=indutech,DC=test"

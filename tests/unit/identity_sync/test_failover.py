@@ -17,12 +17,14 @@ from structlog.testing import capture_logs
 
 from indutech_common.errors import DependencyUnavailableError
 from indutech_common.settings import LdapSettings
-from indutech_identity_sync import worker as worker_module
 from indutech_identity_sync.config import IdentitySyncSettings
-from indutech_identity_sync.exceptions import IdentitySyncError
+from indutech_identity_sync.errors import IdentitySyncError
 from indutech_identity_sync.failover import DcPool
+from indutech_identity_sync.links import Link
+from indutech_identity_sync.sources import changes as changes_module
 from indutech_identity_sync.state import CookieState, SyncState
-from indutech_identity_sync.worker import IdentitySyncWorker, Link
+from indutech_identity_sync.worker import IdentitySyncWorker
+from tests.support.metrics import sample
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "services/identity-sync/mapping.example.toml"
 DC1, DC2, DC3 = "ldaps://dc1:636", "ldaps://dc2:636", "ldaps://dc3:636"
@@ -188,10 +190,10 @@ def make_worker(onprem: list[str], aws: list[str], dcs: FakeDcs) -> IdentitySync
 class TestWorkerFailover:
     @pytest.fixture
     def dcs(self, monkeypatch: pytest.MonkeyPatch) -> FakeDcs:
-        """Fake DCs; the rootDSE read and DirSync (public names of the worker module) answer
-        from the fake connection."""
-        monkeypatch.setattr(worker_module, "highest_usn", lambda c: (c.dc, 500))
-        monkeypatch.setattr(worker_module, "DirSyncWatcher", FakeDirSync)
+        """Fake DCs; the rootDSE read and DirSync (public names of the change feed's module)
+        answer from the fake connection."""
+        monkeypatch.setattr(changes_module, "highest_usn", lambda c: (c.dc, 500))
+        monkeypatch.setattr(changes_module, "DirSyncWatcher", FakeDirSync)
         FakeDirSync.cookies.clear()
         return FakeDcs()
 
@@ -201,47 +203,45 @@ class TestWorkerFailover:
         dcs.up.update({DC2, DC3})
         worker = make_worker([DC1, DC2], [DC3], dcs)
         with capture_logs() as logs:
-            await worker._connect()
+            await worker.connect()
         assert worker.links["onprem"].url == DC2
         event = next(e for e in logs if e["event"] == "dc_failover")
         assert (event["side"], event["from_dc"], event["to_dc"]) == ("onprem", DC1, DC2)
         assert "refused" in event["reason"]
-        sample = worker.metrics.registry.get_sample_value
-        assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC2}) == 1
-        assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC1}) == 0
-        assert sample("indutech_identity_sync_dc_failovers_total", {"side": "onprem"}) == 1
+        assert sample(worker, "indutech_identity_sync_dc", side="onprem", url=DC2) == 1
+        assert sample(worker, "indutech_identity_sync_dc", side="onprem", url=DC1) == 0
+        assert sample(worker, "indutech_identity_sync_dc_failovers_total", side="onprem") == 1
 
     async def test_no_dc_at_start_fails_naming_each(self, dcs: FakeDcs) -> None:
         """No DC of a side answers at start: the worker stops, naming every DC and its error."""
         dcs.up.add(DC3)
         worker = make_worker([DC1, DC2], [DC3], dcs)
         with pytest.raises(DependencyUnavailableError, match=r"onprem.*dc1.*refused.*dc2"):
-            await worker._connect()
+            await worker.connect()
 
     async def test_dc_lost_mid_run_moves_on_then_backs_off(self, dcs: FakeDcs) -> None:
         """The DC in use goes away: the reconnect tries it once, then the next one; with
         none answering the side has no link (readiness says so) and waits its backoff."""
         dcs.up.update({DC1, DC2, DC3})
         worker = make_worker([DC1, DC2], [DC3], dcs)
-        await worker._connect()
+        await worker.connect()
         assert worker.links["onprem"].url == DC1
         dcs.up.discard(DC1)
         with capture_logs() as logs:
-            await worker._reconnect(["onprem"])
+            await worker.reconnect(["onprem"])
         assert worker.links["onprem"].url == DC2
         events = [e["event"] for e in logs]
         assert events[:2] == ["dc_unreachable", "dc_failover"]
         dcs.up.discard(DC2)
         with capture_logs() as logs:
-            await worker._reconnect(["onprem"])
+            await worker.reconnect(["onprem"])
             assert "onprem" not in worker.links
             with pytest.raises(IdentitySyncError, match="no DC of the onprem side answers"):
-                await worker._ping("onprem")
-            await worker._reconnect(["onprem"])  # both wait their backoff: nothing tried
+                await worker.dc_links["onprem"].ping()
+            await worker.reconnect(["onprem"])  # both wait their backoff: nothing tried
         assert [e["event"] for e in logs] == ["dc_unreachable", "no_dc_answers"]
-        sample = worker.metrics.registry.get_sample_value
-        assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC2}) == 0
-        assert sample("indutech_identity_sync_dc", {"side": "onprem", "url": DC1}) == 0
+        assert sample(worker, "indutech_identity_sync_dc", side="onprem", url=DC2) == 0
+        assert sample(worker, "indutech_identity_sync_dc", side="onprem", url=DC1) == 0
 
     async def test_other_dc_means_fresh_cookie_and_usn(self, dcs: FakeDcs) -> None:
         """The cookie and USN of the DC used before are not reused on another DC: DirSync
@@ -252,9 +252,9 @@ class TestWorkerFailover:
             onprem=CookieState(dc="CN=NTDS Settings,CN=dc1", dirsync_cookie_hex=b"dc1".hex()),
             aws=CookieState(dc="CN=NTDS Settings,CN=dc3", highest_usn=42),
         )
-        await worker._connect()
+        await worker.connect()
         with capture_logs() as logs:
-            await asyncio.to_thread(worker._prime_change_signals)
+            await asyncio.to_thread(worker.prime_change_signals)
         assert FakeDirSync.cookies == [None]
         assert worker.state.onprem.dc == "CN=NTDS Settings,CN=dc2"
         assert worker.state.onprem.dirsync_cookie_hex == b"fresh-none".hex()
@@ -272,8 +272,8 @@ class TestWorkerFailover:
             onprem=CookieState(dc="CN=NTDS Settings,CN=dc1", dirsync_cookie_hex=b"dc1".hex()),
             aws=CookieState(dc="CN=NTDS Settings,CN=dc2", highest_usn=42),
         )
-        await worker._connect()
-        await asyncio.to_thread(worker._prime_change_signals)
+        await worker.connect()
+        await asyncio.to_thread(worker.prime_change_signals)
         assert FakeDirSync.cookies == [b"dc1"]
         assert worker.state.aws.dc == "CN=NTDS Settings,CN=dc3"
         assert worker.state.aws.highest_usn == 500  # another AWS DC: its own USN

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from indutech_common.cli import worker_main
+from indutech_common.cli import EXIT_CONFIG, worker_main
 from indutech_common.errors import ConfigError
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_identity_sync.worker import IdentitySyncWorker
-
-EXIT_CONFIG = 2
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

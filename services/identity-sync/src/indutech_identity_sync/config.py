@@ -24,7 +24,7 @@ from pydantic_settings import SettingsConfigDict
 
 from indutech_common.schemas.topics import Topics
 from indutech_common.settings import KafkaSettings, LdapSettings, S3Settings, WorkerSettings
-from indutech_identity_sync.exceptions import MappingError
+from indutech_identity_sync.errors import MappingError
 
 Side = Literal["onprem", "aws"]
 Kind = Literal["ou", "user", "group"]

@@ -28,6 +28,8 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
+from indutech_identity_sync.errors import DnError
+
 Ava = tuple[str, str]  # (attribute type as written, value unescaped)
 Rdn = tuple[Ava, ...]  # one or more AVAs joined by "+"
 
@@ -39,10 +41,6 @@ _SIMPLE_BLOCKERS = frozenset('\\#+"<>;')
 _NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=#\x00-\x1f\x7f]|^ | $')
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*")  # a name or an OID
 _BER_STRINGS = {0x04: "utf-8", 0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x1E: "utf-16-be"}
-
-
-class DnError(ValueError):
-    """A DN that cannot be read; the message names it and says what is wrong."""
 
 
 def escape_value(value: str) -> str:

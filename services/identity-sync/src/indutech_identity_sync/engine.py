@@ -28,7 +28,7 @@ Parallel writers (``pools``: several writers of one side, one connection each):
 the plan is still made in one thread, in the order above, and every decision
 that depends on an earlier write waits for it. Writes that cannot depend on
 each other are sent to the pool together and their results applied in the
-order they were planned, at a barrier (``_flush``): the creates of one wave
+order they were planned, at a barrier (``barrier.WriteBarrier``): the creates of one wave
 (same depth below the root and same kind: a parent is one level up, so in an
 earlier wave, and users come before the groups of their level), the attribute
 writes of all pairs, the membership writes of all groups, the deletes of one
@@ -44,18 +44,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingOf
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import structlog
 
+from indutech_common.schemas import ChangeRecord
+from indutech_identity_sync.barrier import Op, Then, Write, WriteBarrier
 from indutech_identity_sync.config import SIDES, AttributeRule, Kind, Mapping, Side, other
 from indutech_identity_sync.deletion_guard import DeleteGuard
-from indutech_identity_sync.directory import DirectoryWriter, WriterPool
+from indutech_identity_sync.directory import DirectoryWriter
 from indutech_identity_sync.dn import canonical_dn
-from indutech_identity_sync.exceptions import DirectoryWriteError
+from indutech_identity_sync.errors import DirectoryWriteError
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import (
     DirObject,
@@ -67,7 +68,6 @@ from indutech_identity_sync.model import (
     split_rdn,
 )
 from indutech_identity_sync.quarantine import Cause, Held, Quarantine
-from indutech_identity_sync.sinks.audit import ChangeRecord
 from indutech_identity_sync.state import ROOT, PairState, SyncState
 
 T = TypeVar("T")
@@ -85,23 +85,7 @@ _ACTIONS: dict[Cause, str] = {
     "again after its backoff, at once when it changes",
 }
 
-Op = Literal["add", "modify", "move", "delete", "members"]
 Location = tuple[str, str]  # (parent pair id or ROOT, RDN value)
-Then = Callable[[bool, Any], None]  # (written, the writer's result) -> apply it to the plan
-
-
-@dataclass
-class _Pending:
-    """A write in flight in a side's pool, applied at the next barrier."""
-
-    side: Side
-    op: Op
-    dn: str
-    future: Future[Any]
-    guid: str
-    attributes: list[str] | None
-    then: Then
-    key: str  # the object (or pair) a refusal quarantines
 
 
 @dataclass
@@ -174,14 +158,8 @@ class Reconciler:
         self.guard = guard or DeleteGuard(mapping.deletion_guard)
         self.deleted: dict[Side, list[str]] = {s: [] for s in SIDES}  # pair ids deleted
         self.vanishing: set[str] = set()  # pairs with one side gone (their delete pending)
-        self._pool_writers = {
-            side: list(writers)
-            for side, writers in (pools or {}).items()
-            if len(writers) > 1 and not dry_run
-        }
-        self.pools: dict[Side, WriterPool] = {}
-        self._pending: list[_Pending] = []
-        self._pending_dns: set[tuple[Side, str]] = set()  # targets of the creates in flight
+        # the writes and the order their outcomes are applied in (a dry run: one at a time)
+        self.barrier = WriteBarrier(writers, self, pools=None if dry_run else pools)
         self.mapping = mapping
         self.state = state
         self.sides: dict[Side, Mirror] = {}
@@ -239,7 +217,7 @@ class Reconciler:
     # -- the cycle ---------------------------------------------------------------------------
 
     def run(self) -> CycleReport:
-        self.pools = {side: WriterPool(writers) for side, writers in self._pool_writers.items()}
+        self.barrier.open()
         try:
             self._quarantine_unreadable()
             deletes = self._plan_deletes()
@@ -249,55 +227,31 @@ class Reconciler:
             self._deletes(deletes)
             self._release_attempted()
         finally:
-            for pool in self.pools.values():
-                pool.close()  # after a failure: waits for the writes in flight, drops the rest
-            self.pools = {}
-            self._account_in_flight()  # writes that reached a DC before a failure: audited
+            # after a failure: waits for the writes in flight, drops the rest, and audits
+            # those that reached a DC
+            self.barrier.close()
             self._record_deletes()  # those applied before a failure count too
         return self.report
 
-    def _write(
-        self,
-        side: Side,
-        op: Op,
-        dn: str,
-        action: Callable[[], T],
-        *,
-        guid: str = "",
-        attributes: list[str] | None = None,
-        key: str = "",
-    ) -> tuple[bool, T | None]:
-        """One audited write: (False, None) when the directory refused (then the object
-        ``key`` is quarantined)."""
-        try:
-            result = action()
-        except DirectoryWriteError as exc:
-            self._refused(side, op, dn, exc, key)
-            return False, None
-        self._applied(side, op, dn, result, guid=guid, attributes=attributes)
-        return True, result
+    # -- the barrier's outcomes (barrier.Outcomes) -------------------------------------------
 
-    def _refused(self, side: Side, op: Op, dn: str, exc: DirectoryWriteError, key: str) -> None:
+    def refused(self, write: Write, error: DirectoryWriteError) -> None:
         self.report.failed += 1
-        self._quarantine(key, side, "refused", f"{op} {dn!r} refused by the {side} DC: {exc}", dn)
+        reason = f"{write.op} {write.dn!r} refused by the {write.side} DC: {error}"
+        self._quarantine(write.key, write.side, "refused", reason, write.dn)
 
-    def _applied(
-        self,
-        side: Side,
-        op: Op,
-        dn: str,
-        result: object,
-        *,
-        guid: str,
-        attributes: list[str] | None,
-    ) -> None:
+    def invalid(self, write: Write, error: ValueError) -> None:
+        self._quarantine(write.key, write.side, "invalid", f"{write.dn!r}: {error}", write.dn)
+
+    def applied(self, write: Write, result: object) -> None:
+        side, op = write.side, write.op
         self.report.writes[side, op] += 1
         record = ChangeRecord(
             side=side,
             op=op,
-            dn=dn,
-            object_guid=guid or (result if op == "add" and isinstance(result, str) else ""),
-            attributes=sorted(attributes or []),
+            dn=write.dn,
+            object_guid=write.guid or (result if op == "add" and isinstance(result, str) else ""),
+            attributes=sorted(write.attributes or []),
             dry_run=self.dry_run,
         )
         self.report.changes.append(record)
@@ -305,7 +259,7 @@ class Reconciler:
             "identity_change_applied",
             side=side,
             op=op,
-            dn=dn,
+            dn=write.dn,
             object_guid=record.object_guid,
             attributes=record.attributes,
             event_id=record.event_id,
@@ -325,77 +279,15 @@ class Reconciler:
         key: str = "",
     ) -> None:
         """A write whose outcome ``then`` applies: at once with one writer, else at the next
-        barrier (``_flush``); the caller only submits writes independent of each other.
-        ``key``: the quarantine key of the object (default: that of ``guid`` on ``side``);
-        while it waits its backoff the write is not sent."""
+        barrier (``self.barrier.flush``); the caller only submits writes independent of each
+        other. ``key``: the quarantine key of the object (default: that of ``guid`` on
+        ``side``); while it waits its backoff the write is not sent."""
         key = key or self._key(side, guid)
         if self._waits(key):
             then(False, None)
             return
-        pool = self.pools.get(side)
-        if pool is None:
-            writer = self.writers[side]
-            done, result = self._write(
-                side, op, dn, partial(call, writer), guid=guid, attributes=attributes, key=key
-            )
-            self._then(then, done, result, key=key, side=side, dn=dn)
-            return
-        future = pool.submit(call)
-        self._pending.append(_Pending(side, op, dn, future, guid, attributes, then, key))
-
-    def _then(self, then: Then, done: bool, result: Any, *, key: str, side: Side, dn: str) -> None:
-        """Apply a write's outcome; data that cannot be applied quarantines its object."""
-        try:
-            then(done, result)
-        except ValueError as exc:  # e.g. a DN that does not parse
-            self._quarantine(key, side, "invalid", f"{dn!r}: {exc}", dn)
-
-    def _flush(self) -> None:
-        """The barrier: wait for the writes in flight and apply them in the order planned.
-        A connection error is raised once every other write is applied (the cycle fails)."""
-        pending, self._pending = self._pending, []
-        self._pending_dns.clear()
-        error: BaseException | None = None
-        for item in pending:
-            try:
-                result = item.future.result()
-            except DirectoryWriteError as exc:
-                self._refused(item.side, item.op, item.dn, exc, item.key)
-                done, result = False, None
-            except ValueError as exc:  # data the writer could not send: this object only
-                self._quarantine(item.key, item.side, "invalid", f"{item.dn!r}: {exc}", item.dn)
-                done, result = False, None
-            except Exception as exc:  # re-raised below, once the rest is applied
-                error = error or exc
-                continue
-            else:
-                done = True
-                self._applied(
-                    item.side, item.op, item.dn, result, guid=item.guid, attributes=item.attributes
-                )
-            try:
-                self._then(item.then, done, result, key=item.key, side=item.side, dn=item.dn)
-            except Exception as exc:  # re-raised below: every written result is audited first
-                error = error or exc
-        if error is not None:
-            raise error
-
-    def _account_in_flight(self) -> None:
-        """After a failure: the writes that finished in the pool reached their DC, so they are
-        audited and counted like any other (their outcome is applied where it still can be)."""
-        pending, self._pending = self._pending, []
-        for item in pending:
-            future = item.future
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                continue
-            result = future.result()
-            self._applied(
-                item.side, item.op, item.dn, result, guid=item.guid, attributes=item.attributes
-            )
-            try:
-                item.then(True, result)
-            except Exception:  # the cycle is failing already; the next one is full
-                self.log.debug("identity_outcome_not_applied", side=item.side, dn=item.dn)
+        write = Write(side, op, dn, then, key, guid=guid, attributes=attributes)
+        self.barrier.submit(write, call)
 
     # -- quarantine --------------------------------------------------------------------------
 
@@ -603,7 +495,7 @@ class Reconciler:
             depth = None
             for level, pid, obj in sorted(victims, key=lambda v: -v[0]):
                 if level != depth:  # children first: one depth at a time
-                    self._flush()
+                    self.barrier.flush()
                     depth = level
                 dn = obj.dn
                 self._submit(
@@ -614,7 +506,7 @@ class Reconciler:
                     partial(self._deleted, side=side, pid=pid, guid=obj.guid),
                     guid=obj.guid,
                 )
-            self._flush()
+            self.barrier.flush()
 
     def _deleted(self, done: bool, _: object, *, side: Side, pid: str, guid: str) -> None:
         if done:
@@ -675,11 +567,11 @@ class Reconciler:
             wave: tuple[int, int] | None = None
             for item in work:
                 if item[:2] != wave:  # a new depth or kind: what it waits on must be written
-                    self._flush()
+                    self.barrier.flush()
                     wave = item[:2]
                 if not self._structure_safe(item[2], item[3]):
                     remaining.append(item)
-            self._flush()
+            self.barrier.flush()
             if len(remaining) == len(work):
                 break
             work = remaining
@@ -729,8 +621,8 @@ class Reconciler:
         rdn_type = RDN_TYPE[obj.kind]
         target_dn = make_dn(rdn_type, location[1], parent_dn)
         planned = (target, normalize_dn(target_dn))
-        if planned in self._pending_dns:
-            self._flush()  # the same name is being created: decide once it exists
+        if planned in self.barrier.creating:
+            self.barrier.flush()  # the same name is being created: decide once it exists
         existing = self.sides[target].guid_at(target_dn)
         if existing is not None:
             found = self.sides[target].objects[existing]
@@ -747,7 +639,7 @@ class Reconciler:
             members = self._objects(target, pids or set())
             if members:
                 attributes["member"] = tuple(m.dn for m in members)
-        self._pending_dns.add(planned)
+        self.barrier.creating.add(planned)
         self._submit(
             target,
             "add",
@@ -903,7 +795,7 @@ class Reconciler:
         assert obj is not None  # noqa: S101 - checked above
         new_rdn = make_rdn(RDN_TYPE[pair.kind], now[winner][1])
         old_dn = obj.dn
-        self._flush()  # a move is applied alone: it changes the DNs the next writes use
+        self.barrier.flush()  # a move is applied alone: it changes the DNs the next writes use
         self._submit(
             loser,
             "move",
@@ -912,7 +804,7 @@ class Reconciler:
             partial(self._moved, pair=pair, side=loser, guid=obj.guid, location=now[winner]),
             guid=obj.guid,
         )
-        self._flush()
+        self.barrier.flush()
         return True
 
     def _moved(
@@ -949,7 +841,7 @@ class Reconciler:
                 self._merge_attributes(pair)
             except ValueError as exc:  # data that cannot be applied: this pair only
                 self._quarantine_pair(pair, exc)
-        self._flush()
+        self.barrier.flush()
 
     def _quarantine_pair(self, pair: PairState, exc: ValueError) -> None:
         present = self._source_of(pid_of(pair), "aws")
@@ -1132,7 +1024,7 @@ class Reconciler:
                 self._merge_members(pair)
             except ValueError as exc:  # data that cannot be applied: this group only
                 self._quarantine_pair(pair, exc)
-        self._flush()
+        self.barrier.flush()
 
     def _merge_members(self, pair: PairState) -> None:
         """A set merge against the base: adds and removes of both sides, written to each."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from indutech_identity_sync.config import Mapping, Side
-from indutech_identity_sync.dn import DnError, canonical_dn
+from indutech_identity_sync.dn import canonical_dn
+from indutech_identity_sync.errors import DnError
 from indutech_identity_sync.model import DirObject, make_dn, normalize_dn, reparent
 
 PENDING = "?"

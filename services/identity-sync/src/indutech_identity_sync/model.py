@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from indutech_identity_sync.config import Kind
-from indutech_identity_sync.dn import DnError, escape_value, fold, format_dn, format_rdn, parse_dn
+from indutech_identity_sync.dn import escape_value, fold, format_dn, format_rdn, parse_dn
+from indutech_identity_sync.errors import DnError
 
 Values = tuple[str, ...]
+
+
+def guid_text(raw: bytes) -> str:
+    """An objectGUID as LDAP returns it (little-endian bytes) in its text form."""
+    return str(uuid.UUID(bytes_le=raw))
 
 
 @dataclass

@@ -8,16 +8,13 @@ on both sides is never written, whoever changed it.
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from indutech_common.s3 import JsonObjectStore, ping_bucket
 from indutech_identity_sync.config import Kind, Side
-from indutech_identity_sync.exceptions import StateError
-
-if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+from indutech_identity_sync.errors import StateError
 
 ROOT = "ROOT"
 
@@ -79,27 +76,41 @@ class MemoryStateStore:
 
 
 class S3StateStore:
-    """State as one JSON object in S3 (written whole: S3 PUTs are atomic)."""
+    """State as one JSON object in S3 (written whole: S3 PUTs are atomic; SHA-256 checked by
+    the server), through the common ``JsonObjectStore``: a missing object is a first start."""
 
-    def __init__(self, client: S3Client, *, bucket: str, key: str) -> None:
-        self.client = client
-        self.bucket = bucket
+    def __init__(self, objects: JsonObjectStore, *, key: str) -> None:
+        self.objects = objects
         self.key = key
 
+    async def ping(self) -> None:
+        """Readiness: the state's bucket answers."""
+        await ping_bucket(self.objects.client, self.objects.bucket)
+
     async def load(self) -> SyncState:
+        url = self.objects.url(self.key)
         try:
-            response = await self.client.get_object(Bucket=self.bucket, Key=self.key)
-            async with response["Body"] as body:
-                data = await body.read()
-        except self.client.exceptions.NoSuchKey:
-            return SyncState()
+            data = await self.objects.get_bytes(self.key)
         except Exception as exc:
-            raise StateError(f"cannot read s3://{self.bucket}/{self.key}: {exc}") from exc
-        return SyncState.model_validate(json.loads(data))
+            raise StateError(
+                f"cannot read {url}: {exc}; check the S3 settings and that the worker's role "
+                "may read it (the worker does not start without its state)"
+            ) from exc
+        if data is None:
+            return SyncState()
+        try:
+            return SyncState.model_validate_json(data)
+        except ValidationError as exc:
+            raise StateError(
+                f"{url} is not an identity-sync state: {exc}; check what wrote it, restore "
+                "its previous version, or fix it (the worker does not start without its state)"
+            ) from exc
 
     async def save(self, state: SyncState) -> None:
-        body = state.model_dump_json().encode()
         try:
-            await self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body)
+            await self.objects.put(self.key, state)
         except Exception as exc:
-            raise StateError(f"cannot write s3://{self.bucket}/{self.key}: {exc}") from exc
+            raise StateError(
+                f"cannot write {self.objects.url(self.key)}: {exc}; the cycle's writes were "
+                "made, the next cycle saves the state again"
+            ) from exc

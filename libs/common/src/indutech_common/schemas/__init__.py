@@ -1,5 +1,6 @@
 """The records of DESIGN.md, validated at the edge and shared by producers and consumers."""
 
+from indutech_common.schemas.identity import ChangeOp, ChangeRecord
 from indutech_common.schemas.iot import (
     ClientTicket,
     Quality,
@@ -14,6 +15,8 @@ __all__ = [
     "CONTRACT",
     "BackupCompleted",
     "BackupEvent",
+    "ChangeOp",
+    "ChangeRecord",
     "ClientTicket",
     "Quality",
     "SensorReading",

@@ -20,10 +20,9 @@ import ldap3
 
 from indutech_identity_sync import initial_password
 from indutech_identity_sync.config import Kind, is_secret_attribute
-from indutech_identity_sync.dn import DnError, canonical_dn
-from indutech_identity_sync.exceptions import DirectoryWriteError
-from indutech_identity_sync.model import Values, split_rdn
-from indutech_identity_sync.sources.ldap import guid_text
+from indutech_identity_sync.dn import canonical_dn
+from indutech_identity_sync.errors import DirectoryWriteError, DnError
+from indutech_identity_sync.model import Values, guid_text, split_rdn
 
 OBJECT_CLASS: dict[Kind, list[str]] = {
     "ou": ["top", "organizationalUnit"],

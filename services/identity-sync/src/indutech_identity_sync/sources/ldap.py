@@ -23,17 +23,12 @@ from ldap3.utils.conv import escape_bytes
 from indutech_common.ldap import ldap_connect
 from indutech_common.settings import LdapSettings
 from indutech_identity_sync.config import KINDS, Kind, Mapping, Side
-from indutech_identity_sync.dn import DnError
-from indutech_identity_sync.exceptions import IdentitySyncError
-from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn
+from indutech_identity_sync.errors import DirectoryReadError, DnError
+from indutech_identity_sync.model import DirObject, Values, guid_text, make_dn, normalize_dn
 
 SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 _RANGE = re.compile(r"^(?P<attr>[^;]+);range=(?P<lo>\d+)-(?P<hi>\d+|\*)$", re.IGNORECASE)
 PAGE_SIZE = 500
-
-
-class DirectoryReadError(IdentitySyncError):
-    """A search failed (the cycle is abandoned and retried)."""
 
 
 def close_quietly(connection: ldap3.Connection) -> None:
@@ -44,10 +39,6 @@ def close_quietly(connection: ldap3.Connection) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def guid_text(raw: bytes) -> str:
-    return str(uuid.UUID(bytes_le=raw))
 
 
 def _entries(connection: ldap3.Connection) -> list[dict[str, Any]]:
