@@ -23,10 +23,11 @@ from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
-from indutech_sql_backup.generator import create_statements
+from indutech_sql_backup.planning import publish_plans
 from indutech_sql_backup.restore import Restorer
 from indutech_sql_backup.sources import OdbcSource
-from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
+from indutech_sql_backup.worker import SqlBackupWorker
+from tests.support.erp import demo_erp_statements
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack
 
@@ -92,7 +93,7 @@ async def _bench(stack: StackSettings) -> list[Result]:
     schema = f"bench_sb_{unique}"
     prefix = f"bench/sql-backup/{unique}/"
     source = OdbcSource(stack.erp, PostgresDialect())
-    await asyncio.to_thread(source.execute, create_statements(schema, scale=SCALE))
+    await asyncio.to_thread(source.execute, demo_erp_statements(schema, scale=SCALE))
     topics = [f"bench.{unique}.work", f"bench.{unique}.completed"]
     await create_topics(
         stack.kafka, {topics[0]: Topics.BACKUP_WORK, topics[1]: Topics.BACKUP_COMPLETED}

@@ -19,12 +19,14 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
+from indutech_devtools.erp import change_statements
 
 from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
+from tests.support.erp import demo_erp_statements
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.s3 import list_keys
 from tests.support.stack import REPO_ROOT, StackSettings
@@ -85,6 +87,12 @@ async def rows(settings: WarehouseSettings, schema: str, table: str) -> list[tup
     return [tuple(row) for row in found]
 
 
+def load_erp(stack: StackSettings, schema: str, statements: list[str], what: str) -> None:
+    """Run demo ERP statements (indutech_devtools.erp) in the ERP, in one transaction."""
+    OdbcSource(stack.erp, PostgresDialect()).execute(statements)
+    say(f"   {what} written to {stack.erp.database}.{schema}")
+
+
 async def drop_schemas(stack: StackSettings, source_schema: str, restore_schema: str) -> None:
     source = OdbcSource(stack.erp, PostgresDialect())
     await asyncio.to_thread(source.execute, [f'DROP SCHEMA IF EXISTS "{source_schema}" CASCADE'])
@@ -131,7 +139,9 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
     )
     replicas: list[subprocess.Popen[bytes]] = []
     try:
-        sql_backup(env, "generate", "--schema", schema, "--scale", str(SCALE))
+        load_erp(
+            stack, schema, demo_erp_statements(schema, scale=SCALE), f"demo ERP (scale {SCALE})"
+        )
         say(f"-- full backup of {full_day}: plan, then {REPLICAS} worker replicas share the chunks")
         planned = sql_backup(env, "plan", "--kind", "full", "--date", full_day.isoformat())
         match = re.search(r"published (\d+) work item", planned)
@@ -160,7 +170,7 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
             f"   {published} work items → {parts} parts in S3 ({written} chunk writes; a chunk "
             "redone after a rebalance is rewritten under its own name)"
         )
-        sql_backup(env, "generate", "--schema", schema, "--day", "1", "--scale", str(SCALE))
+        load_erp(stack, schema, change_statements(schema, day=1, scale=SCALE), "day 1 changes")
         say(f"-- nightly delta of {delta_day}: day 1's inserts, updates and deletes")
         sql_backup(
             env,

@@ -28,7 +28,8 @@ from indutech_identity_sync.state import MemoryStateStore
 from indutech_identity_sync.worker import IdentitySyncWorker
 from indutech_iot_ingest.worker import IotIngestWorker
 from indutech_iot_to_s3.worker import IotToS3Worker
-from indutech_sql_backup.worker import DeltaScheduler, SqlBackupWorker
+from indutech_sql_backup.scheduling import DeltaScheduler
+from indutech_sql_backup.worker import SqlBackupWorker
 from tests.integration.iot_ingest.conftest import IngestTopics, ingest_settings
 from tests.integration.iot_to_s3.conftest import Lake
 from tests.integration.iot_to_s3.conftest import settings_for as lake_settings

@@ -15,14 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 from dotenv import dotenv_values
+from indutech_devtools.erp import change_statements
 
 from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
-from indutech_sql_backup.generator import change_statements, create_statements
 from indutech_sql_backup.sources import OdbcSource
+from tests.support.erp import demo_erp_statements
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix, list_keys
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
@@ -95,7 +96,7 @@ async def generate(stack: StackSettings, erp: Erp, *, scale: int = 1, day: int =
     statements = (
         change_statements(erp.schema, day=day, scale=scale)
         if day
-        else create_statements(erp.schema, scale=scale)
+        else demo_erp_statements(erp.schema, scale=scale)
     )
     await asyncio.to_thread(source.execute, statements)
 

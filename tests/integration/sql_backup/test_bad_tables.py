@@ -13,13 +13,13 @@ from datetime import date
 import pytest
 
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas.sql_backup import BackupDir
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.cli import main
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.errors import SqlBackupError
 from indutech_sql_backup.restore import Restorer
-from indutech_sql_backup.sinks import BackupDir
 from indutech_sql_backup.sources import OdbcSource
 from tests.integration.sql_backup.conftest import Erp, backup_keys, settings_for, worker_env
 from tests.support.stack import StackSettings

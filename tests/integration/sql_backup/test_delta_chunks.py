@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas.sql_backup import BackupDir, Plan
 from indutech_sql_backup.dialects import PostgresDialect, Query, TableInfo, TableRef
 from indutech_sql_backup.engine import ChunkResult, Engine
 from indutech_sql_backup.restore import Restorer
-from indutech_sql_backup.sinks import BackupDir, Plan, read_part
+from indutech_sql_backup.sinks import read_part
 from indutech_sql_backup.sources import OdbcSource
 from indutech_sql_backup.verify import verify
 from tests.integration.sql_backup.conftest import (

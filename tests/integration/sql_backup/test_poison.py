@@ -18,12 +18,13 @@ from aiokafka.structs import ConsumerRecord
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
 from indutech_common.schemas import Topics
+from indutech_common.schemas.sql_backup import BackupDir, Plan
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.engine import Engine
-from indutech_sql_backup.sinks import BackupDir, Plan
+from indutech_sql_backup.planning import publish_plans
 from indutech_sql_backup.sources import OdbcSource
-from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
+from indutech_sql_backup.worker import SqlBackupWorker
 from tests.integration.sql_backup.conftest import Erp, backup_keys, settings_for
 from tests.support.kafka import temporary_topics
 from tests.support.stack import StackSettings

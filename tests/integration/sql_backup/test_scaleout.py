@@ -14,12 +14,14 @@ import pytest
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas.sql_backup import BackupDir
 from indutech_sql_backup.dialects import TableRef
 from indutech_sql_backup.engine import Engine
+from indutech_sql_backup.planning import publish_plans
 from indutech_sql_backup.restore import Restorer
-from indutech_sql_backup.sinks import BackupDir, read_part
+from indutech_sql_backup.sinks import read_part
 from indutech_sql_backup.verify import verify
-from indutech_sql_backup.worker import SqlBackupWorker, publish_plans
+from indutech_sql_backup.worker import SqlBackupWorker
 from tests.integration.sql_backup.conftest import (
     Erp,
     backup_keys,

@@ -12,12 +12,13 @@ import pyarrow as pa
 import pytest
 
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas.sql_backup import BackupDir
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.restore import Restorer
-from indutech_sql_backup.sinks import BackupDir, PartWriter, read_part
+from indutech_sql_backup.sinks import PartWriter, read_part
 from indutech_sql_backup.sources import OdbcSource
 from indutech_sql_backup.verify import verify
 from tests.integration.sql_backup.conftest import Erp, erp_database, settings_for
@@ -243,7 +244,7 @@ class TestVerifyRestorability:
                     }
                 )
             directory = BackupDir.of(erp.prefix, manifest.plan)
-            await engine.store.put_json(
+            await engine.store.put(
                 directory.manifest, manifest.model_copy(update={"parts": (record,)})
             )
             report = await verify(engine, ref, day=None, source=False)

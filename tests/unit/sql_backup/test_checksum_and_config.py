@@ -8,12 +8,13 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
+from indutech_common.schemas.sql_backup import ChunkSpec, Manifest, Plan
 from indutech_sql_backup.checksum import TableChecksum, table_checksum
 from indutech_sql_backup.cli import main
 from indutech_sql_backup.dialects import TableRef
-from indutech_sql_backup.sinks import ChunkSpec, Manifest, Plan, chain
+from indutech_sql_backup.scheduling import next_run
+from indutech_sql_backup.sinks import chain
 from indutech_sql_backup.sources import selected
-from indutech_sql_backup.worker import next_run
 
 TABLE = pa.table(
     {

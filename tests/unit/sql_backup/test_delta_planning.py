@@ -14,11 +14,11 @@ import pytest
 import sqlglot
 from pydantic import BaseModel
 
+from indutech_common.schemas.sql_backup import ChunkSpec, ColumnSpec, Manifest, Plan
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import Column, Query, TableInfo, TableRef
 from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.errors import ChangeTrackingError
-from indutech_sql_backup.sinks import ChunkSpec, ColumnSpec, Manifest, Plan
 from tests.unit.sql_backup.test_dialects import parse_tsql
 
 TABLE = TableInfo(
@@ -78,7 +78,7 @@ class FakeStore:
         del database, ref
         return [self.previous]
 
-    async def put_json(self, key: str, body: BaseModel, *, create_only: bool = False) -> bool:
+    async def put(self, key: str, body: BaseModel, *, create_only: bool = False) -> bool:
         if create_only and key in self.objects:
             return False
         self.objects[key] = body

@@ -10,8 +10,8 @@ from typing import get_type_hints
 import pytest
 from pydantic import ValidationError
 
-from indutech_common.schemas import BackupCompleted, BackupEvent
-from indutech_sql_backup import worker
+from indutech_common.schemas import BackupCompleted, BackupEvent, WorkItem
+from indutech_sql_backup import announcing, planning
 
 MANIFEST = (
     "s3://indutech-backup/sql-server/erp.sales.orders/year=2026/month=03/day=02/delta/"
@@ -45,5 +45,6 @@ class TestBackupCompleted:
             BackupCompleted.model_validate(json.loads(OLD_MESSAGE) | {"surprise": 1})
 
     def test_sql_backup_uses_the_common_model(self) -> None:
-        assert get_type_hints(worker.completed_message)["return"] is BackupCompleted
-        assert issubclass(worker.WorkItem, BackupEvent)
+        assert get_type_hints(announcing.completed_message)["return"] is BackupCompleted
+        assert get_type_hints(planning.work_items)["return"] == list[WorkItem]
+        assert issubclass(WorkItem, BackupEvent)

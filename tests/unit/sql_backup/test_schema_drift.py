@@ -9,9 +9,10 @@ from dataclasses import replace
 import pytest
 import structlog.testing
 
+from indutech_common.schemas.sql_backup import ColumnSpec, Manifest, PartRecord
 from indutech_sql_backup.dialects import Column, MssqlDialect, TableInfo
 from indutech_sql_backup.errors import KeyNotUniqueError, SchemaDriftError
-from indutech_sql_backup.sinks import ColumnSpec, Manifest, PartRecord, chain_problems, restore_base
+from indutech_sql_backup.sinks import chain_problems, restore_base
 from indutech_sql_backup.sinks.store import schema_drift
 from tests.unit.sql_backup.test_delta_planning import (
     DAY1,

@@ -11,13 +11,12 @@ import pyarrow as pa
 import pytest
 import sqlglot
 
+from indutech_common.schemas.sql_backup import ChunkSpec, ColumnSpec, Plan
 from indutech_sql_backup.dialects import Column, MssqlDialect, PostgresDialect, TableInfo, TableRef
 from indutech_sql_backup.dialects.types import mssql_type, postgres_type, stored_type
 from indutech_sql_backup.engine import arrow_schema_for
 from indutech_sql_backup.errors import RestoreDecodeError, UnsupportedTypeError
 from indutech_sql_backup.restore import column_loads, decode_part
-from indutech_sql_backup.sinks import ColumnSpec, Plan
-from indutech_sql_backup.sinks.store import ChunkSpec
 from tests.unit.sql_backup.test_dialects import parse_tsql
 
 # (SQL Server type as the catalogue query spells it, Parquet type, restored as, read as)

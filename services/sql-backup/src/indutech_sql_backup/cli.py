@@ -1,4 +1,6 @@
-"""``sql-backup``: back up, plan, serve as a worker replica, verify, restore, generate a demo.
+"""``sql-backup``: back up, plan, serve as a worker replica or the scheduler, verify, restore.
+
+The demo ERP is made by ``python -m indutech_devtools.erp`` (dev tools, not this package).
 
 Exit codes: 0 done; 1 failed (the message says what to do next); 2 bad
 configuration or usage; 3 worker drain deadline exceeded; 4 verify found a mismatch.
@@ -17,15 +19,21 @@ import uvloop
 
 from indutech_common.cli import EXIT_CONFIG, worker_main
 from indutech_common.errors import IndutechError
+from indutech_common.lifecycle import Worker
 from indutech_common.logging import configure_logging, register_secrets_of, scrub
 from indutech_common.s3 import create_s3_client
+from indutech_common.schemas.sql_backup import Manifest
+from indutech_sql_backup.announcing import announce_once
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import MssqlDialect, PostgresDialect, TableRef
 from indutech_sql_backup.engine import Engine
-from indutech_sql_backup.generator import change_statements, create_statements
+from indutech_sql_backup.planning import publish_plans, start_producer
 from indutech_sql_backup.progress import Progress
 from indutech_sql_backup.restore import Restorer
+from indutech_sql_backup.scheduling import DeltaScheduler
 from indutech_sql_backup.sources import OdbcSource
+from indutech_sql_backup.verify import verify
+from indutech_sql_backup.worker import SqlBackupWorker
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,10 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     restore.add_argument("--date", type=_day, default=None, help="as of this day (default: latest)")
     restore.add_argument("--target", required=True, type=_table, help="schema.table to create")
     restore.add_argument("--replace", action="store_true", help="drop the target table first")
-    generate = commands.add_parser("generate", help="create a demo ERP in the postgres stand-in")
-    generate.add_argument("--schema", default="erp_demo")
-    generate.add_argument("--scale", type=int, default=1)
-    generate.add_argument("--day", type=int, default=0, help="apply day N's changes (1, 2, …)")
     prepare = commands.add_parser("prepare-source", help="install or print change capture DDL")
     prepare.add_argument("--table", action="append", default=[], required=True, type=_table)
     prepare.add_argument("--key", action="append", default=[], help="key column (no PK)")
@@ -90,6 +94,20 @@ async def with_engine(
     async with create_s3_client(settings.s3) as s3:
         engine = Engine(settings, s3, progress=Progress() if progress else None)
         return await body(engine)
+
+
+async def announce(
+    settings: SqlBackupSettings, engine: Engine, results: list[tuple[Manifest, bool]]
+) -> None:
+    """Announce every manifest of a run in this process that is not announced yet."""
+    if not results:
+        return
+    producer = await start_producer(settings)
+    try:
+        for manifest, created in results:
+            await announce_once(producer, engine, manifest, written_here=created)
+    finally:
+        await producer.stop()
 
 
 def report_skipped(settings: SqlBackupSettings, engine: Engine, command: str) -> int:
@@ -116,12 +134,10 @@ async def cmd_backup(settings: SqlBackupSettings, args: argparse.Namespace) -> i
         for manifest, created in results:
             state = "written" if created else "already complete"
             print(
-                f"{manifest.plan.ref.qualified}: {manifest.rows:,} rows in {len(manifest.parts)} "
+                f"{manifest.plan.qualified}: {manifest.rows:,} rows in {len(manifest.parts)} "
                 f"part(s), {manifest.bytes / 1e6:.1f} MB ({state})"
             )
         if settings.kafka is not None:
-            from indutech_sql_backup.worker import announce  # noqa: PLC0415
-
             await announce(settings, engine, results)
         return report_skipped(settings, engine, "backup")
 
@@ -129,8 +145,6 @@ async def cmd_backup(settings: SqlBackupSettings, args: argparse.Namespace) -> i
 
 
 async def cmd_plan(settings: SqlBackupSettings, args: argparse.Namespace) -> int:
-    from indutech_sql_backup.worker import publish_plans  # noqa: PLC0415
-
     async def body(engine: Engine) -> int:
         tables = await engine.discover(args.table)
         published = await publish_plans(
@@ -156,8 +170,6 @@ async def cmd_discover(settings: SqlBackupSettings, args: argparse.Namespace) ->
 
 
 async def cmd_verify(settings: SqlBackupSettings, args: argparse.Namespace) -> int:
-    from indutech_sql_backup.verify import verify  # noqa: PLC0415
-
     async def body(engine: Engine) -> int:
         report = await verify(engine, args.table, day=args.date, source=not args.no_source)
         for line in report.lines:
@@ -178,22 +190,6 @@ async def cmd_restore(settings: SqlBackupSettings, args: argparse.Namespace) -> 
         f"{report.rows:,} rows from {' + '.join(report.runs)} in {report.seconds:.2f}s "
         f"({report.rows_per_s:,.0f} rows/s, {report.bytes_read / 1e6:.1f} MB read)"
     )
-    return EXIT_OK
-
-
-async def cmd_generate(settings: SqlBackupSettings, args: argparse.Namespace) -> int:
-    if settings.erp.dialect != "postgres":
-        print("sql-backup: generate writes to the postgres stand-in only", file=sys.stderr)
-        return EXIT_CONFIG
-    source = OdbcSource(settings.erp, PostgresDialect())
-    statements = (
-        change_statements(args.schema, day=args.day, scale=args.scale)
-        if args.day
-        else create_statements(args.schema, scale=args.scale)
-    )
-    await asyncio.to_thread(source.execute, statements)
-    what = f"day {args.day} changes" if args.day else f"demo ERP (scale {args.scale})"
-    print(f"{what} written to {settings.erp.database}.{args.schema}")
     return EXIT_OK
 
 
@@ -230,7 +226,6 @@ COMMANDS: dict[str, Callable[[SqlBackupSettings, argparse.Namespace], Coroutine[
     "discover": cmd_discover,
     "verify": cmd_verify,
     "restore": cmd_restore,
-    "generate": cmd_generate,
     "prepare-source": cmd_prepare,
 }
 
@@ -246,10 +241,10 @@ def run(settings: SqlBackupSettings, args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     if command in ("worker", "schedule"):
-        from indutech_sql_backup.worker import DeltaScheduler, SqlBackupWorker  # noqa: PLC0415
-
-        worker_cls: Any = SqlBackupWorker if command == "worker" else DeltaScheduler
-        return int(worker_cls(settings).run())
+        worker: Worker[SqlBackupSettings] = (
+            SqlBackupWorker(settings) if command == "worker" else DeltaScheduler(settings)
+        )
+        return worker.run()
     configure_logging(
         level=settings.logging.level, fmt=settings.logging.format, service="sql-backup"
     )

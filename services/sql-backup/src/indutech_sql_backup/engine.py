@@ -35,6 +35,16 @@ from prometheus_client import Gauge
 
 from indutech_common.logging import scrub
 from indutech_common.metrics import WorkerMetrics
+from indutech_common.schemas.sql_backup import (
+    BackupDir,
+    ChunkSpec,
+    ColumnSpec,
+    FailureRecord,
+    Kind,
+    Manifest,
+    PartRecord,
+    Plan,
+)
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import Dialect, Query, TableInfo, dialect_for
 from indutech_sql_backup.dialects.types import stored_type
@@ -49,21 +59,8 @@ from indutech_sql_backup.errors import (
     environment_error,
 )
 from indutech_sql_backup.progress import Progress
-from indutech_sql_backup.sinks import (
-    BackupDir,
-    BackupStore,
-    ChunkSpec,
-    ColumnSpec,
-    FailureRecord,
-    Manifest,
-    PartRecord,
-    PartWriter,
-    Plan,
-    chain,
-    restore_base,
-    schema_drift,
-)
-from indutech_sql_backup.sinks.store import Kind, now_utc
+from indutech_sql_backup.sinks import BackupStore, PartWriter, chain, restore_base, schema_drift
+from indutech_sql_backup.sinks.store import now_utc
 from indutech_sql_backup.sources import OdbcSource, discover
 from indutech_sql_backup.sources.discovery import check_key
 
@@ -253,7 +250,8 @@ class Engine:
         return BackupDir(
             prefix=self.settings.backup_prefix,
             database=self.database,
-            ref=table.ref,
+            schema=table.ref.schema,
+            table=table.ref.name,
             day=day,
             kind=kind,
         )
@@ -310,7 +308,7 @@ class Engine:
             snapshot=snapshot,
             snapshot_reason=snapshot_reason if snapshot_reason else self._lost_changes(snapshot),
         )
-        if not await self.store.put_json(directory.plan, plan, create_only=True):
+        if not await self.store.put(directory.plan, plan, create_only=True):
             winner = await self.store.plan(directory.plan)  # another planner was first
             if winner is not None:
                 return winner, "resume"
@@ -422,13 +420,11 @@ class Engine:
 
     async def run_chunk(self, plan: Plan, chunk: int) -> ChunkResult:
         directory = BackupDir.of(self.settings.backup_prefix, plan)
-        raw = await self.store.get_bytes(directory.record(chunk))
-        if raw is not None:
-            record = PartRecord.model_validate_json(raw)
-            if record.plan_id == plan.plan_id:
-                if self.metrics:
-                    self.metrics.part_done(plan, record, skipped=True)
-                return ChunkResult(record, skipped=True)
+        record = await self.store.get(directory.record(chunk), PartRecord)
+        if record is not None and record.plan_id == plan.plan_id:
+            if self.metrics:
+                self.metrics.part_done(plan, record, skipped=True)
+            return ChunkResult(record, skipped=True)
         started = time.perf_counter()
         writer = await asyncio.to_thread(self._read_chunk, plan, chunk)
         key = directory.part(chunk)
@@ -459,12 +455,12 @@ class Engine:
             ),
             seconds=round(time.perf_counter() - started, 3),
         )
-        await self.store.put_json(directory.record(chunk), record)
+        await self.store.put(directory.record(chunk), record)
         if self.metrics:
             self.metrics.part_done(plan, record, skipped=False)
         _log.info(
             "chunk_written",
-            table=plan.ref.qualified,
+            table=plan.qualified,
             kind=plan.kind,
             chunk=chunk,
             rows=record.rows,
@@ -475,7 +471,7 @@ class Engine:
 
     def chunk_query(self, plan: Plan, chunk: int) -> tuple[Query, Query | None]:
         """The chunk's read and, for tables with LOBs, the query of their largest values."""
-        table = plan.table_info()
+        table = TableInfo.of_plan(plan)
         lobs = any(c.lob for c in table.columns)
         spec = plan.chunks[chunk]
         if not plan.reads_changes:  # a full, or a delta that re-reads the table
@@ -493,14 +489,14 @@ class Engine:
         settings = self.settings
         if lob_query is None:
             return settings.batch_rows, 4096, 4096
-        table = plan.table_info()
+        table = TableInfo.of_plan(plan)
         lobs = [c for c in table.columns if c.lob]
         with self.source.connect() as connection:
             lengths = [int(v or 0) for v in self.source.fetch(connection, lob_query)[0]]
         for column, length in zip(lobs, lengths, strict=True):
             if length > settings.lob_max_bytes:
                 raise LobTooLargeError(
-                    f"{plan.ref.qualified}.{column.name} holds a value of {length:,} bytes, more "
+                    f"{plan.qualified}.{column.name} holds a value of {length:,} bytes, more "
                     f"than SQL_BACKUP_LOB_MAX_BYTES={settings.lob_max_bytes:,}. Raise it (and "
                     "MAX_BATCH_BYTES); nothing is ever truncated."
                 )
@@ -519,7 +515,7 @@ class Engine:
         """Blocking: source → Parquet temp file. Runs in a thread."""
         query, lob_query = self.chunk_query(plan, chunk)
         batch_rows, text_bytes, binary_bytes = self._buffer_sizes(plan, lob_query)
-        table = plan.table_info()
+        table = TableInfo.of_plan(plan)
         read_schema, batches = self.source.batches(
             query,
             batch_rows=batch_rows,
@@ -553,7 +549,7 @@ class Engine:
         if existing is not None:
             return existing, False
         # Listing is one request per 1,000 records: read them only when all may be there.
-        if len(await self.store.list_keys(directory.base + "_parts/")) < len(plan.chunks):
+        if len(await self.store.list_keys(directory.parts_prefix)) < len(plan.chunks):
             return None, False
         records = await self.store.records(directory, plan.plan_id)
         if len(records) < len(plan.chunks):
@@ -566,11 +562,11 @@ class Engine:
             bytes=sum(p.bytes for p in parts),
             completed_at=now_utc(),
         )
-        created = await self.store.put_json(directory.manifest, manifest, create_only=True)
+        created = await self.store.put(directory.manifest, manifest, create_only=True)
         if created:
             _log.info(
                 "manifest_written",
-                table=plan.ref.qualified,
+                table=plan.qualified,
                 kind=plan.kind,
                 day=str(plan.day),
                 rows=manifest.rows,
@@ -595,7 +591,7 @@ class Engine:
             failed_at=now_utc(),
             dead_letter_topic=dead_letter_topic,
         )
-        await self.store.put_json(directory.failure(chunk), failure)
+        await self.store.put(directory.failure(chunk), failure)
         if self.metrics:
             name = f"{plan.database}.{plan.schema_name}.{plan.table}"
             self.metrics.chunks.labels(self.metrics.base.worker, name, "failed").inc()
@@ -618,7 +614,7 @@ class Engine:
         keys = await self.store.list_keys(directory.failures_prefix)
         if keys:
             await self.store.delete_keys(keys)
-            _log.info("redoing_failed_chunks", table=plan.ref.qualified, chunks=len(keys))
+            _log.info("redoing_failed_chunks", table=plan.qualified, chunks=len(keys))
         return len(keys)
 
     # -- a whole run in this process -----------------------------------------------------
@@ -648,7 +644,7 @@ class Engine:
             if plan.plan_id in failed:
                 chunk, exc = failed[plan.plan_id]
                 self.skip(
-                    plan.ref.qualified,
+                    plan.qualified,
                     SqlBackupError(
                         f"chunk {chunk} of its {plan.kind} of {plan.day} failed: {exc}. The run "
                         "has no manifest (nothing claims it); fix the cause and run the same "
@@ -658,7 +654,7 @@ class Engine:
                 continue
             manifest, created = await self.finalize(plan)
             if manifest is None:  # pragma: no cover - every chunk ran above
-                raise SqlBackupError(f"{plan.ref.qualified}: chunks missing after the run")
+                raise SqlBackupError(f"{plan.qualified}: chunks missing after the run")
             results.append((manifest, created))
         if self.progress:
             self.progress.finish()

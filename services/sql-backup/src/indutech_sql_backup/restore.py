@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import structlog
 
 from indutech_common.logging import scrub
+from indutech_common.schemas.sql_backup import Manifest, PartRecord, Plan
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.checksum import table_checksum
 from indutech_sql_backup.config import SqlBackupSettings
@@ -45,16 +46,7 @@ from indutech_sql_backup.errors import (
     VerificationError,
 )
 from indutech_sql_backup.progress import Progress
-from indutech_sql_backup.sinks import (
-    BackupStore,
-    Manifest,
-    PartRecord,
-    Plan,
-    chain,
-    chain_problems,
-    read_part,
-    restore_base,
-)
+from indutech_sql_backup.sinks import BackupStore, chain, chain_problems, read_part, restore_base
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

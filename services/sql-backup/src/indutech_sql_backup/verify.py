@@ -24,20 +24,14 @@ from datetime import date
 
 import asyncpg
 
+from indutech_common.schemas.sql_backup import Manifest, Plan
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.checksum import TableChecksum
-from indutech_sql_backup.dialects import TableRef
+from indutech_sql_backup.dialects import TableInfo, TableRef
 from indutech_sql_backup.engine import Engine, arrow_schema_for, double_columns
 from indutech_sql_backup.errors import BackupNotFoundError, RestoreDecodeError
 from indutech_sql_backup.restore import check_casts, decode_part
-from indutech_sql_backup.sinks import (
-    Manifest,
-    Plan,
-    chain,
-    chain_problems,
-    read_part,
-    restore_base,
-)
+from indutech_sql_backup.sinks import chain, chain_problems, read_part, restore_base
 
 
 @dataclass
@@ -64,9 +58,11 @@ def _source_checksum(engine: Engine, plan: Plan, chunk: int) -> tuple[int, str]:
         max_text_bytes=text,
         max_binary_bytes=binary,
         max_batch_bytes=engine.settings.max_batch_bytes + engine.settings.lob_max_bytes,
-        doubles=double_columns(plan.table_info()),
+        doubles=double_columns(TableInfo.of_plan(plan)),
     )
-    schema = arrow_schema_for(plan.table_info(), schema_read, delta=False, dialect=engine.dialect)
+    schema = arrow_schema_for(
+        TableInfo.of_plan(plan), schema_read, delta=False, dialect=engine.dialect
+    )
     checksum = TableChecksum(schema)
     for batch in batches:
         checksum.update(batch.cast(schema))

@@ -1,18 +1,14 @@
 """sql-backup replicas: one consumer group draining ``sql.backup-work.v1``.
 
-``publish_plans`` (the ``plan`` command) writes each table's ``_plan.json`` and
-sends one work item per chunk not yet verified. Items are keyed by table (the
-contract) but spread over the topic's partitions by chunk number, so the
-chunks of one large table are shared by every replica.
-
-A replica keeps up to ``parallel_chunks`` items running at once (arrow-odbc
-reads in threads): a slot that frees takes the next item at once, without
+Work items are published by ``planning.publish_plans`` (the ``plan`` command, the
+delta scheduler). A replica keeps up to ``parallel_chunks`` items running at once
+(arrow-odbc reads in threads): a slot that frees takes the next item at once, without
 waiting for the other running chunks. A partition's offset is committed only
 after every item before it is uploaded, verified and recorded. A killed replica's
 uncommitted items are redelivered: finished ones are skipped by their record,
 unfinished ones are redone under the same part name. Whoever finishes a
 table's last chunk writes the manifest and announces it on
-``sql.backup-completed.v1``.
+``sql.backup-completed.v1`` (``announcing``).
 
 A work item that fails by itself (not by an outage: see ``environment_error``) is
 tried ``max_attempts`` times, then dead-lettered with its reason: its chunk is
@@ -26,11 +22,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
-from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
@@ -45,19 +38,14 @@ from indutech_common.kafka import (
 from indutech_common.kafka.deadletter import DeadLetterWriter
 from indutech_common.lifecycle import Worker
 from indutech_common.logging import scrub
-from indutech_common.retry import Backoff
 from indutech_common.s3 import create_s3_client, ping_bucket
-from indutech_common.schemas.sql_backup import BackupCompleted, BackupEvent
+from indutech_common.schemas.sql_backup import Plan, WorkItem
 from indutech_common.schemas.topics import Topics
+from indutech_sql_backup.announcing import announce_once
 from indutech_sql_backup.config import SqlBackupSettings
-from indutech_sql_backup.dialects import TableInfo
 from indutech_sql_backup.engine import BackupMetrics, Engine
-from indutech_sql_backup.errors import (
-    AnnouncementInterruptedError,
-    PlanMismatchError,
-    environment_error,
-)
-from indutech_sql_backup.sinks import BackupDir, Manifest, Plan
+from indutech_sql_backup.errors import PlanMismatchError, environment_error
+from indutech_sql_backup.planning import contract_topics
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -65,7 +53,6 @@ if TYPE_CHECKING:
 
 POLL_TIMEOUT_MS = 500
 BUSY_POLL_TIMEOUT_MS = 100  # a free slot while others run: look for work, then check them
-ANNOUNCE_POLL_S = 0.5
 MAX_ANNOUNCE_LOCKS = 1000
 DEAD_LETTER_REASON = "work_item_failed"
 
@@ -90,181 +77,10 @@ class DeadLetters(Protocol):
     async def flush(self) -> None: ...
 
 
-_log = structlog.get_logger(__name__)
-
-
-class WorkItem(BackupEvent):
-    """One chunk to back up (value of ``sql.backup-work.v1``, key = table)."""
-
-    chunk: int
-    chunks: int
-    plan_id: str
-    plan_key: str
-
-
 def _retrieve(task: asyncio.Task[None]) -> None:
     """Mark a task's outcome as seen (asyncio logs exceptions nobody retrieved)."""
     if not task.cancelled():
         task.exception()
-
-
-def _table_key(plan: Plan) -> bytes:
-    return f"{plan.database}.{plan.schema_name}.{plan.table}".encode()
-
-
-def work_items(engine: Engine, plan: Plan, done: set[int]) -> list[WorkItem]:
-    directory = BackupDir.of(engine.settings.backup_prefix, plan)
-    return [
-        WorkItem(
-            event_id=f"{plan.plan_id}:{spec.chunk:05d}",
-            event_time=plan.created_at,
-            kind=plan.kind,
-            database=plan.database,
-            table=f"{plan.schema_name}.{plan.table}",
-            day=plan.day,
-            chunk=spec.chunk,
-            chunks=len(plan.chunks),
-            plan_id=plan.plan_id,
-            plan_key=directory.plan,
-        )
-        for spec in plan.chunks
-        if spec.chunk not in done
-    ]
-
-
-def completed_message(engine: Engine, manifest: Manifest) -> BackupCompleted:
-    plan = manifest.plan
-    key = BackupDir.of(engine.settings.backup_prefix, plan).manifest
-    return BackupCompleted(
-        event_id=engine.store.url(key),
-        event_time=manifest.completed_at,
-        kind=plan.kind,
-        database=plan.database,
-        table=f"{plan.schema_name}.{plan.table}",
-        day=plan.day,
-        manifest=engine.store.url(key),
-        rows=manifest.rows,
-        bytes=manifest.bytes,
-        parts=len(manifest.parts),
-        position_from=plan.position_from,
-        position_to=plan.position_to,
-    )
-
-
-def contract_topics(settings: SqlBackupSettings) -> dict[str, str]:
-    """The topics every sql-backup process checks at start: configured name → contract."""
-    return {
-        settings.work_topic: Topics.BACKUP_WORK,
-        settings.completed_topic: Topics.BACKUP_COMPLETED,
-    }
-
-
-async def _producer(settings: SqlBackupSettings) -> AIOKafkaProducer:
-    assert settings.kafka is not None  # noqa: S101 - checked by the CLI
-    await require_topics(settings.kafka, contract_topics(settings), worker="sql-backup")
-    producer = create_producer(settings.kafka)
-    await start_client(producer, settings.kafka)
-    return producer
-
-
-async def announce_once(
-    producer: AIOKafkaProducer,
-    engine: Engine,
-    manifest: Manifest,
-    *,
-    written_here: bool,
-    should_exit: asyncio.Event | None = None,
-) -> bool:
-    """Send sql.backup-completed.v1 for ``manifest`` unless its ``_announced.json`` exists.
-
-    The marker is written after the send, so a crash in between sends it again (consumers
-    dedupe by event_id, the manifest URL); a crash between the manifest and the send no
-    longer loses the announcement: whoever handles a redelivered chunk of the finished
-    plan sends it. A replica that did not write the manifest first gives its writer
-    ``announce_grace_s`` to mark it, so two replicas finishing the last chunks together
-    do not both announce. Returns whether this call sent it.
-    """
-    settings = engine.settings
-    marker = BackupDir.of(settings.backup_prefix, manifest.plan).announced
-    if not written_here:
-        grace_ends = manifest.completed_at.timestamp() + settings.announce_grace_s
-        while True:
-            if await engine.store.get_bytes(marker) is not None:
-                return False
-            left = grace_ends - time.time()
-            if left <= 0:
-                break
-            if should_exit is not None and should_exit.is_set():
-                raise AnnouncementInterruptedError("shutting down before the announcement")
-            await asyncio.sleep(min(left, ANNOUNCE_POLL_S))
-    message = completed_message(engine, manifest)
-    await producer.send_and_wait(
-        settings.completed_topic, message.model_dump_json().encode(), key=_table_key(manifest.plan)
-    )
-    await engine.store.put_json(marker, message)
-    _log.info("backup_announced", table=message.table, day=str(message.day), kind=message.kind)
-    return True
-
-
-async def announce(
-    settings: SqlBackupSettings, engine: Engine, results: list[tuple[Manifest, bool]]
-) -> None:
-    """Announce every manifest of a run in this process that is not announced yet."""
-    if not results:
-        return
-    producer = await _producer(settings)
-    try:
-        for manifest, created in results:
-            await announce_once(producer, engine, manifest, written_here=created)
-    finally:
-        await producer.stop()
-
-
-async def publish_plans(
-    settings: SqlBackupSettings,
-    engine: Engine,
-    tables: list[TableInfo],
-    *,
-    kind: Literal["full", "delta"],
-    day: date,
-) -> int:
-    """Plan every table (or resume its unfinished plan) and publish the chunks not yet done."""
-    producer = await _producer(settings)
-    published = 0
-    try:
-        partitions = sorted(await producer.partitions_for(settings.work_topic) or {0})
-        for table in tables:
-            planned = await engine.plan_or_skip(table, kind=kind, day=day)
-            if planned is None:  # reported in engine.skipped; the other tables go on
-                continue
-            plan, status = planned
-            if status == "complete":
-                manifest, _ = await engine.finalize(plan)
-                if manifest is not None:  # announce again: the event id is stable
-                    await producer.send_and_wait(
-                        settings.completed_topic,
-                        completed_message(engine, manifest).model_dump_json().encode(),
-                        key=_table_key(plan),
-                    )
-                continue
-            directory = BackupDir.of(settings.backup_prefix, plan)
-            if status == "resume":  # chunks given up on before are published again
-                await engine.clear_failures(plan)
-            done = set(await engine.store.records(directory, plan.plan_id))
-            futures = [
-                await producer.send(
-                    settings.work_topic,
-                    item.model_dump_json().encode(),
-                    key=_table_key(plan),
-                    partition=partitions[item.chunk % len(partitions)],
-                )
-                for item in work_items(engine, plan, done)
-            ]
-            await asyncio.gather(*futures)
-            published += len(futures)
-    finally:
-        await producer.stop()
-    return published
 
 
 class SqlBackupWorker(Worker[SqlBackupSettings]):
@@ -283,7 +99,6 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         self.attempts: dict[tuple[str, int, int], int] = {}
         self.dead_lettered = 0
         self.backup_metrics = BackupMetrics(self.metrics)
-        self._stack = AsyncExitStack()
         self._idle_since = time.monotonic()
         self.chunks_done = 0
         self.chunks_written = 0
@@ -293,15 +108,19 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
     async def startup(self) -> None:
         settings = self.settings
         assert settings.kafka is not None  # noqa: S101 - checked by the CLI
-        s3 = await self._stack.enter_async_context(create_s3_client(settings.s3))
+        s3 = await self.enter("s3", create_s3_client(settings.s3))
         bucket = settings.s3.backup_bucket
         self.health.register_ping("s3", lambda: ping_bucket(s3, bucket))
         self.engine = Engine(settings, s3, metrics=self.backup_metrics)
+        # Closers run last-registered first: the Kafka clients stop, then the ERP pool and
+        # the S3 client go (no chunk reads or writes any more by then).
+        source = self.engine.source
+        self.add_closer("erp", lambda: asyncio.to_thread(source.close))
         topics = contract_topics(settings) | {settings.dead_letter_topic: Topics.DEAD_LETTER}
         await require_topics(settings.kafka, topics, worker=self.name)
         self.producer: AIOKafkaProducer = create_producer(settings.kafka)
         await start_client(self.producer, settings.kafka)
-        self._stack.push_async_callback(stop_client, self.producer)
+        self.add_closer("kafka_producer", lambda: stop_client(self.producer))
         self.dead_letters: DeadLetters = DeadLetterWriter(
             self.producer, metrics=self.metrics, topic=settings.dead_letter_topic
         )
@@ -315,7 +134,7 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )
         await start_client(self.consumer, settings.kafka)
-        self._stack.push_async_callback(stop_client, self.consumer)
+        self.add_closer("kafka_consumer", lambda: stop_client(self.consumer))
         self.log.info(
             "consuming",
             topic=settings.work_topic,
@@ -325,12 +144,6 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
             dead_letter_topic=settings.dead_letter_topic,
             backup=f"s3://{bucket}/{settings.backup_prefix}sql-server/",
         )
-
-    async def shutdown(self) -> None:
-        await self._stack.aclose()
-        engine: Engine | None = getattr(self, "engine", None)
-        if engine is not None:
-            engine.source.close()
 
     async def main_loop(self) -> None:
         slots = self.settings.parallel_chunks
@@ -553,7 +366,7 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
         if failed is not None:
             self.log.error(
                 "backup_incomplete",
-                table=plan.ref.qualified,
+                table=plan.qualified,
                 kind=plan.kind,
                 day=str(plan.day),
                 failed_chunks=sorted(failed),
@@ -589,63 +402,3 @@ class SqlBackupWorker(Worker[SqlBackupSettings]):
                     written_here=created,
                     should_exit=self.should_exit,
                 )
-
-
-PLANNING_BACKOFF = Backoff(initial_s=30.0, max_s=900.0)
-
-
-def next_run(now: datetime, at_utc: str) -> datetime:
-    hour, minute = (int(part) for part in at_utc.split(":"))
-    candidate = now.astimezone(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return candidate if candidate > now else candidate + timedelta(days=1)
-
-
-class DeltaScheduler(Worker[SqlBackupSettings]):
-    """Plans a delta of every selected table each day at ``delta_at_utc`` (run one of these)."""
-
-    name = "sql-backup-scheduler"
-
-    async def startup(self) -> None:
-        self._stack = AsyncExitStack()
-        assert self.settings.kafka is not None  # noqa: S101 - checked by the CLI
-        # at start, not at the first delta hours later: a missing topic is found at deploy
-        await require_topics(self.settings.kafka, contract_topics(self.settings), worker=self.name)
-        self.s3 = await self._stack.enter_async_context(create_s3_client(self.settings.s3))
-        self.backup_metrics = BackupMetrics(self.metrics)
-
-    async def shutdown(self) -> None:
-        await self._stack.aclose()
-
-    async def main_loop(self) -> None:
-        while not self.should_exit.is_set():
-            due = next_run(datetime.now(UTC), self.settings.delta_at_utc)
-            self.log.info("next_delta", at=due.isoformat())
-            if await self.sleep_or_exit((due - datetime.now(UTC)).total_seconds()):
-                return
-            # A failed planning retries the same day with backoff: waiting for tomorrow
-            # would lose nothing (the next delta starts at the last position) but
-            # would leave a day without its restore point.
-            delays = PLANNING_BACKOFF.delays()
-            while True:
-                engine = Engine(self.settings, self.s3, metrics=self.backup_metrics)
-                try:
-                    tables = await engine.discover()
-                    count = await publish_plans(
-                        self.settings, engine, tables, kind="delta", day=due.date()
-                    )
-                    break
-                except Exception:
-                    self.log.exception("delta_planning_failed", day=due.date().isoformat())
-                    self.metrics.error("delta_planning")
-                if await self.sleep_or_exit(next(delays)):
-                    return
-            self.log.info(
-                "delta_planned",
-                work_items=count,
-                tables=len(tables),
-                skipped=[s.table for s in engine.skipped],
-            )
-            # Skipped tables are retried tomorrow (their causes need a person: no key, a
-            # schema change refused, no full yet); until then, no success when they count.
-            if not engine.skipped or not self.settings.fail_on_skipped_table:
-                self.metrics.record_success(stream="plans", count=count, last_event_time=None)

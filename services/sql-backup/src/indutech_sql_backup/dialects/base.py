@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from indutech_sql_backup.dialects.types import ColumnType, lob_kind
 from indutech_sql_backup.errors import UnsupportedTypeError
+
+if TYPE_CHECKING:
+    from indutech_common.schemas.sql_backup import Plan
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,17 @@ class TableInfo:
             if column.name == name:
                 return column
         raise KeyError(name)
+
+    @classmethod
+    def of_plan(cls, plan: Plan) -> TableInfo:
+        """The table as a plan recorded it (its columns then, not the source's now)."""
+        return cls(
+            ref=TableRef(plan.schema_name, plan.table),
+            columns=tuple(Column(c.name, c.source_type, c.nullable) for c in plan.columns),
+            key=plan.key,
+            watermark=plan.watermark,
+            key_from=plan.key_from,
+        )
 
     @property
     def chunk_column(self) -> Column:

@@ -1,15 +1,11 @@
-"""Where sql-backup writes: Parquet parts, part records, plans and manifests in S3."""
+"""Where sql-backup writes: Parquet parts, part records, plans and manifests in S3.
+
+The objects and their keys are a contract (``indutech_common.schemas.sql_backup``).
+"""
 
 from indutech_sql_backup.sinks.parquet import PartWriter, read_part
 from indutech_sql_backup.sinks.store import (
-    BackupDir,
     BackupStore,
-    ChunkSpec,
-    ColumnSpec,
-    FailureRecord,
-    Manifest,
-    PartRecord,
-    Plan,
     SchemaDrift,
     chain,
     chain_problems,
@@ -18,15 +14,8 @@ from indutech_sql_backup.sinks.store import (
 )
 
 __all__ = [
-    "BackupDir",
     "BackupStore",
-    "ChunkSpec",
-    "ColumnSpec",
-    "FailureRecord",
-    "Manifest",
-    "PartRecord",
     "PartWriter",
-    "Plan",
     "SchemaDrift",
     "chain",
     "chain_problems",

@@ -1,14 +1,6 @@
-"""The backup bucket: layout, plans, verified-part records and manifests.
-
-One directory per (table, day, kind), as DESIGN.md fixes it::
-
-    {prefix}sql-server/{database}.{schema}.{table}/year=YYYY/month=MM/day=DD/{full|delta}/
-        _plan.json                 the chunks and the source position (written first)
-        part-{chunk:05d}.parquet   one per chunk; deterministic name, overwritten on redo
-        _parts/part-{chunk:05d}.json   the part's record once uploaded and verified
-        _manifest.json             written last, once every part is verified
-        _failed/part-{chunk:05d}.json  a chunk given up on (dead-lettered): no manifest until
-                                   a rerun redoes it
+"""The backup bucket: sql-backup's reads and writes of the layout in
+``indutech_common.schemas.sql_backup`` (plans, parts, part records, failure markers,
+manifests), and the checks of a chain of runs before a restore.
 
 Only a directory with ``_manifest.json`` is trusted (restore, the next delta,
 sql-to-redshift); a plan or parts without it are an unfinished run that the
@@ -19,224 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field
-
-from indutech_common.s3 import upload_multipart
-from indutech_sql_backup.dialects import Column, TableInfo, TableRef
+from indutech_common.s3 import (
+    PARQUET_CONTENT_TYPE,
+    JsonObjectStore,
+    upload_multipart,
+)
+from indutech_common.schemas.sql_backup import (
+    BackupDir,
+    FailureRecord,
+    Manifest,
+    PartRecord,
+    Plan,
+    is_manifest_key,
+    table_root,
+)
+from indutech_sql_backup.dialects import TableRef
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-Kind = Literal["full", "delta"]
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
-MANIFEST = "_manifest.json"
-ANNOUNCED = "_announced.json"
-PLAN = "_plan.json"
 
+class BackupStore(JsonObjectStore):
+    """The backup bucket: JSON objects through ``JsonObjectStore`` (SHA-256 checked, a missing
+    key is None, create-only writes), Parquet parts, and the layout's reads."""
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColumnSpec(_Model):
-    name: str
-    source_type: str
-    nullable: bool
-    arrow_type: str | None = None
-
-
-class ChunkSpec(_Model):
-    chunk: int
-    lo: str | None = Field(description="exclusive lower bound of the chunk column (None: -inf)")
-    hi: str | None = Field(description="inclusive upper bound (None: +inf)")
-
-
-class Plan(_Model):
-    version: int = 1
-    plan_id: str
-    kind: Kind
-    database: str
-    dialect: str
-    schema_name: str
-    table: str
-    day: date
-    columns: tuple[ColumnSpec, ...]
-    key: tuple[str, ...]
-    key_from: str
-    watermark: str | None
-    chunk_column: str
-    chunks: tuple[ChunkSpec, ...]
-    position_from: str | None = Field(description="where this run starts (the previous end)")
-    position_to: str = Field(description="the source position when planned: the next start")
-    created_at: datetime
-    snapshot: bool = Field(
-        default=False,
-        description="a delta that re-reads the whole table (the source lost its changes, e.g. "
-        "SQL Server after a TRUNCATE, or its columns changed): its parts replace the table "
-        "on restore, with this plan's columns",
-    )
-    snapshot_reason: str | None = Field(
-        default=None, description="why a delta re-reads the whole table (None: not said)"
-    )
-
-    @property
-    def reads_changes(self) -> bool:
-        """Parts hold changes with an ``_op`` column (a delta that is not a re-snapshot)."""
-        return self.kind == "delta" and not self.snapshot
-
-    @property
-    def ref(self) -> TableRef:
-        return TableRef(self.schema_name, self.table)
-
-    def table_info(self) -> TableInfo:
-        return TableInfo(
-            ref=self.ref,
-            columns=tuple(Column(c.name, c.source_type, c.nullable) for c in self.columns),
-            key=self.key,
-            watermark=self.watermark,
-            key_from=self.key_from,
-        )
-
-
-class PartRecord(_Model):
-    """A part uploaded and verified: S3 checked its SHA-256 on arrival."""
-
-    plan_id: str
-    chunk: int
-    key: str
-    rows: int
-    bytes: int
-    checksum: str = Field(description="content checksum of the rows (indutech_sql_backup.checksum)")
-    sha256: str = Field(description="SHA-256 of the Parquet object")
-    ops: dict[str, int] = Field(default_factory=dict)
-    arrow_schema: tuple[ColumnSpec, ...] = ()
-    seconds: float = 0.0
-
-
-class FailureRecord(_Model):
-    """A chunk given up on after ``attempts`` failures: the run has no manifest until a rerun
-    (``sql-backup plan`` or ``backup`` again) redoes it."""
-
-    plan_id: str
-    chunk: int
-    attempts: int
-    error: str
-    failed_at: datetime
-    dead_letter_topic: str | None = None
-
-
-class Manifest(_Model):
-    version: int = 1
-    plan: Plan
-    parts: tuple[PartRecord, ...]
-    rows: int
-    bytes: int
-    completed_at: datetime
-
-    @property
-    def position_from(self) -> str | None:
-        return self.plan.position_from
-
-    @property
-    def position_to(self) -> str:
-        return self.plan.position_to
-
-
-class BackupDir:
-    """The keys of one (table, day, kind) directory."""
-
-    def __init__(self, *, prefix: str, database: str, ref: TableRef, day: date, kind: Kind):
-        self.ref = ref
-        self.day = day
-        self.kind = kind
-        self.table_root = f"{prefix}sql-server/{database}.{ref.schema}.{ref.name}/"
-        self.base = f"{self.table_root}year={day:%Y}/month={day:%m}/day={day:%d}/{kind}/"
-
-    @classmethod
-    def of(cls, prefix: str, plan: Plan) -> BackupDir:
-        return cls(
-            prefix=prefix, database=plan.database, ref=plan.ref, day=plan.day, kind=plan.kind
-        )
-
-    def part(self, chunk: int) -> str:
-        return f"{self.base}part-{chunk:05d}.parquet"
-
-    def record(self, chunk: int) -> str:
-        return f"{self.base}_parts/part-{chunk:05d}.json"
-
-    def failure(self, chunk: int) -> str:
-        return f"{self.base}_failed/part-{chunk:05d}.json"
-
-    @property
-    def failures_prefix(self) -> str:
-        return self.base + "_failed/"
-
-    @property
-    def plan(self) -> str:
-        return self.base + PLAN
-
-    @property
-    def manifest(self) -> str:
-        return self.base + MANIFEST
-
-    @property
-    def announced(self) -> str:
-        """Written after sql.backup-completed.v1 was sent for this directory's manifest."""
-        return self.base + ANNOUNCED
-
-
-def _is_missing(exc: ClientError) -> bool:
-    code = exc.response.get("Error", {}).get("Code", "")
-    return code in ("NoSuchKey", "404", "NotFound")
-
-
-class BackupStore:
     def __init__(self, client: S3Client, *, bucket: str, prefix: str) -> None:
-        self.s3 = client
-        self.bucket = bucket
+        super().__init__(client, bucket=bucket)
         self.prefix = prefix
-
-    def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    async def get_bytes(self, key: str) -> bytes | None:
-        try:
-            response = await self.s3.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _is_missing(exc):
-                return None
-            raise
-        async with response["Body"] as body:
-            return await body.read()
-
-    async def put_json(self, key: str, body: BaseModel, *, create_only: bool = False) -> bool:
-        """Write a JSON document; with ``create_only`` an existing one wins (returns False)."""
-        data = body.model_dump_json(indent=1).encode()
-        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
-        try:
-            await self.s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType="application/json",
-                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                **extra,  # type: ignore[arg-type]
-            )
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if create_only and status in (409, 412):
-                return False
-            raise
-        return True
 
     async def put_part(
         self,
@@ -255,7 +62,7 @@ class BackupStore:
         part record either way."""
         if size >= multipart_threshold:
             await upload_multipart(
-                self.s3,
+                self.client,
                 bucket=self.bucket,
                 key=key,
                 body=path,
@@ -265,31 +72,29 @@ class BackupStore:
             )
             return
         data = await asyncio.to_thread(path.read_bytes)
-        await self.s3.put_object(
+        await self.client.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=data,
             ContentType=PARQUET_CONTENT_TYPE,
+            # The digest the part record keeps, taken while the file was written (not
+            # sha256_checksum(data), a second hash of what was read): a file that changed in
+            # between is refused by S3 instead of stored under a record that does not match.
             ChecksumSHA256=base64.b64encode(sha256).decode(),
         )
 
     async def plan(self, key: str) -> Plan | None:
-        raw = await self.get_bytes(key)
-        return Plan.model_validate_json(raw) if raw is not None else None
+        return await self.get(key, Plan)
 
     async def manifest(self, key: str) -> Manifest | None:
-        raw = await self.get_bytes(key)
-        return Manifest.model_validate_json(raw) if raw is not None else None
+        return await self.get(key, Manifest)
 
     async def records(self, directory: BackupDir, plan_id: str) -> dict[int, PartRecord]:
         """The verified parts of this plan (records of another plan are ignored)."""
         found: dict[int, PartRecord] = {}
-        for key in await self.list_keys(directory.base + "_parts/"):
-            raw = await self.get_bytes(key)
-            if raw is None:
-                continue
-            record = PartRecord.model_validate_json(raw)
-            if record.plan_id == plan_id:
+        for key in await self.list_keys(directory.parts_prefix):
+            record = await self.get(key, PartRecord)
+            if record is not None and record.plan_id == plan_id:
                 found[record.chunk] = record
         return found
 
@@ -297,32 +102,21 @@ class BackupStore:
         """The chunks of this plan given up on (markers of another plan are ignored)."""
         found: dict[int, FailureRecord] = {}
         for key in await self.list_keys(directory.failures_prefix):
-            raw = await self.get_bytes(key)
-            if raw is not None:
-                failure = FailureRecord.model_validate_json(raw)
-                if failure.plan_id == plan_id:
-                    found[failure.chunk] = failure
+            failure = await self.get(key, FailureRecord)
+            if failure is not None and failure.plan_id == plan_id:
+                found[failure.chunk] = failure
         return found
 
     async def delete_keys(self, keys: Iterable[str]) -> None:
         for key in keys:
-            await self.s3.delete_object(Bucket=self.bucket, Key=key)
-
-    async def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        paginator = self.s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
-        return sorted(keys)
+            await self.delete(key)
 
     async def manifests(self, database: str, ref: TableRef) -> list[Manifest]:
         """Every complete run of a table, oldest first (by day, full before delta)."""
-        root = BackupDir(
-            prefix=self.prefix, database=database, ref=ref, day=date(2000, 1, 1), kind="full"
-        ).table_root
+        root = table_root(self.prefix, database, ref.schema, ref.name)
         found: list[Manifest] = []
         for key in await self.list_keys(root):
-            if key.endswith("/" + MANIFEST):
+            if is_manifest_key(key):
                 manifest = await self.manifest(key)
                 if manifest is not None:
                     found.append(manifest)
@@ -433,7 +227,7 @@ def chain_problems(runs: Sequence[Manifest]) -> list[str]:
                 problems.append(
                     f"the delta of {plan.day} has other columns than the {base.plan.kind} of "
                     f"{base.plan.day} it continues ({drift.describe()}): restore as of a day "
-                    f"before {plan.day}, and take a full backup of {plan.ref.qualified} (deltas "
+                    f"before {plan.day}, and take a full backup of {plan.qualified} (deltas "
                     "after a schema change are re-snapshots since this was detected)"
                 )
         expected = (["_op"] if plan.reads_changes else []) + [c.name for c in plan.columns]
@@ -449,7 +243,3 @@ def chain_problems(runs: Sequence[Manifest]) -> list[str]:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def dumps(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, default=str).encode()

@@ -1,5 +1,5 @@
 # ruff: noqa: S608 - SQL built from quoted identifiers and integers only, never outside input
-"""A demo ERP in the postgres stand-in: six tables, realistic types, and day-by-day changes.
+"""A demo ERP for the postgres stand-in: six tables, realistic types, and day-by-day changes.
 
 ``create`` builds customers, products, orders, order_lines (composite key),
 invoices and gl_entries in one schema at a chosen scale (``scale=1``: 100
@@ -8,12 +8,20 @@ customers, 1,000 orders, ~3,000 lines …), generated server-side with
 extremes of its range), notes are LOBs of up to ~70 KB with non-ASCII text,
 some columns are NULL, timestamps carry microseconds. ``change_day(d)`` then
 inserts, updates (including NULL ↔ value) and deletes rows, as a business day would.
-Every table gets the change capture of the postgres dialect (row_version + deletes log).
+
+The tables are a plain ERP: change capture (row_version + deletes log) is sql-backup's
+(``sql-backup prepare-source``, or ``PostgresDialect.install_change_capture`` handed in
+as ``change_capture``), never copied here. Dev-only: no worker imports this module.
+
+    python -m indutech_devtools.erp create --schema erp_demo --scale 10 | psql "$ERP_URL"
+    python -m indutech_devtools.erp change --schema erp_demo --day 1 | psql "$ERP_URL"
 """
 
 from __future__ import annotations
 
-from indutech_sql_backup.dialects import PostgresDialect, TableRef
+import argparse
+import sys
+from collections.abc import Sequence
 
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "customers": (
@@ -56,7 +64,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def _q(name: str) -> str:
-    return PostgresDialect().quote(name)
+    """A PostgreSQL quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _orders(s: str, first: str, last: str) -> list[str]:
@@ -103,13 +112,18 @@ def _fill(statements: list[str], scale: int) -> list[str]:
     ]
 
 
-def create_statements(schema: str, *, scale: int) -> list[str]:
+def table_keys() -> dict[str, tuple[str, ...]]:
+    """Each table's key columns (what change capture needs)."""
+    return {name: key for name, (_, key) in TABLES.items()}
+
+
+def create_statements(schema: str, *, scale: int, change_capture: Sequence[str] = ()) -> list[str]:
+    """The schema (dropped first), its tables and their rows. ``change_capture`` runs after
+    the tables are created and before the rows go in (so every row has its row_version)."""
     s = _q(schema)
-    dialect = PostgresDialect()
     statements = [f"DROP SCHEMA IF EXISTS {s} CASCADE", f"CREATE SCHEMA {s}"]
     statements += [f"CREATE TABLE {s}.{_q(name)} ({ddl})" for name, (ddl, _) in TABLES.items()]
-    for name, (_, key) in TABLES.items():
-        statements += dialect.install_change_capture(TableRef(schema, name), key)
+    statements += change_capture
     statements += [
         f"INSERT INTO {s}.customers SELECT i, 'C' || lpad(i::text, 8, '0'), "
         "'Customer ' || i || ' ' || md5(i::text), "
@@ -155,3 +169,31 @@ def change_statements(schema: str, *, day: int, scale: int) -> list[str]:
         "false, NULL)",
     ]
     return _fill(statements, scale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the SQL of the demo ERP (``create``) or of one business day (``change``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m indutech_devtools.erp",
+        description="Print the SQL of a demo ERP for the postgres stand-in (pipe it into psql). "
+        "Change capture is not included: install it with 'sql-backup prepare-source "
+        "--table SCHEMA.TABLE …' before taking deltas.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = commands.add_parser("create", help="the schema (dropped first), tables and rows")
+    change = commands.add_parser("change", help="one business day of inserts, updates, deletes")
+    change.add_argument("--day", type=int, required=True, help="day N (1, 2, …)")
+    for command in (create, change):
+        command.add_argument("--schema", default="erp_demo")
+        command.add_argument("--scale", type=int, default=1, help="1: 100 customers, 1,000 orders")
+    args = parser.parse_args(argv)
+    if args.command == "create":
+        statements = create_statements(args.schema, scale=args.scale)
+    else:
+        statements = change_statements(args.schema, day=args.day, scale=args.scale)
+    sys.stdout.write("".join(f"{statement};\n" for statement in statements))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
