@@ -19,11 +19,11 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
-from indutech_devtools.erp import change_statements
 
 from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
+from indutech_devtools.erp import change_statements
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
 from tests.support.erp import demo_erp_statements

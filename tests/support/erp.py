@@ -4,7 +4,6 @@ sql-backup tests, the demo and the benchmark load it."""
 from __future__ import annotations
 
 from indutech_devtools import erp
-
 from indutech_sql_backup.dialects import PostgresDialect, TableRef
 
 

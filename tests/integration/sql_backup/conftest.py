@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 from dotenv import dotenv_values
-from indutech_devtools.erp import change_statements
 
 from indutech_common.schemas import Topics
 from indutech_common.settings import WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
+from indutech_devtools.erp import change_statements
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
