@@ -2,7 +2,7 @@
 
 ``mssql`` is SQL Server through Microsoft's ODBC Driver 18 (or FreeTDS);
 ``postgres`` is the local stand-in through psqlODBC. The same string serves
-aioodbc (control queries) and arrow-odbc (bulk columnar reads).
+pyodbc in a thread (control queries) and arrow-odbc (bulk columnar reads).
 
 Where ``ca_file`` goes, per driver (it must reach the driver, or it is refused):
 
