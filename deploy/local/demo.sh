@@ -13,4 +13,15 @@ PYTHONPATH="$REPO_ROOT" .venv/bin/python deploy/local/tour.py
 echo
 PYTHONPATH="$REPO_ROOT" .venv/bin/python deploy/local/demo_flows.py "$@"
 echo
+echo "== metrics-shipper: the seed's alarms and the seven flows' dashboard, as code, in the CloudWatch stand-in"
+(
+    set -a; . .stack/stack.env; set +a
+    run=$(date -u +%Y%m%d%H%M%S)
+    export METRICS_SHIPPER_ALARM_PREFIX="demo-$run-" METRICS_SHIPPER_DASHBOARD_NAME="demo-$run"
+    .venv/bin/metrics-shipper alarms --dry-run | sed 's/^/   /'
+    .venv/bin/metrics-shipper alarms | grep -c '^create' | sed 's/^/   alarms created: /'
+    .venv/bin/metrics-shipper alarms | grep -c '^unchanged' | sed 's/^/   applied again, unchanged: /'
+    .venv/bin/metrics-shipper dashboard | sed 's/^/   /'
+)
+echo
 echo "Stop the stack with: make stack-down"
