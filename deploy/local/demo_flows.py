@@ -145,12 +145,13 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 def stop(name: str, process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
     try:
         code = process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         process.kill()
         code = process.wait()
-    say(f"   {name}: SIGTERM → drained and exited {code}")
+    say(f"   {name}: SIGTERM → drained and exited {code} ({time.monotonic() - started:.1f} s)")
     return code
 
 
