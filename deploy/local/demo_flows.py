@@ -1,13 +1,16 @@
 """`make demo`: the built flows, end to end on the local stack with generated data.
 
 IoT: ``python -m indutech_devtools.iot`` writes SAN files (JSON Lines, CSV, gzip-rotated)
-while ``iot-ingest`` and ``iot-to-s3`` run as real processes; the demo waits
-until every generated record is in the lake exactly once and says so.
+while ``iot-ingest``, ``iot-to-s3`` and ``iot-aggregator`` run as real processes; the demo
+waits until every generated record is in the lake exactly once, then until the
+aggregator's final 10 s windows hold them, prints the top customers by revenue and
+checks the aggregates against the generated records.
 Identity: a small on-prem OU with users and a group is synced to the AWS side
 by ``identity-sync --once``, then a change and a disable follow it across.
 
-Each run uses its own topics, lake prefix and OUs (``demo-<run>``), so runs
-never see each other's data; the OUs are removed at the end.
+Each run uses its own topics, lake prefix, consumer groups, warehouse schema
+(``demo_agg_<run>``) and OUs (``demo-<run>``), so runs never see each other's data;
+the topics, the schema and the OUs are removed at the end.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import ldap3
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -35,6 +41,8 @@ from demo_sql import sql_demo
 from indutech_common.ldap import ldap_connect
 from indutech_common.logging import configure_logging
 from indutech_common.schemas import Topics
+from indutech_common.warehouse import connect_warehouse
+from indutech_devtools.iot import GenerateOptions, records
 from tests.support.directory import delete_subtree
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
@@ -75,7 +83,14 @@ class DemoTopics:
 
 def base_env() -> dict[str, str]:
     """This process's environment minus worker settings, plus the stack's INDUTECH_*."""
-    prefixes = ("INDUTECH_", "IOT_INGEST_", "IOT_TO_S3_", "IDENTITY_SYNC_", "SQL_BACKUP_")
+    prefixes = (
+        "INDUTECH_",
+        "IOT_INGEST_",
+        "IOT_TO_S3_",
+        "IOT_AGGREGATOR_",
+        "IDENTITY_SYNC_",
+        "SQL_BACKUP_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update({k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None})
     env.update({"PYTHONUNBUFFERED": "1", "INDUTECH_LOGGING__FORMAT": "json"})
@@ -128,18 +143,212 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
 
 
-def stop(name: str, process: subprocess.Popen[bytes]) -> None:
+def stop(name: str, process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
     try:
         code = process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         process.kill()
         code = process.wait()
-    say(f"   {name}: SIGTERM → drained and exited {code}")
+    say(f"   {name}: SIGTERM → drained and exited {code} ({time.monotonic() - started:.1f} s)")
+    return code
+
+
+AGGREGATE_WINDOW_S = 10  # small windows: the last ones close seconds after the data ends
+AGGREGATES_TIMEOUT_S = 60
+GENERATOR_SEED = 1
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the generator wrote, recomputed from its seed and start: the aggregates'
+    reference."""
+
+    tickets: Counter[tuple[str, str]]  # (customer, region) → tickets
+    revenue: dict[tuple[str, str], Decimal]
+    readings: int
+
+    @classmethod
+    def of(cls, start: datetime, count: int) -> Generated:
+        tickets: Counter[tuple[str, str]] = Counter()
+        revenue: dict[tuple[str, str], Decimal] = {}
+        readings = 0
+        options = GenerateOptions(Path(), seed=GENERATOR_SEED, count=count, start=start)
+        for kind, record in records(options):
+            if kind == "sensor":
+                readings += 1
+                continue
+            key = (record["customer_id"], record["region"])
+            tickets[key] += 1
+            revenue[key] = revenue.get(key, Decimal("0.00")) + Decimal(record["revenue"])
+        return cls(tickets, revenue, readings)
+
+
+async def warehouse_fetch(stack: StackSettings, sql: str) -> list[Any]:
+    connection = await connect_warehouse(stack.warehouse)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
+
+
+def aggregated_so_far(stack: StackSettings, schema: str) -> tuple[int, int, bool]:
+    """(tickets, readings, every window final) in the aggregator's views; zeros while
+    the worker has not created them yet."""
+    sql = (
+        f"SELECT (SELECT COALESCE(SUM(ticket_count), 0) FROM {schema}.ticket_aggregates), "  # noqa: S608 - the demo's own schema name
+        f"(SELECT COALESCE(SUM(reading_count), 0) FROM {schema}.reading_aggregates), "
+        f"(SELECT COALESCE(BOOL_AND(final), false) FROM {schema}.ticket_aggregates) "
+        f"AND (SELECT COALESCE(BOOL_AND(final), false) FROM {schema}.reading_aggregates)"
+    )
+    try:
+        row = asyncio.run(warehouse_fetch(stack, sql))[0]
+    except asyncpg.PostgresError:  # schema or views not created yet
+        return 0, 0, False
+    return int(row[0]), int(row[1]), bool(row[2])
+
+
+def wait_for_aggregates(stack: StackSettings, schema: str, reference: Generated) -> None:
+    """Until the final windows hold every generated record (or a minute): the aggregator
+    closes its last windows ``idle_close_s`` after the data stops."""
+    started = time.monotonic()
+    wanted = (reference.tickets.total(), reference.readings)
+    tickets = readings = 0
+    final = False
+    while time.monotonic() - started < AGGREGATES_TIMEOUT_S:
+        tickets, readings, final = aggregated_so_far(stack, schema)
+        if final and tickets >= wanted[0] and readings >= wanted[1]:
+            break
+        time.sleep(0.5)
+    say(
+        f"   iot-aggregator: final windows hold {tickets}/{wanted[0]} tickets and "
+        f"{readings}/{wanted[1]} readings ({time.monotonic() - started:.1f} s after the lake)"
+    )
+
+
+def check_aggregates(stack: StackSettings, schema: str, reference: Generated | None) -> bool:
+    """Print the top customers by revenue and compare every customer/region's count and
+    revenue, and the reading count, with what was generated."""
+    if reference is None:
+        say("   aggregates: not checked, the generator did not finish")
+        return False
+    groups = asyncio.run(
+        warehouse_fetch(
+            stack,
+            "SELECT customer_id, region, SUM(ticket_count), SUM(revenue_sum), "  # noqa: S608 - the demo's own schema name
+            "SUM(latency_sum_ms), SUM(latency_count), SUM(late_events) "
+            f"FROM {schema}.ticket_aggregates GROUP BY customer_id, region",
+        )
+    )
+    windows, reading_rows, reading_groups, readings = asyncio.run(
+        warehouse_fetch(
+            stack,
+            "SELECT COUNT(DISTINCT window_start), COUNT(*), "  # noqa: S608 - the demo's own schema name
+            "COUNT(DISTINCT (sensor_id, site, metric)), COALESCE(SUM(reading_count), 0) "
+            f"FROM {schema}.reading_aggregates",
+        )
+    )[0]
+    counts = {(g[0], g[1]): int(g[2]) for g in groups}
+    revenue = {(g[0], g[1]): Decimal(g[3]) for g in groups}
+    late = sum(int(g[6]) for g in groups)
+    say(f"   aggregates in {schema} ({AGGREGATE_WINDOW_S} s windows), top 5 by revenue:")
+    say(f"     {'customer':<11} {'region':<11} {'tickets':>7} {'revenue':>12} {'avg latency':>12}")
+    top = sorted(groups, key=lambda g: (-Decimal(g[3]), g[0], g[1]))[:5]
+    for customer, region, count, total, latency_sum, latency_count, _ in top:
+        average = f"{latency_sum / latency_count:.0f} ms" if latency_count else "-"
+        say(f"     {customer:<11} {region:<11} {count:>7} {total:>12} {average:>12}")
+    say(
+        f"     all: {sum(counts.values())} tickets, revenue {sum(revenue.values(), Decimal(0))} "
+        f"over {len(groups)} customer/region groups ({late} late corrections); "
+        f"{readings} readings in {reading_groups} sensor/site/metric groups "
+        f"({reading_rows} rows over {windows} windows)"
+    )
+    generated_total = sum(reference.revenue.values(), Decimal(0))
+    say(
+        f"     generated: {reference.tickets.total()} tickets, revenue {generated_total}, "
+        f"{reference.readings} readings"
+    )
+    equal = (
+        counts == dict(reference.tickets)
+        and revenue == reference.revenue
+        and readings == reference.readings
+    )
+    say(f"   aggregates: equal to the generated records: {equal}")
+    return equal
+
+
+def drop_schema(stack: StackSettings, schema: str) -> None:
+    async def drop() -> None:
+        connection = await connect_warehouse(stack.warehouse)
+        try:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+def start_aggregator(
+    env: dict[str, str], topics: DemoTopics, schema: str, run: str, work: Path
+) -> subprocess.Popen[bytes]:
+    """iot-aggregator on the run's topics, with its own consumer group and warehouse
+    schema (as its tests isolate themselves), and windows small enough to close soon."""
+    aggregator_env = env | {
+        "IOT_AGGREGATOR_SENSOR_TOPIC": topics.sensor,
+        "IOT_AGGREGATOR_TICKET_TOPIC": topics.ticket,
+        "IOT_AGGREGATOR_DEAD_LETTER_TOPIC": topics.dead_letter,
+        "IOT_AGGREGATOR_GROUP_ID": f"iot-aggregator-demo-{run}",
+        "IOT_AGGREGATOR_WAREHOUSE_SCHEMA": schema,  # dropped at the end, as the tests do
+        "IOT_AGGREGATOR_WINDOW_S": str(AGGREGATE_WINDOW_S),
+        "IOT_AGGREGATOR_GRACE_S": "2",
+        "IOT_AGGREGATOR_EMIT_INTERVAL_S": "1",
+        "IOT_AGGREGATOR_IDLE_CLOSE_S": "1",
+        "IOT_AGGREGATOR_HEALTH__HOST": "127.0.0.1",
+        "IOT_AGGREGATOR_HEALTH__PORT": "18183",
+    }
+    return start(
+        [sys.executable, "-m", "indutech_iot_aggregator"],
+        aggregator_env,
+        work / "iot-aggregator.log",
+    )
+
+
+def wait_for_lake(
+    stack: StackSettings, generator: subprocess.Popen[str], prefix: str, seconds: float
+) -> tuple[int | None, int, int]:
+    """(generated, rows, distinct event ids) once the lake holds every generated record,
+    or at the deadline."""
+    expected: int | None = None
+    deadline = time.monotonic() + seconds + 120
+    rows = distinct = objects = 0
+    while time.monotonic() < deadline:
+        if expected is None and generator.poll() is not None:
+            output = generator.stdout.read() if generator.stdout else ""
+            say(f"   generator: {output.strip()}")
+            match = re.search(r"wrote (\d+) records", output)
+            if generator.returncode != 0 or match is None:
+                raise RuntimeError(f"the generator failed ({generator.returncode})")
+            expected = int(match.group(1))
+        rows, distinct, objects = lake_rows(stack, prefix)
+        produced = metric(18181, "indutech_records_out_total")
+        target = "…" if expected is None else str(expected)
+        sent = "starting" if produced is None else f"{produced:.0f}"
+        say(
+            f"   progress: {sent}/{target} records sent to Kafka, "
+            f"{rows}/{target} in the lake ({objects} Parquet objects)"
+        )
+        if expected is not None and rows >= expected:
+            break
+        time.sleep(3)
+    return expected, rows, distinct
 
 
 def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: float) -> bool:
-    say("== IoT: generator → SAN files → iot-ingest → Kafka (exactly-once) → iot-to-s3 → lake")
+    say(
+        "== IoT: generator → SAN files → iot-ingest → Kafka (exactly-once) → iot-to-s3 → lake,"
+        " and → iot-aggregator → warehouse"
+    )
     topics = DemoTopics.for_run(run)
     asyncio.run(create_topics(stack.kafka, topics.contract))
     san = work / "san"
@@ -170,8 +379,13 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
     }
     ingest = start([str(BIN / "iot-ingest"), "run"], ingest_env, work / "iot-ingest.log")
     to_s3 = start([str(BIN / "iot-to-s3")], lake_env, work / "iot-to-s3.log")
+    schema = f"demo_agg_{run}"
+    aggregator = start_aggregator(env, topics, schema, run, work)
     say(f"   iot-ingest (pid {ingest.pid}) watches {san}; logs {work}/iot-ingest.log")
     say(f"   iot-to-s3 (pid {to_s3.pid}) writes s3://{stack.s3.lake_bucket}/{prefix}")
+    say(f"   iot-aggregator (pid {aggregator.pid}) writes warehouse schema {schema}")
+    # an explicit start (not "now"), so the demo can recompute what was generated
+    generated_from = datetime.now(UTC)
     generator = subprocess.Popen(
         [
             *(
@@ -183,46 +397,40 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
                 "--rate",
                 str(rate),
             ),
-            *("--duration", str(seconds), "--rotate-every", "2000", "--gzip", "--start", "now"),
+            *("--duration", str(seconds), "--rotate-every", "2000", "--gzip"),
+            *("--seed", str(GENERATOR_SEED), "--start", generated_from.isoformat()),
         ],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
+    reference: Generated | None = None
+    expected: int | None = None
+    rows = distinct = 0
     try:
-        expected: int | None = None
-        deadline = time.monotonic() + seconds + 120
-        rows = distinct = objects = 0
-        while time.monotonic() < deadline:
-            if expected is None and generator.poll() is not None:
-                output = generator.stdout.read() if generator.stdout else ""
-                say(f"   generator: {output.strip()}")
-                match = re.search(r"wrote (\d+) records", output)
-                if generator.returncode != 0 or match is None:
-                    raise RuntimeError(f"the generator failed ({generator.returncode})")
-                expected = int(match.group(1))
-            rows, distinct, objects = lake_rows(stack, prefix)
-            produced = metric(18181, "indutech_records_out_total")
-            target = "…" if expected is None else str(expected)
-            sent = "starting" if produced is None else f"{produced:.0f}"
-            say(
-                f"   progress: {sent}/{target} records sent to Kafka, "
-                f"{rows}/{target} in the lake ({objects} Parquet objects)"
-            )
-            if expected is not None and rows >= expected:
-                break
-            time.sleep(3)
+        expected, rows, distinct = wait_for_lake(stack, generator, prefix, seconds)
+        if expected is not None:
+            reference = Generated.of(generated_from, expected)
+            wait_for_aggregates(stack, schema, reference)
     finally:
         if generator.poll() is None:
             generator.kill()
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
+        drained = stop("iot-aggregator", aggregator) == 0
         asyncio.run(delete_topics(stack.kafka, list(topics.contract)))
+        if reference is None:  # failed before the check below, which drops it after
+            drop_schema(stack, schema)
     exact = expected is not None and rows == expected == distinct
     verdict = "exactly once" if exact else "MISMATCH (see the logs above)"
     say(f"   lake: {rows} rows, {distinct} distinct event ids for {expected} generated: {verdict}")
-    return exact
+    try:
+        # read after the drain: the views then hold everything the worker committed
+        equal = check_aggregates(stack, schema, reference)
+    finally:
+        drop_schema(stack, schema)
+    return exact and equal and drained
 
 
 def first(value: Any) -> str:

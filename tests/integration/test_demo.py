@@ -3,6 +3,7 @@ and no secret reaches its output or the workers' logs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -11,7 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from indutech_common.warehouse import connect_warehouse
 from tests.support.stack import REPO_ROOT, StackSettings
+
+
+async def schemas_like(stack: StackSettings, pattern: str) -> list[str]:
+    connection = await connect_warehouse(stack.warehouse)
+    try:
+        rows = await connection.fetch(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE $1",
+            pattern,
+        )
+    finally:
+        await connection.close()
+    return [row[0] for row in rows]
 
 
 @pytest.mark.slow
@@ -30,6 +44,8 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exactly once" in result.stdout
+    assert "aggregates: equal to the generated records: True" in result.stdout
+    assert "iot-aggregator: SIGTERM → drained and exited 0" in result.stdout
     assert "both sides equal: True" in result.stdout
     assert "restored tables equal the source: True" in result.stdout
     chunks = re.search(r"(\d+) work items → (\d+) parts in S3", result.stdout)
@@ -38,9 +54,17 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
     match = re.search(r"worker logs in (\S+)", result.stdout)
     assert match is not None, result.stdout
     log_files = {path.name: path for path in Path(match.group(1)).glob("*.log")}
-    assert {"iot-ingest.log", "iot-to-s3.log", "sql-backup-0.log", "sql-backup-1.log"} <= set(
-        log_files
-    )
+    assert {
+        "iot-ingest.log",
+        "iot-to-s3.log",
+        "iot-aggregator.log",
+        "sql-backup-0.log",
+        "sql-backup-1.log",
+    } <= set(log_files)
+    # the run's aggregate schema was created (the table was printed from it), then dropped
+    run = Path(match.group(1)).name
+    assert f"aggregates in demo_agg_{run} " in result.stdout
+    assert asyncio.run(schemas_like(stack, f"demo_agg_{run}")) == []
     logs = [path.read_text(errors="replace") for path in log_files.values()]
     # JSON logs, so the scan below reads real output
     assert '"event": "' in log_files["iot-ingest.log"].read_text()
