@@ -1,0 +1,261 @@
+"""iot-aggregator: events per CPU-second of the worker (``python -m indutech_iot_aggregator``
+as a subprocess pinned to one core with ``taskset``), from its health port's first answer
+to every record's window final in the warehouse (PostgreSQL, over TLS); against Quix
+Streams (``bench.quix_tickets``, the same pinning, its own consumer group, same topic and
+data) computing the same tumbling-window aggregates and emitting each window once final,
+with no sink. Both close the last windows on the same per-partition sentinel records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from bench.harness import Result, run_quiet
+from bench.iot_to_s3 import _answers, _cpu_seconds, _free_port, _peak_rss
+from bench.kafka_throughput import _kcat_config
+from indutech_common.schemas import ClientTicket, Topics, contract_spec
+from indutech_common.warehouse import connect_warehouse
+from tests.support.kafka import create_topics, delete_topics
+from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
+
+RECORDS = 200_000
+CUSTOMERS = 500
+REGIONS = ("emea", "amer", "apac", "latam")
+WINDOW_S = 60
+GRACE_S = 5
+STEP = timedelta(milliseconds=20)  # 200,000 records span ~67 one-minute windows
+START = datetime(2026, 1, 1, tzinfo=UTC)
+REPEATS = int(os.environ.get("BENCH_AGG_REPEATS", "3"))
+CORE = str((os.cpu_count() or 1) - 1)  # the same core for both sides
+PARTITIONS = contract_spec(Topics.CLIENT_TICKETS).partitions
+
+
+def _ticket(i: int, event_time: datetime, customer: str, region: str) -> ClientTicket:
+    return ClientTicket(
+        ticket_id=f"t-{i}",
+        customer_id=customer,
+        region=region,
+        revenue=Decimal(i % 10_000) / 100,
+        latency_ms=i % 997,
+        status="open",
+        event_time=event_time,
+        event_id=str(uuid.UUID(int=i)),
+    )
+
+
+def _write_records(path: Path) -> int:
+    """The records, keyed by customer (the contract's key); a customer's region is fixed, so
+    Quix's per-key windows are our (customer, region) groups. Returns the number of
+    (window, customer) pairs, the final windows Quix must emit."""
+    windows: set[tuple[int, int]] = set()
+    with path.open("wb") as out:
+        for i in range(RECORDS):
+            c = (i * 7919) % CUSTOMERS
+            event_time = START + STEP * i
+            ticket = _ticket(i, event_time, f"customer-{c:04d}", REGIONS[c % len(REGIONS)])
+            windows.add((int(event_time.timestamp()) // WINDOW_S, c))
+            out.write(ticket.key() + b"\t" + ticket.to_json_bytes() + b"\n")
+    return len(windows)
+
+
+def _sentinels(directory: Path) -> list[Path]:
+    """One record per partition far enough ahead to close every window of the data (the
+    per-partition watermark of both sides), outside the measured range."""
+    at = START + STEP * RECORDS + timedelta(seconds=WINDOW_S + GRACE_S + WINDOW_S)
+    paths = []
+    for partition in range(PARTITIONS):
+        ticket = _ticket(RECORDS + partition, at, f"sentinel-{partition}", "none")
+        path = directory / f"sentinel-{partition}.jsonl"
+        path.write_bytes(ticket.key() + b"\t" + ticket.to_json_bytes() + b"\n")
+        paths.append(path)
+    return paths
+
+
+def _produce(config: Path, topic: str, data: Path, partition: int | None = None) -> None:
+    where = ["-p", str(partition)] if partition is not None else []
+    run_quiet(
+        "kcat", "-F", str(config), "-P", "-t", topic, *where, "-K", "\t", "-l", str(data),
+        "-X", "linger.ms=20", "-X", "acks=all",
+    )  # fmt: skip
+
+
+def _stack_env() -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("IOT_AGGREGATOR_", "INDUTECH_"))},
+        **{k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None},
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+async def _done(stack: StackSettings, schema: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the view holds every record, in final windows only."""
+    end = START + STEP * RECORDS + timedelta(seconds=WINDOW_S)
+    connection = await connect_warehouse(stack.warehouse)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("iot-aggregator exited early; see its log")
+            try:
+                row = await connection.fetchrow(
+                    f"SELECT coalesce(sum(ticket_count), 0) AS n, bool_and(final) AS final "  # noqa: S608 - our schema name
+                    f"FROM {schema}.ticket_aggregates WHERE window_start < $1",
+                    end,
+                )
+            except Exception:  # noqa: BLE001 - the schema is created by the worker at start
+                row = None
+            if row is not None and row["n"] == RECORDS and row["final"]:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("iot-aggregator did not finish within 300 s")
+    finally:
+        await connection.close()
+
+
+async def _drop(stack: StackSettings, schema: str) -> None:
+    connection = await connect_warehouse(stack.warehouse)
+    try:
+        await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await connection.close()
+
+
+def _run_ours(stack: StackSettings, topics: dict[str, str], run: str, log: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, peak RSS bytes) of the worker from its first health answer to every
+    record's window final in the warehouse."""
+    port = _free_port()
+    schema = f"bench_agg_{run}"
+    ticket, sensor, dlq = topics
+    env = {
+        **_stack_env(),
+        "IOT_AGGREGATOR_GROUP_ID": f"bench-agg-{run}",
+        "IOT_AGGREGATOR_TICKET_TOPIC": ticket,
+        "IOT_AGGREGATOR_SENSOR_TOPIC": sensor,
+        "IOT_AGGREGATOR_DEAD_LETTER_TOPIC": dlq,
+        "IOT_AGGREGATOR_WAREHOUSE_SCHEMA": schema,
+        "IOT_AGGREGATOR_WINDOW_S": str(WINDOW_S),
+        "IOT_AGGREGATOR_GRACE_S": str(GRACE_S),
+        # Historic data: no window is provisional for long, so 10 s is the default's cost.
+        "IOT_AGGREGATOR_MAX_FUTURE_S": str(10 * 365 * 86400),
+        "IOT_AGGREGATOR_HEALTH__HOST": "127.0.0.1",
+        "IOT_AGGREGATOR_HEALTH__PORT": str(port),
+        "IOT_AGGREGATOR_LOGGING__LEVEL": "WARNING",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["taskset", "-c", CORE, sys.executable, "-m", "indutech_iot_aggregator"],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"iot-aggregator exited: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+        started, cpu_started = time.perf_counter(), _cpu_seconds(process.pid)
+        asyncio.run(_done(stack, schema, process))
+        wall = time.perf_counter() - started
+        cpu = _cpu_seconds(process.pid) - cpu_started
+        peak = _peak_rss(process.pid)
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}\n{log.read_text()[-2000:]}") from error
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        asyncio.run(_drop(stack, schema))
+    return wall, cpu, peak
+
+
+def _run_quix(topic: str, run: str, windows: int, directory: Path) -> tuple[float, float]:
+    state = directory / f"quix-state-{run}"
+    log = directory / f"quix-{run}.log"
+    with log.open("wb") as err:
+        completed = subprocess.run(
+            ["taskset", "-c", CORE, sys.executable, "-m", "bench.quix_tickets", topic,
+             f"bench-quix-{run}", str(state), str(windows), str(WINDOW_S), str(GRACE_S)],
+            env=_stack_env(), stdout=subprocess.PIPE, stderr=err, timeout=180, check=False,
+        )  # fmt: skip
+    lines = completed.stdout.decode().strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        raise RuntimeError(f"quix failed ({completed.returncode}): {lines[-1:]}\n{log.read_text()[-3000:]}")
+    result = json.loads(lines[-1])
+    return float(result["wall_s"]), float(result["cpu_s"])
+
+
+def _spread(values: list[float]) -> str:
+    return f"min {min(values):,.0f} / median {statistics.median(values):,.0f} / max {max(values):,.0f}"
+
+
+def run() -> list[Result]:
+    stack = load_stack()
+    base = f"bench.iot-aggregator.{os.getpid()}"
+    contract = {
+        f"{base}.tickets": Topics.CLIENT_TICKETS,
+        f"{base}.sensors": Topics.SENSOR_READINGS,
+        f"{base}.dlq": Topics.DEAD_LETTER,
+    }
+    ours: list[tuple[float, float, int]] = []
+    quix: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="indutech-bench-") as tmp:
+        directory = Path(tmp)
+        data = directory / "tickets.jsonl"
+        windows = _write_records(data)
+        config = _kcat_config(stack, directory)
+        asyncio.run(create_topics(stack.kafka, contract))
+        try:
+            ticket_topic = f"{base}.tickets"
+            _produce(config, ticket_topic, data)
+            for partition, path in enumerate(_sentinels(directory)):
+                _produce(config, ticket_topic, path, partition)
+            for repeat in range(REPEATS):
+                run_id = f"{os.getpid()}_{repeat}"
+                ours.append(_run_ours(stack, contract, run_id, directory / f"ours-{repeat}.log"))
+                quix.append(_run_quix(ticket_topic, run_id, windows, directory))
+        finally:
+            asyncio.run(delete_topics(stack.kafka, list(contract)))
+    our_rates = [RECORDS / cpu for _, cpu, _ in ours]
+    quix_rates = [RECORDS / cpu for _, cpu in quix]
+    our_walls = [RECORDS / wall for wall, _, _ in ours]
+    quix_walls = [RECORDS / wall for wall, _ in quix]
+    note = (
+        f"{RECORDS:,} client tickets, {CUSTOMERS} customer/region groups, {windows:,} "
+        f"(window, group) results, 60 s tumbling windows + {GRACE_S} s grace, {PARTITIONS} "
+        f"partitions, SASL_SSL SCRAM-SHA-512; both pinned to one core (taskset -c {CORE}), "
+        f"{REPEATS} runs, value = median"
+    )
+    return [
+        Result(
+            name="iot_aggregator_events_per_core",
+            value=statistics.median(our_rates),
+            unit="events/s per core",
+            peer="Quix Streams (no sink)",
+            peer_value=statistics.median(quix_rates),
+            notes=f"python -m indutech_iot_aggregator subprocess: aiokafka read_committed, "
+            f"validate, aggregate, binary COPY + upsert + offsets in one PostgreSQL "
+            f"transaction per batch; from first health answer to every window final in the "
+            f"view; ours {_spread(our_rates)}, Quix {_spread(quix_rates)} (bench.quix_tickets: "
+            f"librdkafka, RocksDB state without changelog, reduce + final(), no output); wall "
+            f"ours {statistics.median(our_walls):,.0f} ev/s, Quix "
+            f"{statistics.median(quix_walls):,.0f} ev/s; {note}",
+        ),
+        Result(
+            name="iot_aggregator_peak_rss",
+            value=statistics.median(peak for _, _, peak in ours) / 2**20,
+            unit="MiB",
+            notes=f"VmHWM of the worker over the same runs ({CUSTOMERS} groups open per window); "
+            f"{note}",
+        ),
+    ]
