@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         app.dataframe(topic)
         .tumbling_window(duration_ms=int(window_s) * 1000, grace_ms=int(float(grace_s) * 1000))
         .reduce(reducer=_add, initializer=_initial)
-        .final()
+        .final(closing_strategy="partition")  # per-partition close, as ours
         .update(_on_final)
     )
     started, cpu_started = time.perf_counter(), time.process_time()
