@@ -25,7 +25,7 @@ from quixstreams.models import TimestampType
 
 
 def _event_time_ms(
-    value: Any, headers: Any, timestamp: float, timestamp_type: TimestampType
+    value: Any, _headers: Any, _timestamp: float, _timestamp_type: TimestampType
 ) -> int:
     return int(datetime.fromisoformat(value["event_time"]).timestamp() * 1000)
 
