@@ -105,6 +105,10 @@ def _stack_env() -> dict[str, str]:
     }
 
 
+def _tail(log: Path) -> str:
+    return log.read_text()[-2000:]
+
+
 def _warehouse_ports(pid: int, port: int) -> set[int]:
     """The local ports of the process's TCP connections to the warehouse's port."""
     inodes = set()
@@ -136,7 +140,7 @@ async def _done(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"iot-aggregator exited: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"iot-aggregator exited: {_tail(log)}")
             try:
                 row = await connection.fetchrow(
                     f"SELECT coalesce(sum(ticket_count), 0) AS n, bool_and(final) AS final "  # noqa: S608 - our schema name
@@ -153,7 +157,7 @@ async def _done(
                 )
                 return sum(_cpu_seconds(b["pid"]) for b in backends)
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"iot-aggregator unfinished after 300 s: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"iot-aggregator unfinished after 300 s: {_tail(log)}")
     finally:
         await connection.close()
 
@@ -198,7 +202,7 @@ def _run_ours(
         deadline = time.monotonic() + 60
         while not _answers(port) and time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"iot-aggregator exited: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"iot-aggregator exited: {_tail(log)}")
             time.sleep(0.02)
         started, cpu_started = time.perf_counter(), _cpu_seconds(process.pid)
         warehouse_cpu = asyncio.run(_done(stack, schema, process, log))
