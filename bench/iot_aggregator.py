@@ -58,29 +58,31 @@ def _ticket(i: int, event_time: datetime, customer: str, region: str) -> ClientT
     )
 
 
-def _write_records(path: Path) -> int:
+def _write_records(
+    path: Path, records: int = RECORDS, customers: int = CUSTOMERS, step: timedelta = STEP
+) -> int:
     """The records, keyed by customer (the contract's key); a customer's region is fixed, so
     Quix's per-key windows are our (customer, region) groups. Returns the number of
     (window, customer) pairs, the final windows Quix must emit."""
     windows: set[tuple[int, int]] = set()
     with path.open("wb") as out:
-        for i in range(RECORDS):
-            c = (i * 7919) % CUSTOMERS
-            event_time = START + STEP * i
+        for i in range(records):
+            c = (i * 7919) % customers
+            event_time = START + step * i
             ticket = _ticket(i, event_time, f"customer-{c:04d}", REGIONS[c % len(REGIONS)])
             windows.add((int(event_time.timestamp()) // WINDOW_S, c))
             out.write(ticket.key() + b"\t" + ticket.to_json_bytes() + b"\n")
     return len(windows)
 
 
-def _sentinels(directory: Path) -> list[Path]:
+def _sentinels(directory: Path, records: int = RECORDS, step: timedelta = STEP) -> list[Path]:
     """One record per partition far enough ahead to close every window of the data (the
     per-partition watermark of both sides), outside the measured range."""
-    at = START + STEP * RECORDS + timedelta(seconds=WINDOW_S + GRACE_S + WINDOW_S)
+    at = START + step * records + timedelta(seconds=WINDOW_S + GRACE_S + WINDOW_S)
     paths = []
     for partition in range(PARTITIONS):
-        ticket = _ticket(RECORDS + partition, at, f"sentinel-{partition}", "none")
-        path = directory / f"sentinel-{partition}.jsonl"
+        ticket = _ticket(records + partition, at, f"sentinel-{partition}", "none")
+        path = directory / f"sentinel-{records}-{partition}.jsonl"
         path.write_bytes(ticket.key() + b"\t" + ticket.to_json_bytes() + b"\n")
         paths.append(path)
     return paths
@@ -130,12 +132,18 @@ def _warehouse_ports(pid: int, port: int) -> set[int]:
 
 
 async def _done(
-    stack: StackSettings, schema: str, process: subprocess.Popen[bytes], log: Path
+    stack: StackSettings,
+    schema: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    records: int = RECORDS,
+    step: timedelta = STEP,
 ) -> float:
     """Wait until the view holds every record, in final windows only; then the CPU seconds
     (since their start) of the PostgreSQL backends serving the worker, the other half of
     its work."""
-    end = START + STEP * RECORDS + timedelta(seconds=WINDOW_S)
+    end = START + step * records + timedelta(seconds=WINDOW_S)
     connection = await connect_warehouse(stack.warehouse)
     try:
         deadline = time.monotonic() + 300
@@ -150,7 +158,7 @@ async def _done(
                 )
             except (UndefinedTableError, InvalidSchemaNameError):  # the worker creates them
                 row = None
-            if row is not None and row["n"] == RECORDS and row["final"]:
+            if row is not None and row["n"] == records and row["final"]:
                 ports = _warehouse_ports(process.pid, stack.warehouse.port)
                 backends = await connection.fetch(
                     "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])",
@@ -172,7 +180,14 @@ async def _drop(stack: StackSettings, schema: str) -> None:
 
 
 def _run_ours(
-    stack: StackSettings, topics: dict[str, str], run: str, log: Path
+    stack: StackSettings,
+    topics: dict[str, str],
+    run: str,
+    log: Path,
+    *,
+    records: int = RECORDS,
+    step: timedelta = STEP,
+    **settings: str,
 ) -> tuple[float, float, int, float]:
     """(wall s, CPU s, peak RSS bytes) of the worker from its first health answer to every
     record's window final in the warehouse, and the CPU s of its PostgreSQL backends."""
@@ -193,6 +208,7 @@ def _run_ours(
         "IOT_AGGREGATOR_HEALTH__HOST": "127.0.0.1",
         "IOT_AGGREGATOR_HEALTH__PORT": str(port),
         "IOT_AGGREGATOR_LOGGING__LEVEL": "WARNING",
+        **settings,
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -206,7 +222,7 @@ def _run_ours(
                 raise RuntimeError(f"iot-aggregator exited: {_tail(log)}")
             time.sleep(0.02)
         started, cpu_started = time.perf_counter(), _cpu_seconds(process.pid)
-        warehouse_cpu = asyncio.run(_done(stack, schema, process, log))
+        warehouse_cpu = asyncio.run(_done(stack, schema, process, log, records=records, step=step))
         wall = time.perf_counter() - started
         cpu = _cpu_seconds(process.pid) - cpu_started
         peak = _peak_rss(process.pid)
@@ -235,6 +251,8 @@ def _run_quix(topic: str, run: str, windows: int, directory: Path) -> tuple[floa
     return float(result["wall_s"]), float(result["cpu_s"])
 
 
+KEYS = 100_000
+KEYS_STEP = timedelta(microseconds=500)  # 100,000 distinct customers within one minute
 LIVE_WINDOW_S = 10
 LIVE_GRACE_S = 1
 LIVE_SECONDS = 65
@@ -348,6 +366,7 @@ def run() -> list[Result]:
     }
     ours: list[tuple[float, float, int, float]] = []
     latencies: list[float] = []
+    keys_runs: list[tuple[float, float, int, float]] = []
     quix: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="indutech-bench-") as tmp:
         directory = Path(tmp)
@@ -364,6 +383,28 @@ def run() -> list[Result]:
                 run_id = f"{os.getpid()}_{repeat}"
                 ours.append(_run_ours(stack, contract, run_id, directory / f"ours-{repeat}.log"))
                 quix.append(_run_quix(ticket_topic, run_id, windows, directory))
+            keys = {f"{base}.keys": Topics.CLIENT_TICKETS}
+            asyncio.run(create_topics(stack.kafka, keys))
+            contract |= keys
+            keys_data = directory / "keys.jsonl"
+            _write_records(keys_data, KEYS, KEYS, KEYS_STEP)
+            _produce(config, f"{base}.keys", keys_data)
+            for partition, path in enumerate(_sentinels(directory, KEYS, KEYS_STEP)):
+                _produce(config, f"{base}.keys", path, partition)
+            for repeat in range(REPEATS):
+                keys_runs.append(
+                    _run_ours(
+                        stack,
+                        {**keys, **dict(list(contract.items())[1:3])},
+                        f"{os.getpid()}_keys{repeat}",
+                        directory / f"keys-{repeat}.log",
+                        records=KEYS,
+                        step=KEYS_STEP,
+                        # every key open at once: no forced write before the last one
+                        IOT_AGGREGATOR_MAX_OPEN_KEYS=str(KEYS + 1000),
+                        IOT_AGGREGATOR_EMIT_INTERVAL_S="60",
+                    )
+                )
             live = {f"{base}.live": Topics.CLIENT_TICKETS}
             asyncio.run(create_topics(stack.kafka, live))
             contract |= live
@@ -429,5 +470,16 @@ def run() -> list[Result]:
             unit="MiB",
             notes=f"VmHWM of the worker over the same runs ({CUSTOMERS} groups open per window); "
             f"{note}",
+        ),
+        Result(
+            name="iot_aggregator_peak_rss_100k_keys",
+            value=statistics.median(peak for _, _, peak, _ in keys_runs) / 2**20,
+            unit="MiB",
+            notes=f"VmHWM of the worker reading {KEYS:,} tickets of {KEYS:,} distinct "
+            f"customer/region groups in one 60 s window (max_open_keys {KEYS + 1000:,}, no "
+            f"provisional write: all {KEYS:,} keys open at once), until every group's final row "
+            f"is in the view; {_spread([p / 2**20 for _, _, p, _ in keys_runs])} MiB over "
+            f"{REPEATS} runs; {KEYS / statistics.median(c for _, c, _, _ in keys_runs):,.0f} "
+            f"events/s per core in these runs",
         ),
     ]
