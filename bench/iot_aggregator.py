@@ -43,6 +43,14 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 REPEATS = int(os.environ.get("BENCH_AGG_REPEATS", "3"))
 CORE = str((os.cpu_count() or 1) - 1)  # the same core for both sides
 PARTITIONS = contract_spec(Topics.CLIENT_TICKETS).partitions
+QUIX_VERSION = "3.28.1"
+# Quix Streams runs in its own throw-away environment (uv, same CPython minor): it pins
+# pydantic < 2.14, below the workspace's, so it stays out of uv.lock.
+QUIX_PYTHON = (
+    "uv", "run", "--no-project", "--isolated", "--quiet",
+    "--python", f"{sys.version_info.major}.{sys.version_info.minor}",
+    "--with", f"quixstreams=={QUIX_VERSION}", "python",
+)  # fmt: skip
 
 
 def _ticket(i: int, event_time: datetime, customer: str, region: str) -> ClientTicket:
@@ -238,8 +246,8 @@ def _run_quix(topic: str, run: str, windows: int, directory: Path) -> tuple[floa
     log = directory / f"quix-{run}.log"
     with log.open("wb") as err:
         completed = subprocess.run(
-            ["taskset", "-c", CORE, sys.executable, "-m", "bench.quix_tickets", topic,
-             f"bench-quix-{run}", str(state), str(windows), str(WINDOW_S), str(GRACE_S)],
+            ["taskset", "-c", CORE, *QUIX_PYTHON, str(REPO_ROOT / "bench" / "quix_tickets.py"),
+             topic, f"bench-quix-{run}", str(state), str(windows), str(WINDOW_S), str(GRACE_S)],
             env=_stack_env(), stdout=subprocess.PIPE, stderr=err, timeout=180, check=False,
         )  # fmt: skip
     lines = completed.stdout.decode().strip().splitlines()
@@ -429,7 +437,7 @@ def run() -> list[Result]:
             name="iot_aggregator_events_per_core",
             value=statistics.median(our_rates),
             unit="events/s per core",
-            peer="Quix Streams (no sink)",
+            peer=f"Quix Streams {QUIX_VERSION} (no sink)",
             peer_value=statistics.median(quix_rates),
             notes=f"python -m indutech_iot_aggregator subprocess: aiokafka read_committed, "
             f"validate, aggregate, binary COPY + upsert + offsets in one PostgreSQL "
@@ -443,7 +451,7 @@ def run() -> list[Result]:
             name="iot_aggregator_events_per_core_with_warehouse",
             value=statistics.median(with_db),
             unit="events/s per core",
-            peer="Quix Streams (no sink)",
+            peer=f"Quix Streams {QUIX_VERSION} (no sink)",
             peer_value=statistics.median(quix_rates),
             notes=f"the same runs, counting also the CPU of the PostgreSQL backends serving the "
             f"worker (COPY, upsert, views; not WAL writer nor checkpointer): "

@@ -3,9 +3,10 @@ tumbling-window aggregates of client tickets (count, exact revenue sum, latency
 sum/count/min/max, hence the average) per customer (the record key; a customer's region is
 fixed, so the groups are the same as ours), emitting each window once when it is final.
 
-Run as ``python -m bench.quix_tickets TOPIC GROUP STATE_DIR WINDOWS WINDOW_S GRACE_S`` with
-the stack's ``INDUTECH_KAFKA__*`` environment. It stops after ``WINDOWS`` final windows and
-prints one JSON line: the process CPU seconds (every thread, librdkafka's included) and the
+Run as ``python bench/quix_tickets.py TOPIC GROUP STATE_DIR WINDOWS WINDOW_S GRACE_S`` with
+the stack's ``INDUTECH_KAFKA__*`` environment, in an environment holding quixstreams
+(bench/iot_aggregator.py makes one with uv: it is not in the workspace's lock). It stops
+after ``WINDOWS`` final windows and prints one JSON line: the process CPU seconds (every thread, librdkafka's included) and the
 wall seconds from before ``app.run()`` to the last window emitted. Nothing is written out
 (Quix has no warehouse sink here): this is its ceiling."""
 
@@ -19,9 +20,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from quixstreams import Application
-from quixstreams.kafka.configuration import ConnectionConfig
-from quixstreams.models import TimestampType
+from quixstreams import Application  # type: ignore[import-not-found]
+from quixstreams.kafka.configuration import (  # type: ignore[import-not-found]
+    ConnectionConfig,
+)
+from quixstreams.models import TimestampType  # type: ignore[import-not-found]
 
 
 def _event_time_ms(
