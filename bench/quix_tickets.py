@@ -6,8 +6,8 @@ fixed, so the groups are the same as ours), emitting each window once when it is
 Run as ``python bench/quix_tickets.py TOPIC GROUP STATE_DIR WINDOWS WINDOW_S GRACE_S`` with
 the stack's ``INDUTECH_KAFKA__*`` environment, in an environment holding quixstreams
 (bench/iot_aggregator.py makes one with uv: it is not in the workspace's lock). It stops
-after ``WINDOWS`` final windows and prints one JSON line: the process CPU seconds (every thread, librdkafka's included) and the
-wall seconds from before ``app.run()`` to the last window emitted. Nothing is written out
+after ``WINDOWS`` final windows and prints one JSON line: the process CPU seconds (every
+thread, librdkafka's included) and the wall seconds from before ``app.run()`` to the last window emitted. Nothing is written out
 (Quix has no warehouse sink here): this is its ceiling."""
 
 from __future__ import annotations
