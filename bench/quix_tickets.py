@@ -7,8 +7,9 @@ Run as ``python bench/quix_tickets.py TOPIC GROUP STATE_DIR WINDOWS WINDOW_S GRA
 the stack's ``INDUTECH_KAFKA__*`` environment, in an environment holding quixstreams
 (bench/iot_aggregator.py makes one with uv: it is not in the workspace's lock). It stops
 after ``WINDOWS`` final windows and prints one JSON line: the process CPU seconds (every
-thread, librdkafka's included) and the wall seconds from before ``app.run()`` to the last window emitted. Nothing is written out
-(Quix has no warehouse sink here): this is its ceiling."""
+thread, librdkafka's included) and the wall seconds from before ``app.run()`` to the last
+window emitted. Nothing is written out (Quix has no warehouse sink here): this is its
+ceiling."""
 
 from __future__ import annotations
 
