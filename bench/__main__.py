@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from bench import (
     identity_sync,
+    iot_aggregator,
     iot_ingest,
     iot_pipeline,
     iot_to_s3,
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "iot-ingest": iot_ingest.run,
     "iot-to-s3": iot_to_s3.run,
     "iot-pipeline": iot_pipeline.run,
+    "iot-aggregator": iot_aggregator.run,
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
 }
