@@ -5,6 +5,7 @@ parser stores for the same values: compared by the server, value by value and te
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -46,8 +47,9 @@ def _decimals(precision: int, scale: int) -> st.SearchStrategy[Decimal]:
     )
 
 
-_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
-_KEYS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=5)
+_CHARACTERS = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+_KEYS = st.text(_CHARACTERS, max_size=5)
+_TEXT = st.text(_CHARACTERS, max_size=40)
 _FLOAT32 = st.floats(width=32)
 _UTC_TIMES = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59))
 
@@ -113,7 +115,7 @@ async def _check(stack: StackSettings, rows: list[tuple[Any, ...]], cuts: list[i
         edges = sorted({0, len(rows), *(cut % (len(rows) + 1) for cut in cuts)})
         batches = [
             table.slice(lo, hi - lo).combine_chunks().to_batches()[0]
-            for lo, hi in zip(edges, edges[1:], strict=False)
+            for lo, hi in itertools.pairwise(edges)
             if hi > lo
         ]
         assert await copy_arrow_batches(connection, "loaded", batches) == len(rows)
