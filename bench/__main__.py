@@ -13,6 +13,7 @@ from bench import (
     iot_pipeline,
     iot_to_s3,
     kafka_throughput,
+    loader,
     sql_backup,
     stack_start,
 )
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "iot-aggregator": iot_aggregator.run,
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
+    "loader": loader.run,
 }
 
 
