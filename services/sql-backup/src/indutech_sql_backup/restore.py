@@ -19,10 +19,11 @@ ran) stop the restore with an error that names the key, not a database traceback
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
@@ -228,6 +229,44 @@ def _run_names(runs: list[Manifest]) -> tuple[str, ...]:
     return tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs)
 
 
+class _Ahead:
+    """The parts of a restore in the order it loads them, each fetched and verified while
+    the one before it is copied: one part ahead, so memory holds at most two."""
+
+    def __init__(
+        self, fetch: Callable[[PartRecord], Awaitable[pa.Table]], parts: list[PartRecord]
+    ) -> None:
+        self._fetch = fetch
+        self._parts = parts
+        self._next = 0
+        self._task: asyncio.Future[pa.Table] | None = None
+
+    def _start(self) -> None:
+        self._task = (
+            asyncio.ensure_future(self._fetch(self._parts[self._next]))
+            if self._next < len(self._parts)
+            else None
+        )
+
+    async def take(self) -> pa.Table:
+        if self._task is None:
+            self._start()
+        if self._task is None:
+            raise SqlBackupError("restore asked for more parts than its manifests list")
+        data = await self._task
+        self._next += 1
+        self._start()
+        return data
+
+    async def close(self) -> None:
+        """Stop a fetch still running (the restore failed or ended early)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+
 class Restorer:
     def __init__(
         self, settings: SqlBackupSettings, s3: S3Client, *, progress: Progress | None = None
@@ -269,6 +308,13 @@ class Restorer:
         data = await self.store.get_bytes(part.key)
         if data is None:
             raise VerificationError(f"part {self.store.url(part.key)} is missing")
+        # Hashing, decoding and checksumming are CPU work: in a thread, so the COPY of
+        # the previous part keeps the event loop (``_Ahead`` overlaps the two).
+        table = await asyncio.to_thread(self._verified, part, data)
+        self.bytes_read += len(data)
+        return table
+
+    def _verified(self, part: PartRecord, data: bytes) -> pa.Table:
         if hashlib.sha256(data).hexdigest() != part.sha256:
             raise VerificationError(f"part {self.store.url(part.key)} differs from its manifest")
         table = read_part(data)
@@ -276,7 +322,6 @@ class Restorer:
             raise VerificationError(
                 f"part {self.store.url(part.key)}: rows or checksum differ from the manifest"
             )
-        self.bytes_read += len(data)
         return table
 
     async def restore(
@@ -322,7 +367,6 @@ class Restorer:
         same: bool,
     ) -> int:
         del same  # the target types come from the type matrix (column_loads)
-        full = runs[0]
         name = f"{_q(target.schema)}.{_q(target.name)}"
         exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
         if exists and not replace:
@@ -330,7 +374,23 @@ class Restorer:
                 f"the target table {target.qualified} exists: choose another --target or pass "
                 "--replace to drop it first."
             )
-        first_part = await self._part(full.parts[0]) if full.parts else None
+        ahead = _Ahead(self._part, [part for run in runs for part in run.parts])
+        try:
+            return await self._load_parts(connection, runs, target, ahead, name=name)
+        finally:
+            await ahead.close()
+
+    async def _load_parts(
+        self,
+        connection: asyncpg.Connection,
+        runs: list[Manifest],
+        target: TableRef,
+        ahead: _Ahead,
+        *,
+        name: str,
+    ) -> int:
+        full = runs[0]
+        first_part = await ahead.take() if full.parts else None
         if first_part is not None:
             loads = self._decode_check(full, full.parts[0], first_part)[0]
         else:  # pragma: no cover - every plan has at least one chunk
@@ -355,7 +415,7 @@ class Restorer:
                 "as text."
             ) from None
         for index, part in enumerate(full.parts):
-            data = first_part if index == 0 and first_part is not None else await self._part(part)
+            data = first_part if index == 0 and first_part is not None else await ahead.take()
             await self._insert(connection, full, part, data, target)
             self._advance(part)
         key = ", ".join(_q(k) for k in full.plan.key)
@@ -366,7 +426,7 @@ class Restorer:
                 # re-read replaces what the earlier runs built.
                 await connection.execute(f"TRUNCATE {name}")
             for part in delta.parts:
-                data = await self._part(part)
+                data = await ahead.take()
                 if delta.plan.snapshot:
                     await self._insert(connection, delta, part, data, target)
                 else:
