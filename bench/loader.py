@@ -33,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,7 +63,7 @@ async def _sequential(connection: object, table: str, schema: str, path: Path) -
     """The same encoder, nothing overlapped: read, encode, send, one batch after another."""
     import asyncpg  # noqa: PLC0415 - the child's own import, timed as part of it
 
-    assert isinstance(connection, asyncpg.Connection)  # noqa: S101 - a bench child
+    assert isinstance(connection, asyncpg.Connection)
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     encoder = BatchEncoder(
@@ -86,7 +87,7 @@ async def _tuples(connection: object, table: str, schema: str, path: Path) -> in
     """Python values through asyncpg's binary codecs (restore before the loader)."""
     import asyncpg  # noqa: PLC0415
 
-    assert isinstance(connection, asyncpg.Connection)  # noqa: S101 - a bench child
+    assert isinstance(connection, asyncpg.Connection)
     parquet = pq.ParquetFile(path)
     rows = 0
     names = parquet.schema_arrow.names
@@ -199,7 +200,7 @@ def _peer(stack: StackSettings, csv: Path, schema: str, target: str) -> tuple[fl
     """psql \\copy FROM the CSV: (its \\timing, the process's wall clock)."""
     started = time.perf_counter()
     out = _psql(
-        stack, "\\timing on", f"\\copy \"{schema}\".\"{target}\" FROM '{csv}' WITH (FORMAT csv)"
+        stack, "\\timing on", f'\\copy "{schema}"."{target}" FROM \'{csv}\' WITH (FORMAT csv)'
     )
     wall = time.perf_counter() - started
     timing = next(line for line in out.splitlines() if line.startswith("Time:"))
@@ -211,7 +212,7 @@ def _ours(
 ) -> tuple[float, float, int]:
     env = {**os.environ, "STACK_DIR": str(stack.stack_dir)}
     started = time.perf_counter()
-    completed = subprocess.run(  # noqa: S603 - our own interpreter and module
+    completed = subprocess.run(
         [sys.executable, "-m", "bench.loader", str(parquet), schema, target, mode],
         capture_output=True,
         text=True,
@@ -236,7 +237,9 @@ def _fresh(stack: StackSettings, schema: str, table: str, target: str) -> None:
 
 
 def _spread(values: list[float]) -> str:
-    return f"min {min(values):,.0f} / median {statistics.median(values):,.0f} / max {max(values):,.0f}"
+    return (
+        f"min {min(values):,.0f} / median {statistics.median(values):,.0f} / max {max(values):,.0f}"
+    )
 
 
 def _bench(stack: StackSettings) -> list[Result]:
@@ -269,7 +272,7 @@ def _bench(stack: StackSettings) -> list[Result]:
     return results
 
 
-def _results(
+def _results(  # noqa: PLR0917 - a bench helper: one call site
     table: str,
     rows: int,
     load: dict[str, list[float]],
@@ -277,7 +280,8 @@ def _results(
     csv: Path,
     parquet: Path,
 ) -> list[Result]:
-    sizes = f"{rows:,} rows; CSV {csv.stat().st_size / 1e6:.0f} MB, Parquet {parquet.stat().st_size / 1e6:.0f} MB (zstd)"
+    csv_mb, parquet_mb = csv.stat().st_size / 1e6, parquet.stat().st_size / 1e6
+    sizes = f"{rows:,} rows; CSV {csv_mb:.0f} MB, Parquet {parquet_mb:.0f} MB (zstd)"
     out = []
     for mode in MODES:
         for timing, values, boundary in (
@@ -301,12 +305,163 @@ def _results(
     return out
 
 
+# -- the restore's RTO: sql-backup backup → restore, against psql \copy of the same rows --
+
+RTO_CHUNK_ROWS = 150_000
+BIG_ORDERS = int(os.environ.get("BENCH_RTO_BIG_ORDERS", "2000000"))  # ~3 lines each: 6 M
+
+
+def _big_order_lines(schema: str) -> list[str]:
+    """order_lines alone with ``BIG_ORDERS`` orders (~6 M rows), the demo's own rows."""
+    from indutech_devtools import erp  # noqa: PLC0415 - the bench's data only
+    from indutech_sql_backup.dialects import PostgresDialect, TableRef  # noqa: PLC0415
+
+    ddl = erp.TABLES["order_lines"][0]
+    s = f'"{schema}"'
+    capture = PostgresDialect().install_change_capture(
+        TableRef(schema, "order_lines"), ("order_id", "line_no")
+    )
+    return [
+        f"DROP SCHEMA IF EXISTS {s} CASCADE",
+        f"CREATE SCHEMA {s}",
+        f"CREATE TABLE {s}.order_lines ({ddl})",
+        *capture,
+        f"INSERT INTO {s}.order_lines SELECT o, l, 1 + (o * l) % 15000, "  # noqa: S608
+        "round(((o + l) % 97) / 4.0 + 0.125, 3), round(((o * 31 + l) % 100000) / 100.0, 4), "
+        "round(((o + l) % 97) / 4.0 * ((o * 31 + l) % 100000) / 100.0, 2) "
+        f"FROM generate_series(1, {BIG_ORDERS}) AS o, generate_series(1, 1 + o % 5) AS l",
+    ]
+
+
+async def _rto(stack: StackSettings, label: str, statements: list[str], schema: str) -> Result:
+    r"""Back the schema up (full), then restore every table as ``sql-backup restore`` does,
+    one after another; the peer loads the same rows as CSV with psql \copy into tables of
+    the restored definitions (no key: restore's key build is on our side only)."""
+    from indutech_common.s3 import create_s3_client  # noqa: PLC0415
+    from indutech_sql_backup.config import SqlBackupSettings  # noqa: PLC0415
+    from indutech_sql_backup.dialects import PostgresDialect, TableRef  # noqa: PLC0415
+    from indutech_sql_backup.engine import Engine  # noqa: PLC0415
+    from indutech_sql_backup.restore import Restorer  # noqa: PLC0415
+    from indutech_sql_backup.sources import OdbcSource  # noqa: PLC0415
+
+    unique = uuid.uuid4().hex[:8]
+    restored, peer = f"bench_rto_{unique}", f"bench_rtopeer_{unique}"
+    source = OdbcSource(stack.erp, PostgresDialect())
+    await asyncio.to_thread(source.execute, statements)
+    settings = SqlBackupSettings(
+        erp=stack.erp,
+        s3=stack.s3,
+        kafka=stack.kafka,
+        target=stack.warehouse,
+        backup_prefix=f"bench/loader/{unique}/",
+        include=(f"{schema}.*",),
+        chunk_rows=RTO_CHUNK_ROWS,
+        health={"host": "127.0.0.1", "port": 0},
+    )
+    try:
+        async with create_s3_client(stack.s3) as s3:
+            engine = Engine(settings, s3)
+            tables = [t for t in await engine.discover() if not t.ref.name.startswith("indutech")]
+            await engine.backup(tables, kind="full", day=date(2026, 1, 1))
+            rows = 0
+            parquet = 0
+            started = time.perf_counter()
+            for table in tables:
+                report = await Restorer(settings, s3).restore(
+                    table.ref, day=None, target=TableRef(restored, table.ref.name)
+                )
+                rows += report.rows
+                parquet += report.bytes_read
+            ours = time.perf_counter() - started
+        peer_s = await asyncio.to_thread(
+            _peer_tables, stack, schema, restored, peer, [t.ref.name for t in tables]
+        )
+    finally:
+        await asyncio.to_thread(source.execute, [f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'])
+        await asyncio.to_thread(
+            _psql,
+            stack,
+            f'DROP SCHEMA IF EXISTS "{restored}" CASCADE; DROP SCHEMA IF EXISTS "{peer}" CASCADE',
+        )
+    return Result(
+        f"loader_restore_rto_{label}_rows_per_s",
+        rows / ours,
+        "rows/s",
+        peer="psql \\copy FROM CSV",
+        peer_value=rows / peer_s,
+        notes=(
+            f"{label}: {rows:,} rows ({parquet / 1e6:.0f} MB Parquet in {RTO_CHUNK_ROWS:,}-row "
+            f"parts) restored in {ours:.1f}s (RTO: S3 GET, SHA-256 + checksum, binary COPY, "
+            f"primary key build, table after table); psql \\copy of the same rows as CSV "
+            f"{peer_s:.1f}s (\\timing: excl. process start and handshake; no key build)"
+        ),
+    )
+
+
+def _peer_tables(
+    stack: StackSettings, source_schema: str, restored: str, peer: str, tables: list[str]
+) -> float:
+    erp = stack.erp
+    erp_env = {
+        **_psql_env(stack),
+        "PGHOST": erp.host,
+        "PGPORT": str(erp.port),
+        "PGUSER": erp.user,
+        "PGDATABASE": erp.database,
+        "PGPASSWORD": erp.password.get_secret_value() if erp.password else "",
+        "PGSSLROOTCERT": str(erp.ca_file),
+    }
+    total = 0.0
+    _psql(stack, f'CREATE SCHEMA "{peer}"')
+    with tempfile.TemporaryDirectory(prefix="bench-rto-") as tmp:
+        for table in tables:
+            csv = Path(tmp) / f"{table}.csv"
+            columns = _psql(
+                stack,
+                "\\pset tuples_only on",
+                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "  # noqa: S608 - the bench's own names
+                f'WHERE attrelid = to_regclass(\'"{restored}"."{table}"\') AND attnum > 0 '
+                "AND NOT attisdropped",
+            ).strip()
+            run_quiet(
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f'\\copy (SELECT {columns} FROM "{source_schema}"."{table}") TO \'{csv}\' '  # noqa: S608 - the bench's own names
+                "WITH (FORMAT csv)",
+                env=erp_env,
+            )
+            _psql(stack, f'CREATE TABLE "{peer}"."{table}" (LIKE "{restored}"."{table}")')
+            out = _psql(
+                stack,
+                "\\timing on",
+                f'\\copy "{peer}"."{table}" FROM \'{csv}\' WITH (FORMAT csv)',
+            )
+            timing = next(line for line in out.splitlines() if line.startswith("Time:"))
+            total += float(timing.split()[1]) / 1000
+            csv.unlink()
+    return total
+
+
+def run_rto() -> list[Result]:
+    stack = load_stack()
+    from tests.support.erp import demo_erp_statements  # noqa: PLC0415
+
+    demo = f"bench_rtoerp_{uuid.uuid4().hex[:8]}"
+    big = f"bench_rtobig_{uuid.uuid4().hex[:8]}"
+    results = [run_workers(_rto(stack, "demo_erp", demo_erp_statements(demo, scale=SCALE), demo))]
+    if BIG_ORDERS:
+        results.append(run_workers(_rto(stack, "6m_order_lines", _big_order_lines(big), big)))
+    return results
+
+
 def run() -> list[Result]:
-    return _bench(load_stack())
+    return _bench(load_stack()) + run_rto()
 
 
 if __name__ == "__main__":
-    seconds, copied = run_workers(
-        _child(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
-    )
-    print(f"{seconds:.6f} {copied}")  # noqa: T201 - the parent reads it
+    seconds, copied = run_workers(_child(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]))
+    print(f"{seconds:.6f} {copied}")
