@@ -334,9 +334,10 @@ def _big_order_lines(schema: str) -> list[str]:
 
 
 async def _rto(stack: StackSettings, label: str, statements: list[str], schema: str) -> Result:
-    r"""Back the schema up (full), then restore every table as ``sql-backup restore`` does,
-    one after another; the peer loads the same rows as CSV with psql \copy into tables of
-    the restored definitions (no key: restore's key build is on our side only)."""
+    r"""Back the schema up (full) once, then ``RUNS`` rounds, alternating: restore every
+    table as ``sql-backup restore`` does (one after another, each with its primary key), and
+    the peer: psql \copy of the same rows as CSV into tables of the restored definitions,
+    then the same primary key (``ALTER TABLE … ADD PRIMARY KEY``), both by psql's \timing."""
     from indutech_common.s3 import create_s3_client  # noqa: PLC0415
     from indutech_sql_backup.config import SqlBackupSettings  # noqa: PLC0415
     from indutech_sql_backup.dialects import PostgresDialect, TableRef  # noqa: PLC0415
@@ -358,24 +359,40 @@ async def _rto(stack: StackSettings, label: str, statements: list[str], schema: 
         chunk_rows=RTO_CHUNK_ROWS,
         health={"host": "127.0.0.1", "port": 0},
     )
+    ours: list[float] = []
+    copies: list[float] = []
+    keyed: list[float] = []
     try:
-        async with create_s3_client(stack.s3) as s3:
-            engine = Engine(settings, s3)
-            tables = [t for t in await engine.discover() if not t.ref.name.startswith("indutech")]
-            await engine.backup(tables, kind="full", day=date(2026, 1, 1))
-            rows = 0
-            parquet = 0
-            started = time.perf_counter()
-            for table in tables:
-                report = await Restorer(settings, s3).restore(
-                    table.ref, day=None, target=TableRef(restored, table.ref.name)
-                )
-                rows += report.rows
-                parquet += report.bytes_read
-            ours = time.perf_counter() - started
-        peer_s = await asyncio.to_thread(
-            _peer_tables, stack, schema, restored, peer, [t.ref.name for t in tables]
-        )
+        with tempfile.TemporaryDirectory(prefix="bench-rto-") as tmp:
+            async with create_s3_client(stack.s3) as s3:
+                engine = Engine(settings, s3)
+                tables = [
+                    t for t in await engine.discover() if not t.ref.name.startswith("indutech")
+                ]
+                await engine.backup(tables, kind="full", day=date(2026, 1, 1))
+                names = [t.ref.name for t in tables]
+                for round_ in range(RUNS):
+                    rows = parquet = 0
+                    started = time.perf_counter()
+                    for table in tables:
+                        report = await Restorer(settings, s3).restore(
+                            table.ref,
+                            day=None,
+                            target=TableRef(restored, table.ref.name),
+                            replace=True,
+                        )
+                        rows += report.rows
+                        parquet += report.bytes_read
+                    ours.append(time.perf_counter() - started)
+                    if round_ == 0:
+                        await asyncio.to_thread(
+                            _export_csv, stack, schema, restored, names, Path(tmp)
+                        )
+                    copy_s, key_s = await asyncio.to_thread(
+                        _peer_tables, stack, restored, peer, names, Path(tmp)
+                    )
+                    copies.append(copy_s)
+                    keyed.append(copy_s + key_s)
     finally:
         await asyncio.to_thread(source.execute, [f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'])
         await asyncio.to_thread(
@@ -383,24 +400,29 @@ async def _rto(stack: StackSettings, label: str, statements: list[str], schema: 
             stack,
             f'DROP SCHEMA IF EXISTS "{restored}" CASCADE; DROP SCHEMA IF EXISTS "{peer}" CASCADE',
         )
+    seconds = statistics.median(ours)
     return Result(
         f"loader_restore_rto_{label}_rows_per_s",
-        rows / ours,
+        rows / seconds,
         "rows/s",
-        peer="psql \\copy FROM CSV",
-        peer_value=rows / peer_s,
+        peer="psql \\copy FROM CSV + ADD PRIMARY KEY",
+        peer_value=rows / statistics.median(keyed),
         notes=(
             f"{label}: {rows:,} rows ({parquet / 1e6:.0f} MB Parquet in {RTO_CHUNK_ROWS:,}-row "
-            f"parts) restored in {ours:.1f}s (RTO: S3 GET, SHA-256 + checksum, binary COPY, "
-            f"primary key build, table after table); psql \\copy of the same rows as CSV "
-            f"{peer_s:.1f}s (\\timing: excl. process start and handshake; no key build)"
+            f"parts), {RUNS} rounds alternating; RTO (restore: S3 GET, SHA-256 + checksum, "
+            f"binary COPY, primary key, table after table, in-process, connection included) "
+            f"min {min(ours):.1f} / median {seconds:.1f} / max {max(ours):.1f} s; psql \\copy "
+            f"+ key (\\timing, excl. process start and handshake) min {min(keyed):.1f} / "
+            f"median {statistics.median(keyed):.1f} / max {max(keyed):.1f} s, \\copy alone "
+            f"median {statistics.median(copies):.1f} s"
         ),
     )
 
 
-def _peer_tables(
-    stack: StackSettings, source_schema: str, restored: str, peer: str, tables: list[str]
-) -> float:
+def _export_csv(
+    stack: StackSettings, source_schema: str, restored: str, tables: list[str], directory: Path
+) -> None:
+    """Each table's rows, in the restored table's columns, as CSV from the source."""
     erp = stack.erp
     erp_env = {
         **_psql_env(stack),
@@ -411,39 +433,60 @@ def _peer_tables(
         "PGPASSWORD": erp.password.get_secret_value() if erp.password else "",
         "PGSSLROOTCERT": str(erp.ca_file),
     }
-    total = 0.0
-    _psql(stack, f'CREATE SCHEMA "{peer}"')
-    with tempfile.TemporaryDirectory(prefix="bench-rto-") as tmp:
-        for table in tables:
-            csv = Path(tmp) / f"{table}.csv"
-            columns = _psql(
-                stack,
-                "\\pset tuples_only on",
-                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "  # noqa: S608 - the bench's own names
-                f'WHERE attrelid = to_regclass(\'"{restored}"."{table}"\') AND attnum > 0 '
-                "AND NOT attisdropped",
-            ).strip()
-            run_quiet(
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                f'\\copy (SELECT {columns} FROM "{source_schema}"."{table}") TO \'{csv}\' '  # noqa: S608 - the bench's own names
-                "WITH (FORMAT csv)",
-                env=erp_env,
-            )
-            _psql(stack, f'CREATE TABLE "{peer}"."{table}" (LIKE "{restored}"."{table}")')
-            out = _psql(
+    for table in tables:
+        columns = _psql(
+            stack,
+            "\\pset tuples_only on",
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "  # noqa: S608 - the bench's own names
+            f'WHERE attrelid = to_regclass(\'"{restored}"."{table}"\') AND attnum > 0 '
+            "AND NOT attisdropped",
+        ).strip()
+        run_quiet(
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f'\\copy (SELECT {columns} FROM "{source_schema}"."{table}") '  # noqa: S608 - the bench's own names
+            f"TO '{directory / table}.csv' WITH (FORMAT csv)",
+            env=erp_env,
+        )
+
+
+def _timing(out: str) -> float:
+    return sum(
+        float(line.split()[1]) / 1000 for line in out.splitlines() if line.startswith("Time:")
+    )
+
+
+def _peer_tables(
+    stack: StackSettings, restored: str, peer: str, tables: list[str], directory: Path
+) -> tuple[float, float]:
+    """Seconds of psql \\copy of every table, and of adding their primary keys after."""
+    copy_s = key_s = 0.0
+    _psql(stack, f'DROP SCHEMA IF EXISTS "{peer}" CASCADE; CREATE SCHEMA "{peer}"')
+    for table in tables:
+        key = _psql(
+            stack,
+            "\\pset tuples_only on",
+            "SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) FROM pg_index i "  # noqa: S608 - the bench's own names
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            f'WHERE i.indrelid = to_regclass(\'"{restored}"."{table}"\') AND i.indisprimary',
+        ).strip()
+        _psql(stack, f'CREATE TABLE "{peer}"."{table}" (LIKE "{restored}"."{table}")')
+        copy_s += _timing(
+            _psql(
                 stack,
                 "\\timing on",
-                f'\\copy "{peer}"."{table}" FROM \'{csv}\' WITH (FORMAT csv)',
+                f'\\copy "{peer}"."{table}" FROM \'{directory / table}.csv\' WITH (FORMAT csv)',
             )
-            timing = next(line for line in out.splitlines() if line.startswith("Time:"))
-            total += float(timing.split()[1]) / 1000
-            csv.unlink()
-    return total
+        )
+        key_s += _timing(
+            _psql(stack, "\\timing on", f'ALTER TABLE "{peer}"."{table}" ADD PRIMARY KEY ({key})')
+        )
+    return copy_s, key_s
 
 
 def run_rto() -> list[Result]:
