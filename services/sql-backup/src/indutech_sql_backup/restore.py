@@ -414,9 +414,10 @@ class Restorer:
                 "first (e.g. the enum or domain, as in the source); the backup holds its values "
                 "as text."
             ) from None
+        loaded = 0
         for index, part in enumerate(full.parts):
             data = first_part if index == 0 and first_part is not None else await ahead.take()
-            await self._insert(connection, full, part, data, target)
+            loaded += await self._insert(connection, full, part, data, target)
             self._advance(part)
         key = ", ".join(_q(k) for k in full.plan.key)
         await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
@@ -434,6 +435,10 @@ class Restorer:
                         connection, data, manifest=delta, part=part, name=name, target=target
                     )
                 self._advance(part)
+        if len(runs) == 1:
+            # The table was created empty in this transaction: the server's counts of its
+            # COPYs are its rows (a count(*) would read the whole table again).
+            return loaded
         count: int = await connection.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
         return count
 
@@ -453,11 +458,13 @@ class Restorer:
         *,
         table: str,
         schema: str | None = None,
-    ) -> None:
+    ) -> int:
         """The part's rows by pipelined binary COPY (Arrow straight to the wire), typed by
         the table's columns; a value the target type would not hold exactly names the part."""
         try:
-            await copy_arrow_batches(connection, table, data.to_batches(), schema_name=schema)
+            return await copy_arrow_batches(
+                connection, table, data.to_batches(), schema_name=schema
+            )
         except ArrowCopyError as exc:
             raise RestoreDecodeError(f"part {self.store.url(part.key)}: {exc}") from None
 
@@ -486,23 +493,24 @@ class Restorer:
         part: PartRecord,
         data: pa.Table,
         target: TableRef,
-    ) -> None:
+    ) -> int:
         """Rows of a full (or re-snapshot) part: binary COPY into the table, or through a
-        staging table when a column is restored from its text by a server cast."""
+        staging table when a column is restored from its text by a server cast. Returns
+        the rows the server inserted."""
         loads, rows = self._decode_check(manifest, part, data)
         names = [c.name for c in loads]
         if not any(c.via_text for c in loads):
-            await self._copy(connection, part, rows, table=target.name, schema=target.schema)
-            return
+            return await self._copy(connection, part, rows, table=target.name, schema=target.schema)
         staging = f"indutech_load_{target.name}"[:60]
         await self._stage(connection, loads, part, rows, staging=staging, with_op=False)
         column_list = ", ".join(_q(n) for n in names)
         values = ", ".join(c.value() for c in loads)
-        await connection.execute(
+        status = await connection.execute(
             f"INSERT INTO {_q(target.schema)}.{_q(target.name)} ({column_list}) "  # noqa: S608
             f"SELECT {values} FROM {_q(staging)}"
         )
         await connection.execute(f"DROP TABLE {_q(staging)}")
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n"
 
     async def _apply_delta(
         self,
