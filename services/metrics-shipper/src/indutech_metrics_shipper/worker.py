@@ -139,7 +139,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
                 group=self.settings.log_group,
                 checkpoints=LogCheckpoints(self.settings.log_state_dir),
             )
-            await self.logs.start()
+            # No call to CloudWatch Logs here: the logs loop creates the group and settles
+            # a batch left in flight, retrying while Logs is away (the flows go on).
             logs = self.logs
             self.add_closer("log-files", lambda: asyncio.to_thread(logs.close))
         if self.lag is not None:
@@ -177,14 +178,17 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         while not self.should_exit.is_set():
             try:
                 sent_before, dropped_before = logs.events_sent, logs.events_dropped
-                read = await logs.ship()
+                read = await logs.ship()  # lines read: MAX_EVENTS means the files have more
                 self.log_events_sent.labels(self.name).inc(logs.events_sent - sent_before)
                 self.log_events_dropped.labels(self.name).inc(logs.events_dropped - dropped_before)
             except Exception as exc:  # CloudWatch away: nothing committed, read again later
                 self.metrics.error("log_delivery")
                 delay = next(delays)
                 self.log.warning(
-                    "log_delivery_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
+                    "log_delivery_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                    starting=not logs.ready,  # the group or the in-flight check still to do
                 )
                 self.log_delivery_lag.labels(self.name).set(time.time() - delivered_at)
                 if await self.sleep_or_exit(delay):
