@@ -166,6 +166,51 @@ class TestShipping:
         )
         assert sum(sums) == 10
 
+    async def test_with_a_disk_buffer_what_was_not_delivered_survives_a_restart(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        """CloudWatch away: a shipper stops with its datums on disk; the next one, started
+        once CloudWatch is back, delivers them (with nothing new to scrape)."""
+        endpoint = stack.cloudwatch.endpoint_url
+        assert endpoint is not None
+        port = int(endpoint.rsplit(":", 1)[1].rstrip("/"))
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        buffer_dir = tmp_path / "buffer"
+        async with SwitchableProxy("localhost", port) as proxy, metrics_endpoint(worker) as m:
+            metrics, url = m
+            proxy.cut()
+            away = stack.cloudwatch.model_copy(
+                update={"endpoint_url": f"https://localhost:{proxy.port}"}
+            )
+            first = MetricsShipperWorker(
+                shipper_settings(away, namespace, url, buffer_dir=buffer_dir), once=True
+            )
+            metrics.records_out.labels(worker, "sensor").inc(9)  # newer than its state: sent
+            assert await first.serve(install_signal_handlers=False) == 0
+            assert first.sink is not None
+            assert first.sink.datums_sent == 0
+            on_disk = len(first.buffer)
+            assert on_disk > 0
+
+            second = MetricsShipperWorker(
+                shipper_settings(stack.cloudwatch, namespace, url, buffer_dir=buffer_dir),
+                once=True,
+            )
+            assert len(second.buffer) == on_disk  # read back from the segments
+            assert await second.serve(install_signal_handlers=False) == 0
+            assert len(second.buffer) == 0
+        assert not list(buffer_dir.glob("*.seg"))
+        sums = await metric_values(
+            stack.cloudwatch,
+            namespace,
+            "indutech_records_out",
+            "Sum",
+            worker=worker,
+            stream="sensor",
+        )
+        assert sum(sums) == 9  # once: the second shipper's own scrape found no increase
+
 
 async def wait_until(condition: Any, *, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s

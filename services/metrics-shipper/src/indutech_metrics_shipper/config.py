@@ -84,6 +84,17 @@ class MetricsShipperSettings(WorkerSettings):
         ge=1_000,
         description="datums held through a CloudWatch outage; the oldest go first when full",
     )
+    buffer_dir: Path | None = Field(
+        default=None,
+        description="where datums CloudWatch has not accepted yet are kept, so that they "
+        "survive a restart or a kill (unset: memory only, a kill loses them); with it, the "
+        "counters' state goes to state_file, else to counters.json in this folder",
+    )
+    buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="the disk buffer's size on disk; the oldest cycles go first when full",
+    )
     alarm_prefix: str = Field(
         default="indutech-",
         pattern=r"^[A-Za-z0-9._-]*$",
@@ -121,6 +132,12 @@ class MetricsShipperSettings(WorkerSettings):
         description="where counters' last values are kept across restarts (none: a restart "
         "takes older counters as a baseline and never re-sends them)",
     )
+
+    def counters_state_path(self) -> Path | None:
+        """Where the counters' last values are kept (none: not kept across restarts)."""
+        if self.state_file is not None:
+            return self.state_file
+        return self.buffer_dir / "counters.json" if self.buffer_dir is not None else None
 
     def has_something_to_ship(self) -> bool:
         return bool(self.targets or self.log_dir or self.kafka or self.warehouse)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -23,7 +24,12 @@ from indutech_common.retry import Backoff
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
 from indutech_metrics_shipper.logs import MAX_EVENTS, LogCheckpoints, LogShipper
-from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
+from indutech_metrics_shipper.sinks import (
+    CloudWatchMetricsSink,
+    DatumBuffer,
+    DiskDatumBuffer,
+    MetricBuffer,
+)
 from indutech_metrics_shipper.sources import (
     ConsumerLagSource,
     ScrapeSource,
@@ -51,8 +57,16 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ),
             histogram_mode=settings.histogram_mode,
         )
-        if settings.state_file is not None and settings.state_file.exists():
-            self.converter.import_state(json.loads(settings.state_file.read_text()))
+        self.buffer: MetricBuffer = (
+            DiskDatumBuffer(
+                settings.buffer_dir,
+                max_bytes=settings.buffer_max_bytes,
+                max_datums=settings.buffer_max_datums,
+            )
+            if settings.buffer_dir is not None
+            else DatumBuffer(settings.buffer_max_datums)
+        )
+        self._restore_state()
         registry = self.metrics.registry
         self.series_scraped = Counter(
             "indutech_shipper_series_scraped",
@@ -73,6 +87,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ["worker", "reason"],
             registry=registry,
         )
+        # segments dropped at start (the bounds were lowered) count as a full buffer
+        self.series_dropped.labels(self.name, "buffer_full").inc(self.buffer.dropped)
         self.scrape_failures = Counter(
             "indutech_shipper_scrape_failures",
             "Failed scrapes",
@@ -82,6 +98,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.buffer_fill = Gauge(
             "indutech_shipper_buffer_datums",
             "Datums waiting for CloudWatch",
+            ["worker"],
+            registry=registry,
+        )
+        self.buffer_bytes = Gauge(
+            "indutech_shipper_buffer_bytes",
+            "Bytes of the disk buffer (0 without one)",
             ["worker"],
             registry=registry,
         )
@@ -151,7 +173,7 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             CloudWatchMetricsSink(
                 client,
                 namespace=self.settings.namespace,
-                buffer=DatumBuffer(self.settings.buffer_max_datums),
+                buffer=self.buffer,
             )
         )
 
@@ -239,7 +261,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
                 )
         sent_before, errors_before = self.sink.datums_sent, self.sink.api_errors
         dropped_before, rejected_before = self.sink.buffer.dropped, self.sink.rejected
-        await self.sink.write(datums)
+        # The datums, then the counters' state naming their segment (the commit), then the
+        # send: a kill anywhere in between neither loses nor counts an increase twice (see
+        # sinks/disk_buffer.py). In memory, a kill loses the buffer but never doubles it.
+        self.sink.buffer.extend(datums)
+        self._save_state()
+        await self.sink.flush()
         self.datums_sent.labels(self.name).inc(self.sink.datums_sent - sent_before)
         self.api_errors.labels(self.name).inc(self.sink.api_errors - errors_before)
         self.series_dropped.labels(self.name, "buffer_full").inc(
@@ -247,7 +274,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         )
         self.series_dropped.labels(self.name, "rejected").inc(self.sink.rejected - rejected_before)
         self.buffer_fill.labels(self.name).set(len(self.sink.buffer))
-        self._save_state()
+        if isinstance(self.buffer, DiskDatumBuffer):
+            self.buffer_bytes.labels(self.name).set(self.buffer.size)
         self.cycles += 1
         self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - begun)
         if len(self.sink.buffer) == 0:
@@ -260,10 +288,26 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
     async def _status_page(self, _request: web.Request) -> web.Response:
         return web.Response(text=render_html(self.statuses()), content_type="text/html")
 
+    def _restore_state(self) -> None:
+        """The counters' last values, and the disk buffer cut back to what they cover."""
+        path = self.settings.counters_state_path()
+        if path is None or not path.exists():
+            return  # no state: every counter is a baseline, no buffered increase recurs
+        state = json.loads(path.read_text())
+        self.converter.import_state(state)
+        if isinstance(self.buffer, DiskDatumBuffer) and "segment" in state:
+            self.buffer.discard_after(int(state["segment"]))
+
     def _save_state(self) -> None:
-        path = self.settings.state_file
+        path = self.settings.counters_state_path()
         if path is None:
             return
+        state: dict[str, Any] = self.converter.export_state()
+        if isinstance(self.buffer, DiskDatumBuffer):
+            state["segment"] = self.buffer.last_seq  # commits the segments up to it
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.converter.export_state()))
+        with tmp.open("w") as out:
+            out.write(json.dumps(state))
+            out.flush()
+            os.fsync(out.fileno())  # durable before its segment can be sent
         os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state

@@ -5,7 +5,8 @@ oldest are dropped and counted (the newest are the ones an alarm needs). A
 flush sends packed calls in order and removes a call's datums only once
 CloudWatch accepted them; throttling, 5xx and connection errors end the flush
 with everything still buffered, and the next cycle tries again after a jittered
-backoff — the scrape loop never waits on CloudWatch for long.
+backoff — the scrape loop never waits on CloudWatch for long. The buffer is in
+memory (``DatumBuffer``) or on disk (``DiskDatumBuffer``, which outlives a kill).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,6 +44,20 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeout",
     }
 )
+
+
+class MetricBuffer(Protocol):
+    """What the sink needs of a buffer (memory or disk)."""
+
+    dropped: int
+
+    def extend(self, datums: Iterable[Datum]) -> int: ...
+
+    def snapshot(self) -> list[Datum]: ...
+
+    def remove_first(self, count: int) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class DatumBuffer:
@@ -87,7 +102,7 @@ class CloudWatchMetricsSink:
         client: CloudWatchClient,
         *,
         namespace: str,
-        buffer: DatumBuffer,
+        buffer: MetricBuffer,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
     ) -> None:
