@@ -57,16 +57,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ),
             histogram_mode=settings.histogram_mode,
         )
-        self.buffer: MetricBuffer = (
-            DiskDatumBuffer(
-                settings.buffer_dir,
-                max_bytes=settings.buffer_max_bytes,
-                max_datums=settings.buffer_max_datums,
-            )
-            if settings.buffer_dir is not None
-            else DatumBuffer(settings.buffer_max_datums)
-        )
-        self._restore_state()
+        # in memory until startup() opens the disk buffer, if one is set
+        self.buffer: MetricBuffer = DatumBuffer(settings.buffer_max_datums)
         registry = self.metrics.registry
         self.series_scraped = Counter(
             "indutech_shipper_series_scraped",
@@ -87,8 +79,6 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ["worker", "reason"],
             registry=registry,
         )
-        # segments dropped at start (the bounds were lowered) count as a full buffer
-        self.series_dropped.labels(self.name, "buffer_full").inc(self.buffer.dropped)
         self.scrape_failures = Counter(
             "indutech_shipper_scrape_failures",
             "Failed scrapes",
@@ -146,6 +136,16 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.health.add_page("/status", self._status_page)
 
     async def startup(self) -> None:
+        if self.settings.buffer_dir is not None:
+            self.buffer = await asyncio.to_thread(
+                DiskDatumBuffer,
+                self.settings.buffer_dir,
+                max_bytes=self.settings.buffer_max_bytes,
+                max_datums=self.settings.buffer_max_datums,
+            )
+            # segments dropped at start (the bounds were lowered) count as a full buffer
+            self.series_dropped.labels(self.name, "buffer_full").inc(self.buffer.dropped)
+        self._restore_state()
         client = await self.enter(
             "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
         )
