@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 
-from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_common.cloudwatch import create_cloudwatch_client, create_logs_client
 from indutech_common.health import HealthServer
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import CloudWatchSettings, HealthSettings
 from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.emf import EmfEvent
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 from tests.support.proxy import SwitchableProxy
 from tests.support.stack import StackSettings
+from tests.unit.metrics_shipper.test_emf import check_emf
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +214,60 @@ class TestShipping:
             stream="sensor",
         )
         assert sum(sums) == 9  # once: the second shipper's own scrape found no increase
+
+
+class TestEmf:
+    """``SINK=emf``: the same datums as EMF log events in a log group (moto stores them; it
+    does not extract metrics from them, so the documents are read back, not the metrics)."""
+
+    async def test_counters_and_histograms_arrive_as_emf_documents(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        group = f"/indutech/test-emf/{unique}"
+        async with metrics_endpoint(worker) as (metrics, url):
+            shipper = MetricsShipperWorker(
+                shipper_settings(stack.cloudwatch, namespace, url, sink="emf", emf_log_group=group),
+                once=True,
+            )
+            metrics.records_out.labels(worker, "sensor").inc(7)  # newer than its state: sent
+            for seconds in (0.02, 0.3, 3.0):
+                metrics.batch_duration.labels(worker).observe(seconds)
+            try:
+                assert await shipper.serve(install_signal_handlers=False) == 0
+                events = await log_events(stack.cloudwatch, group, "metrics-shipper")
+            finally:
+                async with create_logs_client(stack.cloudwatch) as client:
+                    await client.delete_log_group(logGroupName=group)
+        assert shipper.sink is not None
+        assert shipper.sink.datums_sent > 0
+        assert shipper.sink.rejected == 0
+        ours = [
+            check_emf(EmfEvent(e["timestamp"], e["message"], ()))
+            for e in events
+            if f'"worker":"{worker}"' in e["message"]
+        ]
+        assert all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == namespace for d in ours)
+        records = [d for d in ours if d.get("stream") == "sensor" and "indutech_records_out" in d]
+        assert [d["indutech_records_out"] for d in records] == [7]
+        [histogram] = [
+            d["indutech_batch_duration_seconds"]
+            for d in ours
+            if "indutech_batch_duration_seconds" in d
+        ]
+        assert histogram["Count"] == 3
+        assert len(histogram["Values"]) == 3
+
+
+async def log_events(
+    cloudwatch: CloudWatchSettings, group: str, stream: str
+) -> list[dict[str, Any]]:
+    async with create_logs_client(cloudwatch) as client:
+        page = await client.get_log_events(
+            logGroupName=group, logStreamName=stream, startFromHead=True
+        )
+    return [dict(e) for e in page.get("events", [])]
 
 
 async def wait_until(condition: Any, *, timeout_s: float) -> None:

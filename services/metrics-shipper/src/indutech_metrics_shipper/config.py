@@ -63,6 +63,25 @@ class MetricsShipperSettings(WorkerSettings):
     scrape_ca_file: Path | None = Field(
         default=None, description="CA for https:// targets (the system's when unset)"
     )
+    sink: Literal["put_metric_data", "emf"] = Field(
+        default="put_metric_data",
+        description="how metrics reach CloudWatch: PutMetricData, or Embedded Metric Format log "
+        "events through PutLogEvents into emf_log_group (CloudWatch Logs extracts the metrics; "
+        "cheaper per series at scale, billed as log ingestion)",
+    )
+    emf_log_group: str = Field(
+        default="/indutech/metrics",
+        min_length=1,
+        max_length=512,
+        description="the log group of the EMF events (sink=emf)",
+    )
+    emf_log_stream: str = Field(
+        default="metrics-shipper",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^:*]*$",
+        description="the log stream of the EMF events (sink=emf)",
+    )
     histogram_mode: Literal["values", "statistics"] = Field(
         default="values",
         description="histograms as Values/Counts per bucket (percentiles in CloudWatch) or "
@@ -141,6 +160,15 @@ class MetricsShipperSettings(WorkerSettings):
 
     def has_something_to_ship(self) -> bool:
         return bool(self.targets or self.log_dir or self.kafka or self.warehouse)
+
+    @model_validator(mode="after")
+    def _emf_takes_values(self) -> Self:
+        if self.sink == "emf" and self.histogram_mode == "statistics":
+            raise ValueError(
+                "sink=emf with histogram_mode=statistics: EMF has no statistic-set form; set "
+                "histogram_mode=values (percentiles from Values/Counts) or sink=put_metric_data"
+            )
+        return self
 
     @model_validator(mode="after")
     def _log_state_with_log_dir(self) -> Self:

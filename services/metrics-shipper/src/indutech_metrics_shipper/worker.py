@@ -25,9 +25,11 @@ from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
 from indutech_metrics_shipper.logs import MAX_EVENTS, LogCheckpoints, LogShipper
 from indutech_metrics_shipper.sinks import (
+    BufferedSink,
     CloudWatchMetricsSink,
     DatumBuffer,
     DiskDatumBuffer,
+    EmfSink,
     MetricBuffer,
 )
 from indutech_metrics_shipper.sources import (
@@ -111,7 +113,7 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.queue: WarehouseQueueSource | None = (
             WarehouseQueueSource(settings.warehouse) if settings.warehouse else None
         )
-        self.sink: CloudWatchMetricsSink | None = None
+        self.sink: BufferedSink[Any] | None = None
         self.logs: LogShipper | None = None
         self.log_events_sent = Counter(
             "indutech_shipper_log_events_sent",
@@ -150,10 +152,13 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
         )
         self.adopt(self.source)
-        if self.settings.log_dir is not None and self.settings.log_state_dir is not None:
+        logs_client = None
+        if self.settings.sink == "emf" or self.settings.log_dir is not None:
             logs_client = await self.enter(
                 "cloudwatch-logs-client", create_logs_client(self.settings.cloudwatch)
             )
+        if self.settings.log_dir is not None and self.settings.log_state_dir is not None:
+            assert logs_client is not None  # noqa: S101 - opened above for log_dir
             self.logs = LogShipper(
                 logs_client,
                 root=self.settings.log_dir,
@@ -169,13 +174,21 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             self.adopt(self.lag)
         if self.queue is not None:
             self.adopt(self.queue)
-        self.sink = self.adopt(
-            CloudWatchMetricsSink(
-                client,
-                namespace=self.settings.namespace,
-                buffer=self.buffer,
+        if self.settings.sink == "emf":
+            assert logs_client is not None  # noqa: S101 - opened above for the EMF sink
+            self.sink = self.adopt(
+                EmfSink(
+                    logs_client,
+                    namespace=self.settings.namespace,
+                    group=self.settings.emf_log_group,
+                    stream=self.settings.emf_log_stream,
+                    buffer=self.buffer,
+                )
             )
-        )
+        else:
+            self.sink = self.adopt(
+                CloudWatchMetricsSink(client, namespace=self.settings.namespace, buffer=self.buffer)
+            )
 
     async def main_loop(self) -> None:
         loops = [self._metrics_loop()]
