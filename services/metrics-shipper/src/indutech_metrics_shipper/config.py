@@ -67,7 +67,7 @@ class MetricsShipperSettings(WorkerSettings):
         default="put_metric_data",
         description="how metrics reach CloudWatch: PutMetricData, or Embedded Metric Format log "
         "events through PutLogEvents into emf_log_group (CloudWatch Logs extracts the metrics; "
-        "cheaper per series at scale, billed as log ingestion)",
+        "billed as log ingestion instead of per request)",
     )
     emf_log_group: str = Field(
         default="/indutech/metrics",
