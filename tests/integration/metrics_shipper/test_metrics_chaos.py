@@ -12,6 +12,7 @@ to exactly what the counter rose by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,14 +44,47 @@ FILLER_SERIES = 1_000
 SCRAPES_PER_CALL = 2
 
 
-def shipper_env(stack: StackSettings, namespace: str, target: str, buffer: Path) -> dict[str, str]:
+@contextlib.asynccontextmanager
+async def slow_answers(target_port: int, delay_s: float) -> AsyncIterator[int]:
+    """A loopback forwarder to moto that holds each chunk of its answers ``delay_s``: each
+    PutMetricData takes a few tenths of a second, so that random kills land mid-put (and
+    between CloudWatch's acceptance and the shipper hearing of it) often enough."""
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("localhost", target_port)
+        await asyncio.gather(pipe(client_r, server_w, 0.0), pipe(server_r, client_w, delay_s))
+
+    server = await asyncio.start_server(handle, "localhost", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def shipper_env(
+    stack: StackSettings, namespace: str, target: str, buffer: Path, endpoint: str
+) -> dict[str, str]:
     return {
         **{
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("METRICS_SHIPPER_", "INDUTECH_"))
         },
-        "METRICS_SHIPPER_CLOUDWATCH__ENDPOINT_URL": str(stack.cloudwatch.endpoint_url),
+        "METRICS_SHIPPER_CLOUDWATCH__ENDPOINT_URL": endpoint,
         "METRICS_SHIPPER_CLOUDWATCH__REGION": stack.cloudwatch.region,
         "METRICS_SHIPPER_CLOUDWATCH__CA_FILE": str(stack.cloudwatch.ca_file),
         "METRICS_SHIPPER_CLOUDWATCH__ACCESS_KEY_ID": "local",
@@ -183,11 +217,20 @@ class TestMetricsChaos:
         since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
         rng = random.Random(unique)
         log = tmp_path / "shipper.log"
-        async with metrics_endpoint(worker) as (metrics, url):
+        moto = stack.cloudwatch.endpoint_url
+        assert moto is not None
+        async with (
+            metrics_endpoint(worker) as (metrics, url),
+            slow_answers(int(moto.rsplit(":", 1)[1]), 0.1) as port,
+        ):
             filler = Gauge("chaos_filler", "many series", ["i"], registry=metrics.registry)
             for i in range(FILLER_SERIES):
                 filler.labels(str(i)).set(i)
-            shipper = ShipperProcess(shipper_env(stack, namespace, url, tmp_path / "buffer"), log)
+            # "localhost" so that the stack's certificate still verifies through the forwarder
+            endpoint = f"https://localhost:{port}"
+            shipper = ShipperProcess(
+                shipper_env(stack, namespace, url, tmp_path / "buffer", endpoint), log
+            )
             try:
                 await shipper.start()
                 riser = Riser(metrics, worker, rng)
