@@ -25,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 from prometheus_client import Gauge
+from prometheus_client.parser import text_string_to_metric_families
 
 from indutech_common.cloudwatch import create_cloudwatch_client
 from indutech_common.metrics import WorkerMetrics
@@ -191,18 +193,24 @@ def events(log: Path) -> Iterator[dict[str, object]]:
             yield json.loads(line)
 
 
-async def until_delivered(
-    cloudwatch: CloudWatchSettings, namespace: str, since: datetime, worker: str, total: int
-) -> dict[datetime, tuple[float, float]]:
-    """The per-second readback, once one copy of each second adds up to ``total`` (or 30 s)."""
-    deadline = time.monotonic() + 30
-    while True:
-        seconds = await per_second(
-            cloudwatch, namespace, since, {"worker": worker, "stream": "sensor"}
-        )
-        if sum(s / c for c, s in seconds.values()) >= total or time.monotonic() > deadline:
-            return seconds
-        await asyncio.sleep(1)
+async def until_drained(log: Path, *, timeout_s: float = 40) -> None:
+    """Until the last started shipper has run a cycle and its buffer is empty (its own
+    /metrics say so; the port is in its ``worker_started`` line)."""
+    port = [e["health_port"] for e in events(log) if e["event"] == "worker_started"][-1]
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as reply:
+                samples = {
+                    sample.name: sample.value
+                    for family in text_string_to_metric_families(await reply.text())
+                    for sample in family.samples
+                }
+            cycles = samples.get("indutech_batch_duration_seconds_count", 0)
+            if cycles >= 1 and samples.get("indutech_shipper_buffer_datums") == 0:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the last shipper did not drain its buffer in {timeout_s} s: see {log}")
 
 
 class TestMetricsChaos:
@@ -221,7 +229,7 @@ class TestMetricsChaos:
         assert moto is not None
         async with (
             metrics_endpoint(worker) as (metrics, url),
-            slow_answers(int(moto.rsplit(":", 1)[1]), 0.1) as port,
+            slow_answers(int(moto.rsplit(":", 1)[1]), 0.05) as port,
         ):
             filler = Gauge("chaos_filler", "many series", ["i"], registry=metrics.registry)
             for i in range(FILLER_SERIES):
@@ -236,17 +244,18 @@ class TestMetricsChaos:
                 riser = Riser(metrics, worker, rng)
                 for kill in range(KILLS):
                     # the first cycle starts with the worker: scrape, commit, then the puts
-                    await asyncio.sleep(rng.uniform(0.0, 1.2))
+                    await asyncio.sleep(rng.uniform(0.0, 1.6))
                     await shipper.stop(signal.SIGKILL)
                     if kill == KILLS - 1:
                         await riser.stop()  # the last start scrapes the final value
                     await shipper.start()
-                seconds = await until_delivered(
-                    stack.cloudwatch, namespace, since, worker, riser.total
-                )
+                await until_drained(log)
                 assert await shipper.stop(signal.SIGTERM) == 0
             finally:
                 shipper.kill_if_running()
+        seconds = await per_second(
+            stack.cloudwatch, namespace, since, {"worker": worker, "stream": "sensor"}
+        )
 
         once = sum(s / c for c, s in seconds.values())
         extra = {second: c - 1 for second, (c, _) in seconds.items() if c > 1}

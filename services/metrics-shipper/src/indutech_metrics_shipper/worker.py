@@ -304,8 +304,13 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
     def _restore_state(self) -> None:
         """The counters' last values, and the disk buffer cut back to what they cover."""
         path = self.settings.counters_state_path()
-        if path is None or not path.exists():
-            return  # no state: every counter is a baseline, no buffered increase recurs
+        if path is None:
+            return
+        if not path.exists():
+            # The state begins now, and is saved now: series that appear after this start are
+            # new to it and sent whole, even if this process dies before its first cycle.
+            self._save_state()
+            return
         state = json.loads(path.read_text())
         self.converter.import_state(state)
         if isinstance(self.buffer, DiskDatumBuffer) and "segment" in state:
