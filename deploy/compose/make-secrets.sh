@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The secret files compose.yaml names, made once (random, mode 0600, no trailing
-# newline: ldapsearch -y and MinIO read the whole file). Local throwaway values,
-# never production ones. Existing files are kept, so a stack's volumes keep working.
+# The secret files compose.yaml names, made once (random, no trailing newline:
+# ldapsearch -y and MinIO read the whole file). Local throwaway values, never
+# production ones. Existing files are kept, so a stack's volumes keep working.
+# Modes: the folder 0700 (only you reach the files on the host), each file 0644:
+# compose bind-mounts file secrets with their host owner and mode (uid/gid/mode
+# are swarm-only), and the containers read them as their own users (Redpanda
+# 101, PostgreSQL 999, the workers 10001).
 #   deploy/compose/make-secrets.sh [DIR]   (default: deploy/compose/secrets)
 set -euo pipefail
 dir=${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/secrets}
 mkdir -p "$dir"
-umask 077
+chmod 0700 "$dir"
+umask 022
 made=()
 put() {  # put NAME VALUE
     [[ -s $dir/$1 ]] && return 0
