@@ -178,7 +178,9 @@ def stack_env(compose: ComposeFile, stack_dir: Path) -> dict[str, str]:
     the databases as compose's PostgreSQL user, the DCs as their Administrators: the
     same accounts the native stack gives the tests.
     """
-    container_port, advertised = kafka_host_listener()
+    container_port, advertised = kafka_host_listener(
+        compose.path.parent / "redpanda" / "redpanda.yaml"
+    )
     kafka = compose.published("redpanda", container_port)
     if kafka.host_port != advertised:
         raise ComposeWiringError(

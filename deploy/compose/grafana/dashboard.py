@@ -1,6 +1,6 @@
 """The Grafana dashboard of the seven flows, provisioned by compose.
 
-    .venv/bin/python deploy/compose/grafana/dashboard.py > deploy/compose/grafana/dashboards/indutech-flows.json
+    make compose-dashboard   (writes deploy/compose/grafana/dashboards/indutech-flows.json)
 
 A row per flow (the seed's flow table), built from metrics-shipper's status rules
 (``indutech_metrics_shipper.status.RULES``): the same lag metric and threshold per
