@@ -17,6 +17,7 @@ tests/unit/deploy/test_containers_provider.py without starting anything.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import tomllib
@@ -39,6 +40,8 @@ REDPANDA_NODE_CONFIG = COMPOSE_DIR / "redpanda" / "redpanda.yaml"
 DASHBOARDS = frozenset({"prometheus", "grafana"})
 # The names the stack's certificate holds for the host side (deploy/local/components/certs.sh).
 HOST = "localhost"
+# A short-syntax volume: SOURCE:TARGET[:MODE]; the source may hold ${VAR:-default}.
+VOLUME = re.compile(r"^(?P<source>.+?):(?P<target>/[^:]*)(?::(?P<mode>[a-z,]+))?$")
 
 
 class ComposeWiringError(RuntimeError):
@@ -141,6 +144,16 @@ class ComposeFile:
             f"compose.yaml publishes no host port for {service}:{container_port}; "
             "the tests on the host need one (add it under the service's ports)"
         )
+
+    def mounts(self, service: str) -> dict[str, str]:
+        """``{target in the container: source}`` of a service's short-syntax volumes."""
+        found = {}
+        for text in self.services[service].get("volumes", []):
+            match = VOLUME.match(str(text))
+            if match is None:
+                raise ComposeWiringError(f"{service}: cannot read the volume {text!r}")
+            found[match["target"]] = match["source"]
+        return found
 
     def environment(self, service: str) -> dict[str, str]:
         env = self.services[service].get("environment") or {}

@@ -177,7 +177,7 @@ class TestWorkers:
         for name in list(os.environ):
             if name.startswith(("INDUTECH_", "IOT_", "IDENTITY_SYNC_", "SQL_", "METRICS_")):
                 monkeypatch.delenv(name)
-        mounts = {m.split(":")[1]: m.split(":")[0] for m in COMPOSE.services[service]["volumes"]}
+        mounts = COMPOSE.mounts(service)
         for name, configured in COMPOSE.environment(service).items():
             value = configured
             if configured.startswith("/"):

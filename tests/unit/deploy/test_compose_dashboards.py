@@ -117,7 +117,7 @@ class TestGrafana:
         provider = yaml.safe_load(
             (GRAFANA / "provisioning" / "dashboards" / "indutech.yaml").read_text()
         )["providers"][0]
-        mounts = {m.split(":")[1]: m.split(":")[0] for m in COMPOSE.services["grafana"]["volumes"]}
+        mounts = COMPOSE.mounts("grafana")
         assert Path(mounts[provider["options"]["path"]]) == Path("./grafana/dashboards")
         assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
         home = COMPOSE.environment("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]

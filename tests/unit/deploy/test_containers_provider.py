@@ -161,3 +161,9 @@ class TestEngine:
         """What makes the fixture skip: DOCKER_HOST at a socket nobody listens on."""
         monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'docker.sock'}")
         assert docker_answers() is False
+
+
+class TestMounts:
+    def test_volumes_with_an_interpolated_source_are_read(self) -> None:
+        mounts = ComposeFile().mounts("iot-ingest")
+        assert mounts == {"/certs": "certs", "/san": "${INDUTECH_SAN_DIR:-san}"}
