@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
 UV := python3 -m uv
 endif
-PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py deploy/local/demo_sql.py $(wildcard services/*/src)
+PY_DIRS := libs tests bench deploy/local/tour.py deploy/local/demo_flows.py deploy/local/demo_sql.py deploy/compose/grafana/dashboard.py $(wildcard services/*/src)
 PYTEST_ARGS ?=
 # Integration tests mostly wait (on Kafka, S3, Samba, timers): they run in parallel
 # processes, a test file per process. Tests that stop a shared service (`serial`) and
@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 4
 STACK := deploy/local/stack
 
-.PHONY: help setup stack-up stack-down stack-status stack-reset test test-quick test-unit demo lint lock-check mypy format bench clean
+.PHONY: help setup stack-up stack-down stack-status stack-reset test test-quick test-unit demo lint lock-check mypy compose-lint compose-dashboard format bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
@@ -55,10 +55,21 @@ test-unit: setup ## only the tests that need no running service
 demo: stack-up ## THE demo command: start the stack and the workers with generated data
 	@bash deploy/local/demo.sh
 
-lint: setup lock-check ## ruff (with bandit rules), mypy strict, and a lock file that matches pyproject (pre-commit runs the same)
+lint: setup lock-check ## ruff (with bandit rules), mypy strict, a lock file that matches pyproject, compose-lint
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@$(MAKE) --no-print-directory mypy
+	@$(MAKE) --no-print-directory compose-lint
+
+# Offline: no Docker engine runs here, so the compose stack and the image are checked, never started.
+COMPOSE_TESTS := tests/unit/deploy/test_compose.py tests/unit/deploy/test_compose_dashboards.py tests/unit/deploy/test_containers_provider.py tests/unit/deploy/test_dockerfile.py
+compose-lint: ## compose.yaml against the compose spec's JSON schema, hadolint on every Dockerfile, the compose wiring tests
+	@.venv/bin/check-jsonschema --schemafile deploy/compose/schema/compose-spec.json deploy/compose/compose.yaml
+	@git ls-files --cached --others --exclude-standard -- '*Dockerfile' '*.Dockerfile' | xargs -r .venv/bin/hadolint --no-color
+	@.venv/bin/pytest -q -n 0 $(COMPOSE_TESTS)
+
+compose-dashboard: ## regenerate the Grafana dashboard of the seven flows (deploy/compose/grafana)
+	@.venv/bin/python deploy/compose/grafana/dashboard.py > deploy/compose/grafana/dashboards/indutech-flows.json
 
 lock-check: ## uv.lock matches pyproject.toml
 	@$(UV) lock --check --quiet || { echo "uv.lock is stale: run uv lock"; exit 1; }

@@ -281,7 +281,9 @@ class TestDeployments:
         (compose,) = _yaml_documents(REPO_ROOT / "deploy/compose/compose.yaml")
         services = compose["services"]
         assert services["topics"]["command"] == ["python", "-m", "indutech_common.topics", "create"]
-        assert "--set redpanda.auto_create_topics_enabled=false" in services["redpanda"]["command"]
+        # Cluster properties of compose's Redpanda (read on its first start)
+        (bootstrap,) = _yaml_documents(REPO_ROOT / "deploy/compose/redpanda/bootstrap.yaml")
+        assert bootstrap["auto_create_topics_enabled"] is False
 
     def test_local_stack_uses_the_command_and_disables_auto_creation(self) -> None:
         script = (REPO_ROOT / "deploy/local/components/kafka.sh").read_text()
