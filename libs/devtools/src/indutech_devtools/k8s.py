@@ -4,10 +4,12 @@
 values-local.yaml (``make k8s``); ``check`` is what ``make lint`` runs: ``helm lint``
 and ``helm template`` for every values file, every rendered object validated against
 the Kubernetes schemas of the pinned versions (PyPI kubernetes-validate ships them),
-deploy/k8s/ equal to a fresh render, and the IAM policies of deploy/iam/ linted with
+deploy/k8s/ equal to a fresh render (and built by kustomize's API as ``kubectl apply -k``
+would), and the IAM policies of deploy/iam/ linted with
 parliament. Nothing here talks to a cluster: no cluster runs on these machines.
 
-Helm itself is built from source by deploy/tools/helm.sh (``go install``, cached).
+Helm is built from source by deploy/tools/helm.sh (``go install``, cached), kustomize's
+build by deploy/tools/kustomize.sh (``go build`` of deploy/tools/kustomize, cached).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ CHART = REPO_ROOT / "deploy" / "helm" / "indutech-flows"
 RENDERED = REPO_ROOT / "deploy" / "k8s"
 IAM_DIR = REPO_ROOT / "deploy" / "iam"
 HELM_SCRIPT = REPO_ROOT / "deploy" / "tools" / "helm.sh"
+KUSTOMIZE_SCRIPT = REPO_ROOT / "deploy" / "tools" / "kustomize.sh"
 ENVIRONMENTS = ("local", "staging", "prod")
 RELEASE = "indutech-flows"
 NAMESPACE = "indutech-flows"
@@ -51,17 +54,34 @@ class ChartError(Exception):
     """A check of the chart failed; the message says which and what to do."""
 
 
+def _tool(script: Path, override: str) -> Path:
+    """A tool built once by its deploy/tools script (the ``override`` variable names another)."""
+    if os.environ.get(override):
+        return Path(os.environ[override])
+    result = subprocess.run([str(script)], capture_output=True, text=True, check=False, timeout=900)
+    if result.returncode != 0:
+        raise ChartError(f"deploy/tools/{script.name} failed:\n{result.stderr}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 def helm_binary() -> Path:
     """Helm, built once by deploy/tools/helm.sh (``INDUTECH_HELM`` names another binary)."""
-    override = os.environ.get("INDUTECH_HELM")
-    if override:
-        return Path(override)
+    return _tool(HELM_SCRIPT, "INDUTECH_HELM")
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k DIR`` would send (kustomize's API, deploy/tools)."""
+    binary = _tool(KUSTOMIZE_SCRIPT, "INDUTECH_KUSTOMIZE_BUILD")
     result = subprocess.run(
-        [str(HELM_SCRIPT)], capture_output=True, text=True, check=False, timeout=900
+        [str(binary), str(directory)], capture_output=True, text=True, check=False, timeout=120
     )
     if result.returncode != 0:
-        raise ChartError(f"deploy/tools/helm.sh could not provide helm:\n{result.stderr}")
-    return Path(result.stdout.strip().splitlines()[-1])
+        raise ChartError(result.stderr.strip())
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def identities(objects: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((str(o["kind"]), str(o["metadata"]["name"])) for o in objects)
 
 
 def values_file(environment: str) -> Path:
@@ -234,6 +254,12 @@ def check(helm: Path) -> list[str]:
         except ChartError as exc:
             problems.append(str(exc))
     problems += [f"deploy/k8s {p} (run make k8s)" for p in stale_files(render_files(helm))]
+    try:
+        built = identities(kustomize_build(RENDERED))
+        if built != identities(template(helm, "local")):
+            problems.append("kustomize build deploy/k8s: not the objects of the chart's render")
+    except ChartError as exc:
+        problems.append(f"kubectl apply -k deploy/k8s would fail: {exc}")
     problems += [
         f"deploy/iam/{f.policy}: {f.issue} {f.detail}"
         for f in iam_findings(sorted(IAM_DIR.glob("*.json")))
@@ -265,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     versions = " and ".join(KUBERNETES_VERSIONS)
     print(
         f"chart check: helm lint + template of values-{{{','.join(ENVIRONMENTS)}}}, every "
-        f"object valid for Kubernetes {versions}, deploy/k8s current, "
+        f"object valid for Kubernetes {versions}, deploy/k8s current and kustomize-buildable, "
         f"{len(list(IAM_DIR.glob('*.json')))} IAM policies clean ({elapsed:.1f}s)"
     )
     return 0
