@@ -649,3 +649,42 @@ def test_rendered_files_group_objects_by_worker(helm: Path) -> None:
 
 def _objects(text: str) -> Iterator[dict[str, Any]]:
     yield from (doc for doc in yaml.safe_load_all(text) if doc)
+
+
+class TestTools:
+    """deploy/tools/*.sh: quick and quiet when cached, a clear message when Go is missing."""
+
+    @pytest.mark.parametrize(
+        ("script", "cached"),
+        [("helm.sh", "helm-v4.3.2"), ("kustomize.sh", None)],
+    )
+    def test_cached_binary_is_returned_without_building(
+        self, tmp_path: Path, script: str, cached: str | None
+    ) -> None:
+        if cached is None:  # kustomize-build is cached under the hash of its sources
+            cached = k8s.kustomize_binary().name
+        binary = tmp_path / cached
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
+        result = subprocess.run(  # no Go on PATH: a build would fail
+            [str(k8s.HELM_SCRIPT.parent / script)],
+            env={"PATH": "/usr/bin:/bin", "INDUTECH_TOOLS_CACHE": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert (result.returncode, result.stdout.strip(), result.stderr) == (0, str(binary), "")
+
+    @pytest.mark.parametrize("script", ["helm.sh", "kustomize.sh"])
+    def test_missing_go_is_named(self, tmp_path: Path, script: str) -> None:
+        result = subprocess.run(
+            [str(k8s.HELM_SCRIPT.parent / script)],
+            env={"PATH": "/usr/bin:/bin", "INDUTECH_TOOLS_CACHE": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert "no Go toolchain is on PATH" in result.stderr

@@ -69,9 +69,14 @@ def helm_binary() -> Path:
     return _tool(HELM_SCRIPT, "INDUTECH_HELM")
 
 
+def kustomize_binary() -> Path:
+    """kustomize-build, built once by deploy/tools/kustomize.sh (or INDUTECH_KUSTOMIZE_BUILD)."""
+    return _tool(KUSTOMIZE_SCRIPT, "INDUTECH_KUSTOMIZE_BUILD")
+
+
 def kustomize_build(directory: Path) -> list[dict[str, Any]]:
     """The objects ``kubectl apply -k DIR`` would send (kustomize's API, deploy/tools)."""
-    binary = _tool(KUSTOMIZE_SCRIPT, "INDUTECH_KUSTOMIZE_BUILD")
+    binary = kustomize_binary()
     result = subprocess.run(
         [str(binary), str(directory)], capture_output=True, text=True, check=False, timeout=120
     )
