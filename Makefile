@@ -16,7 +16,7 @@ STACK := deploy/local/stack
 .PHONY: help setup tools helm k8s chart-check stack-up stack-down stack-status stack-reset test test-quick test-unit demo lint lock-check mypy format bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}'
 
 setup: ## create .venv with every package (libs/common, services, dev tools); idempotent
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
