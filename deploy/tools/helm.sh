@@ -23,7 +23,7 @@ if [[ -x $bin ]]; then
     exit 0
 fi
 command -v go >/dev/null ||
-    die "Helm is built with 'go install' and no Go toolchain is on PATH (Go >= 1.24 from https://go.dev/dl)"
+    die "Helm is built with 'go install' and no Go toolchain is on PATH (Go >= 1.26, which Helm v4.3.2 needs, from https://go.dev/dl)"
 mkdir -p "$cache"
 build="$(mktemp -d "$cache/.helm-build.XXXXXX")"
 trap 'rm -rf "$build"' EXIT
