@@ -56,9 +56,8 @@ class TestSettings:
         assert expected in err
         assert variable.removeprefix("SQL_TO_REDSHIFT_") in err
 
-    def test_help_lists_every_command_and_setting(
-        self, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    @pytest.mark.usefixtures("env")
+    def test_help_lists_every_command_and_setting(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as exit_:
             main(["--help"])
         assert exit_.value.code == 0

@@ -117,9 +117,9 @@ class TestPostgres:
     def test_postgres_is_the_text_as_written(self) -> None:
         """One source: the PostgreSQL rendering is the model's SQL itself."""
         model = MODELS[0]
-        assert model.statements(raw="r", erp="e", dialect="postgres")[0] == model.refresh[
-            0
-        ].format(raw="r", erp="e")
+        assert model.statements(raw="r", erp="e", dialect="postgres")[0] == model.refresh[0].format(
+            raw="r", erp="e"
+        )
 
 
 class TestShapes:

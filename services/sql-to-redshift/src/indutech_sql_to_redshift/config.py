@@ -97,7 +97,8 @@ class SqlToRedshiftSettings(WorkerSettings):
     def _schemas_differ(self) -> Self:
         if self.raw_schema == self.model_schema:
             raise ValueError(
-                "raw_schema and model_schema (SQL_TO_REDSHIFT_RAW_SCHEMA, _MODEL_SCHEMA) must differ"
+                "raw_schema and model_schema (SQL_TO_REDSHIFT_RAW_SCHEMA, _MODEL_SCHEMA) "
+                "must differ"
             )
         if self.warehouse.dialect == "redshift" and (
             not self.redshift_iam_role or not IAM_ROLE.match(self.redshift_iam_role)
