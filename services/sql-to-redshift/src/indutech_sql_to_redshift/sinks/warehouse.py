@@ -22,11 +22,10 @@ import asyncpg
 import pyarrow as pa
 import structlog
 
-from indutech_common import warehouse
 from indutech_common.errors import ConfigError
 from indutech_common.schemas.sql_backup import Manifest, PartRecord
 from indutech_common.settings import WarehouseSettings
-from indutech_common.warehouse import create_warehouse_pool
+from indutech_common.warehouse import copy_arrow_batches, create_warehouse_pool
 from indutech_sql_to_redshift.dialect import Dialect
 from indutech_sql_to_redshift.errors import (
     FencedError,
@@ -260,9 +259,7 @@ class WarehouseSink:
                 else:
                     await connection.execute(st.empty_table(table))
             del index
-            await warehouse.copy_arrow_batches(
-                connection, table, data.to_batches(), schema_name=st.schema
-            )
+            await copy_arrow_batches(connection, table, data.to_batches(), schema_name=st.schema)
 
         await _pipelined(manifest, read_part, into_table)
         assert raw is not None  # noqa: S101 - at least one part was read above
@@ -296,7 +293,7 @@ class WarehouseSink:
             data = data.append_column(
                 CHUNK_COLUMN, pa.array([chunk] * data.num_rows, type=pa.int32())
             )
-            await warehouse.copy_arrow_batches(connection, STAGE, data.to_batches())
+            await copy_arrow_batches(connection, STAGE, data.to_batches())
 
         await _pipelined(manifest, read_part, into_stage)
         assert raw is not None  # noqa: S101 - at least one part was read above
