@@ -35,7 +35,7 @@ from indutech_sql_to_redshift.errors import SchemaDriftError
 
 STATE = "_load_state"
 LEDGER = "_load_ledger"
-STAGE = "s2r_stage"
+STAGE_PREFIX = "s2r_stage_"
 CHUNK_COLUMN = "_chunk"
 # What may be interpolated into Redshift's COPY (it takes no parameters there).
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,62}/[A-Za-z0-9/_.+=-]+$")
@@ -247,20 +247,29 @@ class Statements:
     def count(self, name: str) -> str:
         return self._r(f"SELECT COUNT(*) FROM {self.table(name)}")
 
+    @staticmethod
+    def stage(name: str) -> str:
+        """A temporary table per source table: a statement cached for one table's stage is
+        never run against another's (asyncpg caches prepared statements by their text)."""
+        return f"{STAGE_PREFIX}{name}"[:63]
+
     def create_stage(self, raw: RawTable) -> str:
         """The delta's parts, with their ``_op`` and the chunk each row came from."""
+        stage = self.stage(raw.name)
         columns = ", ".join(f"{name} {type_}" for name, type_, _ in raw.columns)
         return self._r(
-            f"CREATE TEMPORARY TABLE {STAGE} (_op VARCHAR(1) NOT NULL, {columns}, "
+            f"CREATE TEMPORARY TABLE {stage} (_op VARCHAR(1) NOT NULL, {columns}, "
             f"{CHUNK_COLUMN} INTEGER NOT NULL)"
         )
 
-    def drop_stage(self) -> str:
-        return self._r(f"DROP TABLE {STAGE}")
+    def drop_stage(self, raw: RawTable) -> str:
+        stage = self.stage(raw.name)
+        return self._r(f"DROP TABLE {stage}")
 
-    def stage_has_truncates(self) -> str:
+    def stage_has_truncates(self, raw: RawTable) -> str:
+        stage = self.stage(raw.name)
         return self._r(
-            f"SELECT DISTINCT {CHUNK_COLUMN} FROM {STAGE} WHERE _op = 'T' ORDER BY {CHUNK_COLUMN}"
+            f"SELECT DISTINCT {CHUNK_COLUMN} FROM {stage} WHERE _op = 'T' ORDER BY {CHUNK_COLUMN}"
         )
 
     def clear_range(self, raw: RawTable, column: str, *, lo: bool, hi: bool) -> str:
@@ -283,25 +292,27 @@ class Statements:
         ``merge``. A key deleted and inserted again the same night is in the stage twice
         (``D`` from the deletes log, ``U`` with its row): the ``U`` wins, as on restore."""
         table = self.table(raw.name)
+        stage = self.stage(raw.name)
         return [
             self._r(
-                f"DELETE FROM {STAGE} USING {STAGE} AS u WHERE {STAGE}._op = 'D' "
-                f"AND u._op = 'U' AND {self._match(raw, 'u', STAGE)}"
+                f"DELETE FROM {stage} USING {stage} AS u WHERE {stage}._op = 'D' "
+                f"AND u._op = 'U' AND {self._match(raw, 'u', stage)}"
             ),
             self._r(
-                f"DELETE FROM {table} USING {STAGE} AS s WHERE s._op = 'D' "
+                f"DELETE FROM {table} USING {stage} AS s WHERE s._op = 'D' "
                 f"AND {self._match(raw, table, 's')}"
             ),
-            self._r(f"DELETE FROM {STAGE} WHERE _op <> 'U'"),
+            self._r(f"DELETE FROM {stage} WHERE _op <> 'U'"),
         ]
 
     def merge(self, raw: RawTable) -> str:
         table = self.table(raw.name)
+        stage = self.stage(raw.name)
         non_key = [c for c in raw.names if c not in raw.key] or [raw.key[0]]
         updates = ", ".join(f"{c} = s.{c}" for c in non_key)
         values = ", ".join(f"s.{c}" for c in raw.names)
         return self._r(
-            f"MERGE INTO {table} USING {STAGE} AS s ON {self._match(raw, table, 's')} "
+            f"MERGE INTO {table} USING {stage} AS s ON {self._match(raw, table, 's')} "
             f"WHEN MATCHED THEN UPDATE SET {updates} "
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(raw.names)}) VALUES ({values})"
         )
@@ -310,7 +321,8 @@ class Statements:
         """A key the stage's upserts hold twice (a broken backup): PostgreSQL's MERGE would
         fail on it and Redshift's insert it twice, so it is refused before the MERGE."""
         keys = ", ".join(raw.key)
-        return self._r(f"SELECT {keys} FROM {STAGE} GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 1")
+        stage = self.stage(raw.name)
+        return self._r(f"SELECT {keys} FROM {stage} GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 1")
 
     def rs_copy_manifest(self, target: str, *, manifest_uri: str, iam_role: str) -> str:
         """Redshift: load the parts a COPY manifest lists (``FORMAT AS PARQUET``)."""

@@ -35,7 +35,7 @@ from indutech_sql_to_redshift.errors import (
 )
 from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
 from indutech_sql_to_redshift.nights import Head, Night
-from indutech_sql_to_redshift.sinks.sql import CHUNK_COLUMN, STAGE, RawTable, Statements
+from indutech_sql_to_redshift.sinks.sql import CHUNK_COLUMN, RawTable, Statements
 
 PartReader = Callable[[Manifest, PartRecord], Coroutine[Any, Any, pa.Table]]
 
@@ -293,7 +293,7 @@ class WarehouseSink:
             data = data.append_column(
                 CHUNK_COLUMN, pa.array([chunk] * data.num_rows, type=pa.int32())
             )
-            await copy_arrow_batches(connection, STAGE, data.to_batches())
+            await copy_arrow_batches(connection, st.stage(table), data.to_batches())
 
         await _pipelined(manifest, read_part, into_stage)
         assert raw is not None  # noqa: S101 - at least one part was read above
@@ -308,7 +308,7 @@ class WarehouseSink:
                 "of the table."
             )
         await connection.execute(st.merge(raw))
-        await connection.execute(st.drop_stage())
+        await connection.execute(st.drop_stage(raw))
         return raw
 
     async def _truncate_markers(
@@ -316,7 +316,7 @@ class WarehouseSink:
     ) -> None:
         """A ``T`` row clears its chunk's key range before the chunk's changes apply."""
         plan = manifest.plan
-        for record in await connection.fetch(self.statements.stage_has_truncates()):
+        for record in await connection.fetch(self.statements.stage_has_truncates(raw)):
             spec = plan.chunks[record[CHUNK_COLUMN]]
             bounds = [b for b in (spec.lo, spec.hi) if b is not None]
             await connection.execute(
