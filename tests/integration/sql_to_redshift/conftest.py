@@ -114,19 +114,28 @@ async def fetch(stack: StackSettings, sql: str, *, source: bool = False) -> list
         await connection.close()
 
 
+MODELS = ("dim_customer", "dim_product", "fact_order_line", "fact_invoice", "gl_balance")
+
+
 async def warehouse_state(
-    stack: StackSettings, names: Names, tables: tuple[str, ...]
+    stack: StackSettings, names: Names, tables: tuple[str, ...], *, models: tuple[str, ...] = MODELS
 ) -> dict[str, Any]:
-    """Every staged table, model and the ledger: what a rerun must leave unchanged."""
+    """Staged tables, models, heads and the ledger: what a rerun must leave unchanged."""
     state: dict[str, Any] = {}
+    only = ", ".join(f"'{t}'" for t in tables)
     for table in tables:
         state[table] = await fetch(stack, f"SELECT * FROM {names.raw}.{table} ORDER BY 1, 2")  # noqa: S608
-    for model in ("dim_customer", "dim_product", "fact_order_line", "fact_invoice", "gl_balance"):
+    state["heads"] = await fetch(
+        stack,
+        f"SELECT source_table, day, kind, position_to, manifest FROM {names.raw}._load_state "  # noqa: S608
+        f"WHERE source_table IN ({only}) ORDER BY 1",
+    )
+    for model in models:
         state[model] = await fetch(stack, f"SELECT * FROM {names.models}.{model} ORDER BY 1, 2, 3")  # noqa: S608
     state["ledger"] = await fetch(
         stack,
         f"SELECT source_table, day, kind, manifest, table_rows FROM {names.raw}._load_ledger "  # noqa: S608
-        "ORDER BY 1, 2, 3",
+        f"WHERE source_table IN ({only}) ORDER BY 1, 2, 3",
     )
     return state
 
