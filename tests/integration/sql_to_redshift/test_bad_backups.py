@@ -57,7 +57,10 @@ class TestBadBackups:
             async with opened(settings) as loading:
                 with pytest.raises(CorruptPartError, match=r"part-00000\.parquet differs from"):
                     await loading.load_table("customers")
-            assert await warehouse_state(stack, names, ("customers",), models=("dim_customer",)) == before
+            assert (
+                await warehouse_state(stack, names, ("customers",), models=("dim_customer",))
+                == before
+            )
             await s3.put_object(Bucket=bucket, Key=part, Body=original)
 
             # 2. night 2's manifest is missing: asking for night 2 applies nothing
@@ -65,9 +68,14 @@ class TestBadBackups:
             kept = await (await s3.get_object(Bucket=bucket, Key=manifest))["Body"].read()
             await s3.delete_object(Bucket=bucket, Key=manifest)
             async with opened(settings) as loading:
-                with pytest.raises(NoBackupError, match=rf"no complete backup of {night(2)}.*{PLAN_FILE}"):
+                with pytest.raises(
+                    NoBackupError, match=rf"no complete backup of {night(2)}.*{PLAN_FILE}"
+                ):
                     await loading.load_table("customers", until=night(2))
-            assert await warehouse_state(stack, names, ("customers",), models=("dim_customer",)) == before
+            assert (
+                await warehouse_state(stack, names, ("customers",), models=("dim_customer",))
+                == before
+            )
 
             # 3. ... so night 3 cannot follow night 1: the table stops, naming night 2
             async with opened(settings) as loading:
@@ -76,7 +84,10 @@ class TestBadBackups:
                 report = await loading.load_all()
             assert isinstance(report.failed["customers"], MissingNightError)
             assert [a.table for a in report.applied] == ["products"] * 4, "other tables go on"
-            assert await warehouse_state(stack, names, ("customers",), models=("dim_customer",)) == before
+            assert (
+                await warehouse_state(stack, names, ("customers",), models=("dim_customer",))
+                == before
+            )
 
             # the manifest back: the nights apply in order and the table catches up
             await s3.put_object(Bucket=bucket, Key=manifest, Body=kept)
