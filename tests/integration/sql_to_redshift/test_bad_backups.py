@@ -12,7 +12,6 @@ from indutech_sql_to_redshift.errors import CorruptPartError, MissingNightError,
 from tests.integration.sql_to_redshift.conftest import (
     Backups,
     Names,
-    load_all,
     loader_settings,
     night,
     warehouse_state,

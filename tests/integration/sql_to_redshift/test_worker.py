@@ -1,3 +1,4 @@
+# ruff: noqa: S608 - SQL of identifiers the test made itself
 """The worker: sql-backup's real announcement on sql.backup-completed.v1 (real Kafka) makes it
 load the announced table's nights; a repeated announcement changes nothing."""
 
@@ -21,8 +22,8 @@ from tests.support.stack import StackSettings
 
 async def heads(stack: StackSettings, names: Names) -> list[tuple[object, ...]]:
     try:
-        return await fetch(stack, f"SELECT source_table, day, kind FROM {names.raw}._load_state")  # noqa: S608
-    except Exception:  # noqa: BLE001 - the ledger does not exist until the worker migrates
+        return await fetch(stack, f"SELECT source_table, day, kind FROM {names.raw}._load_state")
+    except Exception:
         return []
 
 
@@ -59,13 +60,13 @@ class TestWorker:
                 worker.request_exit()
                 assert await asyncio.wait_for(task, 60) == EXIT_OK
         assert await heads(stack, names) == [("products", DAY0, "full")]
-        ledger = await fetch(stack, f"SELECT count(*) FROM {names.raw}._load_ledger")  # noqa: S608
+        ledger = await fetch(stack, f"SELECT count(*) FROM {names.raw}._load_ledger")
         assert ledger == [(1,)]
         source = await fetch(
             stack,
             f"SELECT count(*) FROM {names.erp.schema}.products",
-            source=True,  # noqa: S608
+            source=True,
         )
-        assert await fetch(stack, f"SELECT count(*) FROM {names.raw}.products") == source  # noqa: S608
-        history = await fetch(stack, f"SELECT count(*) FROM {names.models}.dim_product")  # noqa: S608
+        assert await fetch(stack, f"SELECT count(*) FROM {names.raw}.products") == source
+        history = await fetch(stack, f"SELECT count(*) FROM {names.models}.dim_product")
         assert history == source
