@@ -80,6 +80,11 @@ def loader_settings(stack: StackSettings, names: Names, **overrides: Any) -> Sql
     return SqlToRedshiftSettings(**values)
 
 
+async def run_source_sql(stack: StackSettings, *statements: str) -> None:
+    source = OdbcSource(stack.erp, PostgresDialect())
+    await asyncio.to_thread(source.execute, list(statements))
+
+
 class Backups:
     """The real sql-backup over the demo ERP: a full on DAY0, then one delta per night."""
 
@@ -91,13 +96,13 @@ class Backups:
 
     async def full(self) -> None:
         await generate(self.stack, self.names.erp)
-        await self._backup("full", DAY0)
+        await self.backup("full", DAY0)
 
     async def delta(self, n: int) -> None:
         await generate(self.stack, self.names.erp, day=n)
-        await self._backup("delta", night(n))
+        await self.backup("delta", night(n))
 
-    async def _backup(self, kind: str, day: date) -> None:
+    async def backup(self, kind: str, day: date) -> None:
         async with create_s3_client(self.stack.s3) as s3:
             engine = Engine(self.settings, s3)
             tables = await engine.discover(self.tables)

@@ -48,6 +48,12 @@ class SchemaDriftError(LoadError):
     kind = "schema_drift"
 
 
+class UnloadableValueError(LoadError):
+    """A part's column does not load into the staged table's type (the loader names it)."""
+
+    kind = "unloadable_value"
+
+
 class FencedError(LoadError):
     """Another loader applied a night of this table meanwhile (the ledger moved): this
     transaction was rolled back; the pending nights are computed again."""

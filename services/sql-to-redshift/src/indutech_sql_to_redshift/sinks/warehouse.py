@@ -25,13 +25,18 @@ import structlog
 from indutech_common.errors import ConfigError
 from indutech_common.schemas.sql_backup import Manifest, PartRecord
 from indutech_common.settings import WarehouseSettings
-from indutech_common.warehouse import copy_arrow_batches, create_warehouse_pool
+from indutech_common.warehouse import (
+    ArrowCopyError,
+    copy_arrow_batches,
+    create_warehouse_pool,
+)
 from indutech_sql_to_redshift.dialect import Dialect
 from indutech_sql_to_redshift.errors import (
     FencedError,
     LoadError,
     ModelError,
     SchemaDriftError,
+    UnloadableValueError,
 )
 from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
 from indutech_sql_to_redshift.nights import Head, Night
@@ -259,7 +264,7 @@ class WarehouseSink:
                 else:
                     await connection.execute(st.empty_table(table))
             del index
-            await copy_arrow_batches(connection, table, data.to_batches(), schema_name=st.schema)
+            await _copy(connection, table, night, data, schema_name=st.schema)
 
         await _pipelined(manifest, read_part, into_table)
         assert raw is not None  # noqa: S101 - at least one part was read above
@@ -293,7 +298,7 @@ class WarehouseSink:
             data = data.append_column(
                 CHUNK_COLUMN, pa.array([chunk] * data.num_rows, type=pa.int32())
             )
-            await copy_arrow_batches(connection, st.stage(table), data.to_batches())
+            await _copy(connection, st.stage(table), night, data, schema_name=None)
 
         await _pipelined(manifest, read_part, into_stage)
         assert raw is not None  # noqa: S101 - at least one part was read above
@@ -349,6 +354,22 @@ class WarehouseSink:
                     ) from None
             done.append(model.name)
         return tuple(done)
+
+
+async def _copy(
+    connection: asyncpg.Connection,
+    table: str,
+    night: Night,
+    data: pa.Table,
+    *,
+    schema_name: str | None,
+) -> None:
+    try:
+        await copy_arrow_batches(connection, table, data.to_batches(), schema_name=schema_name)
+    except ArrowCopyError as exc:
+        raise UnloadableValueError(
+            f"{night.manifest.plan.qualified} {night}: {exc} Nothing of that night was applied."
+        ) from None
 
 
 def _raw_of(table: str, manifest: Manifest, schema: pa.Schema) -> RawTable:
