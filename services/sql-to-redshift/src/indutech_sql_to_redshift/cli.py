@@ -50,9 +50,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "run", help="consume sql.backup-completed.v1 and load each announced table (default)"
     )
     load = commands.add_parser(
-        "load", help="apply the pending nights of one table up to a day, in order"
+        "load", help="apply the pending nights of one table (or all) up to a day, in order"
     )
-    load.add_argument("--table", required=True, type=_table, help="table (or schema.table)")
+    load.add_argument(
+        "--table", type=_table, default=None, help="table (or schema.table); default: every table"
+    )
     load.add_argument(
         "--date", type=_day, default=None, help="last night to apply (default: every night)"
     )
@@ -110,8 +112,10 @@ def _report(report: LoadReport, command: str) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def load(settings: SqlToRedshiftSettings, table: str, day: date | None) -> int:
+async def load(settings: SqlToRedshiftSettings, table: str | None, day: date | None) -> int:
     async with opened(settings) as loading:
+        if table is None:
+            return _report(await loading.load_all(until=day), "load")
         try:
             applied = await loading.load_table(table, until=day)
         except LoadError as exc:
