@@ -135,7 +135,7 @@ async def verify(settings: SqlToRedshiftSettings) -> int:
         statuses = await loading.verify()
     for s in statuses:
         head = f"{s.head.day} {s.head.kind}" if s.head else "nothing loaded"
-        rows = "" if s.rows is None else f", {s.rows:,} rows (ledger {s.ledger_rows:,})"
+        rows = "" if s.totals is None else f", {s.totals.describe()}"
         behind = f", {len(s.pending)} night(s) pending" if s.pending else ""
         state = "ok" if s.ok else "NOT OK"
         print(f"{s.table}: {state}: {head}{rows}{behind}")

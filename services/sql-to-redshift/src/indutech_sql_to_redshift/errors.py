@@ -54,6 +54,12 @@ class UnloadableValueError(LoadError):
     kind = "unloadable_value"
 
 
+class ReconciliationError(LoadError):
+    """The staged rows or money totals differ from the backup's for this night."""
+
+    kind = "reconciliation"
+
+
 class FencedError(LoadError):
     """Another loader applied a night of this table meanwhile (the ledger moved): this
     transaction was rolled back; the pending nights are computed again."""

@@ -18,6 +18,7 @@ import structlog
 
 from indutech_sql_to_redshift.errors import FencedError, LoadError, NoBackupError
 from indutech_sql_to_redshift.nights import Head, Night, pending
+from indutech_sql_to_redshift.reconcile import Totals
 from indutech_sql_to_redshift.sinks.warehouse import Applied, WarehouseSink
 from indutech_sql_to_redshift.sources.backup import BackupSource
 
@@ -43,8 +44,8 @@ class TableStatus:
     head: Head | None
     pending: tuple[Night, ...]
     problem: str | None
-    rows: int | None
-    ledger_rows: int | None
+    totals: Totals | None
+    ledger_totals: Totals | None
 
     @property
     def ok(self) -> bool:
@@ -52,7 +53,7 @@ class TableStatus:
             self.problem is None
             and not self.pending
             and self.head is not None
-            and self.rows == self.ledger_rows
+            and self.totals == self.ledger_totals
         )
 
 
@@ -168,11 +169,8 @@ class Loading:
 
     async def verify(self) -> list[TableStatus]:
         """Per table: the head, the nights not yet applied (or what blocks them), and the
-        staged rows against what the ledger recorded when the head was applied."""
+        staged rows and money totals now against the ledger's after the head's night."""
         heads = await self.sink.heads()
-        ledger_rows: dict[str, int] = {}
-        for row in await self.sink.ledger():
-            ledger_rows[row["source_table"]] = row["table_rows"]  # ordered: the last wins
         statuses = []
         for table in await self.tables():
             head = heads.get(table)
@@ -183,8 +181,13 @@ class Loading:
                 problem = str(gap) if gap else None
             except NoBackupError as exc:
                 problem = str(exc)
-            rows = await self.sink.count(table) if head else None
-            statuses.append(
-                TableStatus(table, head, tuple(nights), problem, rows, ledger_rows.get(table))
-            )
+            totals, recorded = await self.sink.current_totals(table) if head else (None, None)
+            if problem is None and totals != recorded:
+                problem = (
+                    f"{table} holds {totals.describe() if totals else 'nothing'} but its ledger "
+                    f"recorded {recorded.describe() if recorded else 'nothing'} after "
+                    f"{head.day if head else '-'}: the table was changed outside sql-to-redshift. "
+                    f"Run sql-to-redshift rebuild to make it the backup's again."
+                )
+            statuses.append(TableStatus(table, head, tuple(nights), problem, totals, recorded))
         return statuses

@@ -60,6 +60,13 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
             registry=r,
         )
+        self.money_total = Gauge(
+            "indutech_sql_to_redshift_money_total",
+            "Sum of each decimal column of each staged table after its last night (reconciled "
+            "against the backup inside the night's transaction)",
+            ["worker", "table", "column"],
+            registry=r,
+        )
         self.last_night = Gauge(
             "indutech_sql_to_redshift_last_night_timestamp_seconds",
             "The day (00:00 UTC) of the last night applied, per table",
@@ -169,6 +176,9 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
 
     def _applied(self, done: Applied) -> None:
         self.table_rows.labels(self.name, done.table).set(done.table_rows)
+        for column, total in (done.totals.money if done.totals else {}).items():
+            # a float for Prometheus; the exact decimal is in the ledger
+            self.money_total.labels(self.name, done.table, column).set(float(total))
         self.night_duration.labels(self.name).observe(done.seconds)
         midnight = datetime.combine(done.night.day, day_start.min, tzinfo=UTC)
         self.last_night.labels(self.name, done.table).set(midnight.timestamp())

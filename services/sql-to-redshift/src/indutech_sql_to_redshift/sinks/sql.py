@@ -107,6 +107,11 @@ class RawTable:
         return f"{columns}; key {', '.join(self.key)}"
 
     @property
+    def money(self) -> tuple[str, ...]:
+        """The decimal columns: the money totals reconciled after each night."""
+        return tuple(c for c, t, _ in self.columns if t.startswith("NUMERIC"))
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(c for c, _, _ in self.columns)
 
@@ -150,7 +155,8 @@ class Statements:
                 "kind VARCHAR(8) NOT NULL, snapshot BOOLEAN NOT NULL, "
                 "manifest VARCHAR(1024) NOT NULL, position_from VARCHAR(256), "
                 "position_to VARCHAR(256) NOT NULL, backup_rows BIGINT NOT NULL, "
-                "table_rows BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL, "
+                "table_rows BIGINT NOT NULL, totals VARCHAR(65535) NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL, "
                 "seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_table, day, kind))",
                 Layout(diststyle_all=True, sortkey=("source_table", "day")),
             ),
@@ -204,16 +210,16 @@ class Statements:
     def insert_ledger(self) -> str:
         return self._r(
             f"INSERT INTO {self.schema}.{LEDGER} (source_table, day, kind, snapshot, manifest, "
-            "position_from, position_to, backup_rows, table_rows, applied_at, seconds) "
+            "position_from, position_to, backup_rows, table_rows, applied_at, seconds, totals) "
             "VALUES (CAST($1 AS VARCHAR(128)), CAST($2 AS DATE), CAST($3 AS VARCHAR(8)), "
             "CAST($4 AS BOOLEAN), CAST($5 AS VARCHAR(1024)), CAST($6 AS VARCHAR(256)), "
             "CAST($7 AS VARCHAR(256)), CAST($8 AS BIGINT), CAST($9 AS BIGINT), "
-            "CAST($10 AS TIMESTAMPTZ), CAST($11 AS DOUBLE PRECISION))"
+            "CAST($10 AS TIMESTAMPTZ), CAST($11 AS DOUBLE PRECISION), CAST($12 AS VARCHAR(65535)))"
         )
 
     def select_ledger(self) -> str:
         return self._r(
-            "SELECT source_table, day, kind, snapshot, manifest, backup_rows, table_rows "
+            "SELECT source_table, day, kind, snapshot, manifest, backup_rows, table_rows, totals "
             f"FROM {self.schema}.{LEDGER} ORDER BY source_table, day, kind"
         )
 
@@ -243,6 +249,21 @@ class Statements:
     def empty_table(self, name: str) -> str:
         # DELETE, not TRUNCATE: Redshift's TRUNCATE commits the transaction it runs in.
         return self._r(f"DELETE FROM {self.table(name)}")
+
+    def totals(self, raw: RawTable) -> str:
+        """Rows and the sum of every decimal column of the staged table."""
+        sums = "".join(f", SUM({c})" for c in raw.money)
+        return self._r(f"SELECT COUNT(*){sums} FROM {self.table(raw.name)}")
+
+    def upserted_totals(self, raw: RawTable) -> str:
+        """After the MERGE: rows and sums of the staged table's rows with the stage's keys."""
+        table = self.table(raw.name)
+        stage = self.stage(raw.name)
+        sums = "".join(f", SUM(t.{c})" for c in raw.money)
+        return self._r(
+            f"SELECT COUNT(*){sums} FROM {table} AS t JOIN {stage} AS s ON "
+            + " AND ".join(f"t.{k} = s.{k}" for k in raw.key)
+        )
 
     def count(self, name: str) -> str:
         return self._r(f"SELECT COUNT(*) FROM {self.table(name)}")

@@ -35,11 +35,13 @@ from indutech_sql_to_redshift.errors import (
     FencedError,
     LoadError,
     ModelError,
+    ReconciliationError,
     SchemaDriftError,
     UnloadableValueError,
 )
 from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
 from indutech_sql_to_redshift.nights import Head, Night
+from indutech_sql_to_redshift.reconcile import Totals, arrow_totals, difference
 from indutech_sql_to_redshift.sinks.sql import CHUNK_COLUMN, RawTable, Statements
 
 PartReader = Callable[[Manifest, PartRecord], Coroutine[Any, Any, pa.Table]]
@@ -57,6 +59,7 @@ class Applied:
     table_rows: int
     seconds: float
     models: tuple[str, ...]
+    totals: Totals | None = None
 
 
 def _head(row: asyncpg.Record | None) -> Head | None:
@@ -173,7 +176,7 @@ class WarehouseSink:
                 raw = await self._merge_delta(connection, table, night, row, read_part)
             signature = raw.signature if raw is not None else (row["columns"] if row else "")
             models = await self._refresh_models(connection, table, night.day, loaded)
-            table_rows: int = await connection.fetchval(st.count(table))
+            totals = await self._totals(connection, table, raw, row)
             seconds = time.perf_counter() - started
             now = datetime.now(UTC)
             await self._move_head(
@@ -189,11 +192,57 @@ class WarehouseSink:
                 night.manifest.position_from,
                 night.manifest.position_to,
                 night.manifest.rows,
-                table_rows,
+                totals.rows,
                 now,
                 seconds,
+                totals.to_json(),
             )
-        return Applied(table, night, night.manifest.rows, table_rows, round(seconds, 3), models)
+        return Applied(
+            table, night, night.manifest.rows, totals.rows, round(seconds, 3), models, totals
+        )
+
+    async def _totals(
+        self,
+        connection: asyncpg.Connection,
+        table: str,
+        raw: RawTable | None,
+        row: asyncpg.Record | None,
+    ) -> Totals:
+        """The staged table's totals after the night (a delta without parts: the head's
+        columns, so the money columns are known from the last ledger row)."""
+        if raw is None:
+            last = await self._last_totals(connection, table)
+            money = tuple(last.money) if last else ()
+            count = await connection.fetchval(self.statements.count(table)) if row else 0
+            sums = []
+            for column in money:
+                value = await connection.fetchval(
+                    f"SELECT SUM({column}) FROM {self.statements.table(table)}"  # noqa: S608 - identifiers from the ledger
+                )
+                sums.append(value)
+            return Totals.of_row([count, *sums], money)
+        found = await connection.fetchrow(self.statements.totals(raw))
+        return Totals.of_row(list(found), raw.money)
+
+    async def _last_totals(self, connection: asyncpg.Connection, table: str) -> Totals | None:
+        text = await connection.fetchval(
+            f"SELECT totals FROM {self.statements.schema}._load_ledger WHERE source_table = $1 "  # noqa: S608 - identifiers only
+            "ORDER BY day DESC, kind DESC LIMIT 1",
+            table,
+        )
+        return Totals.from_json(text)
+
+    async def current_totals(self, table: str) -> tuple[Totals | None, Totals | None]:
+        """``verify``: the table's totals now, and the ledger's after its last night."""
+        async with self._pool.acquire() as connection:
+            last = await self._last_totals(connection, table)
+            if last is None:
+                return None, None
+            sums = "".join(f", SUM({c})" for c in last.money)
+            found = await connection.fetchrow(
+                f"SELECT COUNT(*){sums} FROM {self.statements.table(table)}"  # noqa: S608 - identifiers from the ledger
+            )
+            return Totals.of_row(list(found), tuple(last.money)), last
 
     async def _loaded(self, connection: asyncpg.Connection) -> list[str]:
         rows = await connection.fetch(self.statements.select_heads())
@@ -245,9 +294,10 @@ class WarehouseSink:
         if not manifest.parts:
             raise LoadError(f"{table}: the {night} run lists no part; take a new full backup")
         raw: RawTable | None = None
+        expected = Totals()
 
         async def into_table(index: int, data: pa.Table) -> None:
-            nonlocal raw
+            nonlocal raw, expected
             if raw is None:
                 raw = _raw_of(table, manifest, data.schema)
                 if row is None or row["columns"] != raw.signature:
@@ -264,10 +314,13 @@ class WarehouseSink:
                 else:
                     await connection.execute(st.empty_table(table))
             del index
+            expected += arrow_totals(data, raw.money, upserts_only=False)
             await _copy(connection, table, night, data, schema_name=st.schema)
 
         await _pipelined(manifest, read_part, into_table)
         assert raw is not None  # noqa: S101 - at least one part was read above
+        found = Totals.of_row(list(await connection.fetchrow(st.totals(raw))), raw.money)
+        _reconciled(table, night, expected, found, what="the staged table")
         return raw
 
     async def _merge_delta(
@@ -281,9 +334,10 @@ class WarehouseSink:
         st = self.statements
         manifest = night.manifest
         raw: RawTable | None = None
+        expected = Totals()
 
         async def into_stage(index: int, data: pa.Table) -> None:
-            nonlocal raw
+            nonlocal raw, expected
             if raw is None:
                 raw = _raw_of(table, manifest, data.schema.remove(0))
                 if row is None or row["columns"] != raw.signature:
@@ -294,6 +348,7 @@ class WarehouseSink:
                         "a full backup of the table, then load again."
                     )
                 await connection.execute(st.create_stage(raw))
+            expected += arrow_totals(data, raw.money, upserts_only=True)
             chunk = manifest.parts[index].chunk
             data = data.append_column(
                 CHUNK_COLUMN, pa.array([chunk] * data.num_rows, type=pa.int32())
@@ -313,6 +368,8 @@ class WarehouseSink:
                 "of the table."
             )
         await connection.execute(st.merge(raw))
+        found = Totals.of_row(list(await connection.fetchrow(st.upserted_totals(raw))), raw.money)
+        _reconciled(table, night, expected, found, what="the staged rows of its upserted keys")
         await connection.execute(st.drop_stage(raw))
         return raw
 
@@ -354,6 +411,16 @@ class WarehouseSink:
                     ) from None
             done.append(model.name)
         return tuple(done)
+
+
+def _reconciled(table: str, night: Night, expected: Totals, found: Totals, *, what: str) -> None:
+    problem = difference(expected, found)
+    if problem is not None:
+        raise ReconciliationError(
+            f"{table} {night}: {what} differ from the backup ({problem}; the backup has "
+            f"{expected.describe()}). Nothing of that night was applied. Run sql-backup verify "
+            "for the night; report it to the sql-to-redshift maintainers if it passes."
+        )
 
 
 async def _copy(
