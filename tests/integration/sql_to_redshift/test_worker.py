@@ -56,6 +56,10 @@ class TestWorker:
                 async with create_s3_client(stack.s3) as s3:
                     await announce(backup, Engine(backup, s3), [(results[0][0], True)])
                 await asyncio.sleep(2)
+                sample = worker.metrics.registry.get_sample_value
+                labels = {"worker": "sql-to-redshift", "table": "products"}
+                assert sample("indutech_sql_to_redshift_lag_seconds", labels) == 0.0
+                rows = sample("indutech_sql_to_redshift_table_rows", labels)
             finally:
                 worker.request_exit()
                 assert await asyncio.wait_for(task, 60) == EXIT_OK
@@ -68,5 +72,6 @@ class TestWorker:
             source=True,
         )
         assert await fetch(stack, f"SELECT count(*) FROM {names.raw}.products") == source
+        assert rows == source[0][0]
         history = await fetch(stack, f"SELECT count(*) FROM {names.models}.dim_product")
         assert history == source

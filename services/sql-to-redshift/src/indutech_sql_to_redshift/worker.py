@@ -10,6 +10,7 @@ backoff and the poll is not committed until it is done.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from datetime import time as day_start
 
@@ -67,6 +68,15 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
             ["worker", "table", "column"],
             registry=r,
         )
+        self.lag = Gauge(
+            "indutech_sql_to_redshift_lag_seconds",
+            "Now minus the completion of the oldest announced backup not yet applied, per table "
+            "(0 when caught up; the seed's alarm: > 30 min)",
+            ["worker", "table"],
+            registry=r,
+        )
+        # per table: when its oldest announced, not yet applied backup completed
+        self.waiting: dict[str, float] = {}
         self.last_night = Gauge(
             "indutech_sql_to_redshift_last_night_timestamp_seconds",
             "The day (00:00 UTC) of the last night applied, per table",
@@ -125,6 +135,7 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
             batch = await self.announcements.read()
+            self._update_lag()
             if not batch:
                 continue
             for problem in batch.invalid:
@@ -145,7 +156,17 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
         }
         if settings.tables:
             tables &= set(settings.tables)
+        for message in batch.completed:
+            table = message.table.removeprefix(prefix)
+            if table in tables:
+                moment = message.event_time.timestamp()
+                self.waiting[table] = min(self.waiting.get(table) or moment, moment)
         return sorted(tables)
+
+    def _update_lag(self) -> None:
+        now = time.time()
+        for table, since in self.waiting.items():
+            self.lag.labels(self.name, table).set(max(0.0, now - since) if since else 0.0)
 
     async def _load(self, tables: list[str]) -> bool:
         """Apply every pending night of ``tables``; False when asked to exit mid-outage."""
@@ -155,6 +176,7 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
             table = remaining[0]
             try:
                 await self.loading.load_table(table)
+                self.waiting[table] = 0.0  # caught up with every backup of the table
             except LoadError as exc:
                 self.metrics.error(exc.kind)
                 # no traceback: the message says what is wrong and what to do
