@@ -74,8 +74,8 @@ async def first_night(process: subprocess.Popen[bytes], log: Path, seen: int) ->
         if process.poll() is not None:
             return False
         await asyncio.sleep(0.05)
-    text = await asyncio.to_thread(log.read_text)
-    raise AssertionError(f"no night applied in 120 s: {text[-3000:]}")
+    tail = await asyncio.to_thread(log.read_text)
+    raise AssertionError(f"no night applied in 120 s: {tail[-3000:]}")
 
 
 async def assert_whole(stack: StackSettings, names: Names) -> int:
@@ -133,8 +133,8 @@ class TestChaos:
         log = tmp_path / "loader.log"
         random_ = rng()
         kills, completed, rounds, rebuilt = 0, 0, 0, 0
-        lifetimes = []
-        applied = []
+        lifetimes: list[tuple[str, float]] = []
+        applied: list[int] = []
         while kills < KILLS:
             rounds += 1
             assert rounds < 4 * KILLS, f"only {kills} kills in {rounds} rounds: {lifetimes}"
