@@ -34,6 +34,10 @@ class Call:
     metric_data: list[dict[str, Any]]
     body_bytes: int
 
+    @property
+    def datums(self) -> int:
+        return len(self.metric_data)
+
 
 class RequestSizer:
     """Sizes PutMetricData bodies exactly as botocore will send them."""

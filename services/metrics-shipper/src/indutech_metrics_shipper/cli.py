@@ -22,8 +22,8 @@ def _arguments(parser: ArgumentParser) -> None:
         choices=["run", "once", "alarms", "dashboard", "status"],
         default="run",
         help="run: scrape and ship every interval until SIGTERM (the default); "
-        "once: one cycle, then exit (what is not delivered is lost unless state_file is set "
-        "and the buffer drains); alarms: create or update the seed's alarms (with --dry-run: "
+        "once: one cycle, then exit (what is not delivered is lost, or kept for the next run "
+        "with buffer_dir); alarms: create or update the seed's alarms (with --dry-run: "
         "only show what would change); dashboard: write the seven flows' dashboard; "
         "status: scrape the targets twice and print the seven flows against the seed's "
         "thresholds (exit 1 when one is red)",
@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     return worker_main(
         prog="metrics-shipper",
         description=(
-            "Flow 7: every worker's /metrics to CloudWatch (counters as increases with resets "
-            "detected, histograms as values/counts), batched within PutMetricData's limits and "
-            "buffered through outages; the seed's alarms as code (alarms). Not built yet: "
-            "logs, the status view."
+            "Flow 7: every worker's /metrics, broker lag and the warehouse queue to CloudWatch "
+            "(counters as increases with resets detected, histograms as values/counts), by "
+            "PutMetricData or as EMF log events, buffered through outages (in memory or on "
+            "disk); the workers' log files to CloudWatch Logs, each line once; the seed's alarms "
+            "(alarms), the seven flows' dashboard (dashboard) and status view (status, and "
+            "/status on the health port)."
         ),
         settings_cls=MetricsShipperSettings,
         run=run,
