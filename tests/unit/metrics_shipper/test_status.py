@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from indutech_metrics_shipper.exposition import Exposition
 from indutech_metrics_shipper.status import RULES, State, StatusBoard, render_html, render_text
 
 NOW = 2_000_000_000.0
@@ -103,3 +104,27 @@ class TestStatusBoard:
         for rule in RULES:
             assert rule.worker in text
             assert f'data-flow="{rule.flow}"' in page
+
+    def test_the_board_reads_the_cycles_parse_not_the_text_again(self) -> None:
+        """The families parsed once for the cycle are what the board reads: a text it would
+        have to parse again is never looked at (this one would not even parse)."""
+        board = StatusBoard()
+        target = FakeTarget("t")
+        shared = {"t": Exposition.parse(exposition("iot-to-s3", out=1, lag=601))}
+        board.update([FakeScrape(target, NOW, "not { an exposition")], parsed=shared)
+        assert by_worker(board)["iot-to-s3"] == (State.RED, ["lag 601 s > 600 s"])
+
+
+class TestExposition:
+    def test_samples_by_name_and_the_workers_present(self) -> None:
+        text = exposition("sql-backup", out=5, errors=2) + (
+            "# TYPE untyped_total untyped\n"
+            'untyped_total{worker="identity-sync"} 3\n'
+            'indutech_lag_seconds{worker="iot-ingest"} NaN\n'
+        )
+        parsed = Exposition.parse(text)
+        assert [s.value for s in parsed.samples("indutech_records_out_total")] == [5.0]
+        assert [s.value for s in parsed.samples("untyped_total")] == [3.0]
+        assert list(parsed.samples("indutech_records_out_created")) == []
+        # a worker with only NaN samples is no reading (as before the shared parse)
+        assert parsed.label_values("worker") == {"sql-backup", "identity-sync"}

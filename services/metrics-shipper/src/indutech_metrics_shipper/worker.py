@@ -23,6 +23,7 @@ from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
+from indutech_metrics_shipper.exposition import parse_scrapes
 from indutech_metrics_shipper.logs import MAX_EVENTS, LogCheckpoints, LogShipper
 from indutech_metrics_shipper.sinks import (
     BufferedSink,
@@ -248,14 +249,22 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         assert self.sink is not None, "startup() opens the sink"  # noqa: S101 - a lifecycle invariant
         begun = time.perf_counter()
         scrapes = await self.source.read()
-        self.board.update(scrapes)
+        # each text parsed once, shared by the board and the converter; parse and conversion
+        # in a thread, so that /healthz and /status answer during a large cycle
+        parsed = await asyncio.to_thread(parse_scrapes, scrapes)
+        self.board.update(scrapes, parsed=parsed)
         datums = []
         for scrape in scrapes:
             if scrape.text is None:
                 self.scrape_failures.labels(self.name, scrape.target.id).inc()
                 self.log.warning("scrape_failed", target=scrape.target.id, error=scrape.error)
                 continue
-            report = self.converter.convert(scrape.target.id, scrape.text, scrape.scraped_at)
+            report = await asyncio.to_thread(
+                self.converter.convert,
+                scrape.target.id,
+                parsed[scrape.target.id],
+                scrape.scraped_at,
+            )
             self.series_scraped.labels(self.name).inc(
                 len(report.datums) + sum(report.dropped.values())
             )
