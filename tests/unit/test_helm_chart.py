@@ -39,6 +39,13 @@ from tests.support.stack import REPO_ROOT
 # Building helm and kustomize-build without the cache takes ~3 min (`make tools` first).
 pytestmark = pytest.mark.timeout(600)
 
+# Workers in services/ that the chart does not deploy yet, each with its reason.
+NOT_DEPLOYED_YET = {
+    # issue 15: loads PostgreSQL only so far (refuses the Redshift dialect at start); its
+    # chart entry, IAM policy and the redshift-copy role's read of the backup come with
+    # the Redshift path.
+    "sql-to-redshift",
+}
 SETTINGS_BY_SERVICE: dict[str, type[WorkerSettings]] = {
     "iot-ingest": IotIngestSettings,
     "iot-to-s3": IotToS3Settings,
@@ -271,6 +278,7 @@ class TestWorkersAgreeWithTheCode:
 
     def test_every_service_is_a_worker(self) -> None:
         services = {p.name for p in (REPO_ROOT / "services").iterdir() if (p / "src").is_dir()}
+        services -= NOT_DEPLOYED_YET
         assert services == set(SETTINGS_BY_SERVICE)
         assert set(chart_values("prod")["workers"]) == services
 

@@ -43,6 +43,11 @@ SETTINGS_BY_COMMAND: dict[str, type[WorkerSettings]] = {
     "identity-sync": IdentitySyncSettings,
     "metrics-shipper": MetricsShipperSettings,
 }
+# Console scripts of services/ that compose does not run yet, each with its reason.
+NOT_IN_COMPOSE_YET = {
+    # issue 15: its compose service (loading the demo ERP's backup) comes with `make demo`.
+    "sql-to-redshift",
+}
 COMPOSE = ComposeFile()
 WORKERS = COMPOSE.workers()
 
@@ -140,9 +145,10 @@ class TestSchema:
 class TestWorkers:
     def test_every_worker_of_services_runs_in_compose(self) -> None:
         """Each console script of services/*/pyproject.toml is some compose service's command."""
-        assert set(SETTINGS_BY_COMMAND) == set(worker_commands())
+        built = set(worker_commands()) - NOT_IN_COMPOSE_YET
+        assert set(SETTINGS_BY_COMMAND) == built
         commands = {COMPOSE.command(service)[0] for service in WORKERS}
-        assert commands == set(worker_commands())
+        assert commands == built
 
     def test_sql_backup_has_its_replicas_and_its_nightly_planner(self) -> None:
         runs = {tuple(COMPOSE.command(s)) for s in WORKERS}

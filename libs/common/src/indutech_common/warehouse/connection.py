@@ -1,8 +1,8 @@
-"""The warehouse: Redshift in production, PostgreSQL locally, both through asyncpg.
+"""Warehouse connections: Redshift in production, PostgreSQL locally, both through asyncpg.
 
-The dialect switch records what differs (Redshift has no binary COPY FROM
-STDIN: bulk loads go through S3); connections always verify the server's
-certificate and host name unless a developer asks for ``sslmode=disable``.
+The dialect switch records what differs (Redshift has no binary COPY FROM STDIN: bulk loads
+go through S3); connections always verify the server's certificate and host name unless a
+developer asks for ``sslmode=disable``.
 """
 
 from __future__ import annotations
