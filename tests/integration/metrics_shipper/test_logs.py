@@ -200,6 +200,8 @@ class TestLogChaos:
             stop.set()
             if process.poll() is None:
                 process.kill()
+                # reaped here, or its Popen is collected in a later test as "still running"
+                await asyncio.to_thread(process.wait, 10)
             await delete_group(stack.cloudwatch, group)
             shipper_log.close()
         numbers = Counter(json.loads(m)["n"] for m in found)

@@ -132,6 +132,8 @@ class ShipperProcess:
     def kill_if_running(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+            # reaped, or its Popen is collected in a later test as "still running"
+            self.process.wait(10)
 
 
 class Riser:
