@@ -60,13 +60,15 @@ class TestReplicas:
     ) -> None:
         """Both replicas write chunks; every chunk is written exactly once; one announcement."""
         await generate(stack, erp)
-        settings = settings_for(stack, erp, chunk_rows=150, idle_exit_s=4.0)
-        workers = [SqlBackupWorker(settings), SqlBackupWorker(settings)]
-        serving = [asyncio.create_task(w.serve(install_signal_handlers=False)) for w in workers]
-        await asyncio.sleep(3)  # both join the group before the work arrives
+        # idle_exit_s leaves room for planning on a loaded machine: a replica that has seen
+        # no work by then exits, and the test would read [0, 0] as "one did nothing"
+        settings = settings_for(stack, erp, chunk_rows=150, idle_exit_s=10.0)
         async with create_s3_client(stack.s3) as s3:
             engine = Engine(settings, s3)
             tables = await engine.discover([f"{erp.schema}.order_lines"])
+            workers = [SqlBackupWorker(settings), SqlBackupWorker(settings)]
+            serving = [asyncio.create_task(w.serve(install_signal_handlers=False)) for w in workers]
+            await asyncio.sleep(3)  # both join the group before the work arrives
             published = await publish_plans(settings, engine, tables, kind="full", day=DAY)
             assert published >= 10
             assert await asyncio.gather(*serving) == [0, 0]
