@@ -51,9 +51,9 @@ class TestSpecs:
             "backup-errors": 'SELECT SUM(indutech_errors) FROM "InduTech/Flows" '
             "WHERE worker = 'sql-backup'",
             "backup-duration": "SELECT MAX(indutech_sql_backup_backup_duration_seconds) "
-            'FROM "InduTech/Flows" WHERE worker = \'sql-backup\'',
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-backup'",
             "loader-lag": "SELECT MAX(indutech_sql_to_redshift_lag_seconds) "
-            'FROM "InduTech/Flows" WHERE worker = \'sql-to-redshift\'',
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-to-redshift'",
             "loader-errors": 'SELECT SUM(indutech_errors) FROM "InduTech/Flows" '
             "WHERE worker = 'sql-to-redshift'",
         }

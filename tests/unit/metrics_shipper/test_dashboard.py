@@ -39,12 +39,12 @@ class TestDashboard:
         }
         assert graphs["sql-backup: backup duration (s)"] == (
             "SELECT MAX(indutech_sql_backup_backup_duration_seconds) "
-            'FROM "InduTech/Flows" WHERE worker = \'sql-backup\'',
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-backup'",
             7200,
         )
         assert graphs["sql-to-redshift: lag (s)"] == (
             "SELECT MAX(indutech_sql_to_redshift_lag_seconds) "
-            'FROM "InduTech/Flows" WHERE worker = \'sql-to-redshift\'',
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-to-redshift'",
             1800,
         )
 

@@ -236,6 +236,7 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
     ),
 )
 
+
 def desired(
     spec: AlarmSpec, *, prefix: str, namespace: str, actions: Sequence[str] = ()
 ) -> dict[str, Any]:

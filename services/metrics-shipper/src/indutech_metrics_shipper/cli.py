@@ -24,7 +24,8 @@ def _arguments(parser: ArgumentParser) -> None:
         help="run: scrape and ship every interval until SIGTERM (the default); "
         "once: one cycle, then exit (what is not delivered is lost, or kept for the next run "
         "with buffer_dir); alarms (or alarms apply): create or update the seed's "
-        "alarms (with --dry-run: only show what would change); dashboard: write the seven flows' dashboard; "
+        "alarms (with --dry-run: only show what would change); dashboard: write the seven "
+        "flows' dashboard; "
         "status: scrape the targets twice and print the seven flows against the seed's "
         "thresholds (exit 1 when one is red)",
     )

@@ -73,9 +73,7 @@ def body(namespace: str, region: str) -> dict[str, Any]:
                 "y": y,
                 "width": WIDTH,
                 "height": 1,
-                "properties": {
-                    "markdown": f"### Flow {panel.flow}: {panel.worker}, {panel.title}"
-                },
+                "properties": {"markdown": f"### Flow {panel.flow}: {panel.worker}, {panel.title}"},
             }
         )
         y += 1

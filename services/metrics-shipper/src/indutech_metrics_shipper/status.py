@@ -58,7 +58,7 @@ RULES: tuple[FlowRule, ...] = (
         5,
         "sql-to-redshift",
         "S3 backup → warehouse",
-        "indutech_sql_to_redshift_lag_seconds",  # per table: now − the oldest unapplied backup
+        "indutech_sql_to_redshift_lag_seconds",  # per table, the worst table counts
         1800,
         True,
         26 * 3600,
