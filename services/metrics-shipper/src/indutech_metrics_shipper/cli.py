@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             "(counters as increases with resets detected, histograms as values/counts), by "
             "PutMetricData or as EMF log events, buffered through outages (in memory or on "
             "disk); the workers' log files to CloudWatch Logs, each line once; the seed's alarms "
-            "(alarms), the seven flows' dashboard (dashboard) and status view (status, and "
+            "(alarms apply), the seven flows' dashboard (dashboard) and status view (status, and "
             "/status on the health port)."
         ),
         settings_cls=MetricsShipperSettings,
