@@ -50,10 +50,9 @@ def _thresholds(steps: list[tuple[str, float | None]]) -> dict[str, Any]:
 def flow_panels(rule: FlowRule, y: int) -> list[dict[str, Any]]:
     """The row of one flow: throughput, lag, errors, last success."""
     worker = f'worker="{rule.worker}"'
-    note = "" if rule.built else " (not built yet: nothing reports here)"
     row: dict[str, Any] = {
         "type": "row",
-        "title": f"Flow {rule.flow}: {rule.worker}, {rule.title}{note}",
+        "title": f"Flow {rule.flow}: {rule.worker}, {rule.title}",
         "gridPos": {"x": 0, "y": y, "w": WIDTH, "h": 1},
         "collapsed": False,
         "panels": [],

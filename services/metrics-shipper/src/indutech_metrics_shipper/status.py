@@ -6,7 +6,7 @@ throughput (records out per second between the last two scrapes), lag, age
 of the last success and errors since the previous scrape. Red: a threshold of
 the seed's table is crossed, or the worker did not answer; amber: over half a
 threshold, or no success for a while; green otherwise; grey: no target for
-the flow (not deployed, or not built yet).
+the flow (not deployed here).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class FlowRule:
     lag_threshold_s: float | None  # the seed's lag alarm (None: the seed sets none)
     errors_are_red: bool  # the seed's "any error" rows
     success_within_s: float  # older than this: amber (a stuck worker reports no lag)
-    built: bool = True
 
 
 RULES: tuple[FlowRule, ...] = (
@@ -59,11 +58,10 @@ RULES: tuple[FlowRule, ...] = (
         5,
         "sql-to-redshift",
         "S3 backup → warehouse",
-        "indutech_lag_seconds",
+        "indutech_sql_to_redshift_lag_seconds",  # per table, the worst table counts
         1800,
         True,
         26 * 3600,
-        built=False,
     ),
     FlowRule(6, "identity-sync", "AD ↔ AWS Managed AD", "indutech_lag_seconds", 60, True, 600),
     FlowRule(7, "metrics-shipper", "metrics → CloudWatch", "indutech_lag_seconds", None, True, 600),
@@ -135,8 +133,6 @@ def judge(
     clock: float | None = None,
 ) -> FlowStatus:
     """One flow's state from its two latest readings."""
-    if not rule.built:
-        return FlowStatus(rule, State.GREY, ["not built yet"])
     if not has_target:
         return FlowStatus(rule, State.GREY, ["no scrape target for this worker"])
     if not answered or now is None:
