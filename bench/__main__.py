@@ -9,11 +9,13 @@ from collections.abc import Callable
 from bench import (
     identity_sync,
     iot_aggregator,
+    iot_aggregator_rebuild,
     iot_ingest,
     iot_pipeline,
     iot_to_s3,
     kafka_throughput,
     loader,
+    metrics_shipper,
     sql_backup,
     stack_start,
 )
@@ -27,9 +29,11 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "iot-to-s3": iot_to_s3.run,
     "iot-pipeline": iot_pipeline.run,
     "iot-aggregator": iot_aggregator.run,
+    "iot-aggregator-rebuild": iot_aggregator_rebuild.run,
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
     "loader": loader.run,
+    "metrics-shipper": metrics_shipper.run,
 }
 
 

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -187,18 +189,20 @@ async def _drop(stack: StackSettings, schema: str) -> None:
         await connection.close()
 
 
-def _run_ours(
+@contextmanager
+def running_worker(
     stack: StackSettings,
     topics: dict[str, str],
     run: str,
     log: Path,
     *,
-    records: int = RECORDS,
-    step: timedelta = STEP,
-    **settings: str,
-) -> tuple[float, float, int, float]:
-    """(wall s, CPU s, peak RSS bytes) of the worker from its first health answer to every
-    record's window final in the warehouse, and the CPU s of its PostgreSQL backends."""
+    window_s: int = WINDOW_S,
+    grace_s: int = GRACE_S,
+    settings: dict[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m indutech_iot_aggregator`` pinned to ``CORE`` on the bench's topics (tickets,
+    readings, dead letters, in that order), with its own group and schema, from its health
+    port's first answer; yields (process, schema), then SIGTERMs it and drops the schema."""
     port = _free_port()
     schema = f"bench_agg_{run}"
     ticket, sensor, dlq = topics
@@ -209,14 +213,12 @@ def _run_ours(
         "IOT_AGGREGATOR_SENSOR_TOPIC": sensor,
         "IOT_AGGREGATOR_DEAD_LETTER_TOPIC": dlq,
         "IOT_AGGREGATOR_WAREHOUSE_SCHEMA": schema,
-        "IOT_AGGREGATOR_WINDOW_S": str(WINDOW_S),
-        "IOT_AGGREGATOR_GRACE_S": str(GRACE_S),
-        # Historic data: no window is provisional for long, so 10 s is the default's cost.
-        "IOT_AGGREGATOR_MAX_FUTURE_S": str(10 * 365 * 86400),
+        "IOT_AGGREGATOR_WINDOW_S": str(window_s),
+        "IOT_AGGREGATOR_GRACE_S": str(grace_s),
         "IOT_AGGREGATOR_HEALTH__HOST": "127.0.0.1",
         "IOT_AGGREGATOR_HEALTH__PORT": str(port),
         "IOT_AGGREGATOR_LOGGING__LEVEL": "WARNING",
-        **settings,
+        **(settings or {}),
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -229,15 +231,36 @@ def _run_ours(
             if process.poll() is not None:
                 raise RuntimeError(f"iot-aggregator exited: {_tail(log)}")
             time.sleep(0.02)
+        yield process, schema
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        asyncio.run(_drop(stack, schema))
+
+
+# Historic data: no window is provisional for long, so 10 s is the default's cost.
+HISTORIC = {"IOT_AGGREGATOR_MAX_FUTURE_S": str(10 * 365 * 86400)}
+
+
+def _run_ours(
+    stack: StackSettings,
+    topics: dict[str, str],
+    run: str,
+    log: Path,
+    *,
+    records: int = RECORDS,
+    step: timedelta = STEP,
+    **settings: str,
+) -> tuple[float, float, int, float]:
+    """(wall s, CPU s, peak RSS bytes) of the worker from its first health answer to every
+    record's window final in the warehouse, and the CPU s of its PostgreSQL backends."""
+    worker = running_worker(stack, topics, run, log, settings={**HISTORIC, **settings})
+    with worker as (process, schema):
         started, cpu_started = time.perf_counter(), _cpu_seconds(process.pid)
         warehouse_cpu = asyncio.run(_done(stack, schema, process, log, records=records, step=step))
         wall = time.perf_counter() - started
         cpu = _cpu_seconds(process.pid) - cpu_started
         peak = _peak_rss(process.pid)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        asyncio.run(_drop(stack, schema))
     return wall, cpu, peak, warehouse_cpu
 
 
@@ -318,39 +341,10 @@ async def _live(stack: StackSettings, topic: str, schema: str) -> list[float]:
 
 
 def _run_latency(stack: StackSettings, topics: dict[str, str], log: Path) -> list[float]:
-    ticket, sensor, dlq = topics
     run = f"{os.getpid()}_live"
-    port = _free_port()
-    schema = f"bench_agg_{run}"
-    env = {
-        **_stack_env(),
-        "IOT_AGGREGATOR_GROUP_ID": f"bench-agg-{run}",
-        "IOT_AGGREGATOR_TICKET_TOPIC": ticket,
-        "IOT_AGGREGATOR_SENSOR_TOPIC": sensor,
-        "IOT_AGGREGATOR_DEAD_LETTER_TOPIC": dlq,
-        "IOT_AGGREGATOR_WAREHOUSE_SCHEMA": schema,
-        "IOT_AGGREGATOR_WINDOW_S": str(LIVE_WINDOW_S),
-        "IOT_AGGREGATOR_GRACE_S": str(LIVE_GRACE_S),
-        "IOT_AGGREGATOR_HEALTH__HOST": "127.0.0.1",
-        "IOT_AGGREGATOR_HEALTH__PORT": str(port),
-        "IOT_AGGREGATOR_LOGGING__LEVEL": "WARNING",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["taskset", "-c", CORE, sys.executable, "-m", "indutech_iot_aggregator"],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(port) and time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"iot-aggregator exited: {_tail(log)}")
-            time.sleep(0.02)
-        return asyncio.run(_live(stack, ticket, schema))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        asyncio.run(_drop(stack, schema))
+    worker = running_worker(stack, topics, run, log, window_s=LIVE_WINDOW_S, grace_s=LIVE_GRACE_S)
+    with worker as (_, schema):
+        return asyncio.run(_live(stack, next(iter(topics)), schema))
 
 
 def _percentile(values: list[float], q: float) -> float:

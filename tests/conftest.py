@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests.support.containers import ContainersStack, docker_answers
 from tests.support.stack import StackNotRunningError, StackSettings, load_stack
 
 
@@ -22,12 +23,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> StackSettings:
-    """The running local stack; a clear failure (not a skip) when it is not up."""
+def stack() -> Iterator[StackSettings]:
+    """The running local stack; a clear failure (not a skip) when it is not up.
+
+    ``INDUTECH_TEST_STACK=containers``: compose's services through testcontainers instead
+    (tests/support/containers.py), skipped where no Docker engine answers. Never run in
+    this project's CI (no Docker engine on its machines)."""
     if os.environ.get("INDUTECH_TEST_STACK") == "containers":
-        pytest.skip("testcontainers provider: needs a Docker engine, which this machine lacks")
+        if not docker_answers():
+            pytest.skip(
+                "INDUTECH_TEST_STACK=containers needs a Docker engine, and none answers here "
+                "(DOCKER_HOST or /var/run/docker.sock)"
+            )
+        with ContainersStack().running() as settings:
+            yield settings
+        return
     try:
-        return load_stack()
+        yield load_stack()
     except StackNotRunningError as exc:
         pytest.fail(str(exc), pytrace=False)
 

@@ -5,6 +5,8 @@ while ``iot-ingest``, ``iot-to-s3`` and ``iot-aggregator`` run as real processes
 waits until every generated record is in the lake exactly once, then until the
 aggregator's final 10 s windows hold them, prints the top customers by revenue and
 checks the aggregates against the generated records.
+``metrics-shipper`` runs beside them: their metrics and logs go to the CloudWatch
+stand-in, and its status page of the seven flows is printed (``STATUS_URL``).
 Identity: a small on-prem OU with users and a group is synced to the AWS side
 by ``identity-sync --once``, then a change and a disable follow it across.
 
@@ -90,6 +92,7 @@ def base_env() -> dict[str, str]:
         "IOT_AGGREGATOR_",
         "IDENTITY_SYNC_",
         "SQL_BACKUP_",
+        "METRICS_SHIPPER_",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update({k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None})
@@ -314,6 +317,56 @@ def start_aggregator(
     )
 
 
+SHIPPER_PORT = 18180
+STATUS_URL = f"http://127.0.0.1:{SHIPPER_PORT}/status"
+IOT_LOGS = ("iot-ingest.log", "iot-to-s3.log", "iot-aggregator.log")
+
+
+def start_shipper(env: dict[str, str], run: str, work: Path) -> subprocess.Popen[bytes]:
+    """metrics-shipper beside the IoT workers: their /metrics, their consumer groups' lag
+    and the warehouse queue to the CloudWatch stand-in (moto), their log files to the log
+    group /indutech/demo/<run>, and the seven flows' status page on its port."""
+    state = work / "metrics-shipper"
+    shipper_env = env | {
+        "METRICS_SHIPPER_TARGETS": ",".join(
+            f"http://127.0.0.1:{port}/metrics" for port in (18181, 18182, 18183)
+        ),
+        "METRICS_SHIPPER_LAG_GROUPS": f"iot-to-s3-demo-{run},iot-aggregator-demo-{run}",
+        "METRICS_SHIPPER_INTERVAL_S": "10",
+        "METRICS_SHIPPER_BUFFER_DIR": str(state / "buffer"),
+        "METRICS_SHIPPER_LOG_DIR": str(work),
+        "METRICS_SHIPPER_LOG_PATTERNS": ",".join(IOT_LOGS),
+        "METRICS_SHIPPER_LOG_STATE_DIR": str(state / "logs"),
+        "METRICS_SHIPPER_LOG_GROUP": f"/indutech/demo/{run}",
+        "METRICS_SHIPPER_HEALTH__HOST": "127.0.0.1",
+        "METRICS_SHIPPER_HEALTH__PORT": str(SHIPPER_PORT),
+    }
+    return start([str(BIN / "metrics-shipper"), "run"], shipper_env, work / "metrics-shipper.log")
+
+
+def flow_states() -> str:
+    """The flows' states as the shipper's status page shows them, on one line."""
+    try:
+        with urllib.request.urlopen(STATUS_URL, timeout=2) as response:
+            page = response.read().decode()
+    except OSError as exc:
+        return f"did not answer ({exc})"
+    rows = re.findall(r'data-flow="(\d+)" data-state="(\w+)"', page)
+    return ", ".join(f"flow {flow} {state}" for flow, state in rows)
+
+
+def shipper_summary(run: str) -> None:
+    datums = metric(SHIPPER_PORT, "indutech_shipper_datums_sent_total")
+    lines = metric(SHIPPER_PORT, "indutech_shipper_log_events_sent_total")
+    if datums is None or lines is None:
+        say("   metrics-shipper: its /metrics did not answer")
+        return
+    say(
+        f"   metrics-shipper: {datums:.0f} datums and {lines:.0f} log lines delivered to the "
+        f"CloudWatch stand-in (log group /indutech/demo/{run})"
+    )
+
+
 def wait_for_lake(
     stack: StackSettings, generator: subprocess.Popen[str], prefix: str, seconds: float
 ) -> tuple[int | None, int, int]:
@@ -381,9 +434,14 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
     to_s3 = start([str(BIN / "iot-to-s3")], lake_env, work / "iot-to-s3.log")
     schema = f"demo_agg_{run}"
     aggregator = start_aggregator(env, topics, schema, run, work)
+    shipper = start_shipper(env, run, work)
     say(f"   iot-ingest (pid {ingest.pid}) watches {san}; logs {work}/iot-ingest.log")
     say(f"   iot-to-s3 (pid {to_s3.pid}) writes s3://{stack.s3.lake_bucket}/{prefix}")
     say(f"   iot-aggregator (pid {aggregator.pid}) writes warehouse schema {schema}")
+    say(
+        f"   metrics-shipper (pid {shipper.pid}) ships their metrics and logs to the CloudWatch "
+        f"stand-in; status page of the seven flows: {STATUS_URL} (while the IoT part runs)"
+    )
     # an explicit start (not "now"), so the demo can recompute what was generated
     generated_from = datetime.now(UTC)
     generator = subprocess.Popen(
@@ -416,9 +474,12 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
     finally:
         if generator.poll() is None:
             generator.kill()
+        say(f"   status page {STATUS_URL}: {flow_states()}")
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
         drained = stop("iot-aggregator", aggregator) == 0
+        shipper_summary(run)
+        stop("metrics-shipper", shipper)
         asyncio.run(delete_topics(stack.kafka, list(topics.contract)))
         if reference is None:  # failed before the check below, which drops it after
             drop_schema(stack, schema)

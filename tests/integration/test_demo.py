@@ -46,6 +46,15 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
     assert "exactly once" in result.stdout
     assert "aggregates: equal to the generated records: True" in result.stdout
     assert "iot-aggregator: SIGTERM → drained and exited 0" in result.stdout
+    assert "status page of the seven flows: http://127.0.0.1:18180/status" in result.stdout
+    states = re.search(r"status page http://127\.0\.0\.1:18180/status: (.*)", result.stdout)
+    assert states is not None, result.stdout
+    assert [f"flow {n}" for n in range(1, 8)] == re.findall(r"flow \d", states.group(1))
+    delivered = re.search(r"metrics-shipper: (\d+) datums and (\d+) log lines", result.stdout)
+    assert delivered is not None, result.stdout
+    assert int(delivered.group(1)) > 0
+    assert int(delivered.group(2)) > 0
+    assert "metrics-shipper: SIGTERM → drained and exited 0" in result.stdout
     assert "both sides equal: True" in result.stdout
     assert "restored tables equal the source: True" in result.stdout
     chunks = re.search(r"(\d+) work items → (\d+) parts in S3", result.stdout)
@@ -60,6 +69,7 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
         "iot-aggregator.log",
         "sql-backup-0.log",
         "sql-backup-1.log",
+        "metrics-shipper.log",
     } <= set(log_files)
     # the run's aggregate schema was created (the table was printed from it), then dropped
     run = Path(match.group(1)).name

@@ -247,11 +247,12 @@ class TestDeployments:
     def test_kubernetes_job_runs_create_with_valid_settings(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """deploy/k8s (rendered from the chart) runs `create` with the topics' own user."""
         k8s = REPO_ROOT / "deploy/k8s"
         (top,) = _yaml_documents(k8s / "kustomization.yaml")
-        assert "topics" in top["resources"]
-        (job,) = _yaml_documents(k8s / "topics/job.yaml")
-        assert job["kind"] == "Job"
+        assert "topics.yaml" in top["resources"]
+        objects = _yaml_documents(k8s / "topics.yaml")
+        (job,) = [o for o in objects if o["kind"] == "Job"]
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["args"][:3] == ["python", "-m", "indutech_common.topics"]
@@ -260,9 +261,14 @@ class TestDeployments:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
-        (shared,) = _yaml_documents(k8s / "base/configmap-shared.yaml")
-        env = {k: str(v) for k, v in shared["data"].items()}
-        env |= {item["name"]: str(item["value"]) for item in container["env"]}
+        maps = {
+            o["metadata"]["name"]: o["data"]
+            for o in [*objects, *_yaml_documents(k8s / "base.yaml")]
+            if o["kind"] == "ConfigMap"
+        }
+        env: dict[str, str] = {}
+        for source in container["envFrom"]:
+            env |= {k: str(v) for k, v in maps[source["configMapRef"]["name"]].items()}
         for name in [n for n in os.environ if n.startswith("INDUTECH_")]:
             monkeypatch.delenv(name)
         for name, value in env.items():
@@ -273,15 +279,18 @@ class TestDeployments:
         secrets.mkdir(parents=True)
         (secrets / "kafka__password").write_text("from-the-secret-volume\n")
         settings = load_settings(cli.TopicsSettings)
-        assert settings.environment == "production"
+        assert settings.environment == "local"  # deploy/k8s is values-local (one broker)
         assert settings.kafka.security_protocol == "SASL_SSL"
+        assert settings.kafka.username == "indutech-admin"
         assert settings.kafka.password is not None
 
     def test_compose_runs_create_and_redpanda_does_not_auto_create(self) -> None:
         (compose,) = _yaml_documents(REPO_ROOT / "deploy/compose/compose.yaml")
         services = compose["services"]
         assert services["topics"]["command"] == ["python", "-m", "indutech_common.topics", "create"]
-        assert "--set redpanda.auto_create_topics_enabled=false" in services["redpanda"]["command"]
+        # Cluster properties of compose's Redpanda (read on its first start)
+        (bootstrap,) = _yaml_documents(REPO_ROOT / "deploy/compose/redpanda/bootstrap.yaml")
+        assert bootstrap["auto_create_topics_enabled"] is False
 
     def test_local_stack_uses_the_command_and_disables_auto_creation(self) -> None:
         script = (REPO_ROOT / "deploy/local/components/kafka.sh").read_text()

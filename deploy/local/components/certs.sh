@@ -1,5 +1,7 @@
 # The stack's own certificate authority and one server certificate for every
 # service, so tests walk the same verified-TLS paths as production.
+# STACK_CERT_EXTRA_SANS (e.g. DNS:redpanda,DNS:minio) adds names: compose's containers
+# reach each other by service name (deploy/compose/make-certs.sh).
 # shellcheck shell=bash
 
 CERT_DAYS=825
@@ -23,7 +25,7 @@ certs_start() {
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1,IP:$CORP_DC_IP,IP:$AWS_DC_IP,DNS:corp-dc.corp.indutech.test,DNS:aws-dc.aws.indutech.test,DNS:corp.indutech.test,DNS:aws.indutech.test
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1,IP:$CORP_DC_IP,IP:$AWS_DC_IP,DNS:corp-dc.corp.indutech.test,DNS:aws-dc.aws.indutech.test,DNS:corp.indutech.test,DNS:aws.indutech.test${STACK_CERT_EXTRA_SANS:+,$STACK_CERT_EXTRA_SANS}
 EXT
         # RSA for the servers: Samba's GnuTLS and psqlODBC's libpq both take it everywhere.
         openssl req -newkey rsa:2048 -nodes -subj "/O=InduTech Flows local stack/CN=localhost" \

@@ -10,9 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_iot_aggregator.errors import LakeBehindError
-from indutech_iot_aggregator.rebuild import lake_positions, rebuild
+from indutech_iot_aggregator.rebuild import ChunkDone, lake_positions, rebuild
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_iot_to_s3.worker import IotToS3Worker
 from tests.integration.iot_aggregator.conftest import (
@@ -30,12 +32,14 @@ from tests.integration.iot_aggregator.conftest import (
     view_readings,
     view_tickets,
     wait_for,
+    window_of,
 )
 from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
 
 START = BASE_TIME + timedelta(minutes=2)
 END = BASE_TIME + timedelta(minutes=6)
+TWO_MIN = timedelta(minutes=2)
 
 
 @pytest.fixture
@@ -64,6 +68,54 @@ async def damage(stack: StackSettings, schema: str) -> None:
     )
 
 
+async def streamed_and_in_lake(
+    stack: StackSettings, names: Names, lake_prefix: str
+) -> tuple[list[ClientTicket], list[SensorReading], str]:
+    """Ten minutes of tickets and readings, aggregated by the stream (views equal the
+    reference) and written to the lake by the real iot-to-s3 (its offsets committed);
+    returns the records and iot-to-s3's consumer group."""
+    tickets = [client_ticket(i, BASE_TIME + timedelta(seconds=i * 2.5)) for i in range(240)]
+    readings = [sensor_reading(i, BASE_TIME + timedelta(seconds=i * 3)) for i in range(200)]
+    await produce(stack, names.ticket_topic, tickets)
+    await produce(stack, names.sensor_topic, readings)
+    want_tickets = expected_tickets(tickets)
+    want_readings = expected_readings(readings)
+    lake_group = f"{names.group_id}-lake"
+    to_s3 = IotToS3Worker(
+        IotToS3Settings(
+            kafka=stack.kafka,
+            s3=stack.s3,
+            group_id=lake_group,
+            sensor_topic=names.sensor_topic,
+            ticket_topic=names.ticket_topic,
+            dead_letter_topic=names.dead_letter_topic,
+            lake_prefix=lake_prefix,
+            health={"host": "127.0.0.1", "port": 0},
+            session_timeout_ms=6000,
+            rotation={"idle_s": 0.5, "max_age_s": 1},
+        )
+    )
+    lake_task = asyncio.create_task(to_s3.serve(install_signal_handlers=False))
+    topics = [names.ticket_topic, names.sensor_topic]
+    try:
+        async with running_worker(stack, names):
+            got = await wait_for(
+                lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
+            )
+            assert got == want_tickets
+            assert await view_readings(stack, names.schema) == want_readings
+        partitions = [(t, p) for t in topics for p in range(PARTITIONS)]
+        in_lake = await wait_for(
+            lambda: lake_positions(stack.kafka, lake_group, partitions),
+            lambda p: sum(n or 0 for n in p.values()) == len(tickets) + len(readings),
+        )
+        assert sum(n or 0 for n in in_lake.values()) == len(tickets) + len(readings)
+    finally:
+        to_s3.request_exit()
+        assert await asyncio.wait_for(lake_task, timeout=60) == 0
+    return tickets, readings, lake_group
+
+
 class TestRebuild:
     @pytest.mark.slow
     async def test_a_damaged_range_rebuilt_from_the_lake_equals_the_reference(
@@ -71,46 +123,9 @@ class TestRebuild:
     ) -> None:
         """Streamed, lake written by iot-to-s3, rows damaged, [10:02, 10:06) rebuilt: those
         windows equal the reference again (exact decimals), the others keep the damage."""
-        tickets = [client_ticket(i, BASE_TIME + timedelta(seconds=i * 2.5)) for i in range(240)]
-        readings = [sensor_reading(i, BASE_TIME + timedelta(seconds=i * 3)) for i in range(200)]
-        await produce(stack, names.ticket_topic, tickets)
-        await produce(stack, names.sensor_topic, readings)
+        tickets, readings, lake_group = await streamed_and_in_lake(stack, names, lake_prefix)
         want_tickets = expected_tickets(tickets)
         want_readings = expected_readings(readings)
-        lake_group = f"{names.group_id}-lake"
-        to_s3 = IotToS3Worker(
-            IotToS3Settings(
-                kafka=stack.kafka,
-                s3=stack.s3,
-                group_id=lake_group,
-                sensor_topic=names.sensor_topic,
-                ticket_topic=names.ticket_topic,
-                dead_letter_topic=names.dead_letter_topic,
-                lake_prefix=lake_prefix,
-                health={"host": "127.0.0.1", "port": 0},
-                session_timeout_ms=6000,
-                rotation={"idle_s": 0.5, "max_age_s": 1},
-            )
-        )
-        lake_task = asyncio.create_task(to_s3.serve(install_signal_handlers=False))
-        topics = [names.ticket_topic, names.sensor_topic]
-        try:
-            async with running_worker(stack, names):
-                got = await wait_for(
-                    lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
-                )
-                assert got == want_tickets
-                assert await view_readings(stack, names.schema) == want_readings
-            partitions = [(t, p) for t in topics for p in range(PARTITIONS)]
-            in_lake = await wait_for(
-                lambda: lake_positions(stack.kafka, lake_group, partitions),
-                lambda p: sum(n or 0 for n in p.values()) == len(tickets) + len(readings),
-            )
-            assert sum(n or 0 for n in in_lake.values()) == len(tickets) + len(readings)
-        finally:
-            to_s3.request_exit()
-            assert await asyncio.wait_for(lake_task, timeout=60) == 0
-
         await damage(stack, names.schema)
         settings = settings_for(
             stack, names, s3=stack.s3, lake_prefix=lake_prefix, lake_group_id=lake_group
@@ -138,6 +153,75 @@ class TestRebuild:
             END,
         )
         assert finals[0]["f"] is True
+
+    @pytest.mark.slow
+    async def test_a_range_of_several_chunks_holds_one_chunk_and_a_rerun_finishes(
+        self, stack: StackSettings, names: Names, lake_prefix: str
+    ) -> None:
+        """[10:02, 10:06) in one-minute chunks: four transactions; a crash after the second
+        leaves those two windows rebuilt and the others damaged; running it again gives
+        every window of the reference, with at most one window's lake records held at once
+        and progress logged per chunk."""
+        tickets, readings, lake_group = await streamed_and_in_lake(stack, names, lake_prefix)
+        want_tickets = expected_tickets(tickets)
+        want_readings = expected_readings(readings)
+        per_window: dict[Any, int] = {}
+        for record in [*tickets, *readings]:
+            window = window_of(record.event_time)
+            if START <= window < END:
+                per_window[window] = per_window.get(window, 0) + 1
+        settings = settings_for(
+            stack,
+            names,
+            s3=stack.s3,
+            lake_prefix=lake_prefix,
+            lake_group_id=lake_group,
+            rebuild_chunk_s=60,
+        )
+        await damage(stack, names.schema)
+
+        class CrashError(Exception):
+            """The process dies between two chunks."""
+
+        def crash_after_two(done: ChunkDone) -> None:
+            if done.index == 2:
+                raise CrashError
+
+        with pytest.raises(CrashError):
+            await rebuild(settings, START, END, progress=crash_after_two)
+        tickets_now = await view_tickets(stack, names.schema)
+        first_two = {k: v for k, v in want_tickets.items() if START <= k[0] < START + TWO_MIN}
+        assert {k: v for k, v in tickets_now.items() if START <= k[0] < START + TWO_MIN} == (
+            first_two
+        )
+        assert all(v[0] >= 1000 for k, v in tickets_now.items() if START + TWO_MIN <= k[0] < END), (
+            "chunks after the crash: not written"
+        )
+
+        seen: list[ChunkDone] = []
+        with capture_logs() as logs:
+            report = await rebuild(settings, START, END, progress=seen.append)
+
+        assert [(d.index, d.chunks) for d in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        assert [d.start for d in seen] == [START + timedelta(minutes=i) for i in range(4)]
+        assert report.chunks == 4
+        assert report.windows == 4
+        assert report.records == sum(per_window.values())
+        assert report.peak_records_held == max(per_window.values())
+        assert report.peak_records_held < report.records
+        assert [d.records_held for d in seen] == [per_window[d.start] for d in seen]
+        progress = [e for e in logs if e["event"] == "rebuild_progress"]
+        assert [(e["chunk"], e["chunks"], e["records"]) for e in progress] == [
+            (d.index, 4, d.records) for d in seen
+        ]
+        tickets_now = await view_tickets(stack, names.schema)
+        readings_now = await view_readings(stack, names.schema)
+        assert {k: v for k, v in tickets_now.items() if inside(k)} == {
+            k: v for k, v in want_tickets.items() if inside(k)
+        }
+        assert {k: v for k, v in readings_now.items() if inside(k)} == {
+            k: v for k, v in want_readings.items() if inside(k)
+        }
 
     async def test_a_lake_behind_the_stream_is_refused_with_nothing_written(
         self, stack: StackSettings, names: Names, lake_prefix: str

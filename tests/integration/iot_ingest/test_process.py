@@ -126,6 +126,7 @@ class TestSigterm:
         finally:
             if process.poll() is None:
                 process.kill()
+                await asyncio.to_thread(process.wait, 10)
             if writer.is_alive():
                 await asyncio.to_thread(writer.join, 30)
         assert code == 0

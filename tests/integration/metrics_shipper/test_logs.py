@@ -16,10 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from structlog.testing import capture_logs
+
 from indutech_common.cloudwatch import create_logs_client
 from indutech_common.settings import CloudWatchSettings, HealthSettings
 from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.logs import LogCheckpoints, LogShipper
 from indutech_metrics_shipper.worker import MetricsShipperWorker
+from tests.integration.metrics_shipper.test_shipping import metrics_endpoint, wait_until
+from tests.support.proxy import SwitchableProxy
 from tests.support.stack import REPO_ROOT, StackSettings
 
 KILLS = 10
@@ -31,10 +37,14 @@ def log_line(i: int, *, worker: str = "iot-ingest") -> str:
 
 
 async def messages_in(cloudwatch: CloudWatchSettings, group: str) -> list[str]:
-    """Every message of every stream of the group (pages followed to their end)."""
+    """Every message of every stream of the group (pages followed to their end); none while
+    the group does not exist."""
     found: list[str] = []
     async with create_logs_client(cloudwatch) as client:
-        streams = await client.describe_log_streams(logGroupName=group)
+        try:
+            streams = await client.describe_log_streams(logGroupName=group)
+        except client.exceptions.ResourceNotFoundException:
+            return found
         for stream in streams.get("logStreams", []):
             kwargs: dict[str, Any] = {
                 "logGroupName": group,
@@ -89,6 +99,17 @@ async def wait_for_messages(
         if time.monotonic() > deadline:
             return  # the assertions after say what is missing
         await asyncio.sleep(1)
+
+
+async def wait_started(log: Path, count: int, *, timeout_s: float = 60) -> None:
+    """Until the shipper's log says ``worker_started`` ``count`` times (one per start)."""
+    deadline = time.monotonic() + timeout_s
+    while (await asyncio.to_thread(log.read_text, errors="replace")).count(
+        '"event": "worker_started"'
+    ) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the shipper did not start within {timeout_s} s: see {log}")
+        await asyncio.sleep(0.05)
 
 
 class TestLogShipping:
@@ -162,8 +183,10 @@ class TestLogChaos:
         writer = asyncio.create_task(write())
         process = start()
         try:
-            for _ in range(KILLS):
-                await asyncio.sleep(rng.uniform(1.0, 2.5))  # start-up (~1 s), then mid-batch
+            for kill in range(KILLS):
+                # after its start (imports take seconds on a loaded machine), then mid-batch
+                await wait_started(tmp_path / "shipper.log", kill + 1)
+                await asyncio.sleep(rng.uniform(0.0, 1.5))
                 process.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(process.wait, 10)
                 process = start()
@@ -177,6 +200,8 @@ class TestLogChaos:
             stop.set()
             if process.poll() is None:
                 process.kill()
+                # reaped here, or its Popen is collected in a later test as "still running"
+                await asyncio.to_thread(process.wait, 10)
             await delete_group(stack.cloudwatch, group)
             shipper_log.close()
         numbers = Counter(json.loads(m)["n"] for m in found)
@@ -188,3 +213,123 @@ class TestLogChaos:
         assert (tmp_path / "shipper.log").read_text().count(
             '"event": "log_inflight_checked"'
         ) >= 1, "no kill landed between a put and its checkpoint: a weak run"
+
+
+class TestLogsAway:
+    async def test_the_shipper_starts_and_scrapes_while_logs_is_away_then_delivers(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        """CloudWatch unreachable at start: the shipper stays up, answers /healthz and keeps
+        scraping; once CloudWatch is back, the group is created and every line arrives."""
+        endpoint = stack.cloudwatch.endpoint_url
+        assert endpoint is not None
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        (logs / "worker.log").write_text("".join(log_line(i) + "\n" for i in range(120)))
+        group = f"/indutech/test/{unique}"
+        worker = f"w-{unique}"
+        async with SwitchableProxy("localhost", int(endpoint.rsplit(":", 1)[1])) as proxy:
+            proxy.cut()
+            # "localhost" so that the stack's certificate still verifies through the proxy
+            cloudwatch = stack.cloudwatch.model_copy(
+                update={"endpoint_url": f"https://localhost:{proxy.port}"}
+            )
+            async with metrics_endpoint(worker) as (metrics, url):
+                shipper = MetricsShipperWorker(
+                    MetricsShipperSettings(
+                        cloudwatch=cloudwatch,
+                        namespace=f"InduTech/Test/{unique}",
+                        targets=(url,),
+                        log_dir=logs,
+                        log_group=group,
+                        log_state_dir=tmp_path / "state",
+                        log_flush_s=0.05,
+                        interval_s=10,
+                        health=HealthSettings(host="127.0.0.1", port=0),
+                    )
+                )
+                metrics.records_out.labels(worker, "sensor").inc(3)  # newer than its state: sent
+                try:
+                    with capture_logs() as captured:
+                        task = asyncio.create_task(shipper.serve(install_signal_handlers=False))
+                        await wait_until(
+                            lambda: (
+                                shipper.cycles >= 1
+                                and sum(e["event"] == "log_delivery_failed" for e in captured) >= 2
+                            ),
+                            timeout_s=30,
+                        )
+                        assert not task.done(), "the shipper exited while CloudWatch was away"
+                        async with (
+                            aiohttp.ClientSession() as session,
+                            session.get(f"http://127.0.0.1:{shipper.health.port}/healthz") as reply,
+                        ):
+                            assert reply.status == 200
+                        assert shipper.sink is not None
+                        assert len(shipper.sink.buffer) > 0, "the scraped metrics were not buffered"
+
+                        proxy.restore()
+                        await wait_for_messages(stack.cloudwatch, group, 120, timeout_s=60)
+                        shipper.request_exit()
+                        assert await task == 0
+                    found = await messages_in(stack.cloudwatch, group)
+                finally:
+                    shipper.request_exit()
+                    await delete_group(stack.cloudwatch, group)
+        assert sorted(json.loads(m)["n"] for m in found) == list(range(120))
+        failures = [e for e in captured if e["event"] == "log_delivery_failed"]
+        assert all(e["retry_in_s"] <= 60 for e in failures)
+
+
+class TestLogBacklog:
+    async def test_a_large_backlog_is_read_off_the_event_loop(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        """Reading and parsing 10,000 long lines leaves the event loop free: a ticker on the
+        loop (the metrics cycle's stand-in) is never held for long while they are shipped."""
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        pad = "x" * 4000
+        old = "2020-01-01T00:00:00Z"  # refused by CloudWatch: dropped before the put, not sent
+        (logs / "worker.log").write_text(
+            "".join(
+                json.dumps({"event": "old", "n": i, "pad": pad, "timestamp": old}) + "\n"
+                for i in range(10_000)
+            )
+        )
+        group = f"/indutech/test/{unique}"
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        try:
+            async with create_logs_client(stack.cloudwatch) as client:
+                shipper = LogShipper(
+                    client,
+                    root=logs,
+                    patterns=("**/*.log",),
+                    group=group,
+                    checkpoints=LogCheckpoints(tmp_path / "state"),
+                )
+                await shipper.start()
+                ticker = asyncio.create_task(tick())
+                began = time.perf_counter()
+                read = await shipper.ship()
+                took = time.perf_counter() - began
+                done.set()
+                await ticker
+                shipper.close()
+        finally:
+            await delete_group(stack.cloudwatch, group)
+        assert read == 10_000
+        assert shipper.events_dropped == 10_000
+        assert took > 0.1, f"the read took {took:.3f} s: too short to show anything"
+        # on the loop, the read held it for most of ``took``; in a thread, the loop runs
+        assert max(gaps) < took / 4, f"the loop was held {max(gaps):.3f} s of {took:.3f} s"

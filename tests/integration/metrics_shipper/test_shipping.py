@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 
-from indutech_common.cloudwatch import create_cloudwatch_client
+from indutech_common.cloudwatch import create_cloudwatch_client, create_logs_client
 from indutech_common.health import HealthServer
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import CloudWatchSettings, HealthSettings
 from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.emf import EmfEvent
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 from tests.support.proxy import SwitchableProxy
 from tests.support.stack import StackSettings
+from tests.unit.metrics_shipper.test_emf import check_emf
 
 pytestmark = pytest.mark.integration
 
@@ -165,6 +167,107 @@ class TestShipping:
             stream="sensor",
         )
         assert sum(sums) == 10
+
+    async def test_with_a_disk_buffer_what_was_not_delivered_survives_a_restart(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        """CloudWatch away: a shipper stops with its datums on disk; the next one, started
+        once CloudWatch is back, delivers them (with nothing new to scrape)."""
+        endpoint = stack.cloudwatch.endpoint_url
+        assert endpoint is not None
+        port = int(endpoint.rsplit(":", 1)[1].rstrip("/"))
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        buffer_dir = tmp_path / "buffer"
+        async with SwitchableProxy("localhost", port) as proxy, metrics_endpoint(worker) as m:
+            metrics, url = m
+            proxy.cut()
+            away = stack.cloudwatch.model_copy(
+                update={"endpoint_url": f"https://localhost:{proxy.port}"}
+            )
+            first = MetricsShipperWorker(
+                shipper_settings(away, namespace, url, buffer_dir=buffer_dir), once=True
+            )
+            metrics.records_out.labels(worker, "sensor").inc(9)  # newer than its state: sent
+            assert await first.serve(install_signal_handlers=False) == 0
+            assert first.sink is not None
+            assert first.sink.datums_sent == 0
+            on_disk = len(first.buffer)
+            assert on_disk > 0
+            assert list(buffer_dir.glob("*.seg"))
+
+            second = MetricsShipperWorker(
+                shipper_settings(stack.cloudwatch, namespace, url, buffer_dir=buffer_dir),
+                once=True,
+            )
+            assert await second.serve(install_signal_handlers=False) == 0
+            assert second.sink is not None
+            assert second.sink.datums_sent > on_disk  # the first's datums, then its own
+            assert len(second.buffer) == 0
+        assert not list(buffer_dir.glob("*.seg"))
+        sums = await metric_values(
+            stack.cloudwatch,
+            namespace,
+            "indutech_records_out",
+            "Sum",
+            worker=worker,
+            stream="sensor",
+        )
+        assert sum(sums) == 9  # once: the second shipper's own scrape found no increase
+
+
+class TestEmf:
+    """``SINK=emf``: the same datums as EMF log events in a log group (moto stores them; it
+    does not extract metrics from them, so the documents are read back, not the metrics)."""
+
+    async def test_counters_and_histograms_arrive_as_emf_documents(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        namespace = f"InduTech/Test/{unique}"
+        worker = f"w-{unique}"
+        group = f"/indutech/test-emf/{unique}"
+        async with metrics_endpoint(worker) as (metrics, url):
+            shipper = MetricsShipperWorker(
+                shipper_settings(stack.cloudwatch, namespace, url, sink="emf", emf_log_group=group),
+                once=True,
+            )
+            metrics.records_out.labels(worker, "sensor").inc(7)  # newer than its state: sent
+            for seconds in (0.02, 0.3, 3.0):
+                metrics.batch_duration.labels(worker).observe(seconds)
+            try:
+                assert await shipper.serve(install_signal_handlers=False) == 0
+                events = await log_events(stack.cloudwatch, group, "metrics-shipper")
+            finally:
+                async with create_logs_client(stack.cloudwatch) as client:
+                    await client.delete_log_group(logGroupName=group)
+        assert shipper.sink is not None
+        assert shipper.sink.datums_sent > 0
+        assert shipper.sink.rejected == 0
+        ours = [
+            check_emf(EmfEvent(e["timestamp"], e["message"], ()))
+            for e in events
+            if f'"worker":"{worker}"' in e["message"]
+        ]
+        assert all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == namespace for d in ours)
+        records = [d for d in ours if d.get("stream") == "sensor" and "indutech_records_out" in d]
+        assert [d["indutech_records_out"] for d in records] == [7]
+        [histogram] = [
+            d["indutech_batch_duration_seconds"]
+            for d in ours
+            if "indutech_batch_duration_seconds" in d
+        ]
+        assert histogram["Count"] == 3
+        assert len(histogram["Values"]) == 3
+
+
+async def log_events(
+    cloudwatch: CloudWatchSettings, group: str, stream: str
+) -> list[dict[str, Any]]:
+    async with create_logs_client(cloudwatch) as client:
+        page = await client.get_log_events(
+            logGroupName=group, logStreamName=stream, startFromHead=True
+        )
+    return [dict(e) for e in page.get("events", [])]
 
 
 async def wait_until(condition: Any, *, timeout_s: float) -> None:

@@ -77,7 +77,7 @@ class TestStatusPage:
             "2": "red",
             "3": "grey",
             "4": "grey",
-            "5": "grey",  # not built yet
+            "5": "grey",  # no target given for sql-to-redshift
             "6": "green",
             "7": "grey",
         }

@@ -60,13 +60,15 @@ class TestReplicas:
     ) -> None:
         """Both replicas write chunks; every chunk is written exactly once; one announcement."""
         await generate(stack, erp)
-        settings = settings_for(stack, erp, chunk_rows=150, idle_exit_s=4.0)
-        workers = [SqlBackupWorker(settings), SqlBackupWorker(settings)]
-        serving = [asyncio.create_task(w.serve(install_signal_handlers=False)) for w in workers]
-        await asyncio.sleep(3)  # both join the group before the work arrives
+        # idle_exit_s leaves room for planning on a loaded machine: a replica that has seen
+        # no work by then exits, and the test would read [0, 0] as "one did nothing"
+        settings = settings_for(stack, erp, chunk_rows=150, idle_exit_s=10.0)
         async with create_s3_client(stack.s3) as s3:
             engine = Engine(settings, s3)
             tables = await engine.discover([f"{erp.schema}.order_lines"])
+            workers = [SqlBackupWorker(settings), SqlBackupWorker(settings)]
+            serving = [asyncio.create_task(w.serve(install_signal_handlers=False)) for w in workers]
+            await asyncio.sleep(3)  # both join the group before the work arrives
             published = await publish_plans(settings, engine, tables, kind="full", day=DAY)
             assert published >= 10
             assert await asyncio.gather(*serving) == [0, 0]
@@ -107,6 +109,32 @@ class TestAnnouncement:
         assert [m["table"] for m in messages] == [f"{erp.schema}.orders"]
         marker = BackupDir.of(settings.backup_prefix, plan).announced
         assert marker in await backup_keys(stack, erp.prefix)
+
+    async def test_the_backup_duration_is_from_the_plan_to_the_announcement(
+        self, stack: StackSettings, erp: Erp
+    ) -> None:
+        """A small backup through a replica: its table's duration gauge is the announcement
+        time minus the plan's creation, set by the replica that announced it."""
+        await generate(stack, erp)
+        settings = settings_for(stack, erp, idle_exit_s=4.0)
+        table = f"{erp.schema}.orders"
+        async with create_s3_client(stack.s3) as s3:
+            engine = Engine(settings, s3)
+            tables = await engine.discover([table])
+            await publish_plans(settings, engine, tables, kind="full", day=DAY)
+            plan, _ = await engine.plan(tables[0], kind="full", day=DAY)
+        worker = SqlBackupWorker(settings)
+        started = time.time()
+        assert await worker.serve(install_signal_handlers=False) == 0
+        ended = time.time()
+        duration = worker.metrics.registry.get_sample_value(
+            "indutech_sql_backup_backup_duration_seconds",
+            {"worker": "sql-backup", "table": f"{plan.database}.{table}"},
+        )
+        assert duration is not None, "no duration after an announced backup"
+        announced_at = plan.created_at.timestamp() + duration
+        assert started - 0.01 <= announced_at <= ended + 0.01
+        assert [m["table"] for m in await completed_messages(stack, erp, 2)] == [table]
 
 
 class TestChaos:

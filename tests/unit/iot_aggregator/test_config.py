@@ -106,3 +106,15 @@ class TestRebuildArguments:
         """No lake read, no warehouse connection: the command says what to fix."""
         assert main(argv) == 2
         assert expected in capsys.readouterr().err
+
+    @pytest.mark.parametrize("chunk", ["0", "-60", "1.5", "an hour"])
+    @pytest.mark.usefixtures("env")
+    def test_a_chunk_length_that_is_not_whole_seconds_exits_2(
+        self, capsys: pytest.CaptureFixture[str], chunk: str
+    ) -> None:
+        """--chunk-s takes a positive whole number of seconds; argparse says so."""
+        argv = ["rebuild", "--from", "2026-03-01T10:00+00:00", "--to", "2026-03-01T11:00+00:00"]
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--chunk-s", chunk])
+        assert exited.value.code == 2
+        assert f"{chunk!r} is not a positive whole number of seconds" in capsys.readouterr().err

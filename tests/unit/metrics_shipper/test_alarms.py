@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from indutech_metrics_shipper.alarms import NOT_YET, SEED_ALARMS, desired, plan
+import re
+
+from indutech_common.metrics import WorkerMetrics
+from indutech_metrics_shipper.alarms import SEED_ALARMS, desired, plan
+from tests.support.stack import REPO_ROOT
 
 PREFIX = "indutech-"
 NAMESPACE = "InduTech/Flows"
@@ -24,6 +28,9 @@ class TestSpecs:
             (3, "warehouse-ingestion-lag"): ("GreaterThanThreshold", 3600),
             (3, "warehouse-queue"): ("GreaterThanThreshold", 100),
             (4, "backup-errors"): ("GreaterThanThreshold", 0),
+            (4, "backup-duration"): ("GreaterThanThreshold", 7200),
+            (5, "loader-lag"): ("GreaterThanThreshold", 1800),
+            (5, "loader-errors"): ("GreaterThanThreshold", 0),
             (6, "ad-sync-lag"): ("GreaterThanThreshold", 60),
             (6, "ad-sync-errors"): ("GreaterThanThreshold", 0),
             (7, "log-delivery"): ("GreaterThanThreshold", 300),
@@ -31,8 +38,42 @@ class TestSpecs:
             (7, "shipper-stale"): ("LessThanThreshold", 1),
         }
 
-    def test_rows_without_a_metric_are_said_not_hidden(self) -> None:
-        assert {flow for flow, _, _ in NOT_YET} == {4, 5}
+    def test_every_flow_of_the_seed_has_an_alarm(self) -> None:
+        assert {s.flow for s in SEED_ALARMS} == set(range(1, 8))
+
+    def test_the_backup_and_loader_rows_read_their_workers_metrics(self) -> None:
+        queries = {
+            s.slug: desired(s, prefix=PREFIX, namespace=NAMESPACE)["Metrics"][0]["Expression"]
+            for s in SEED_ALARMS
+            if s.flow in (4, 5)
+        }
+        assert queries == {
+            "backup-errors": 'SELECT SUM(indutech_errors) FROM "InduTech/Flows" '
+            "WHERE worker = 'sql-backup'",
+            "backup-duration": "SELECT MAX(indutech_sql_backup_backup_duration_seconds) "
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-backup'",
+            "loader-lag": "SELECT MAX(indutech_sql_to_redshift_lag_seconds) "
+            "FROM \"InduTech/Flows\" WHERE worker = 'sql-to-redshift'",
+            "loader-errors": 'SELECT SUM(indutech_errors) FROM "InduTech/Flows" '
+            "WHERE worker = 'sql-to-redshift'",
+        }
+
+    def test_every_metric_an_alarm_reads_is_exported_by_a_worker(self) -> None:
+        """A misspelt name would make an alarm that never fires (missing data: not breaching)."""
+        common = {family.name for family in WorkerMetrics("probe").registry.collect()}
+        sources = "\n".join(
+            path.read_text()
+            for root in (REPO_ROOT / "libs" / "common" / "src", *REPO_ROOT.glob("services/*/src"))
+            for path in root.rglob("*.py")
+            if path.name != "alarms.py"  # the alarms' own names prove nothing
+        )
+        read = set()
+        for spec in SEED_ALARMS:
+            read |= set(re.findall(r"\bindutech_[a-z_]+", spec.insights or ""))
+            read |= {metric for metric, _ in spec.daily_sum_of}
+        assert "indutech_sql_to_redshift_lag_seconds" in read
+        for name in sorted(read):
+            assert name in common or f'"{name}"' in sources, f"{name}: no worker exports it"
 
     def test_insights_query_names_the_namespace_quoted(self) -> None:
         params = desired(SEED_ALARMS[0], prefix=PREFIX, namespace=NAMESPACE)

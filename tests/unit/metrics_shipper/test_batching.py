@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.session
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from indutech_metrics_shipper.batching import MAX_CALL_BYTES, RequestSizer, pack
-from indutech_metrics_shipper.convert import MAX_VALUES_PER_DATUM, Datum
+from indutech_metrics_shipper.convert import MAX_VALUES_PER_DATUM, Datum, StatisticSet
 from indutech_metrics_shipper.errors import DatumTooLargeError
 
 
@@ -71,3 +78,162 @@ class TestPack:
 
     def test_nothing_to_send_no_call(self, sizer: RequestSizer) -> None:
         assert list(pack([], sizer)) == []
+
+
+# -- the sizes against the body botocore's client really writes -------------------------------
+
+NAMESPACE = "InduTech/Flows"
+
+
+class BodyCaptured(Exception):  # noqa: N818 - a signal, not an error
+    def __init__(self, body: bytes) -> None:
+        super().__init__("PutMetricData body captured")
+        self.body = body
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A real botocore CloudWatch client that stops each call once it has serialized (and
+    validated) its body, before compression and before any network: the body as sent."""
+    client = botocore.session.get_session().create_client(
+        "cloudwatch",
+        region_name="eu-west-1",
+        aws_access_key_id="unused",
+        aws_secret_access_key="unused",  # never sent: each call stops before the network
+    )
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        raise BodyCaptured(params["body"])
+
+    client.meta.events.register("before-call.cloudwatch.PutMetricData", capture)
+    yield client
+    client.close()
+
+
+def sent_bytes(client: Any, metric_data: list[dict[str, Any]]) -> int:
+    with pytest.raises(BodyCaptured) as captured:
+        client.put_metric_data(Namespace=NAMESPACE, MetricData=metric_data)
+    return len(captured.value.body)
+
+
+PAD_DIMENSIONS = 4  # up to 4 x 1,023 characters of padding: more than a wide datum's ~2 KB
+
+
+def padded(count: int, pad: int) -> list[Datum]:
+    """``count`` wide histograms, the last one's dimension values longer by ``pad`` characters
+    (each one byte more of JSON body)."""
+    datums = wide(count)
+    last = datums[-1]
+    share, extra = divmod(pad, PAD_DIMENSIONS)
+    dimensions = tuple((f"d{i}", "x" * (1 + share + (i < extra))) for i in range(PAD_DIMENSIONS))
+    datums[-1] = Datum(last.name, dimensions, last.timestamp, last.unit, values=last.values,
+                       counts=last.counts)  # fmt: skip
+    return datums
+
+
+@pytest.fixture(scope="module")
+def at_limit(client: Any) -> tuple[int, int]:
+    """(count, pad) for which the body botocore's client writes is exactly MAX_CALL_BYTES."""
+
+    def body(count: int, pad: int) -> int:
+        return sent_bytes(client, [d.to_api() for d in padded(count, pad)])
+
+    one = body(1, 0)
+    count = (MAX_CALL_BYTES - one) // (body(2, 0) - one) + 1
+    while body(count, 0) > MAX_CALL_BYTES:
+        count -= 1
+    while body(count + 1, 0) <= MAX_CALL_BYTES:
+        count += 1
+    pad = MAX_CALL_BYTES - body(count, 0)
+    assert body(count, pad) == MAX_CALL_BYTES
+    return count, pad
+
+
+class TestTheOneMegabyteLimit:
+    """Calls at the limit, the bytes counted by botocore's own client (the protocol it uses)."""
+
+    @pytest.mark.parametrize("under", [0, 1])
+    def test_a_body_at_or_just_under_1_mb_is_one_call(
+        self, sizer: RequestSizer, client: Any, at_limit: tuple[int, int], under: int
+    ) -> None:
+        count, pad = at_limit
+        [call] = pack(padded(count, pad - under), sizer)
+        assert len(call.metric_data) == count
+        assert call.body_bytes == sent_bytes(client, call.metric_data) == MAX_CALL_BYTES - under
+
+    def test_a_body_one_byte_over_is_two_calls_within_it(
+        self, sizer: RequestSizer, client: Any, at_limit: tuple[int, int]
+    ) -> None:
+        count, pad = at_limit
+        datums = padded(count, pad + 1)
+        assert sent_bytes(client, [d.to_api() for d in datums]) == MAX_CALL_BYTES + 1
+        calls = list(pack(datums, sizer))
+        assert [len(c.metric_data) for c in calls] == [count - 1, 1]
+        for call in calls:
+            assert call.body_bytes == sent_bytes(client, call.metric_data) <= MAX_CALL_BYTES
+
+    def test_1000_datums_are_one_call_1001_two(self, sizer: RequestSizer) -> None:
+        assert [len(c.metric_data) for c in pack(plain(1000), sizer)] == [1000]
+        assert [len(c.metric_data) for c in pack(plain(1001), sizer)] == [1000, 1]
+
+    def test_the_sizer_uses_the_protocol_the_client_sends(
+        self, sizer: RequestSizer, client: Any
+    ) -> None:
+        assert sizer.protocol == client.meta.service_model.resolved_protocol
+        assert sizer.exact  # JSON: sizes computed, not serialized per datum
+
+
+FLOATS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.sampled_from([0.005, 0.1, 1e-300, 1e300, 2.5]),
+)
+NAMES = st.text(min_size=1, max_size=40)  # any Unicode: json.dumps escapes it as botocore does
+DATUMS = st.builds(
+    lambda name, dims, stamp, kind, value, pairs, stats: Datum(
+        name,
+        tuple(sorted(dims.items())),
+        stamp,
+        "Seconds",
+        value=value if kind == "value" else None,
+        values=tuple(v for v, _ in pairs) if kind == "values" else (),
+        counts=tuple(c for _, c in pairs) if kind == "values" else (),
+        statistics=StatisticSet(*stats) if kind == "statistics" else None,
+    ),
+    NAMES,
+    st.dictionaries(NAMES, st.text(min_size=1, max_size=60), max_size=30),
+    st.floats(min_value=1.6e9, max_value=2.2e9) | st.integers(1_600_000_000, 2_200_000_000),
+    st.sampled_from(["value", "values", "statistics"]),
+    FLOATS,
+    st.lists(st.tuples(FLOATS, FLOATS), min_size=1, max_size=MAX_VALUES_PER_DATUM),
+    st.tuples(FLOATS, FLOATS, FLOATS, FLOATS),
+)
+
+
+class TestComputedSizes:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(datums=st.lists(DATUMS, min_size=1, max_size=40), limit=st.sampled_from([8_000, 60_000]))
+    def test_every_call_is_the_size_botocore_sends(
+        self, sizer: RequestSizer, client: Any, datums: list[Datum], limit: int
+    ) -> None:
+        """Computed (under half the limit) or measured (over it), each call's size is the body
+        botocore's client writes, and within the limit."""
+        calls = list(pack(datums, sizer, max_bytes=limit))
+        assert sum(len(c.metric_data) for c in calls) == len(datums)
+        for call in calls:
+            assert call.body_bytes == sent_bytes(client, call.metric_data)
+            assert call.body_bytes <= limit or len(call.metric_data) == 1
+
+    def test_non_finite_values_are_sized_as_botocore_writes_them(self, sizer: RequestSizer) -> None:
+        api = [{"MetricName": "m", "Value": math.inf, "Values": [math.nan], "Counts": [1.0]}]
+        [call] = pack([Datum("m", (), 2e9, value=-math.inf)], sizer)
+        assert call.body_bytes == sizer.body_bytes(call.metric_data)
+        assert sizer.datum_bytes(api[0]) + sizer.envelope_bytes == sizer.body_bytes(api)
+
+    @pytest.mark.parametrize("protocol", ["smithy-rpc-v2-cbor", "query"])
+    def test_other_protocols_are_measured_and_within_the_limit(self, protocol: str) -> None:
+        other = RequestSizer(NAMESPACE, protocol=protocol)
+        assert not other.exact
+        calls = list(pack(wide(400), other))
+        assert len(calls) > 1
+        assert all(c.body_bytes == other.body_bytes(c.metric_data) <= MAX_CALL_BYTES for c in calls)

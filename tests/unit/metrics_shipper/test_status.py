@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from indutech_metrics_shipper.exposition import Exposition
 from indutech_metrics_shipper.status import RULES, State, StatusBoard, render_html, render_text
 
 NOW = 2_000_000_000.0
@@ -22,11 +23,10 @@ class FakeScrape:
 
 
 def exposition(worker: str, *, out: float, errors: float = 0, lag: float = 1.0) -> str:
-    lag_name = (
-        "indutech_iot_aggregator_ingestion_lag_seconds"
-        if worker == "iot-aggregator"
-        else "indutech_lag_seconds"
-    )
+    lag_name = {
+        "iot-aggregator": "indutech_iot_aggregator_ingestion_lag_seconds",
+        "sql-to-redshift": "indutech_sql_to_redshift_lag_seconds",
+    }.get(worker, "indutech_lag_seconds")
     return (
         "# TYPE indutech_records_out_total counter\n"
         f'indutech_records_out_total{{worker="{worker}",stream="s"}} {out}\n'
@@ -79,11 +79,22 @@ class TestStatusBoard:
         board.update([FakeScrape(target, NOW, None)])
         assert by_worker(board)["iot-ingest"] == (State.RED, ["its /metrics did not answer"])
 
-    def test_every_flow_shown_unknown_and_unbuilt_grey(self) -> None:
+    def test_every_flow_shown_and_those_without_a_target_grey(self) -> None:
         statuses = StatusBoard().statuses(clock=NOW)
         assert [s.rule.flow for s in statuses] == list(range(1, 8))
         assert {s.state for s in statuses} == {State.GREY}
-        assert [s.reasons for s in statuses if s.rule.flow == 5] == [["not built yet"]]
+        assert {tuple(s.reasons) for s in statuses} == {("no scrape target for this worker",)}
+
+    def test_the_loader_is_judged_by_its_own_lag_and_any_error(self) -> None:
+        """Flow 5 reads sql-to-redshift's own lag metric against 30 min; any error is red."""
+        board = StatusBoard()
+        target = FakeTarget("loader")
+        behind = exposition("sql-to-redshift", out=1, lag=1900)
+        board.update([FakeScrape(target, NOW - 10, behind)])
+        assert by_worker(board)["sql-to-redshift"] == (State.RED, ["lag 1900 s > 1800 s"])
+        caught_up = exposition("sql-to-redshift", out=1, errors=1, lag=0)
+        board.update([FakeScrape(target, NOW, caught_up)])
+        assert by_worker(board)["sql-to-redshift"] == (State.RED, ["1 new errors"])
 
     def test_two_pods_add_up(self) -> None:
         board = StatusBoard()
@@ -103,3 +114,27 @@ class TestStatusBoard:
         for rule in RULES:
             assert rule.worker in text
             assert f'data-flow="{rule.flow}"' in page
+
+    def test_the_board_reads_the_cycles_parse_not_the_text_again(self) -> None:
+        """The families parsed once for the cycle are what the board reads: a text it would
+        have to parse again is never looked at (this one would not even parse)."""
+        board = StatusBoard()
+        target = FakeTarget("t")
+        shared = {"t": Exposition.parse(exposition("iot-to-s3", out=1, lag=601))}
+        board.update([FakeScrape(target, NOW, "not { an exposition")], parsed=shared)
+        assert by_worker(board)["iot-to-s3"] == (State.RED, ["lag 601 s > 600 s"])
+
+
+class TestExposition:
+    def test_samples_by_name_and_the_workers_present(self) -> None:
+        text = exposition("sql-backup", out=5, errors=2) + (
+            "# TYPE untyped_total untyped\n"
+            'untyped_total{worker="identity-sync"} 3\n'
+            'indutech_lag_seconds{worker="iot-ingest"} NaN\n'
+        )
+        parsed = Exposition.parse(text)
+        assert [s.value for s in parsed.samples("indutech_records_out_total")] == [5.0]
+        assert [s.value for s in parsed.samples("untyped_total")] == [3.0]
+        assert list(parsed.samples("indutech_records_out_created")) == []
+        # a worker with only NaN samples is no reading (as before the shared parse)
+        assert parsed.label_values("worker") == {"sql-backup", "identity-sync"}

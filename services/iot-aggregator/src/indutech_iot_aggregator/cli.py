@@ -36,6 +36,16 @@ def _moment(text: str) -> datetime:
         ) from None
 
 
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of seconds")
+    return value
+
+
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "command",
@@ -49,17 +59,29 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--from", dest="start", type=_moment, help="rebuild: first window start (inclusive)"
     )
     parser.add_argument("--to", dest="end", type=_moment, help="rebuild: end (exclusive)")
+    parser.add_argument(
+        "--chunk-s",
+        dest="chunk_s",
+        type=_seconds,
+        help="rebuild: event time per chunk and transaction (default "
+        "IOT_AGGREGATOR_REBUILD_CHUNK_S, an hour); a chunk's lake records are what is held "
+        "in memory",
+    )
 
 
-async def _rebuild(settings: IotAggregatorSettings, start: datetime, end: datetime) -> int:
+async def _rebuild(
+    settings: IotAggregatorSettings, start: datetime, end: datetime, chunk_s: int | None
+) -> int:
     try:
-        report = await rebuild(settings, start, end)
+        report = await rebuild(settings, start, end, chunk_s=chunk_s)
     except RebuildError as exc:
+        # chunks committed before a failure stay rebuilt: running the command again finishes
         print(f"iot-aggregator rebuild: {exc}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(exc, BadRangeError) else EXIT_FAILED
     print(
         f"rebuilt {report.windows} windows ({report.rows} rows) from {report.records} lake "
-        f"records; {report.left_to_stream} newer records left to the stream"
+        f"records in {report.chunks} chunks; {report.left_to_stream} newer records left to "
+        "the stream"
     )
     return EXIT_OK
 
@@ -78,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.start is None or args.end is None:
             print("iot-aggregator rebuild: give --from and --to", file=sys.stderr)
             return EXIT_CONFIG
-        return asyncio.run(_rebuild(settings, args.start, args.end))
+        return asyncio.run(_rebuild(settings, args.start, args.end, args.chunk_s))
 
     return worker_main(
         prog="iot-aggregator",

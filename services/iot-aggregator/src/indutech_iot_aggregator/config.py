@@ -107,6 +107,13 @@ class IotAggregatorSettings(WorkerSettings):
         description="consumer group of iot-to-s3: 'rebuild' checks the lake holds every "
         "record up to the aggregator's offsets from its committed offsets",
     )
+    rebuild_chunk_s: int = Field(
+        default=3600,
+        gt=0,
+        description="'rebuild' works in chunks of this much event time (rounded down to whole "
+        "windows, one at least), one warehouse transaction each: only one chunk's lake "
+        "records are held in memory, and the stream's writes wait for one chunk at most",
+    )
     staging_prefix: KeyPrefix = Field(
         default="warehouse-staging/iot-aggregator/",
         description="Redshift: where the deltas are staged as Parquet in the lake bucket "

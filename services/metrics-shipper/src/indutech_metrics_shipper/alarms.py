@@ -14,10 +14,10 @@ create / update (with the fields that differ) / unchanged; ``apply`` writes
 only what differs, so a second apply changes nothing. Alarms with our prefix
 that no spec names are reported, never deleted.
 
-Rows of the seed not expressed yet, because the metric does not exist yet:
-the loader (flow 5) lag and errors,
-and the backup's duration (> 2 h). They are listed by
-``NOT_YET`` and in the README, not hidden behind an alarm that could never fire.
+Every row of the seed's table is expressed: the backup's duration is sql-backup's
+``indutech_sql_backup_backup_duration_seconds`` (plan to announcement, per table),
+the loader's lag is sql-to-redshift's ``indutech_sql_to_redshift_lag_seconds`` (per
+table); the maximum over the tables is what each alarm compares.
 """
 
 from __future__ import annotations
@@ -146,6 +146,40 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
         insights=_sum_of("indutech_errors", "sql-backup"),
     ),
     AlarmSpec(
+        "backup-duration",
+        4,
+        "backup duration > 2 h: a table's last backup took over 2 h from its plan to its "
+        "announcement",
+        "GreaterThanThreshold",
+        2 * 60 * MINUTE,
+        5 * MINUTE,
+        1,
+        "notBreaching",
+        insights=_max_of("indutech_sql_backup_backup_duration_seconds", "sql-backup"),
+    ),
+    AlarmSpec(
+        "loader-lag",
+        5,
+        "loader lag > 30 min: a completed backup waits over 30 min to be in the warehouse",
+        "GreaterThanThreshold",
+        30 * MINUTE,
+        MINUTE,
+        5,
+        "notBreaching",
+        insights=_max_of("indutech_sql_to_redshift_lag_seconds", "sql-to-redshift"),
+    ),
+    AlarmSpec(
+        "loader-errors",
+        5,
+        "any sql-to-redshift error (a blocked table, a failed reconciliation, an outage)",
+        "GreaterThanThreshold",
+        0,
+        5 * MINUTE,
+        1,
+        "notBreaching",
+        insights=_sum_of("indutech_errors", "sql-to-redshift"),
+    ),
+    AlarmSpec(
         "ad-sync-lag",
         6,
         "AD sync lag > 1 min: a directory change took over a minute to reach the other side",
@@ -200,11 +234,6 @@ SEED_ALARMS: tuple[AlarmSpec, ...] = (
         "breaching",
         insights=_sum_of("indutech_shipper_datums_sent", "metrics-shipper"),
     ),
-)
-
-NOT_YET: tuple[tuple[int, str, str], ...] = (
-    (4, "backup duration > 2 h", "sql-backup reports no run duration yet"),
-    (5, "loader lag > 30 min or any error", "sql-to-redshift (flow 5) is not built"),
 )
 
 

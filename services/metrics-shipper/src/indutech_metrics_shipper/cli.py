@@ -22,11 +22,18 @@ def _arguments(parser: ArgumentParser) -> None:
         choices=["run", "once", "alarms", "dashboard", "status"],
         default="run",
         help="run: scrape and ship every interval until SIGTERM (the default); "
-        "once: one cycle, then exit (what is not delivered is lost unless state_file is set "
-        "and the buffer drains); alarms: create or update the seed's alarms (with --dry-run: "
-        "only show what would change); dashboard: write the seven flows' dashboard; "
+        "once: one cycle, then exit (what is not delivered is lost, or kept for the next run "
+        "with buffer_dir); alarms (or alarms apply): create or update the seed's "
+        "alarms (with --dry-run: only show what would change); dashboard: write the seven "
+        "flows' dashboard; "
         "status: scrape the targets twice and print the seven flows against the seed's "
         "thresholds (exit 1 when one is red)",
+    )
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=["apply"],
+        help="alarms apply: the same as alarms (the issue's spelling: alarms apply --dry-run)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="alarms: print the changes, write nothing"
@@ -41,6 +48,14 @@ def _arguments(parser: ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     def run(settings: MetricsShipperSettings, args: Namespace) -> int:
+        if args.action is not None and args.command != "alarms":
+            print(
+                f"metrics-shipper: '{args.action}' belongs to 'alarms' only: run "
+                "'metrics-shipper alarms apply [--dry-run]' or 'metrics-shipper "
+                f"{args.command}' alone.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         if args.command == "alarms":
             return asyncio.run(apply_alarms(settings, dry_run=args.dry_run))
         if args.command == "dashboard":
@@ -61,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     return worker_main(
         prog="metrics-shipper",
         description=(
-            "Flow 7: every worker's /metrics to CloudWatch (counters as increases with resets "
-            "detected, histograms as values/counts), batched within PutMetricData's limits and "
-            "buffered through outages; the seed's alarms as code (alarms). Not built yet: "
-            "logs, the status view."
+            "Flow 7: every worker's /metrics, broker lag and the warehouse queue to CloudWatch "
+            "(counters as increases with resets detected, histograms as values/counts), by "
+            "PutMetricData or as EMF log events, buffered through outages (in memory or on "
+            "disk); the workers' log files to CloudWatch Logs, each line once; the seed's alarms "
+            "(alarms apply), the seven flows' dashboard (dashboard) and status view (status, and "
+            "/status on the health port)."
         ),
         settings_cls=MetricsShipperSettings,
         run=run,
@@ -85,8 +102,6 @@ async def apply_alarms(settings: MetricsShipperSettings, *, dry_run: bool) -> in
         )
     for change in changes:
         print(change.describe())
-    for flow, rule, why in alarms.NOT_YET:
-        print(f"not yet   flow {flow}: {rule} ({why})")
     if dry_run:
         print("dry run: nothing written")
     return 0

@@ -63,6 +63,25 @@ class MetricsShipperSettings(WorkerSettings):
     scrape_ca_file: Path | None = Field(
         default=None, description="CA for https:// targets (the system's when unset)"
     )
+    sink: Literal["put_metric_data", "emf"] = Field(
+        default="put_metric_data",
+        description="how metrics reach CloudWatch: PutMetricData, or Embedded Metric Format log "
+        "events through PutLogEvents into emf_log_group (CloudWatch Logs extracts the metrics; "
+        "billed as log ingestion instead of per request)",
+    )
+    emf_log_group: str = Field(
+        default="/indutech/metrics",
+        min_length=1,
+        max_length=512,
+        description="the log group of the EMF events (sink=emf)",
+    )
+    emf_log_stream: str = Field(
+        default="metrics-shipper",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^:*]*$",
+        description="the log stream of the EMF events (sink=emf)",
+    )
     histogram_mode: Literal["values", "statistics"] = Field(
         default="values",
         description="histograms as Values/Counts per bucket (percentiles in CloudWatch) or "
@@ -83,6 +102,17 @@ class MetricsShipperSettings(WorkerSettings):
         default=200_000,
         ge=1_000,
         description="datums held through a CloudWatch outage; the oldest go first when full",
+    )
+    buffer_dir: Path | None = Field(
+        default=None,
+        description="where datums CloudWatch has not accepted yet are kept, so that they "
+        "survive a restart or a kill (unset: memory only, a kill loses them); with it, the "
+        "counters' state goes to state_file, else to counters.json in this folder",
+    )
+    buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="the disk buffer's size on disk; the oldest cycles go first when full",
     )
     alarm_prefix: str = Field(
         default="indutech-",
@@ -122,8 +152,23 @@ class MetricsShipperSettings(WorkerSettings):
         "takes older counters as a baseline and never re-sends them)",
     )
 
+    def counters_state_path(self) -> Path | None:
+        """Where the counters' last values are kept (none: not kept across restarts)."""
+        if self.state_file is not None:
+            return self.state_file
+        return self.buffer_dir / "counters.json" if self.buffer_dir is not None else None
+
     def has_something_to_ship(self) -> bool:
         return bool(self.targets or self.log_dir or self.kafka or self.warehouse)
+
+    @model_validator(mode="after")
+    def _emf_takes_values(self) -> Self:
+        if self.sink == "emf" and self.histogram_mode == "statistics":
+            raise ValueError(
+                "sink=emf with histogram_mode=statistics: EMF has no statistic-set form; set "
+                "histogram_mode=values (percentiles from Values/Counts) or sink=put_metric_data"
+            )
+        return self
 
     @model_validator(mode="after")
     def _log_state_with_log_dir(self) -> Self:

@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+
+from indutech_metrics_shipper.exposition import Exposition
 
 # PutMetricData's own limits (CloudWatch quotas page).
 MAX_DIMENSIONS = 30
@@ -189,10 +190,15 @@ class Converter:
 
     # -- conversion ---------------------------------------------------------------------
 
-    def convert(self, target: str, text: str, scraped_at: float) -> ConversionReport:
-        """Datums for one scrape of ``target`` (an address or a DNS name's pod)."""
+    def convert(self, target: str, text: str | Exposition, scraped_at: float) -> ConversionReport:
+        """Datums for one scrape of ``target`` (an address or a DNS name's pod).
+
+        ``text``: the exposition, or its families as parsed once for the cycle
+        (``exposition.parse_scrapes``, shared with the status board).
+        """
         report = ConversionReport()
-        families = list(text_string_to_metric_families(text))
+        exposition = text if isinstance(text, Exposition) else Exposition.parse(text)
+        families = exposition.families
         ctx = _ScrapeContext(
             target, scraped_at, _created_times(families), _process_start(families), report
         )
@@ -425,7 +431,7 @@ def _unit(name: str) -> str:
     return "None"
 
 
-def _created_times(families: list[Metric]) -> dict[tuple[str, Dimensions], float]:
+def _created_times(families: Iterable[Metric]) -> dict[tuple[str, Dimensions], float]:
     """``X_created`` gauges (how the text format carries a series' start) by (X, labels)."""
     created: dict[tuple[str, Dimensions], float] = {}
     for family in families:
@@ -437,7 +443,7 @@ def _created_times(families: list[Metric]) -> dict[tuple[str, Dimensions], float
     return created
 
 
-def _process_start(families: list[Metric]) -> float | None:
+def _process_start(families: Iterable[Metric]) -> float | None:
     for family in families:
         if family.name == "process_start_time_seconds":
             for sample in family.samples:

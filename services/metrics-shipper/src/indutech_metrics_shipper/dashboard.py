@@ -3,8 +3,8 @@
 A row per flow: a title with the flow's guarantee and seed threshold, then its
 throughput (records out), its lag, and its errors, as Metrics Insights graphs
 over the shipped namespace, with the alarm threshold drawn as a horizontal
-annotation. Flows that are not built yet get their row with a note, so the
-dashboard shows all seven and says which ones report nothing yet.
+annotation. Flow 4 has no lag: its graph is the backup's duration (plan to
+announcement) against the seed's 2 h.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class FlowPanel:
     title: str
     lag_metric: str | None
     lag_threshold_s: float | None
-    built: bool = True
+    lag_label: str = "lag (s)"
 
 
 FLOWS: tuple[FlowPanel, ...] = (
@@ -37,8 +37,21 @@ FLOWS: tuple[FlowPanel, ...] = (
         "indutech_iot_aggregator_ingestion_lag_seconds",
         3600,
     ),
-    FlowPanel(4, "sql-backup", "SQL Server → S3 backup (< 24 h)", None, None),
-    FlowPanel(5, "sql-to-redshift", "S3 backup → warehouse (12 to 24 h)", None, None, built=False),
+    FlowPanel(
+        4,
+        "sql-backup",
+        "SQL Server → S3 backup (< 24 h)",
+        "indutech_sql_backup_backup_duration_seconds",
+        2 * 3600,
+        lag_label="backup duration (s)",
+    ),
+    FlowPanel(
+        5,
+        "sql-to-redshift",
+        "S3 backup → warehouse (12 to 24 h)",
+        "indutech_sql_to_redshift_lag_seconds",
+        1800,
+    ),
     FlowPanel(6, "identity-sync", "AD ↔ AWS Managed AD (< 5 s)", "indutech_lag_seconds", 60),
     FlowPanel(7, "metrics-shipper", "metrics → CloudWatch (1 to 5 min)", None, None),
 )
@@ -53,7 +66,6 @@ def body(namespace: str, region: str) -> dict[str, Any]:
     widgets: list[dict[str, Any]] = []
     y = 0
     for panel in FLOWS:
-        note = "" if panel.built else ": **not built yet: nothing reports here**"
         widgets.append(
             {
                 "type": "text",
@@ -61,9 +73,7 @@ def body(namespace: str, region: str) -> dict[str, Any]:
                 "y": y,
                 "width": WIDTH,
                 "height": 1,
-                "properties": {
-                    "markdown": f"### Flow {panel.flow}: {panel.worker}, {panel.title}{note}"
-                },
+                "properties": {"markdown": f"### Flow {panel.flow}: {panel.worker}, {panel.title}"},
             }
         )
         y += 1
@@ -72,7 +82,7 @@ def body(namespace: str, region: str) -> dict[str, Any]:
             ("errors", "SUM", "indutech_errors", 0.0),
         ]
         if panel.lag_metric is not None:
-            graphs.insert(1, ("lag (s)", "MAX", panel.lag_metric, panel.lag_threshold_s))
+            graphs.insert(1, (panel.lag_label, "MAX", panel.lag_metric, panel.lag_threshold_s))
         width = WIDTH // len(graphs)
         for index, (label, function, metric, threshold) in enumerate(graphs):
             query = f"SELECT {function}({metric}) FROM {ns} WHERE worker = '{panel.worker}'"  # noqa: S608 - Metrics Insights over constants

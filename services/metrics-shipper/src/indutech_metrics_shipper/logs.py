@@ -19,6 +19,16 @@ stores an accepted batch whole, so if the stream holds every (time, message)
 of the record in its time range, the batch landed and the checkpoint moves past
 it; otherwise it is read and sent again. One batch is in flight at a time.
 
+**CloudWatch Logs away at start.** Creating the group and settling an in-flight
+batch need CloudWatch; they are the first step of ``ship()``, not of the
+worker's start, so the shipper starts (health, metrics) while Logs is away and
+the logs loop retries with its jittered backoff until they succeed.
+
+**Off the event loop.** Scanning and reading the files, parsing each line's
+time, and the fsynced checkpoint writes run in a worker thread
+(``asyncio.to_thread``): a large backlog takes its read time there, not from the
+metrics cycle that shares the loop.
+
 Events CloudWatch would refuse (older than 14 days, more than 2 h ahead) are
 dropped before the put, logged and counted, never retried forever; a batch
 refused otherwise (rejectedLogEventsInfo) is counted the same way.
@@ -26,20 +36,21 @@ refused otherwise (rejectedLogEventsInfo) is counted the same way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from indutech_common.tailing import FileState, FileTailer, Line, LineKind, WatchSpec
+from indutech_common.tailing import FileState, FileTailer, LineKind, WatchSpec
 
 if TYPE_CHECKING:
     from types_aiobotocore_logs import CloudWatchLogsClient
@@ -52,6 +63,16 @@ EVENT_OVERHEAD = 26
 MAX_SPAN_MS = 24 * 3600 * 1000
 TOO_OLD_MS = 14 * 24 * 3600 * 1000 - 3600 * 1000  # 14 days, less an hour of margin
 TOO_NEW_MS = 2 * 3600 * 1000 - 60 * 1000
+
+
+@dataclass
+class FileRead:
+    """One file's part of a read: its events (in file order) and where the read ended."""
+
+    state: FileState
+    events: list[LogEvent] = field(default_factory=list)
+    end: int = 0  # the byte offset after the last line read (events may end earlier)
+    lines: int = 0  # lines read, events or not
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,7 @@ class LogShipper:
         self.checkpoints = checkpoints
         self.tailer = FileTailer(root, [WatchSpec("logs", patterns)], tail_settle_s=None)
         self._streams: set[str] = set()
+        self.ready = False  # the group exists and the in-flight batch is settled
         self.events_sent = 0
         self.events_dropped = 0
         self.calls = 0
@@ -184,20 +206,27 @@ class LogShipper:
         return f"{path}#{state.fingerprint}"
 
     async def start(self) -> None:
-        """Create the group if missing, settle a batch left in flight, resume the files."""
+        """Create the group if missing, settle a batch left in flight, resume the files.
+
+        Needs CloudWatch Logs, so it raises while Logs is away; ``ship()`` calls it until it
+        has succeeded once (it can be repeated: the in-flight record goes only once settled).
+        """
+        if self.ready:
+            return
         with contextlib.suppress(self._client.exceptions.ResourceAlreadyExistsException):
             await self._client.create_log_group(logGroupName=self.group)
-        states = {s.fingerprint: s for s in self.checkpoints.load_states()}
-        record = self.checkpoints.inflight()
+        states = {s.fingerprint: s for s in await asyncio.to_thread(self.checkpoints.load_states)}
+        record = await asyncio.to_thread(self.checkpoints.inflight)
         if record is not None:
             landed = await self._landed(record)
             _log.info("log_inflight_checked", stream=record["stream"], landed=landed)
             state = states.get(record["fingerprint"])
             if landed and state is not None:
                 state.offset = state.committed_offset = max(state.committed_offset, record["end"])
-                self.checkpoints.save_states(states.values())
-            self.checkpoints.clear_inflight()
+                await asyncio.to_thread(self.checkpoints.save_states, states.values())
+            await asyncio.to_thread(self.checkpoints.clear_inflight)
         self.tailer.restore(states.values())
+        self.ready = True
 
     async def _landed(self, record: dict[str, Any]) -> bool:
         """Every (time, message) of the record is in its stream: the put was accepted."""
@@ -227,34 +256,40 @@ class LogShipper:
         return all(count == 0 for count in wanted.values())
 
     async def ship(self, *, max_lines: int = MAX_EVENTS) -> int:
-        """Read what the files have and send it; returns the events sent. Raises on an outage
-        with nothing committed past what CloudWatch has (the caller backs off and retries)."""
-        self.tailer.scan()
-        lines = self.tailer.read(max_lines)
-        if not lines:
-            return 0
+        """Read what the files have and send it; returns the lines read (``max_lines``: the
+        files may have more). Raises on an outage with nothing committed past what
+        CloudWatch has (the caller backs off and retries)."""
+        await self.start()
         read_at = int(time.time() * 1000)
-        by_file: dict[str, tuple[FileState, list[Line]]] = {}
-        for line in lines:
-            by_file.setdefault(line.state.fingerprint, (line.state, []))[1].append(line)
-        sent = 0
+        files = await asyncio.to_thread(self.read, max_lines, read_at)
         try:
-            for state, file_lines in by_file.values():
-                sent += await self._ship_file(state, file_lines, read_at)
+            for file in files:
+                await self._ship_file(file)
         except Exception:
             self.tailer.rewind()  # nothing past the committed offsets is kept in memory
             raise
-        return sent
+        return sum(file.lines for file in files)
 
-    async def _ship_file(self, state: FileState, lines: list[Line], read_at: int) -> int:
+    def read(self, max_lines: int, read_at_ms: int) -> list[FileRead]:
+        """The next lines of the files as events, by file (blocking: run it in a thread)."""
+        self.tailer.scan()
+        files: dict[str, FileRead] = {}
+        for line in self.tailer.read(max_lines):
+            file = files.get(line.state.fingerprint)
+            if file is None:
+                file = files[line.state.fingerprint] = FileRead(line.state)
+            file.end, file.lines = line.end, file.lines + 1
+            if line.kind in (LineKind.LINE, LineKind.UNTERMINATED, LineKind.TOO_LONG):
+                message = line.data.decode("utf-8", errors="replace")
+                file.events.append(
+                    LogEvent(event_time_ms(line.data, read_at_ms), message, line.end)
+                )
+        return list(files.values())
+
+    async def _ship_file(self, file: FileRead) -> None:
+        state, events = file.state, file.events
         stream = self.stream_name(state)
         await self._ensure_stream(stream)
-        events = []
-        for line in lines:
-            if line.kind not in (LineKind.LINE, LineKind.UNTERMINATED, LineKind.TOO_LONG):
-                continue
-            message = line.data.decode("utf-8", errors="replace")
-            events.append(LogEvent(event_time_ms(line.data, read_at), message, line.end))
         now = int(time.time() * 1000)
         sendable = [e for e in events if now - TOO_OLD_MS <= e.timestamp_ms <= now + TOO_NEW_MS]
         if len(sendable) < len(events):
@@ -265,26 +300,26 @@ class LogShipper:
                 dropped=len(events) - len(sendable),
                 why="older than 14 days or more than 2 h ahead: CloudWatch refuses them",
             )
-        sent = 0
         batch_list = batches(sendable) or [[]]
-        last_end = lines[-1].end
         for index, batch in enumerate(batch_list):
-            end = batch[-1].end if batch and index < len(batch_list) - 1 else last_end
+            end = batch[-1].end if batch and index < len(batch_list) - 1 else file.end
             if batch:
                 await self._put(stream, state, batch, end)
-                sent += len(batch)
             state.committed_offset = end
-            self.checkpoints.save_states(self.tailer.states.values())
-            self.checkpoints.clear_inflight()
+            await asyncio.to_thread(self._commit_batch)
         state.committed_offset = state.offset
         state.committed_lines = state.lines
         state.committed_complete = state.complete
-        self.checkpoints.save_states(self.tailer.states.values())
-        return sent
+        await asyncio.to_thread(self.checkpoints.save_states, list(self.tailer.states.values()))
+
+    def _commit_batch(self) -> None:
+        self.checkpoints.save_states(list(self.tailer.states.values()))
+        self.checkpoints.clear_inflight()
 
     async def _put(self, stream: str, state: FileState, batch: list[LogEvent], end: int) -> None:
         ordered = sorted(batch, key=lambda e: e.timestamp_ms)  # the API wants time order
-        self.checkpoints.write_inflight(
+        await asyncio.to_thread(
+            self.checkpoints.write_inflight,
             {
                 "stream": stream,
                 "fingerprint": state.fingerprint,
@@ -292,7 +327,7 @@ class LogShipper:
                 "first_ms": ordered[0].timestamp_ms,
                 "last_ms": ordered[-1].timestamp_ms,
                 "digests": [e.digest() for e in ordered],
-            }
+            },
         )
         response = await self._client.put_log_events(
             logGroupName=self.group,

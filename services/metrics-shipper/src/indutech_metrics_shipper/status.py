@@ -6,7 +6,7 @@ throughput (records out per second between the last two scrapes), lag, age
 of the last success and errors since the previous scrape. Red: a threshold of
 the seed's table is crossed, or the worker did not answer; amber: over half a
 threshold, or no success for a while; green otherwise; grey: no target for
-the flow (not deployed, or not built yet).
+the flow (not deployed here).
 """
 
 from __future__ import annotations
@@ -17,27 +17,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
-from prometheus_client.parser import text_string_to_metric_families
-
-
-class _Target(Protocol):
-    @property
-    def id(self) -> str: ...
-
-
-class Scraped(Protocol):
-    """What the board needs of a scrape (sources.Scrape)."""
-
-    @property
-    def target(self) -> _Target: ...
-
-    @property
-    def scraped_at(self) -> float: ...
-
-    @property
-    def text(self) -> str | None: ...
+from indutech_metrics_shipper.exposition import Exposition, Scraped
 
 
 class State(StrEnum):
@@ -56,7 +37,6 @@ class FlowRule:
     lag_threshold_s: float | None  # the seed's lag alarm (None: the seed sets none)
     errors_are_red: bool  # the seed's "any error" rows
     success_within_s: float  # older than this: amber (a stuck worker reports no lag)
-    built: bool = True
 
 
 RULES: tuple[FlowRule, ...] = (
@@ -78,11 +58,10 @@ RULES: tuple[FlowRule, ...] = (
         5,
         "sql-to-redshift",
         "S3 backup → warehouse",
-        "indutech_lag_seconds",
+        "indutech_sql_to_redshift_lag_seconds",  # per table, the worst table counts
         1800,
         True,
         26 * 3600,
-        built=False,
     ),
     FlowRule(6, "identity-sync", "AD ↔ AWS Managed AD", "indutech_lag_seconds", 60, True, 600),
     FlowRule(7, "metrics-shipper", "metrics → CloudWatch", "indutech_lag_seconds", None, True, 600),
@@ -100,24 +79,37 @@ class WorkerReading:
     last_success: float | None = None
 
 
-def read_worker(text: str, rule: FlowRule, at: float) -> WorkerReading | None:
-    """The rule's numbers from one exposition, or None when it is another worker's."""
+# What a worker reports that the board reads (the rule's lag metric besides).
+RECORDS_OUT = "indutech_records_out_total"
+ERRORS = "indutech_errors_total"
+LAST_SUCCESS = "indutech_last_success_timestamp_seconds"
+
+
+def read_worker(text: str | Exposition, rule: FlowRule, at: float) -> WorkerReading | None:
+    """The rule's numbers from one exposition, or None when it is another worker's.
+
+    Only the families the rule names are read (by name); whether the worker is
+    there at all is whether any finite sample carries its ``worker`` label.
+    """
+    exposition = text if isinstance(text, Exposition) else Exposition.parse(text)
+    if rule.worker not in exposition.label_values("worker"):
+        return None
     reading = WorkerReading(at)
-    seen = False
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("worker") != rule.worker or not math.isfinite(sample.value):
-                continue
-            seen = True
-            if sample.name == "indutech_records_out_total":
-                reading.records_out += sample.value
-            elif sample.name == "indutech_errors_total":
-                reading.errors += sample.value
-            elif sample.name == rule.lag_metric:
-                reading.lag_s = max(reading.lag_s or 0.0, sample.value)
-            elif sample.name == "indutech_last_success_timestamp_seconds":
-                reading.last_success = max(reading.last_success or 0.0, sample.value)
-    return reading if seen else None
+
+    def values(name: str) -> Iterable[float]:
+        for sample in exposition.samples(name):
+            if sample.labels.get("worker") == rule.worker and math.isfinite(sample.value):
+                yield sample.value
+
+    reading.records_out = sum(values(RECORDS_OUT), 0.0)
+    reading.errors = sum(values(ERRORS), 0.0)
+    lags = list(values(rule.lag_metric))
+    if lags:
+        reading.lag_s = max(0.0, *lags)
+    successes = list(values(LAST_SUCCESS))
+    if successes:
+        reading.last_success = max(0.0, *successes)
+    return reading
 
 
 @dataclass
@@ -141,8 +133,6 @@ def judge(
     clock: float | None = None,
 ) -> FlowStatus:
     """One flow's state from its two latest readings."""
-    if not rule.built:
-        return FlowStatus(rule, State.GREY, ["not built yet"])
     if not has_target:
         return FlowStatus(rule, State.GREY, ["no scrape target for this worker"])
     if not answered or now is None:
@@ -200,16 +190,24 @@ class StatusBoard:
         self._workers_of: dict[str, set[str]] = {}  # target id -> workers it reported
         self._silent: set[str] = set()  # workers with a target that did not answer
 
-    def update(self, scrapes: Iterable[Scraped]) -> None:
+    def update(
+        self, scrapes: Iterable[Scraped], *, parsed: Mapping[str, Exposition] | None = None
+    ) -> None:
+        """The workers' readings from one cycle's scrapes.
+
+        ``parsed``: each answered scrape's text as already parsed for the converter, by
+        target id (``exposition.parse_scrapes``); a text missing from it is parsed here, once.
+        """
         merged: dict[str, WorkerReading] = {}
         silent: set[str] = set()
         for scrape in scrapes:
             if scrape.text is None:
                 silent |= self._workers_of.get(scrape.target.id, set())
                 continue
+            exposition = (parsed or {}).get(scrape.target.id) or Exposition.parse(scrape.text)
             found: set[str] = set()
             for rule in RULES:
-                reading = read_worker(scrape.text, rule, scrape.scraped_at)
+                reading = read_worker(exposition, rule, scrape.scraped_at)
                 if reading is None:
                     continue
                 found.add(rule.worker)

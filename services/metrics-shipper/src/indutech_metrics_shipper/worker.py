@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -22,8 +23,16 @@ from indutech_common.lifecycle import Worker
 from indutech_common.retry import Backoff
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.convert import Converter, DimensionRules
+from indutech_metrics_shipper.exposition import parse_scrapes
 from indutech_metrics_shipper.logs import MAX_EVENTS, LogCheckpoints, LogShipper
-from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
+from indutech_metrics_shipper.sinks import (
+    BufferedSink,
+    CloudWatchMetricsSink,
+    DatumBuffer,
+    DiskDatumBuffer,
+    EmfSink,
+    MetricBuffer,
+)
 from indutech_metrics_shipper.sources import (
     ConsumerLagSource,
     ScrapeSource,
@@ -51,8 +60,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ),
             histogram_mode=settings.histogram_mode,
         )
-        if settings.state_file is not None and settings.state_file.exists():
-            self.converter.import_state(json.loads(settings.state_file.read_text()))
+        # in memory until startup() opens the disk buffer, if one is set
+        self.buffer: MetricBuffer = DatumBuffer(settings.buffer_max_datums)
         registry = self.metrics.registry
         self.series_scraped = Counter(
             "indutech_shipper_series_scraped",
@@ -85,6 +94,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
             ["worker"],
             registry=registry,
         )
+        self.buffer_bytes = Gauge(
+            "indutech_shipper_buffer_bytes",
+            "Bytes of the disk buffer (0 without one)",
+            ["worker"],
+            registry=registry,
+        )
         self.api_errors = Counter(
             "indutech_shipper_api_errors", "CloudWatch API errors", ["worker"], registry=registry
         )
@@ -99,7 +114,7 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.queue: WarehouseQueueSource | None = (
             WarehouseQueueSource(settings.warehouse) if settings.warehouse else None
         )
-        self.sink: CloudWatchMetricsSink | None = None
+        self.sink: BufferedSink[Any] | None = None
         self.logs: LogShipper | None = None
         self.log_events_sent = Counter(
             "indutech_shipper_log_events_sent",
@@ -124,14 +139,27 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.health.add_page("/status", self._status_page)
 
     async def startup(self) -> None:
+        if self.settings.buffer_dir is not None:
+            self.buffer = await asyncio.to_thread(
+                DiskDatumBuffer,
+                self.settings.buffer_dir,
+                max_bytes=self.settings.buffer_max_bytes,
+                max_datums=self.settings.buffer_max_datums,
+            )
+            # segments dropped at start (the bounds were lowered) count as a full buffer
+            self.series_dropped.labels(self.name, "buffer_full").inc(self.buffer.dropped)
+        self._restore_state()
         client = await self.enter(
             "cloudwatch-client", create_cloudwatch_client(self.settings.cloudwatch)
         )
         self.adopt(self.source)
-        if self.settings.log_dir is not None and self.settings.log_state_dir is not None:
+        logs_client = None
+        if self.settings.sink == "emf" or self.settings.log_dir is not None:
             logs_client = await self.enter(
                 "cloudwatch-logs-client", create_logs_client(self.settings.cloudwatch)
             )
+        if self.settings.log_dir is not None and self.settings.log_state_dir is not None:
+            assert logs_client is not None  # noqa: S101 - opened above for log_dir
             self.logs = LogShipper(
                 logs_client,
                 root=self.settings.log_dir,
@@ -139,20 +167,29 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
                 group=self.settings.log_group,
                 checkpoints=LogCheckpoints(self.settings.log_state_dir),
             )
-            await self.logs.start()
+            # No call to CloudWatch Logs here: the logs loop creates the group and settles
+            # a batch left in flight, retrying while Logs is away (the flows go on).
             logs = self.logs
             self.add_closer("log-files", lambda: asyncio.to_thread(logs.close))
         if self.lag is not None:
             self.adopt(self.lag)
         if self.queue is not None:
             self.adopt(self.queue)
-        self.sink = self.adopt(
-            CloudWatchMetricsSink(
-                client,
-                namespace=self.settings.namespace,
-                buffer=DatumBuffer(self.settings.buffer_max_datums),
+        if self.settings.sink == "emf":
+            assert logs_client is not None  # noqa: S101 - opened above for the EMF sink
+            self.sink = self.adopt(
+                EmfSink(
+                    logs_client,
+                    namespace=self.settings.namespace,
+                    group=self.settings.emf_log_group,
+                    stream=self.settings.emf_log_stream,
+                    buffer=self.buffer,
+                )
             )
-        )
+        else:
+            self.sink = self.adopt(
+                CloudWatchMetricsSink(client, namespace=self.settings.namespace, buffer=self.buffer)
+            )
 
     async def main_loop(self) -> None:
         loops = [self._metrics_loop()]
@@ -177,14 +214,17 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         while not self.should_exit.is_set():
             try:
                 sent_before, dropped_before = logs.events_sent, logs.events_dropped
-                read = await logs.ship()
+                read = await logs.ship()  # lines read: MAX_EVENTS means the files have more
                 self.log_events_sent.labels(self.name).inc(logs.events_sent - sent_before)
                 self.log_events_dropped.labels(self.name).inc(logs.events_dropped - dropped_before)
             except Exception as exc:  # CloudWatch away: nothing committed, read again later
                 self.metrics.error("log_delivery")
                 delay = next(delays)
                 self.log.warning(
-                    "log_delivery_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
+                    "log_delivery_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                    starting=not logs.ready,  # the group or the in-flight check still to do
                 )
                 self.log_delivery_lag.labels(self.name).set(time.time() - delivered_at)
                 if await self.sleep_or_exit(delay):
@@ -209,14 +249,22 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         assert self.sink is not None, "startup() opens the sink"  # noqa: S101 - a lifecycle invariant
         begun = time.perf_counter()
         scrapes = await self.source.read()
-        self.board.update(scrapes)
+        # each text parsed once, shared by the board and the converter; parse and conversion
+        # in a thread, so that /healthz and /status answer during a large cycle
+        parsed = await asyncio.to_thread(parse_scrapes, scrapes)
+        self.board.update(scrapes, parsed=parsed)
         datums = []
         for scrape in scrapes:
             if scrape.text is None:
                 self.scrape_failures.labels(self.name, scrape.target.id).inc()
                 self.log.warning("scrape_failed", target=scrape.target.id, error=scrape.error)
                 continue
-            report = self.converter.convert(scrape.target.id, scrape.text, scrape.scraped_at)
+            report = await asyncio.to_thread(
+                self.converter.convert,
+                scrape.target.id,
+                parsed[scrape.target.id],
+                scrape.scraped_at,
+            )
             self.series_scraped.labels(self.name).inc(
                 len(report.datums) + sum(report.dropped.values())
             )
@@ -235,7 +283,12 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
                 )
         sent_before, errors_before = self.sink.datums_sent, self.sink.api_errors
         dropped_before, rejected_before = self.sink.buffer.dropped, self.sink.rejected
-        await self.sink.write(datums)
+        # The datums, then the counters' state naming their segment (the commit), then the
+        # send: a kill anywhere in between neither loses nor counts an increase twice (see
+        # sinks/disk_buffer.py). In memory, a kill loses the buffer but never doubles it.
+        self.sink.buffer.extend(datums)
+        self._save_state()
+        await self.sink.flush()
         self.datums_sent.labels(self.name).inc(self.sink.datums_sent - sent_before)
         self.api_errors.labels(self.name).inc(self.sink.api_errors - errors_before)
         self.series_dropped.labels(self.name, "buffer_full").inc(
@@ -243,7 +296,8 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         )
         self.series_dropped.labels(self.name, "rejected").inc(self.sink.rejected - rejected_before)
         self.buffer_fill.labels(self.name).set(len(self.sink.buffer))
-        self._save_state()
+        if isinstance(self.buffer, DiskDatumBuffer):
+            self.buffer_bytes.labels(self.name).set(self.buffer.size)
         self.cycles += 1
         self.metrics.batch_duration.labels(self.name).observe(time.perf_counter() - begun)
         if len(self.sink.buffer) == 0:
@@ -256,10 +310,31 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
     async def _status_page(self, _request: web.Request) -> web.Response:
         return web.Response(text=render_html(self.statuses()), content_type="text/html")
 
-    def _save_state(self) -> None:
-        path = self.settings.state_file
+    def _restore_state(self) -> None:
+        """The counters' last values, and the disk buffer cut back to what they cover."""
+        path = self.settings.counters_state_path()
         if path is None:
             return
+        if not path.exists():
+            # The state begins now, and is saved now: series that appear after this start are
+            # new to it and sent whole, even if this process dies before its first cycle.
+            self._save_state()
+            return
+        state = json.loads(path.read_text())
+        self.converter.import_state(state)
+        if isinstance(self.buffer, DiskDatumBuffer) and "segment" in state:
+            self.buffer.discard_after(int(state["segment"]))
+
+    def _save_state(self) -> None:
+        path = self.settings.counters_state_path()
+        if path is None:
+            return
+        state: dict[str, Any] = self.converter.export_state()
+        if isinstance(self.buffer, DiskDatumBuffer):
+            state["segment"] = self.buffer.last_seq  # commits the segments up to it
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.converter.export_state()))
+        with tmp.open("w") as out:
+            out.write(json.dumps(state))
+            out.flush()
+            os.fsync(out.fileno())  # durable before its segment can be sent
         os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state

@@ -74,6 +74,10 @@ async def announce_once(
     await producer.send_and_wait(
         settings.completed_topic, message.model_dump_json().encode(), key=manifest.plan.topic_key
     )
+    sent_at = time.time()
     await engine.store.put(marker, message)
+    if engine.metrics is not None:
+        # only the replica that sent it: one duration per run, not one per replica
+        engine.metrics.announced(manifest.plan, at=sent_at)
     _log.info("backup_announced", table=message.table, day=str(message.day), kind=message.kind)
     return True

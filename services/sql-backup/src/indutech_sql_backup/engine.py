@@ -120,6 +120,21 @@ class BackupMetrics:
             ["worker", "table"],
             registry=registry,
         )
+        self.backup_duration = Gauge(
+            "indutech_sql_backup_backup_duration_seconds",
+            "Seconds from the plan of a table's last backup to its announcement on "
+            "sql.backup-completed.v1 (the seed's alarm: > 2 h)",
+            ["worker", "table"],
+            registry=registry,
+        )
+
+    def announced(self, plan: Plan, *, at: float) -> None:
+        """A backup was announced: how long it took from its plan, the time an operator
+        waits for a night's backup to be usable (restorable, loadable), retries included."""
+        name = f"{plan.database}.{plan.schema_name}.{plan.table}"
+        self.backup_duration.labels(self.base.worker, name).set(
+            max(0.0, at - plan.created_at.timestamp())
+        )
 
     def part_done(self, plan: Plan, record: PartRecord, *, skipped: bool) -> None:
         name = f"{plan.database}.{plan.schema_name}.{plan.table}"

@@ -1,26 +1,29 @@
-"""Datums → PutMetricData, through a bounded buffer that outlives a CloudWatch outage.
+"""Datums → PutMetricData (or EMF, sinks/emf.py), through a bounded buffer that outlives a
+CloudWatch outage.
 
 The buffer holds datums in arrival order up to ``max_datums``; when full, the
 oldest are dropped and counted (the newest are the ones an alarm needs). A
 flush sends packed calls in order and removes a call's datums only once
 CloudWatch accepted them; throttling, 5xx and connection errors end the flush
 with everything still buffered, and the next cycle tries again after a jittered
-backoff — the scrape loop never waits on CloudWatch for long.
+backoff — the scrape loop never waits on CloudWatch for long. The buffer is in
+memory (``DatumBuffer``) or on disk (``DiskDatumBuffer``, which outlives a kill).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from indutech_common.retry import Backoff
-from indutech_metrics_shipper.batching import RequestSizer, pack
+from indutech_metrics_shipper.batching import Call, RequestSizer, pack
 from indutech_metrics_shipper.convert import Datum
 from indutech_metrics_shipper.errors import DatumTooLargeError
 
@@ -41,8 +44,34 @@ _TRANSIENT_CODES = frozenset(
         "InternalFailure",
         "InternalServiceError",
         "RequestTimeout",
+        "ServiceUnavailableException",  # CloudWatch Logs
+        "ResourceNotFoundException",  # Logs: the EMF group or stream deleted, created again
     }
 )
+
+
+class PackedCall(Protocol):
+    """One API call's worth of datums."""
+
+    @property
+    def datums(self) -> int: ...
+
+
+CallT = TypeVar("CallT", bound=PackedCall)
+
+
+class MetricBuffer(Protocol):
+    """What the sink needs of a buffer (memory or disk)."""
+
+    dropped: int
+
+    def extend(self, datums: Iterable[Datum]) -> int: ...
+
+    def snapshot(self) -> list[Datum]: ...
+
+    def remove_first(self, count: int) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class DatumBuffer:
@@ -77,23 +106,21 @@ class DatumBuffer:
         return len(self._datums)
 
 
-class CloudWatchMetricsSink:
-    """Sends buffered datums to one namespace; ``write`` buffers and flushes what it can."""
+class BufferedSink(ABC, Generic[CallT]):
+    """Buffered datums → calls of one API: ``write`` buffers and flushes what CloudWatch
+    takes now; a call's datums leave the buffer once it was accepted (or refused as invalid).
+    Subclasses say how datums become calls (``pack``) and how a call is sent (``send``)."""
 
-    name = "cloudwatch-metrics"
+    name: ClassVar[str]
+    operation: ClassVar[str]  # the API call, in log events: "<operation>_rejected"
 
     def __init__(
         self,
-        client: CloudWatchClient,
         *,
-        namespace: str,
-        buffer: DatumBuffer,
+        buffer: MetricBuffer,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._client = client
-        self._namespace = namespace
-        self._sizer = RequestSizer(namespace)
         self.buffer = buffer
         self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
@@ -104,8 +131,13 @@ class CloudWatchMetricsSink:
         self.api_errors = 0
         self.rejected = 0
 
-    async def ping(self) -> None:
-        await self._client.list_metrics(Namespace=self._namespace, RecentlyActive="PT3H")
+    @abstractmethod
+    def pack(self, datums: list[Datum]) -> list[CallT]:
+        """Calls in datum order, each covering the next ``call.datums`` datums."""
+
+    @abstractmethod
+    async def send(self, call: CallT) -> int:
+        """Send one call; returns how many of its datums CloudWatch refused in an accepted call."""
 
     async def close(self) -> None:
         """The client is closed by its owner (the worker's resources)."""
@@ -121,7 +153,7 @@ class CloudWatchMetricsSink:
             return False
         pending = self.buffer.snapshot()
         try:
-            calls = list(pack(pending, self._sizer))
+            calls = self.pack(pending)
         except DatumTooLargeError as exc:  # cannot happen with ≤150 values a datum: say so
             _log.error("datum_too_large", error=str(exc))
             self.rejected += len(pending)
@@ -129,10 +161,7 @@ class CloudWatchMetricsSink:
             return True
         for call in calls:
             try:
-                await self._client.put_metric_data(
-                    Namespace=self._namespace,
-                    MetricData=call.metric_data,  # type: ignore[arg-type]
-                )
+                refused = await self.send(call)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 self.api_errors += 1
@@ -141,20 +170,18 @@ class CloudWatchMetricsSink:
                     return False
                 # refused as invalid: retrying cannot help; drop this call, say what it was
                 _log.error(
-                    "put_metric_data_rejected",
-                    code=code,
-                    datums=len(call.metric_data),
-                    error=str(exc),
+                    f"{self.operation}_rejected", code=code, datums=call.datums, error=str(exc)
                 )
-                self.rejected += len(call.metric_data)
+                self.rejected += call.datums
             except (BotoCoreError, OSError) as exc:
                 self.api_errors += 1
                 self._defer(type(exc).__name__)
                 return False
             else:
                 self.calls += 1
-                self.datums_sent += len(call.metric_data)
-            self.buffer.remove_first(len(call.metric_data))
+                self.datums_sent += call.datums - refused
+                self.rejected += refused
+            self.buffer.remove_first(call.datums)
         self._delays = self._backoff.delays(self._rng)  # a success resets the backoff
         return len(self.buffer) == 0
 
@@ -167,6 +194,40 @@ class CloudWatchMetricsSink:
             retry_in_s=round(delay, 2),
             buffered=len(self.buffer),
         )
+
+
+class CloudWatchMetricsSink(BufferedSink[Call]):
+    """Sends buffered datums to one namespace with PutMetricData."""
+
+    name = "cloudwatch-metrics"
+    operation = "put_metric_data"
+
+    def __init__(
+        self,
+        client: CloudWatchClient,
+        *,
+        namespace: str,
+        buffer: MetricBuffer,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(buffer=buffer, backoff=backoff, rng=rng)
+        self._client = client
+        self._namespace = namespace
+        self._sizer = RequestSizer(namespace)
+
+    async def ping(self) -> None:
+        await self._client.list_metrics(Namespace=self._namespace, RecentlyActive="PT3H")
+
+    def pack(self, datums: list[Datum]) -> list[Call]:
+        return list(pack(datums, self._sizer))
+
+    async def send(self, call: Call) -> int:
+        await self._client.put_metric_data(
+            Namespace=self._namespace,
+            MetricData=call.metric_data,  # type: ignore[arg-type]
+        )
+        return 0  # PutMetricData takes a call whole or refuses it
 
 
 def _status(exc: ClientError) -> int:

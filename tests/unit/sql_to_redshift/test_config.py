@@ -1,0 +1,68 @@
+"""Settings and command line of sql-to-redshift: bad values exit 2 naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from indutech_common.cli import EXIT_CONFIG
+from indutech_common.settings import load_settings
+from indutech_sql_to_redshift.cli import main
+from indutech_sql_to_redshift.config import SqlToRedshiftSettings
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(__import__("os").environ):
+        if name.startswith(("INDUTECH_", "SQL_TO_REDSHIFT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SQL_TO_REDSHIFT_S3__SSE", "AES256")
+    return monkeypatch
+
+
+class TestSettings:
+    def test_prefix_and_secrets(self, env: pytest.MonkeyPatch) -> None:
+        """SQL_TO_REDSHIFT_* is read; the warehouse password is a secret nobody prints."""
+        env.setenv("SQL_TO_REDSHIFT_WAREHOUSE__PASSWORD", "hunter2-secret")
+        env.setenv("SQL_TO_REDSHIFT_TABLES", '["orders", "customers"]')
+        settings = load_settings(SqlToRedshiftSettings)
+        assert settings.tables == ("orders", "customers")
+        assert settings.raw_schema == "erp_raw"
+        assert settings.model_schema == "erp"
+        assert "hunter2-secret" not in repr(settings)
+        assert "hunter2-secret" not in str(settings.warehouse)
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "expected"),
+        [
+            ("SQL_TO_REDSHIFT_RAW_SCHEMA", "erp_raw;drop", "lower-case SQL identifier"),
+            ("SQL_TO_REDSHIFT_MODEL_SCHEMA", "erp_raw", "must differ"),
+            ("SQL_TO_REDSHIFT_TABLES", '["Orders"]', "not lower-case table names"),
+            ("SQL_TO_REDSHIFT_REDSHIFT_IAM_ROLE", "", "redshift_iam_role"),
+        ],
+    )
+    def test_exits_2_naming_the_variable(
+        self,
+        env: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        variable: str,
+        value: str,
+        expected: str,
+    ) -> None:
+        env.setenv(variable, value)
+        if variable.endswith("IAM_ROLE"):
+            env.setenv("SQL_TO_REDSHIFT_WAREHOUSE__DIALECT", "redshift")
+        assert main(["verify"]) == EXIT_CONFIG
+        err = capsys.readouterr().err
+        assert expected in err
+        assert variable.removeprefix("SQL_TO_REDSHIFT_") in err
+
+    @pytest.mark.usefixtures("env")
+    def test_help_lists_every_command_and_setting(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        for word in ("run", "load", "rebuild", "verify", "migrate"):
+            assert word in out
+        for variable in ("SQL_TO_REDSHIFT_RAW_SCHEMA", "SQL_TO_REDSHIFT_COMPLETED_TOPIC"):
+            assert variable in out
