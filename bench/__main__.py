@@ -14,6 +14,7 @@ from bench import (
     iot_pipeline,
     iot_to_s3,
     kafka_throughput,
+    loader,
     metrics_shipper,
     sql_backup,
     stack_start,
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "iot-aggregator-rebuild": iot_aggregator_rebuild.run,
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
+    "loader": loader.run,
     "metrics-shipper": metrics_shipper.run,
 }
 

@@ -163,6 +163,17 @@ class TestRefusals:
             await copy_arrow_batches(connection, "bad", [good, pa.record_batch({"x": column})])
         assert await connection.fetchval("SELECT count(*) FROM bad") == 0
 
+    async def test_a_later_batch_of_another_type_is_checked_too(
+        self, connection: asyncpg.Connection
+    ) -> None:
+        """A batch whose column type differs from the first batch's is held to the same
+        pairs: text is not parsed into an integer column."""
+        await connection.execute("CREATE TEMP TABLE t (x int)")
+        batches = [pa.record_batch({"x": pa.array([1], pa.int32())}), pa.record_batch({"x": ["2"]})]
+        with pytest.raises(ArrowCopyError, match=r"column x: Arrow string does not load"):
+            await copy_arrow_batches(connection, "t", batches)
+        assert await connection.fetchval("SELECT count(*) FROM t") == 0
+
     async def test_a_missing_table_is_named(self, connection: asyncpg.Connection) -> None:
         """A target that does not exist is an ArrowCopyError naming it."""
         with pytest.raises(ArrowCopyError, match=r"the target table nowhere\.t does not exist"):

@@ -54,14 +54,17 @@ class TestRoundTrip:
             report = await verify(engine, TableRef(erp.schema, "order_lines"), day=None)
             assert report.ok, report.lines
             restorer = Restorer(settings, s3)
-            for table in DEMO_TABLES:
-                await restorer.restore(
+            reports = {
+                table: await restorer.restore(
                     TableRef(erp.schema, table), day=DAY0, target=TableRef(erp.target_schema, table)
                 )
+                for table in DEMO_TABLES
+            }
         source = await source_state(stack, erp)
         for table in DEMO_TABLES:
             restored = [tuple(r) for r in await rows_of(stack.warehouse, erp.target_schema, table)]
             assert restored == source[table], f"{table} differs after restore"
+            assert reports[table].rows == len(source[table]), f"{table}: rows reported"
         notes = [r[9] for r in source["customers"] if r[9] is not None]
         assert max(len(n.encode()) for n in notes) > 50_000, "the demo should carry large LOBs"
         assert any(r[4] == r[4].__class__("9999999999999999.99") for r in source["orders"])

@@ -12,6 +12,7 @@ import pytest
 import sqlglot
 
 from indutech_common.schemas.sql_backup import ChunkSpec, ColumnSpec, Plan
+from indutech_common.warehouse import BatchEncoder, TargetColumn
 from indutech_sql_backup.dialects import Column, MssqlDialect, PostgresDialect, TableInfo, TableRef
 from indutech_sql_backup.dialects.types import mssql_type, postgres_type, stored_type
 from indutech_sql_backup.engine import arrow_schema_for
@@ -276,13 +277,15 @@ class TestRestoreDecoding:
         )
         loads, rows = decode_part(plan, exact)
         assert loads[1].target_type == "timestamp"
-        assert rows == [(1, 1 - 946_684_800_000_000)]
+        assert rows.column("at").type == pa.timestamp("us")
+        assert rows.column("at").to_pylist() == [datetime(1970, 1, 1, 0, 0, 0, 1)]
         odd = exact.set_column(1, "at", pa.array([1_001], pa.timestamp("ns")))
         with pytest.raises(RestoreDecodeError, match="column at holds values with 100 ns"):
             decode_part(plan, odd)
 
     def test_extreme_dates_are_sent_as_postgresql_integers(self) -> None:
-        """9999-12-31 must not become asyncpg's 'infinity'."""
+        """9999-12-31 goes on the wire as PostgreSQL's day number (2,921,939 days after
+        2000-01-01), never through a client codec that could turn it into 'infinity'."""
         plan = plan_of("postgres", [("id", "integer"), ("d", "date")])
         data = pa.table(
             {
@@ -290,4 +293,11 @@ class TestRestoreDecoding:
                 "d": pa.array([datetime(9999, 12, 31).date(), None], pa.date32()),
             }
         )
-        assert decode_part(plan, data)[1] == [(1, 2_921_939), (2, None)]
+        _, rows = decode_part(plan, data)
+        encoder = BatchEncoder(rows.schema, [TargetColumn("id", "int4"), TargetColumn("d", "date")])
+        wire = encoder.header() + encoder.encode(rows.to_batches()[0]) + encoder.trailer()
+        first_row = (2).to_bytes(2, "big") + (4).to_bytes(4, "big") + (1).to_bytes(4, "big")
+        first_row += (4).to_bytes(4, "big") + (2_921_939).to_bytes(4, "big")
+        second_row = (2).to_bytes(2, "big") + (4).to_bytes(4, "big") + (2).to_bytes(4, "big")
+        second_row += (-1).to_bytes(4, "big", signed=True)
+        assert wire.endswith(first_row + second_row + b"\xff\xff")

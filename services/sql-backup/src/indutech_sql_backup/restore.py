@@ -8,7 +8,8 @@ the same (``chain_problems``), or the restore stops and says which day differs.
 Everything happens in one transaction of the target database: a failed
 restore leaves nothing behind. Parts are checked against their manifest
 (SHA-256 of the object, row count and content checksum) before loading; rows
-go in with binary COPY (never row by row); each delta is staged, its keys
+go in with binary COPY straight from Arrow (``indutech_common.warehouse.copy_arrow_batches``,
+pipelined; never row by row, never as Python values); each delta is staged, its keys
 deleted from the table, and its upserts inserted (``_op`` 'D' rows only delete; a
 'T' truncate marker first clears its chunk's key range). A delta that re-read the
 whole table (``plan.snapshot``: SQL Server after a TRUNCATE, a schema change) replaces
@@ -18,13 +19,14 @@ ran) stop the restore with an error that names the key, not a database traceback
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pyarrow as pa
@@ -33,7 +35,7 @@ import structlog
 
 from indutech_common.logging import scrub
 from indutech_common.schemas.sql_backup import Manifest, PartRecord, Plan
-from indutech_common.warehouse import connect_warehouse
+from indutech_common.warehouse import ArrowCopyError, connect_warehouse, copy_arrow_batches
 from indutech_sql_backup.checksum import table_checksum
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect, TableRef, dialect_for
@@ -158,8 +160,10 @@ def column_loads(plan: Plan, schema: pa.Schema) -> list[ColumnLoad]:
     return loads
 
 
-def _column_values(name: str, column: pa.ChunkedArray) -> list[Any]:
-    """Python values asyncpg's binary codecs take, or ``RestoreDecodeError``."""
+def _column_as_loaded(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as binary COPY takes it, or ``RestoreDecodeError``. Everything else
+    (dates 0001-01-01 to 9999-12-31, µs timestamps, exact decimals) is encoded from Arrow
+    as PostgreSQL's own integers and digits by the loader, typed by the target columns."""
     arrow_type = column.type
     if (pa.types.is_timestamp(arrow_type) or pa.types.is_time(arrow_type)) and (
         arrow_type.unit == "ns"
@@ -172,75 +176,39 @@ def _column_values(name: str, column: pa.ChunkedArray) -> list[Any]:
             else pa.time64("us")
         )
         try:
-            column = column.cast(unit, safe=True)
+            return column.cast(unit, safe=True)
         except pa.ArrowInvalid:
             raise RestoreDecodeError(
                 f"column {name} holds values with 100 ns digits, which PostgreSQL (µs) cannot "
                 "store: restore refuses to round them."
             ) from None
-    try:
-        if pa.types.is_date32(column.type):
-            column = pc.subtract(column.cast(pa.int32()), _PG_EPOCH_DAYS)
-        elif pa.types.is_timestamp(column.type):
-            micros = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
-            column = pc.subtract(micros, _PG_EPOCH_MICROS)
-        values: list[Any] = column.to_pylist()
-    except (ValueError, OverflowError, pa.ArrowException) as exc:
-        raise RestoreDecodeError(f"column {name} cannot be decoded: {exc}") from None
-    return values
+    return column
 
 
-# Dates and timestamps go to PostgreSQL as its own integers (days / µs since 2000-01-01):
-# asyncpg's default codecs turn date.max / datetime.max / datetime.min into ±infinity, so a
-# real 9999-12-31 or 0001-01-01 00:00 would come back as another value.
-_PG_EPOCH_DAYS = 10_957
-_PG_EPOCH_MICROS = _PG_EPOCH_DAYS * 86_400 * 1_000_000
-
-
-async def use_exact_codecs(connection: asyncpg.Connection) -> None:
-    """Date and timestamp values as PostgreSQL's integers on this connection (see above)."""
-    for type_name in ("date", "timestamp", "timestamptz"):
-        await connection.set_type_codec(
-            type_name,
-            schema="pg_catalog",
-            encoder=_one,
-            decoder=_first,
-            format="tuple",
-        )
-
-
-def _one(value: int) -> tuple[int]:
-    return (value,)
-
-
-def _first(value: tuple[int]) -> int:
-    return value[0]
-
-
-def decode_part(plan: Plan, data: pa.Table) -> tuple[list[ColumnLoad], list[tuple[Any, ...]]]:
-    """A part as restore loads it: how each column goes in and the rows as Python values.
-    ``verify`` runs this on every part, so a backup that verifies is one restore can load."""
+def decode_part(plan: Plan, data: pa.Table) -> tuple[list[ColumnLoad], pa.Table]:
+    """A part as restore loads it: how each column goes in, and the columns (a delta's
+    ``_op`` first) in the form the binary COPY takes. ``verify`` runs this on every part,
+    so a backup that verifies is one restore can load."""
     loads = column_loads(plan, data.schema)
     names = [load.name for load in loads]
     if plan.reads_changes:
         names = ["_op", *names]
         if "_op" not in data.schema.names:
             raise RestoreDecodeError("the delta part has no _op column")
-    columns = [_column_values(n, data.column(n)) for n in names]
-    return loads, list(zip(*columns, strict=True))
+    columns = [_column_as_loaded(n, data.column(n)) for n in names]
+    return loads, pa.Table.from_arrays(columns, names=names)
 
 
 async def check_casts(
-    connection: asyncpg.Connection, loads: list[ColumnLoad], records: list[tuple[Any, ...]]
+    connection: asyncpg.Connection, loads: list[ColumnLoad], data: pa.Table
 ) -> None:
-    """Run restore's server casts of the text-kept columns on ``connection`` (the restore
-    target) without writing anything: a value the target cannot parse back, or a type it
-    lacks, raises ``RestoreDecodeError`` naming the column."""
-    offset = len(records[0]) - len(loads) if records else 0  # a delta's leading _op
-    for index, load in enumerate(loads):
+    """Run restore's server casts of the text-kept columns of ``data`` (``decode_part``'s)
+    on ``connection`` (the restore target) without writing anything: a value the target
+    cannot parse back, or a type it lacks, raises ``RestoreDecodeError`` naming the column."""
+    for load in loads:
         if not load.via_text:
             continue
-        values = sorted({r[offset + index] for r in records if r[offset + index] is not None})
+        values = sorted(pc.unique(data.column(load.name).drop_null()).to_pylist())
         if not values:
             continue
         try:
@@ -259,6 +227,44 @@ async def check_casts(
 
 def _run_names(runs: list[Manifest]) -> tuple[str, ...]:
     return tuple(f"{m.plan.day}/{m.plan.kind}" for m in runs)
+
+
+class _Ahead:
+    """The parts of a restore in the order it loads them, each fetched and verified while
+    the one before it is copied: one part ahead, so memory holds at most two."""
+
+    def __init__(
+        self, fetch: Callable[[PartRecord], Awaitable[pa.Table]], parts: list[PartRecord]
+    ) -> None:
+        self._fetch = fetch
+        self._parts = parts
+        self._next = 0
+        self._task: asyncio.Future[pa.Table] | None = None
+
+    def _start(self) -> None:
+        self._task = (
+            asyncio.ensure_future(self._fetch(self._parts[self._next]))
+            if self._next < len(self._parts)
+            else None
+        )
+
+    async def take(self) -> pa.Table:
+        if self._task is None:
+            self._start()
+        if self._task is None:
+            raise SqlBackupError("restore asked for more parts than its manifests list")
+        data = await self._task
+        self._next += 1
+        self._start()
+        return data
+
+    async def close(self) -> None:
+        """Stop a fetch still running (the restore failed or ended early)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
 
 
 class Restorer:
@@ -302,6 +308,13 @@ class Restorer:
         data = await self.store.get_bytes(part.key)
         if data is None:
             raise VerificationError(f"part {self.store.url(part.key)} is missing")
+        # Hashing, decoding and checksumming are CPU work: in a thread, so the COPY of
+        # the previous part keeps the event loop (``_Ahead`` overlaps the two).
+        table = await asyncio.to_thread(self._verified, part, data)
+        self.bytes_read += len(data)
+        return table
+
+    def _verified(self, part: PartRecord, data: bytes) -> pa.Table:
         if hashlib.sha256(data).hexdigest() != part.sha256:
             raise VerificationError(f"part {self.store.url(part.key)} differs from its manifest")
         table = read_part(data)
@@ -309,7 +322,6 @@ class Restorer:
             raise VerificationError(
                 f"part {self.store.url(part.key)}: rows or checksum differ from the manifest"
             )
-        self.bytes_read += len(data)
         return table
 
     async def restore(
@@ -325,7 +337,6 @@ class Restorer:
         connection: asyncpg.Connection = await connect_warehouse(self.target)
         rows = 0
         try:
-            await use_exact_codecs(connection)
             async with connection.transaction(), self._key_errors(table, runs):
                 rows = await self._load(
                     connection, runs, target, replace=replace, same=same_dialect
@@ -356,7 +367,6 @@ class Restorer:
         same: bool,
     ) -> int:
         del same  # the target types come from the type matrix (column_loads)
-        full = runs[0]
         name = f"{_q(target.schema)}.{_q(target.name)}"
         exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
         if exists and not replace:
@@ -364,7 +374,23 @@ class Restorer:
                 f"the target table {target.qualified} exists: choose another --target or pass "
                 "--replace to drop it first."
             )
-        first_part = await self._part(full.parts[0]) if full.parts else None
+        ahead = _Ahead(self._part, [part for run in runs for part in run.parts])
+        try:
+            return await self._load_parts(connection, runs, target, ahead, name=name)
+        finally:
+            await ahead.close()
+
+    async def _load_parts(
+        self,
+        connection: asyncpg.Connection,
+        runs: list[Manifest],
+        target: TableRef,
+        ahead: _Ahead,
+        *,
+        name: str,
+    ) -> int:
+        full = runs[0]
+        first_part = await ahead.take() if full.parts else None
         if first_part is not None:
             loads = self._decode_check(full, full.parts[0], first_part)[0]
         else:  # pragma: no cover - every plan has at least one chunk
@@ -388,9 +414,10 @@ class Restorer:
                 "first (e.g. the enum or domain, as in the source); the backup holds its values "
                 "as text."
             ) from None
+        loaded = 0
         for index, part in enumerate(full.parts):
-            data = first_part if index == 0 and first_part is not None else await self._part(part)
-            await self._insert(connection, full, part, data, target)
+            data = first_part if index == 0 and first_part is not None else await ahead.take()
+            loaded += await self._insert(connection, full, part, data, target)
             self._advance(part)
         key = ", ".join(_q(k) for k in full.plan.key)
         await connection.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
@@ -400,7 +427,7 @@ class Restorer:
                 # re-read replaces what the earlier runs built.
                 await connection.execute(f"TRUNCATE {name}")
             for part in delta.parts:
-                data = await self._part(part)
+                data = await ahead.take()
                 if delta.plan.snapshot:
                     await self._insert(connection, delta, part, data, target)
                 else:
@@ -408,22 +435,45 @@ class Restorer:
                         connection, data, manifest=delta, part=part, name=name, target=target
                     )
                 self._advance(part)
+        if len(runs) == 1:
+            # The table was created empty in this transaction: the server's counts of its
+            # COPYs are its rows (a count(*) would read the whole table again).
+            return loaded
         count: int = await connection.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
         return count
 
     def _decode_check(
         self, manifest: Manifest, part: PartRecord, data: pa.Table
-    ) -> tuple[list[ColumnLoad], list[tuple[Any, ...]]]:
+    ) -> tuple[list[ColumnLoad], pa.Table]:
         try:
             return decode_part(manifest.plan, data)
         except RestoreDecodeError as exc:
+            raise RestoreDecodeError(f"part {self.store.url(part.key)}: {exc}") from None
+
+    async def _copy(
+        self,
+        connection: asyncpg.Connection,
+        part: PartRecord,
+        data: pa.Table,
+        *,
+        table: str,
+        schema: str | None = None,
+    ) -> int:
+        """The part's rows by pipelined binary COPY (Arrow straight to the wire), typed by
+        the table's columns; a value the target type would not hold exactly names the part."""
+        try:
+            return await copy_arrow_batches(
+                connection, table, data.to_batches(), schema_name=schema
+            )
+        except ArrowCopyError as exc:
             raise RestoreDecodeError(f"part {self.store.url(part.key)}: {exc}") from None
 
     async def _stage(
         self,
         connection: asyncpg.Connection,
         loads: list[ColumnLoad],
-        records: list[tuple[Any, ...]],
+        part: PartRecord,
+        data: pa.Table,
         *,
         staging: str,
         with_op: bool,
@@ -434,8 +484,7 @@ class Restorer:
         await connection.execute(
             f"CREATE TEMP TABLE {_q(staging)} ({op}{columns_sql}) ON COMMIT DROP"
         )
-        names = (["_op"] if with_op else []) + [c.name for c in loads]
-        await connection.copy_records_to_table(staging, columns=names, records=records)
+        await self._copy(connection, part, data, table=staging)
 
     async def _insert(
         self,
@@ -444,25 +493,24 @@ class Restorer:
         part: PartRecord,
         data: pa.Table,
         target: TableRef,
-    ) -> None:
+    ) -> int:
         """Rows of a full (or re-snapshot) part: binary COPY into the table, or through a
-        staging table when a column is restored from its text by a server cast."""
-        loads, records = self._decode_check(manifest, part, data)
+        staging table when a column is restored from its text by a server cast. Returns
+        the rows the server inserted."""
+        loads, rows = self._decode_check(manifest, part, data)
         names = [c.name for c in loads]
         if not any(c.via_text for c in loads):
-            await connection.copy_records_to_table(
-                target.name, schema_name=target.schema, columns=names, records=records
-            )
-            return
+            return await self._copy(connection, part, rows, table=target.name, schema=target.schema)
         staging = f"indutech_load_{target.name}"[:60]
-        await self._stage(connection, loads, records, staging=staging, with_op=False)
+        await self._stage(connection, loads, part, rows, staging=staging, with_op=False)
         column_list = ", ".join(_q(n) for n in names)
         values = ", ".join(c.value() for c in loads)
-        await connection.execute(
+        status = await connection.execute(
             f"INSERT INTO {_q(target.schema)}.{_q(target.name)} ({column_list}) "  # noqa: S608
             f"SELECT {values} FROM {_q(staging)}"
         )
         await connection.execute(f"DROP TABLE {_q(staging)}")
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n"
 
     async def _apply_delta(
         self,
@@ -480,10 +528,10 @@ class Restorer:
         when the chunk was read, after every delete and truncate it saw, so this order
         gives that state whatever order the changes happened in."""
         plan = manifest.plan
-        loads, records = self._decode_check(manifest, part, data)
+        loads, rows = self._decode_check(manifest, part, data)
         by_name = {c.name: c for c in loads}
         staging = f"indutech_restore_{target.name}"[:60]
-        await self._stage(connection, loads, records, staging=staging, with_op=True)
+        await self._stage(connection, loads, part, rows, staging=staging, with_op=True)
         if await connection.fetchval(
             f"SELECT EXISTS (SELECT 1 FROM {_q(staging)} WHERE _op = 'T')"  # noqa: S608
         ):

@@ -93,9 +93,9 @@ async def _integrity(
         try:
             # Restore's own decoding, every column of every row: equal checksums of a part
             # restore cannot load would be no backup.
-            loads, records = decode_part(manifest.plan, table)
+            loads, rows = decode_part(manifest.plan, table)
             if target is not None:
-                await check_casts(target, loads, records)
+                await check_casts(target, loads, rows)
         except RestoreDecodeError as exc:
             report.fail(f"{where}: restore cannot load it: {exc}")
             continue

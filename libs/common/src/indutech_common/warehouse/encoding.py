@@ -222,7 +222,11 @@ class BatchEncoder:
                 f"{self.source_schema.names}: every batch of one copy needs the same columns"
             )
         arrays = []
-        for given, field, target in zip(batch.columns, self.wire_schema, self.targets, strict=True):
+        for given, field, target, first in zip(
+            batch.columns, self.wire_schema, self.targets, self.source_schema, strict=True
+        ):
+            if given.type != first.type:
+                target_arrow_type(given.type, target)  # the same pairs as the first batch's
             column = given.dictionary_decode() if pa.types.is_dictionary(given.type) else given
             try:
                 if field.type == pa.binary(_UUID_BYTES):
