@@ -16,6 +16,7 @@ from bench import (
     kafka_throughput,
     metrics_shipper,
     sql_backup,
+    sql_to_redshift,
     stack_start,
 )
 from bench.harness import BENCHMARKS_MD, RESULTS_JSON, Result, save
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "iot-aggregator-rebuild": iot_aggregator_rebuild.run,
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
+    "sql-to-redshift": sql_to_redshift.run,
     "metrics-shipper": metrics_shipper.run,
 }
 
