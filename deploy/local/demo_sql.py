@@ -307,7 +307,7 @@ def show_models(stack: StackSettings, loader: Loader, full_day: date, delta_day:
         f"{'valid_to':<10} current"
     )
     for h in history:
-        say(f"     {h[0][:10]}… {h[1] or '-':<16} {h[2]!s:>8} {h[3]!s:<10} {h[4]!s:<10} {h[5]}")
+        say(f"     {h[0][:11]}… {h[1] or '-':<16} {h[2]!s:>8} {h[3]!s:<10} {h[4]!s:<10} {h[5]}")
     shape = [(h[3], h[4], h[5]) for h in history]
     expected = [(full_day, delta_day, False), (delta_day, date(9999, 12, 31), True)]
     ok = bool(rows) and shape == expected
