@@ -17,6 +17,7 @@ from bench import (
     loader,
     metrics_shipper,
     sql_backup,
+    sql_to_redshift,
     stack_start,
 )
 from bench.harness import BENCHMARKS_MD, RESULTS_JSON, Result, save
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[], list[Result]]] = {
     "identity": identity_sync.run,
     "sql-backup": sql_backup.run,
     "loader": loader.run,
+    "sql-to-redshift": sql_to_redshift.run,
     "metrics-shipper": metrics_shipper.run,
 }
 

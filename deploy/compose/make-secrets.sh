@@ -19,7 +19,7 @@ put() {  # put NAME VALUE
 }
 hex() { openssl rand -hex 16 | tr -d '\n'; }
 put redpanda_admin_password "$(hex)"
-for worker in iot_ingest iot_to_s3 iot_aggregator sql_backup identity_sync metrics_shipper; do
+for worker in iot_ingest iot_to_s3 iot_aggregator sql_backup sql_to_redshift identity_sync metrics_shipper; do
     put "kafka_${worker}_password" "$(hex)"
 done
 put minio_root_password "$(hex)"

@@ -93,6 +93,7 @@ def base_env() -> dict[str, str]:
         "IDENTITY_SYNC_",
         "SQL_BACKUP_",
         "METRICS_SHIPPER_",
+        "SQL_TO_REDSHIFT_",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update({k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None})
@@ -653,10 +654,10 @@ def main() -> int:
     say("")
     results["identity"] = identity_demo(stack, run, work)
     say("")
-    results["erp backup"] = sql_demo(stack, run, work, base_env())
+    results["erp backup + warehouse"] = sql_demo(stack, run, work, base_env())
     say("")
     for name, ok in results.items():
-        say(f"{name:<9} {'OK' if ok else 'FAILED'}")
+        say(f"{name:<22} {'OK' if ok else 'FAILED'}")
     return 0 if all(results.values()) else 1
 
 

@@ -1,4 +1,4 @@
-"""The sql-backup part of `make demo`: a generated ERP backed up to S3 and restored.
+"""The ERP part of `make demo`: a generated ERP backed up to S3, restored, and loaded.
 
 The ERP is PostgreSQL's ``erp`` database (the SQL Server stand-in, read through
 unixODBC + psqlODBC). The full backup goes the production way: ``plan`` splits
@@ -6,6 +6,14 @@ every table into key-range chunks on a Kafka topic and two worker replicas share
 them; the next day's delta (inserts, updates, deletes) runs in one process;
 ``verify`` re-reads the source; ``restore`` rebuilds each table as of the delta's
 day in the warehouse, and the demo compares it with the source row for row.
+
+Flow 5 runs beside it: the ``sql-to-redshift`` worker is started with the backup and
+consumes its announcements (``sql.backup-completed.v1``), loading each table's full and
+then its delta into the warehouse (``demo_raw_<run>``, models in ``demo_erp_<run>``). The
+demo waits until every table's head is the delta's night, stops the worker with SIGTERM,
+runs ``sql-to-redshift verify``, reconciles every table (rows and exact money totals) and
+the order-line fact with the source, and prints a few fact rows and the SCD2 history of a
+customer the delta changed.
 """
 
 from __future__ import annotations
@@ -13,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +47,10 @@ TABLES = ("customers", "products", "orders", "order_lines", "invoices", "gl_entr
 KEYS = {"order_lines": "order_id, line_no"}
 REPLICAS = 2
 SCALE = 3
+# The customer whose SCD2 history is shown: the demo ERP's day 1 changes every customer
+# with id % 11 == 1 (email, credit limit).
+CHANGED_CUSTOMER = 1
+LOAD_TIMEOUT_S = 120
 
 
 def say(message: str) -> None:
@@ -93,14 +108,264 @@ def load_erp(stack: StackSettings, schema: str, statements: list[str], what: str
     say(f"   {what} written to {stack.erp.database}.{schema}")
 
 
-async def drop_schemas(stack: StackSettings, source_schema: str, restore_schema: str) -> None:
+async def drop_schemas(stack: StackSettings, source_schema: str, *warehouse: str) -> None:
     source = OdbcSource(stack.erp, PostgresDialect())
     await asyncio.to_thread(source.execute, [f'DROP SCHEMA IF EXISTS "{source_schema}" CASCADE'])
     connection: asyncpg.Connection = await connect_warehouse(stack.warehouse)
     try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{restore_schema}" CASCADE')
+        for schema in warehouse:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await connection.close()
+
+
+async def fetch(settings: WarehouseSettings, sql: str, *args: object) -> list[asyncpg.Record]:
+    connection: asyncpg.Connection = await connect_warehouse(settings)
+    try:
+        return list(await connection.fetch(sql, *args))
+    finally:
+        await connection.close()
+
+
+class Loader:
+    """The sql-to-redshift worker of the demo run, and what it loaded."""
+
+    def __init__(self, stack: StackSettings, run: str, work: Path, env: dict[str, str]) -> None:
+        self.stack = stack
+        self.source_schema = f"erp_demo_{run}"
+        self.raw, self.models = f"demo_raw_{run}", f"demo_erp_{run}"
+        self.log = work / "sql-to-redshift.log"
+        self.env = {
+            **{k: v for k, v in env.items() if not k.startswith("SQL_BACKUP_")},
+            "SQL_TO_REDSHIFT_BACKUP_PREFIX": env["SQL_BACKUP_BACKUP_PREFIX"],
+            "SQL_TO_REDSHIFT_DATABASE": stack.erp.database,
+            "SQL_TO_REDSHIFT_SOURCE_SCHEMA": self.source_schema,
+            "SQL_TO_REDSHIFT_RAW_SCHEMA": self.raw,
+            "SQL_TO_REDSHIFT_MODEL_SCHEMA": self.models,
+            "SQL_TO_REDSHIFT_COMPLETED_TOPIC": env["SQL_BACKUP_COMPLETED_TOPIC"],
+            "SQL_TO_REDSHIFT_GROUP_ID": f"demo-{run}-sql-to-redshift",
+            "SQL_TO_REDSHIFT_SESSION_TIMEOUT_MS": "6000",
+            "SQL_TO_REDSHIFT_HEALTH__HOST": "127.0.0.1",
+            "SQL_TO_REDSHIFT_HEALTH__PORT": "0",
+            "SQL_TO_REDSHIFT_LOGGING__LEVEL": "INFO",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "indutech_sql_to_redshift", "run"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+        say(
+            f"   sql-to-redshift (pid {self.process.pid}) consumes "
+            f"{self.env['SQL_TO_REDSHIFT_COMPLETED_TOPIC']} → warehouse {self.raw}, {self.models}"
+        )
+
+    def heads(self) -> dict[str, date]:
+        try:
+            found = asyncio.run(
+                fetch(self.stack.warehouse, f"SELECT source_table, day FROM {self.raw}._load_state")  # noqa: S608 - the demo's own schema
+            )
+        except asyncpg.PostgresError:  # the worker has not created its ledger yet
+            return {}
+        return {row["source_table"]: row["day"] for row in found}
+
+    def wait(self, day: date) -> bool:
+        """Until every table's head is ``day`` (or the timeout, or the worker died)."""
+        started = time.monotonic()
+        heads: dict[str, date] = {}
+        while time.monotonic() - started < LOAD_TIMEOUT_S:
+            heads = self.heads()
+            if len(heads) == len(TABLES) and all(d == day for d in heads.values()):
+                break
+            if self.process is None or self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        done = sum(d == day for d in heads.values())
+        say(
+            f"   sql-to-redshift: {done}/{len(TABLES)} tables loaded up to {day} "
+            f"({time.monotonic() - started:.1f} s after the restore)"
+        )
+        return done == len(TABLES)
+
+    def stop(self) -> int:
+        if self.process is None:
+            return -1
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        say(f"   sql-to-redshift: SIGTERM → drained and exited {code}")
+        return code
+
+    def verify(self) -> bool:
+        done = subprocess.run(
+            [sys.executable, "-m", "indutech_sql_to_redshift", "verify"],
+            cwd=REPO_ROOT,
+            env=self.env | {"SQL_TO_REDSHIFT_LOGGING__LEVEL": "WARNING"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for line in done.stdout.splitlines():
+            say(f"     {line}")
+        if done.returncode != 0:
+            say(f"   sql-to-redshift verify exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        return done.returncode == 0
+
+
+async def totals(
+    settings: WarehouseSettings, schema: str, table: str, money: list[str]
+) -> tuple[Any, ...]:
+    """Rows and the exact sum of each money column."""
+    sums = "".join(f", SUM({c})" for c in money)
+    found = await fetch(settings, f"SELECT COUNT(*){sums} FROM {schema}.{table}")  # noqa: S608 - the demo's own names
+    return tuple(found[0])
+
+
+async def money_columns(settings: WarehouseSettings, schema: str, table: str) -> list[str]:
+    found = await fetch(
+        settings,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 "
+        "AND table_name = $2 AND data_type = 'numeric' ORDER BY ordinal_position",
+        schema,
+        table,
+    )
+    return [row[0] for row in found]
+
+
+ORDER_LINES_JOINED = (
+    "SELECT COUNT(*), SUM(l.amount) FROM {s}.order_lines AS l JOIN {s}.orders AS o "
+    "ON o.id = l.order_id"
+)
+
+
+def reconcile(stack: StackSettings, loader: Loader) -> bool:
+    """Every staged table against the source (rows, exact money totals), and the order-line
+    fact against the source's order lines joined with their orders."""
+    erp = stack.warehouse.model_copy(update={"database": stack.erp.database})
+    same = True
+    for table in TABLES:
+        money = asyncio.run(money_columns(erp, loader.source_schema, table))
+        source = asyncio.run(totals(erp, loader.source_schema, table, money))
+        loaded = asyncio.run(totals(stack.warehouse, loader.raw, table, money))
+        equal = source == loaded
+        same &= equal
+        sums = ", ".join(f"{c} {v}" for c, v in zip(money, loaded[1:], strict=True))
+        say(f"     {table}: {loaded[0]:,} rows{', ' if sums else ''}{sums}; source equal: {equal}")
+    source_fact = asyncio.run(fetch(erp, ORDER_LINES_JOINED.format(s=loader.source_schema)))[0]
+    fact = asyncio.run(
+        fetch(stack.warehouse, f"SELECT COUNT(*), SUM(amount) FROM {loader.models}.fact_order_line")  # noqa: S608 - the demo's own schema
+    )[0]
+    equal = tuple(fact) == tuple(source_fact)
+    same &= equal
+    say(f"     fact_order_line: {fact[0]:,} rows, amount {fact[1]}; source joined equal: {equal}")
+    return same
+
+
+def show_models(stack: StackSettings, loader: Loader, full_day: date, delta_day: date) -> bool:
+    """A few order-line fact rows, and the SCD2 history of a customer the delta changed:
+    two versions, the first closed on the delta's day, the second current from it."""
+    rows = asyncio.run(
+        fetch(
+            stack.warehouse,
+            "SELECT order_id, line_no, order_date, order_status, customer_code, region, "  # noqa: S608 - the demo's own schema
+            f"product_sku, qty, amount, currency FROM {loader.models}.fact_order_line "
+            "WHERE customer_id = $1 ORDER BY order_id, line_no LIMIT 5",
+            CHANGED_CUSTOMER,
+        )
+    )
+    say(f"   {loader.models}.fact_order_line, customer {CHANGED_CUSTOMER}'s first lines:")
+    say(
+        f"     {'order':>5} {'line':>4} {'date':<10} {'status':<9} {'customer':<9} {'region':<6} "
+        f"{'product':<8} {'qty':>8} {'amount':>10} cur"
+    )
+    for r in rows:
+        say(
+            f"     {r[0]:>5} {r[1]:>4} {r[2]!s:<10} {r[3]:<9} {r[4]:<9} {r[5]:<6} {r[6]:<8} "
+            f"{r[7]:>8} {r[8]:>10} {r[9]}"
+        )
+    history = asyncio.run(
+        fetch(
+            stack.warehouse,
+            "SELECT customer_sk, email, credit_limit, valid_from, valid_to, is_current "  # noqa: S608 - the demo's own schema
+            f"FROM {loader.models}.dim_customer WHERE customer_id = $1 ORDER BY valid_from",
+            CHANGED_CUSTOMER,
+        )
+    )
+    say(f"   {loader.models}.dim_customer, customer {CHANGED_CUSTOMER} (changed by the delta):")
+    say(
+        f"     {'customer_sk':<12} {'email':<16} {'credit':>8} {'valid_from':<10} "
+        f"{'valid_to':<10} current"
+    )
+    for h in history:
+        say(f"     {h[0][:11]}… {h[1] or '-':<16} {h[2]!s:>8} {h[3]!s:<10} {h[4]!s:<10} {h[5]}")
+    shape = [(h[3], h[4], h[5]) for h in history]
+    expected = [(full_day, delta_day, False), (delta_day, date(9999, 12, 31), True)]
+    ok = bool(rows) and shape == expected
+    say(f"   SCD2 history: two versions, closed and opened on {delta_day}: {ok}")
+    return ok
+
+
+def restore_and_compare(
+    stack: StackSettings,
+    env: dict[str, str],
+    *,
+    schema: str,
+    restore_schema: str,
+    day: date,
+    work: Path,
+) -> bool:
+    """sql-backup's restore of every table as of ``day``, compared with the source row for row."""
+    say(f"-- restore every table as of {day} into the warehouse, compare with the source")
+    erp = stack.warehouse.model_copy(update={"database": stack.erp.database})
+    same = True
+    for table in TABLES:
+        sql_backup(
+            env,
+            "restore",
+            "--table",
+            f"{schema}.{table}",
+            "--date",
+            day.isoformat(),
+            "--target",
+            f"{restore_schema}.{table}",
+            log=work / "sql-backup-restore.log",
+        )
+        source = asyncio.run(rows(erp, schema, table))
+        restored = asyncio.run(rows(stack.warehouse, restore_schema, table))
+        equal = source == restored
+        same &= equal
+        counts = f"source {len(source):,} rows, restored {len(restored):,}"
+        say(f"   {table}: {counts}, equal: {equal}")
+    say(f"   restored tables equal the source: {same}")
+    return same
+
+
+def warehouse_demo(stack: StackSettings, loader: Loader, full_day: date, delta_day: date) -> bool:
+    """Flow 5's end: both nights loaded, the worker drained, verify, the reconciliation with
+    the source, and the models shown."""
+    say("== sql-to-redshift: the backup's announcements → warehouse, staged and modelled")
+    started = time.monotonic()
+    loaded = loader.wait(delta_day)
+    drained = loader.stop() == 0
+    say("-- verify: each table's last night, rows and money totals against its ledger")
+    verified = loaded and loader.verify()
+    say("-- reconciliation: the warehouse against the source ERP (rows, exact money totals)")
+    reconciled = loaded and reconcile(stack, loader)
+    say(f"   reconciliation: warehouse equals the source: {reconciled}")
+    history = loaded and show_models(stack, loader, full_day, delta_day)
+    # the worker loads while sql-backup runs: what the demo waits for is this tail
+    say(f"   ({time.monotonic() - started:.1f} s after the restore: drain, verify, checks)")
+    return loaded and drained and verified and reconciled and history
 
 
 def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str]) -> bool:
@@ -138,7 +403,9 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
         )
     )
     replicas: list[subprocess.Popen[bytes]] = []
+    loader = Loader(stack, run, work, env)
     try:
+        loader.start()
         load_erp(
             stack, schema, demo_erp_statements(schema, scale=SCALE), f"demo ERP (scale {SCALE})"
         )
@@ -183,33 +450,18 @@ def sql_demo(stack: StackSettings, run: str, work: Path, base_env: dict[str, str
         )
         say("-- verify orders: every part against its manifest")
         sql_backup(env, "verify", "--table", f"{schema}.orders", "--no-source")
-        say(f"-- restore every table as of {delta_day} into the warehouse, compare with the source")
-        erp = stack.warehouse.model_copy(update={"database": stack.erp.database})
-        same = True
-        for table in TABLES:
-            sql_backup(
-                env,
-                "restore",
-                "--table",
-                f"{schema}.{table}",
-                "--date",
-                delta_day.isoformat(),
-                "--target",
-                f"{restore_schema}.{table}",
-                log=work / "sql-backup-restore.log",
-            )
-            source = asyncio.run(rows(erp, schema, table))
-            restored = asyncio.run(rows(stack.warehouse, restore_schema, table))
-            equal = source == restored
-            same &= equal
-            counts = f"source {len(source):,} rows, restored {len(restored):,}"
-            say(f"   {table}: {counts}, equal: {equal}")
-        say(f"   restored tables equal the source: {same}")
-        return same and codes == [0] * REPLICAS and parts == published
+        same = restore_and_compare(
+            stack, env, schema=schema, restore_schema=restore_schema, day=delta_day, work=work
+        )
+        flow5 = warehouse_demo(stack, loader, full_day, delta_day)
+        return same and flow5 and codes == [0] * REPLICAS and parts == published
     finally:
         for replica in replicas:
             if replica.poll() is None:  # the demo failed or timed out around it
                 replica.kill()
                 replica.wait()
-        asyncio.run(drop_schemas(stack, schema, restore_schema))
+        if loader.process is not None and loader.process.poll() is None:
+            loader.process.kill()
+            loader.process.wait()
+        asyncio.run(drop_schemas(stack, schema, restore_schema, loader.raw, loader.models))
         asyncio.run(delete_topics(stack.kafka, [work_topic, completed_topic]))

@@ -57,6 +57,22 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
     assert "metrics-shipper: SIGTERM → drained and exited 0" in result.stdout
     assert "both sides equal: True" in result.stdout
     assert "restored tables equal the source: True" in result.stdout
+    # flow 5: the worker loaded both nights of every table from the announcements, verify
+    # and the reconciliation with the source passed, the SCD2 history shows the delta
+    assert "sql-to-redshift: 6/6 tables loaded up to 2026-03-02" in result.stdout
+    assert "sql-to-redshift: SIGTERM → drained and exited 0" in result.stdout
+    assert "reconciliation: warehouse equals the source: True" in result.stdout
+    assert "fact_order_line: " in result.stdout
+    assert "source joined equal: True" in result.stdout
+    assert "SCD2 history: two versions, closed and opened on 2026-03-02: True" in result.stdout
+    history = re.findall(
+        r"(\d{4}-\d{2}-\d{2}) (\d{4}-\d{2}-\d{2}) +(True|False)$", result.stdout, re.M
+    )
+    assert history == [("2026-03-01", "2026-03-02", "False"), ("2026-03-02", "9999-12-31", "True")]
+    verified = re.findall(r"^ +(\w+): ok: 2026-03-02 delta", result.stdout, re.M)
+    assert sorted(verified) == sorted(
+        ["customers", "products", "orders", "order_lines", "invoices", "gl_entries"]
+    )
     chunks = re.search(r"(\d+) work items → (\d+) parts in S3", result.stdout)
     assert chunks is not None, result.stdout
     assert chunks.group(1) == chunks.group(2) != "0"  # one part per chunk
@@ -70,11 +86,15 @@ def test_demo_runs_every_built_flow_end_to_end(stack: StackSettings) -> None:
         "sql-backup-0.log",
         "sql-backup-1.log",
         "metrics-shipper.log",
+        "sql-to-redshift.log",
     } <= set(log_files)
+    # the worker's JSON log shows it applied the nights it was told of
+    assert '"event": "night_applied"' in log_files["sql-to-redshift.log"].read_text()
     # the run's aggregate schema was created (the table was printed from it), then dropped
     run = Path(match.group(1)).name
     assert f"aggregates in demo_agg_{run} " in result.stdout
     assert asyncio.run(schemas_like(stack, f"demo_agg_{run}")) == []
+    assert asyncio.run(schemas_like(stack, f"demo_%_{run}")) == []  # flow 5's raw and models
     logs = [path.read_text(errors="replace") for path in log_files.values()]
     # JSON logs, so the scan below reads real output
     assert '"event": "' in log_files["iot-ingest.log"].read_text()

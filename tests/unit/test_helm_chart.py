@@ -34,24 +34,19 @@ from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_sql_backup.config import SqlBackupSettings
+from indutech_sql_to_redshift.config import SqlToRedshiftSettings
 from tests.support.stack import REPO_ROOT
 
 # Building helm and kustomize-build without the cache takes ~3 min (`make tools` first).
 pytestmark = pytest.mark.timeout(600)
 
-# Workers in services/ that the chart does not deploy yet, each with its reason.
-NOT_DEPLOYED_YET = {
-    # issue 15: loads PostgreSQL only so far (refuses the Redshift dialect at start); its
-    # chart entry, IAM policy and the redshift-copy role's read of the backup come with
-    # the Redshift path.
-    "sql-to-redshift",
-}
 SETTINGS_BY_SERVICE: dict[str, type[WorkerSettings]] = {
     "iot-ingest": IotIngestSettings,
     "iot-to-s3": IotToS3Settings,
     "iot-aggregator": IotAggregatorSettings,
     "identity-sync": IdentitySyncSettings,
     "sql-backup": SqlBackupSettings,
+    "sql-to-redshift": SqlToRedshiftSettings,
     "metrics-shipper": MetricsShipperSettings,
 }
 # What each worker's Secret holds in production (IRSA: no AWS keys), and nothing more.
@@ -60,6 +55,7 @@ PROD_SECRET_KEYS = {
     "iot-to-s3": {"kafka__password"},
     "iot-aggregator": {"kafka__password", "warehouse__password"},
     "sql-backup": {"kafka__password", "erp__password"},
+    "sql-to-redshift": {"kafka__password", "warehouse__password"},
     "identity-sync": {"onprem__password", "aws__password"},
     "metrics-shipper": {"kafka__password", "warehouse__password"},
     "indutech-topics": {"kafka__password"},
@@ -70,12 +66,15 @@ PROD_EGRESS = {
     "iot-to-s3": {"kafka", "s3", "sts"},
     "iot-aggregator": {"kafka", "warehouse", "s3", "sts"},
     "sql-backup": {"kafka", "erp", "s3", "sts"},
+    "sql-to-redshift": {"kafka", "warehouse", "s3", "sts"},
     "identity-sync": {"onpremDc", "awsDc", "s3", "sts"},
     "metrics-shipper": {"kafka", "warehouse", "cloudwatch", "sts"},
     "indutech-topics": {"kafka"},
 }
 SINGLETONS = {"iot-ingest", "identity-sync", "metrics-shipper"}
 CONSUMER_GROUP_WORKERS = {"iot-to-s3", "iot-aggregator", "sql-backup"}
+# Consumer-group workers of one replica: their topic has one partition (the contract).
+ONE_REPLICA_DEPLOYMENTS = {"sql-to-redshift"}
 SECRETS_DIR = "/var/run/secrets/indutech"
 
 
@@ -278,7 +277,6 @@ class TestWorkersAgreeWithTheCode:
 
     def test_every_service_is_a_worker(self) -> None:
         services = {p.name for p in (REPO_ROOT / "services").iterdir() if (p / "src").is_dir()}
-        services -= NOT_DEPLOYED_YET
         assert services == set(SETTINGS_BY_SERVICE)
         assert set(chart_values("prod")["workers"]) == services
 
@@ -516,9 +514,20 @@ class TestLeastPrivilege:
                 f"{lake}/iot/*",
             },
             "sql-backup": {f"{backup}", f"{backup}/sql-server/*"},
+            "sql-to-redshift": {
+                f"{backup}",
+                f"{backup}/sql-server/*",
+                f"{lake}/warehouse-staging/sql-to-redshift/*",
+            },
             "identity-sync": {f"{backup}", f"{backup}/identity-sync/*"},
             "metrics-shipper": set(),
-            "redshift-copy": {f"{lake}", f"{lake}/warehouse-staging/iot-aggregator/*"},
+            "redshift-copy": {
+                f"{lake}",
+                f"{lake}/warehouse-staging/iot-aggregator/*",
+                f"{lake}/warehouse-staging/sql-to-redshift/*",
+                f"{backup}",
+                f"{backup}/sql-server/*",
+            },
         }
         for name, s3 in expected_s3.items():
             statements = json.loads((k8s.IAM_DIR / f"{name}.json").read_text())["Statement"]
@@ -566,7 +575,13 @@ class TestWorkloads:
         objects = render(helm, "prod")
         deployments = by_kind(objects, "Deployment")
         hpas = by_kind(objects, "HorizontalPodAutoscaler")
-        assert set(deployments) == set(hpas) == CONSUMER_GROUP_WORKERS
+        assert set(hpas) == CONSUMER_GROUP_WORKERS
+        assert set(deployments) == CONSUMER_GROUP_WORKERS | ONE_REPLICA_DEPLOYMENTS
+        for name in ONE_REPLICA_DEPLOYMENTS:
+            spec = deployments[name]["spec"]
+            assert spec["replicas"] == 1
+            # the old pod drains before the new one starts: never two loaders at once
+            assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
         for name, hpa in hpas.items():
             assert hpa["spec"]["scaleTargetRef"] == {
                 "apiVersion": "apps/v1",
@@ -628,7 +643,9 @@ class TestWorkloads:
         shipper = by_kind(objects, "ConfigMap")["metrics-shipper"]["data"]
         targets = set(shipper["METRICS_SHIPPER_TARGETS"].split(","))
         assert targets == {f"dns+http://{name}:8080/metrics" for name in services}
-        assert set(shipper["METRICS_SHIPPER_LAG_GROUPS"].split(",")) == CONSUMER_GROUP_WORKERS
+        assert set(shipper["METRICS_SHIPPER_LAG_GROUPS"].split(",")) == (
+            CONSUMER_GROUP_WORKERS | ONE_REPLICA_DEPLOYMENTS
+        )
         (monitor,) = by_kind(objects, "ServiceMonitor").values()
         assert monitor["spec"]["endpoints"][0]["port"] == "http"
 

@@ -18,7 +18,7 @@ CHANGES=identity.changes.v1
 
 # The workers that get a user; tests/unit/deploy/test_compose.py checks that each
 # worker in compose.yaml with a Kafka block has one (and its password secret).
-USERS=(iot-ingest iot-to-s3 iot-aggregator sql-backup identity-sync metrics-shipper)
+USERS=(iot-ingest iot-to-s3 iot-aggregator sql-backup sql-to-redshift identity-sync metrics-shipper)
 
 ensure_user() {
     local user=$1 password
@@ -67,6 +67,10 @@ allow iot-aggregator describe --group iot-to-s3
 allow sql-backup read,write,describe,describe_configs --topic "$WORK" --topic "$COMPLETED"
 allow sql-backup write,describe,describe_configs --topic "$DEAD"
 allow sql-backup read,describe --group sql-backup --resource-pattern-type prefixed
+
+# 5 sql-to-redshift: its group on the completed-backup announcements.
+allow sql-to-redshift read,describe,describe_configs --topic "$COMPLETED"
+allow sql-to-redshift read,describe --group sql-to-redshift
 
 # 6 identity-sync: the optional audit feed only.
 allow identity-sync write,describe,describe_configs --topic "$CHANGES"

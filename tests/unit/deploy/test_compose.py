@@ -29,6 +29,7 @@ from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_to_s3.config import IotToS3Settings
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_sql_backup.config import SqlBackupSettings
+from indutech_sql_to_redshift.config import SqlToRedshiftSettings
 from tests.support.containers import COMPOSE_DIR, ComposeFile, worker_commands
 from tests.support.stack import REPO_ROOT
 
@@ -40,13 +41,9 @@ SETTINGS_BY_COMMAND: dict[str, type[WorkerSettings]] = {
     "iot-to-s3": IotToS3Settings,
     "iot-aggregator": IotAggregatorSettings,
     "sql-backup": SqlBackupSettings,
+    "sql-to-redshift": SqlToRedshiftSettings,
     "identity-sync": IdentitySyncSettings,
     "metrics-shipper": MetricsShipperSettings,
-}
-# Console scripts of services/ that compose does not run yet, each with its reason.
-NOT_IN_COMPOSE_YET = {
-    # issue 15: its compose service (loading the demo ERP's backup) comes with `make demo`.
-    "sql-to-redshift",
 }
 COMPOSE = ComposeFile()
 WORKERS = COMPOSE.workers()
@@ -145,7 +142,7 @@ class TestSchema:
 class TestWorkers:
     def test_every_worker_of_services_runs_in_compose(self) -> None:
         """Each console script of services/*/pyproject.toml is some compose service's command."""
-        built = set(worker_commands()) - NOT_IN_COMPOSE_YET
+        built = set(worker_commands())
         assert set(SETTINGS_BY_COMMAND) == built
         commands = {COMPOSE.command(service)[0] for service in WORKERS}
         assert commands == built

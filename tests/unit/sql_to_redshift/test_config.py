@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import pytest
 
 from indutech_common.cli import EXIT_CONFIG
 from indutech_common.settings import load_settings
 from indutech_sql_to_redshift.cli import main
 from indutech_sql_to_redshift.config import SqlToRedshiftSettings
+from indutech_sql_to_redshift.sinks import S3ManifestStager, stager_for
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 @pytest.fixture
@@ -66,3 +72,25 @@ class TestSettings:
             assert word in out
         for variable in ("SQL_TO_REDSHIFT_RAW_SCHEMA", "SQL_TO_REDSHIFT_COMPLETED_TOPIC"):
             assert variable in out
+
+
+class TestStager:
+    def test_redshift_gets_the_manifest_stager_of_its_settings(
+        self, env: pytest.MonkeyPatch
+    ) -> None:
+        """Redshift: manifests in the lake's staging prefix, COPY with the configured role;
+        PostgreSQL: the sink's binary COPY (no stager)."""
+        role = "arn:aws:iam::123456789012:role/indutech-redshift-copy"
+        env.setenv("SQL_TO_REDSHIFT_WAREHOUSE__DIALECT", "redshift")
+        env.setenv("SQL_TO_REDSHIFT_REDSHIFT_IAM_ROLE", role)
+        env.setenv("SQL_TO_REDSHIFT_S3__LAKE_BUCKET", "lake")
+        env.setenv("SQL_TO_REDSHIFT_S3__BACKUP_BUCKET", "backup")
+        client = cast("S3Client", object())
+        stager = stager_for(load_settings(SqlToRedshiftSettings), client)
+        assert isinstance(stager, S3ManifestStager)
+        assert (stager.staging_bucket, stager.backup_bucket) == ("lake", "backup")
+        assert stager.staging_prefix == "warehouse-staging/sql-to-redshift/"
+        assert stager.iam_role == role
+        assert stager.statements.dialect == "redshift"
+        env.setenv("SQL_TO_REDSHIFT_WAREHOUSE__DIALECT", "postgres")
+        assert stager_for(load_settings(SqlToRedshiftSettings), client) is None

@@ -3,6 +3,8 @@ here: every Redshift rendering is parsed with sqlglot's Redshift dialect."""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 import sqlglot
@@ -12,6 +14,7 @@ from indutech_sql_to_redshift.dialect import Dialect
 from indutech_sql_to_redshift.errors import SchemaDriftError
 from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
 from indutech_sql_to_redshift.sinks.sql import RawTable, Statements, sql_type
+from indutech_sql_to_redshift.sinks.staging import copy_manifest
 
 ROLE = "arn:aws:iam::123456789012:role/indutech-redshift-copy"
 LINES = RawTable.of(
@@ -46,7 +49,6 @@ def statements(dialect: Dialect) -> list[str]:
         st.empty_table("order_lines"),
         st.count("order_lines"),
         st.create_stage(LINES),
-        st.stage_has_truncates(LINES),
         st.clear_range(LINES, "order_id", lo=True, hi=True),
         st.clear_range(LINES, "order_id", lo=False, hi=True),
         *st.apply_delta(LINES),
@@ -81,6 +83,43 @@ class TestRedshift:
         parse(copy, "redshift")
         with pytest.raises(ValueError, match="s3://"):
             st.rs_copy_manifest("t", manifest_uri="s3://lake/x' ; DROP", iam_role=ROLE)
+
+    def test_the_lock_takes_no_argument_on_redshift(self) -> None:
+        """asyncpg sends exactly the arguments a statement has: none to Redshift's LOCK."""
+        assert Statements("erp_raw", "redshift").lock_args("orders") == ()
+        postgres = Statements("erp_raw", "postgres")
+        assert postgres.lock().count("$1") == len(postgres.lock_args("orders")) == 1
+
+    def test_the_stage_has_exactly_the_delta_parts_columns(self) -> None:
+        """Redshift's COPY of Parquet fills a table with the file's columns, by position:
+        the stage is ``_op`` then the columns, nothing the parts lack."""
+        stage = parse(Statements("erp_raw", "redshift").create_stage(LINES), "redshift")
+        columns = [c.name for c in stage.find_all(exp.ColumnDef)]
+        assert columns == ["_op", "order_id", "line_no", "amount", "note"]
+
+    def test_copy_manifest_lists_each_part_mandatory_with_its_length(self) -> None:
+        """The manifest file's JSON as Redshift reads it for Parquet (content_length
+        is required there)."""
+        body = copy_manifest(
+            [
+                ("s3://backup/sql-server/erp.dbo.orders/part-00000.parquet", 1234),
+                ("s3://backup/sql-server/erp.dbo.orders/part-00001.parquet", 99),
+            ]
+        )
+        assert json.loads(body) == {
+            "entries": [
+                {
+                    "url": "s3://backup/sql-server/erp.dbo.orders/part-00000.parquet",
+                    "mandatory": True,
+                    "meta": {"content_length": 1234},
+                },
+                {
+                    "url": "s3://backup/sql-server/erp.dbo.orders/part-00001.parquet",
+                    "mandatory": True,
+                    "meta": {"content_length": 99},
+                },
+            ]
+        }
 
     def test_nothing_redshift_lacks(self) -> None:
         """No ON CONFLICT, arrays, TRUNCATE (it commits on Redshift), TEXT or BYTEA types."""

@@ -21,7 +21,7 @@ from indutech_common.s3 import create_s3_client
 from indutech_sql_to_redshift.config import IDENTIFIER, SqlToRedshiftSettings
 from indutech_sql_to_redshift.errors import LoadError
 from indutech_sql_to_redshift.loading import Loading, LoadReport
-from indutech_sql_to_redshift.sinks import Applied, WarehouseSink
+from indutech_sql_to_redshift.sinks import Applied, WarehouseSink, stager_for
 from indutech_sql_to_redshift.sources import BackupSource
 from indutech_sql_to_redshift.worker import SqlToRedshiftWorker
 
@@ -86,7 +86,10 @@ async def opened(settings: SqlToRedshiftSettings) -> AsyncIterator[Loading]:
             schema=settings.source_schema,
         )
         sink = await WarehouseSink.open(
-            settings.warehouse, raw_schema=settings.raw_schema, model_schema=settings.model_schema
+            settings.warehouse,
+            raw_schema=settings.raw_schema,
+            model_schema=settings.model_schema,
+            stager=stager_for(settings, s3),
         )
         try:
             if settings.create_schema:

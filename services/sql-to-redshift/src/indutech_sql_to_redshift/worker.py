@@ -27,7 +27,7 @@ from indutech_common.schemas import Topics
 from indutech_sql_to_redshift.config import SqlToRedshiftSettings
 from indutech_sql_to_redshift.errors import LoadError
 from indutech_sql_to_redshift.loading import Loading
-from indutech_sql_to_redshift.sinks import Applied, WarehouseSink
+from indutech_sql_to_redshift.sinks import Applied, WarehouseSink, stager_for
 from indutech_sql_to_redshift.sources import AnnouncementSource, BackupSource
 from indutech_sql_to_redshift.sources.announcements import Announcements
 
@@ -109,6 +109,7 @@ class SqlToRedshiftWorker(Worker[SqlToRedshiftSettings]):
                 settings.warehouse,
                 raw_schema=settings.raw_schema,
                 model_schema=settings.model_schema,
+                stager=stager_for(settings, s3),
             )
         )
         if settings.create_schema:

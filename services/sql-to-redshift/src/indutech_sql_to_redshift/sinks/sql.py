@@ -36,7 +36,6 @@ from indutech_sql_to_redshift.errors import SchemaDriftError
 STATE = "_load_state"
 LEDGER = "_load_ledger"
 STAGE_PREFIX = "s2r_stage_"
-CHUNK_COLUMN = "_chunk"
 # What may be interpolated into Redshift's COPY (it takes no parameters there).
 S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,62}/[A-Za-z0-9/_.+=-]+$")
 
@@ -90,7 +89,7 @@ class RawTable:
     ) -> RawTable:
         columns = []
         for field in schema:
-            if field.name in (CHANGE_OP_COLUMN, CHUNK_COLUMN):
+            if field.name == CHANGE_OP_COLUMN:
                 continue
             if not IDENTIFIER.match(field.name):
                 raise SchemaDriftError(
@@ -168,6 +167,10 @@ class Statements:
         if self.dialect == "redshift":
             return f"LOCK {self.schema}.{STATE}"
         return "SELECT pg_advisory_xact_lock(hashtext($1))"
+
+    def lock_args(self, name: str) -> tuple[str, ...]:
+        """The arguments of ``lock()`` for table ``name`` (Redshift's LOCK takes none)."""
+        return () if self.dialect == "redshift" else (f"{self.schema}.{name}",)
 
     def select_head(self) -> str:
         return self._r(
@@ -275,23 +278,15 @@ class Statements:
         return f"{STAGE_PREFIX}{name}"[:63]
 
     def create_stage(self, raw: RawTable) -> str:
-        """The delta's parts, with their ``_op`` and the chunk each row came from."""
+        """The delta's parts as they are: ``_op``, then the columns (Redshift's COPY of
+        Parquet fills a table with exactly the file's columns, in order)."""
         stage = self.stage(raw.name)
         columns = ", ".join(f"{name} {type_}" for name, type_, _ in raw.columns)
-        return self._r(
-            f"CREATE TEMPORARY TABLE {stage} (_op VARCHAR(1) NOT NULL, {columns}, "
-            f"{CHUNK_COLUMN} INTEGER NOT NULL)"
-        )
+        return self._r(f"CREATE TEMPORARY TABLE {stage} (_op VARCHAR(1) NOT NULL, {columns})")
 
     def drop_stage(self, raw: RawTable) -> str:
         stage = self.stage(raw.name)
         return self._r(f"DROP TABLE {stage}")
-
-    def stage_has_truncates(self, raw: RawTable) -> str:
-        stage = self.stage(raw.name)
-        return self._r(
-            f"SELECT DISTINCT {CHUNK_COLUMN} FROM {stage} WHERE _op = 'T' ORDER BY {CHUNK_COLUMN}"
-        )
 
     def clear_range(self, raw: RawTable, column: str, *, lo: bool, hi: bool) -> str:
         """A truncate marker: every row of its chunk's key range ($1 lo exclusive, $2 hi

@@ -2,10 +2,10 @@
 
 The transaction locks the table's head, checks that it is still the head the night was
 planned from (else ``FencedError``: another loader got there first), stages the night's
-parts (each checked against its manifest by ``read_part`` right before it is copied, the
-next one read while the previous is sent), applies them, refreshes the models that read
-the table, appends the ledger and moves the head. Any error rolls all of it back: the
-warehouse keeps the previous night, whole.
+parts (each checked against its manifest by ``read_part`` right before it is handed to the
+``Stager``, the next one read while the previous is sent: ``sinks.staging``), applies them,
+refreshes the models that read the table, appends the ledger and moves the head. Any error
+rolls all of it back: the warehouse keeps the previous night, whole.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ from typing import Any
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from indutech_common.errors import ConfigError
-from indutech_common.schemas.sql_backup import Manifest, PartRecord
+from indutech_common.schemas.sql_backup import CHANGE_OP_COLUMN, Manifest, PartRecord
 from indutech_common.settings import WarehouseSettings
-from indutech_common.warehouse import (
-    ArrowCopyError,
-    copy_arrow_batches,
-    create_warehouse_pool,
-)
+from indutech_common.warehouse import create_warehouse_pool
 from indutech_sql_to_redshift.dialect import Dialect
 from indutech_sql_to_redshift.errors import (
     FencedError,
@@ -37,12 +34,12 @@ from indutech_sql_to_redshift.errors import (
     ModelError,
     ReconciliationError,
     SchemaDriftError,
-    UnloadableValueError,
 )
 from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
 from indutech_sql_to_redshift.nights import Head, Night
 from indutech_sql_to_redshift.reconcile import Totals, arrow_totals, difference
-from indutech_sql_to_redshift.sinks.sql import CHUNK_COLUMN, RawTable, Statements
+from indutech_sql_to_redshift.sinks.sql import RawTable, Statements
+from indutech_sql_to_redshift.sinks.staging import ArrowCopyStager, Stager, Target
 
 PartReader = Callable[[Manifest, PartRecord], Coroutine[Any, Any, pa.Table]]
 
@@ -76,27 +73,45 @@ class WarehouseSink:
     name = "warehouse"
 
     def __init__(
-        self, pool: asyncpg.Pool, *, raw_schema: str, model_schema: str, dialect: Dialect
+        self,
+        pool: asyncpg.Pool,
+        *,
+        raw_schema: str,
+        model_schema: str,
+        dialect: Dialect,
+        stager: Stager | None = None,
     ) -> None:
         self._pool = pool
         self.statements = Statements(raw_schema, dialect)
         self.model_schema = model_schema
         self.dialect: Dialect = dialect
+        self.stager: Stager = stager or ArrowCopyStager()
 
     @classmethod
     async def open(
-        cls, settings: WarehouseSettings, *, raw_schema: str, model_schema: str
+        cls,
+        settings: WarehouseSettings,
+        *,
+        raw_schema: str,
+        model_schema: str,
+        stager: Stager | None = None,
     ) -> WarehouseSink:
-        if settings.dialect != "postgres":
-            # The Redshift rendering of every statement exists and is parsed in the tests;
-            # its COPY … FORMAT AS PARQUET MANIFEST executor is not written yet.
+        """``stager``: how parts reach a table; PostgreSQL's binary COPY by default,
+        Redshift needs one (``S3ManifestStager``: it has no COPY FROM STDIN)."""
+        if settings.dialect == "redshift" and stager is None:
             raise ConfigError(
-                "sql-to-redshift loads into PostgreSQL only so far: the Redshift statements are "
-                "rendered but their COPY path is not built yet (issue 15). Set "
-                "INDUTECH_WAREHOUSE__DIALECT=postgres."
+                "the Redshift warehouse loads the backup's parts with COPY … MANIFEST: an "
+                "S3ManifestStager is needed (the worker and the commands make one from "
+                "SQL_TO_REDSHIFT_REDSHIFT_IAM_ROLE and STAGING_PREFIX)"
             )
         pool = await create_warehouse_pool(settings, min_size=1, max_size=2)
-        return cls(pool, raw_schema=raw_schema, model_schema=model_schema, dialect=settings.dialect)
+        return cls(
+            pool,
+            raw_schema=raw_schema,
+            model_schema=model_schema,
+            dialect=settings.dialect,
+            stager=stager,
+        )
 
     async def ping(self) -> None:
         async with self._pool.acquire() as connection:
@@ -108,9 +123,13 @@ class WarehouseSink:
     async def migrate(self) -> None:
         """The schemas, ledger and model tables (idempotent; one migrator at a time)."""
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))", f"sql-to-redshift:{self.model_schema}"
-            )
+            if self.dialect == "postgres":
+                # Redshift has no advisory locks; its CREATE … IF NOT EXISTS of two
+                # migrators at once fails one of them (serializable), which a rerun fixes.
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    f"sql-to-redshift:{self.model_schema}",
+                )
             for statement in self.statements.create_ledger():
                 await connection.execute(statement)
             for statement in create_statements(self.model_schema, self.dialect):
@@ -144,7 +163,7 @@ class WarehouseSink:
         st = self.statements
         async with self._pool.acquire() as connection, connection.transaction():
             for table in tables:
-                await connection.execute(st.lock(), f"{st.schema}.{table}")
+                await connection.execute(st.lock(), *st.lock_args(table))
                 await connection.execute(st.drop_table(table))
                 for statement in st.forget():
                     await connection.execute(statement, table)
@@ -156,11 +175,20 @@ class WarehouseSink:
     ) -> Applied:
         """Apply ``night`` of ``table`` on top of ``expected`` (the head it was planned
         from), all or nothing."""
+        try:
+            return await self._apply(table, night, expected=expected, read_part=read_part)
+        finally:
+            # the manifest files of a Redshift COPY, committed or not
+            await self.stager.cleanup()
+
+    async def _apply(
+        self, table: str, night: Night, *, expected: Head | None, read_part: PartReader
+    ) -> Applied:
         started = time.perf_counter()
         st = self.statements
         plan = night.manifest.plan
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(st.lock(), f"{st.schema}.{table}")
+            await connection.execute(st.lock(), *st.lock_args(table))
             row = await connection.fetchrow(st.select_head(), table)
             if _head(row) != expected:
                 raise FencedError(
@@ -295,6 +323,7 @@ class WarehouseSink:
             raise LoadError(f"{table}: the {night} run lists no part; take a new full backup")
         raw: RawTable | None = None
         expected = Totals()
+        target = Target(table, st.schema)
 
         async def into_table(index: int, data: pa.Table) -> None:
             nonlocal raw, expected
@@ -313,11 +342,11 @@ class WarehouseSink:
                     await connection.execute(st.create_table(raw))
                 else:
                     await connection.execute(st.empty_table(table))
-            del index
             expected += arrow_totals(data, raw.money, upserts_only=False)
-            await _copy(connection, table, night, data, schema_name=st.schema)
+            await self.stager.part(connection, target, night, manifest.parts[index], data)
 
         await _pipelined(manifest, read_part, into_table)
+        await self.stager.finish(connection, target, night)
         assert raw is not None  # noqa: S101 - at least one part was read above
         found = Totals.of_row(list(await connection.fetchrow(st.totals(raw))), raw.money)
         _reconciled(table, night, expected, found, what="the staged table")
@@ -335,6 +364,8 @@ class WarehouseSink:
         manifest = night.manifest
         raw: RawTable | None = None
         expected = Totals()
+        target = Target(st.stage(table), None)
+        truncated: list[int] = []
 
         async def into_stage(index: int, data: pa.Table) -> None:
             nonlocal raw, expected
@@ -349,15 +380,18 @@ class WarehouseSink:
                     )
                 await connection.execute(st.create_stage(raw))
             expected += arrow_totals(data, raw.money, upserts_only=True)
-            chunk = manifest.parts[index].chunk
-            data = data.append_column(
-                CHUNK_COLUMN, pa.array([chunk] * data.num_rows, type=pa.int32())
-            )
-            await _copy(connection, st.stage(table), night, data, schema_name=None)
+            record = manifest.parts[index]
+            # a truncate marker clears its chunk's key range: known from the checked data,
+            # so the stage needs no chunk column (Redshift's COPY of Parquet takes exactly
+            # the file's columns)
+            if pc.any(pc.equal(data.column(CHANGE_OP_COLUMN), "T")).as_py():
+                truncated.append(record.chunk)
+            await self.stager.part(connection, target, night, record, data)
 
         await _pipelined(manifest, read_part, into_stage)
+        await self.stager.finish(connection, target, night)
         assert raw is not None  # noqa: S101 - at least one part was read above
-        await self._truncate_markers(connection, raw, manifest)
+        await self._truncate_markers(connection, raw, manifest, truncated)
         for statement in st.apply_delta(raw):
             await connection.execute(statement)
         duplicate = await connection.fetchrow(st.duplicate_key(raw))
@@ -374,12 +408,12 @@ class WarehouseSink:
         return raw
 
     async def _truncate_markers(
-        self, connection: asyncpg.Connection, raw: RawTable, manifest: Manifest
+        self, connection: asyncpg.Connection, raw: RawTable, manifest: Manifest, chunks: list[int]
     ) -> None:
-        """A ``T`` row clears its chunk's key range before the chunk's changes apply."""
+        """A ``T`` row clears its chunk's key range before the night's changes apply."""
         plan = manifest.plan
-        for record in await connection.fetch(self.statements.stage_has_truncates(raw)):
-            spec = plan.chunks[record[CHUNK_COLUMN]]
+        for chunk in sorted(chunks):
+            spec = plan.chunks[chunk]
             bounds = [b for b in (spec.lo, spec.hi) if b is not None]
             await connection.execute(
                 self.statements.clear_range(
@@ -421,22 +455,6 @@ def _reconciled(table: str, night: Night, expected: Totals, found: Totals, *, wh
             f"{expected.describe()}). Nothing of that night was applied. Run sql-backup verify "
             "for the night; report it to the sql-to-redshift maintainers if it passes."
         )
-
-
-async def _copy(
-    connection: asyncpg.Connection,
-    table: str,
-    night: Night,
-    data: pa.Table,
-    *,
-    schema_name: str | None,
-) -> None:
-    try:
-        await copy_arrow_batches(connection, table, data.to_batches(), schema_name=schema_name)
-    except ArrowCopyError as exc:
-        raise UnloadableValueError(
-            f"{night.manifest.plan.qualified} {night}: {exc} Nothing of that night was applied."
-        ) from None
 
 
 def _raw_of(table: str, manifest: Manifest, schema: pa.Schema) -> RawTable:
