@@ -18,6 +18,9 @@ import uvloop
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = REPO_ROOT / "bench" / "results.json"
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
+# Hand-written reading of the numbers (decisions, what is stale); kept apart so that a
+# `save()` that rewrites the page cannot drop it.
+NARRATIVE_MD = REPO_ROOT / "bench" / "narrative.md"
 
 
 @dataclass
@@ -104,6 +107,10 @@ def render_markdown(results: list[dict[str, object]]) -> str:
         "machine; `ratio` is ours ÷ peer for throughput, and peer ÷ ours for times where noted.",
         "Speed is never asserted in tests; these numbers are read, not gated.",
         "",
+    ]
+    if NARRATIVE_MD.exists():
+        lines += [NARRATIVE_MD.read_text().strip(), ""]
+    lines += [
         "| benchmark | value | unit | peer | peer value | ratio | date | machine | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
