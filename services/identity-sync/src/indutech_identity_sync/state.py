@@ -172,7 +172,7 @@ class S3StateStore:
         return f"{self.key}.journal/{journal}/" if journal else f"{self.key}.journal/"
 
     async def load(self) -> SyncState:
-        state = await self._read(self.key, SyncState, what="the state's snapshot")
+        state = await self._read(self.key, SyncState, what="an identity-sync state")
         if state is None:
             return SyncState()
         if state.journal:
