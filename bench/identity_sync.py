@@ -334,8 +334,9 @@ def _stream(connections: dict[Side, ldap3.Connection], roots: dict[Side, str]) -
     outstanding: list[tuple[float, Side, str, str]] = []  # (written at, target, DN, value)
     samples: list[float] = []
     next_change, i = time.perf_counter(), 0
-    deadline = next_change + CHANGES / CHANGE_RATE_PER_S + 30
-    while (i < CHANGES or outstanding) and time.perf_counter() < deadline:
+    last_write = next_change
+    # each change has 30 s to arrive (from the last write: a loaded DC slows the writes too)
+    while (i < CHANGES or outstanding) and time.perf_counter() < last_write + 30:
         now = time.perf_counter()
         if i < CHANGES and now >= next_change:
             source: Side = "onprem" if i % 2 == 0 else "aws"
@@ -345,9 +346,8 @@ def _stream(connections: dict[Side, ldap3.Connection], roots: dict[Side, str]) -
             connections[source].modify(
                 make_dn("CN", name, roots[source]), {"title": [(ldap3.MODIFY_REPLACE, [value])]}
             )
-            outstanding.append(
-                (time.perf_counter(), target, make_dn("CN", name, roots[target]), value)
-            )
+            last_write = time.perf_counter()
+            outstanding.append((last_write, target, make_dn("CN", name, roots[target]), value))
             next_change += 1 / CHANGE_RATE_PER_S
             i += 1
         for item in list(outstanding):
