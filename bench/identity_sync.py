@@ -206,7 +206,10 @@ def _full_sync(stack: StackSettings, mapping_file: Path, objects: int) -> float:
             for connection in opened[side]:
                 connection.unbind()
     if report.failed or report.deferred or report.writes["aws", "add"] != objects:
-        raise RuntimeError(f"the full sync did not copy every object: {report}")
+        raise RuntimeError(
+            f"the full sync did not copy every object: {report.failed} failed, "
+            f"{report.deferred} deferred, writes {dict(report.writes)}"
+        )
     return took
 
 
@@ -214,14 +217,10 @@ def _full_sync_rounds(
     stack: StackSettings, tag: str, directory: Path, made: list[tuple[LdapSettings, str]]
 ) -> tuple[list[float], list[float], float]:
     """ROUNDS rounds of (ours, peer) into fresh AWS OUs, the order alternating; returns the
-    seconds of ours and of the peer per round, and one idle ldapadd's cost."""
+    seconds of ours and of the peer per round, and one idle ldapadd's cost. Each round of
+    ours copies an on-prem OU of its own (seeded untimed): account names are unique per
+    domain, so a second copy of the same users into the AWS domain would collide."""
     users = FULL_SYNC_USERS
-    source = f"OU=bench-fs-{tag},OU=InduTech,{stack.ad_onprem.base_dn}"
-    _add_ou(stack.ad_onprem, source)
-    made.append((stack.ad_onprem, source))
-    _ldapadd_parallel(
-        stack.ad_onprem, _split(_entries(tag, source, users), WRITERS), directory
-    )  # the on-prem directory to copy, untimed
     objects = users + users // MEMBERS_PER_GROUP
     ours: list[float] = []
     peer: list[float] = []
@@ -229,15 +228,22 @@ def _full_sync_rounds(
         order = ("ours", "peer") if round_ % 2 == 0 else ("peer", "ours")
         for who in order:
             root = f"OU=bench-{who}{round_}-{tag},OU=AWS,{stack.ad_aws.base_dn}"
+            if who == "ours":
+                source = f"OU=bench-fs{round_}-{tag},OU=InduTech,{stack.ad_onprem.base_dn}"
+                _add_ou(stack.ad_onprem, source)
+                made.append((stack.ad_onprem, source))
+                blocks = _entries(f"o{round_}{tag}", source, users)
+                _ldapadd_parallel(stack.ad_onprem, _split(blocks, WRITERS), directory)
             _add_ou(stack.ad_aws, root)
             made.append((stack.ad_aws, root))
             if who == "ours":
-                mapping_file = _mapping_file(directory, source, root)
-                ours.append(_full_sync(stack, mapping_file, objects))
+                took = _full_sync(stack, _mapping_file(directory, source, root), objects)
+                ours.append(took)
             else:
                 parts = _split(_entries(f"p{round_}{tag}", root, users), WRITERS)
-                peer.append(_ldapadd_parallel(stack.ad_aws, parts, directory))
-            print(f"   full sync round {round_ + 1} {who}: {objects / (ours or peer)[-1]:.1f}/s")
+                took = _ldapadd_parallel(stack.ad_aws, parts, directory)
+                peer.append(took)
+            print(f"   full sync round {round_ + 1} {who}: {objects / took:.1f} objects/s")
     return ours, peer, _ldapadd_overhead(stack.ad_aws, directory)
 
 
