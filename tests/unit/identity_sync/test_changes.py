@@ -35,11 +35,9 @@ class TestNotificationPath:
         changes.notified("onprem", "g2", "CN=Out,OU=Elsewhere,DC=corp,DC=indutech,DC=test")
         changes.notified("aws", "a1", f"CN=Bob,{AWS_ROOT}")
         changes.notified("aws", "a2", "CN=Moved,OU=Gone,DC=aws,DC=indutech,DC=test")
-        assert changes.pending()
         mirrored: dict[Side, dict[str, object]] = {"onprem": {}, "aws": {"a2": object()}}
         got = changes.collect({}, SyncState(), mirrored, poll=False)
         assert got == {"onprem": {"g1"}, "aws": {"a1", "a2"}}
-        assert not changes.pending()
         assert changes.collect({}, SyncState(), mirrored, poll=False) == {
             "onprem": set(),
             "aws": set(),

@@ -92,11 +92,6 @@ class ChangeFeed:
         notification came without a GUID."""
         return self._unnamed or time.monotonic() - self.last_poll >= interval_s
 
-    def pending(self) -> bool:
-        """Notifications wait to be collected."""
-        with self._lock:
-            return any(self._notified.values())
-
     def prime(
         self,
         connections: Mapping[Side, ldap3.Connection],
