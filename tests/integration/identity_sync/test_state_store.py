@@ -42,7 +42,34 @@ class TestS3StateStore:
         )
         assert head["ContentType"] == JSON_CONTENT_TYPE
         assert head.get("ChecksumSHA256")
-        await store.ping()
+        await objects.ping()
+
+    async def test_journal_round_trip_on_s3(self, objects: JsonObjectStore, unique: str) -> None:
+        """On S3 (MinIO): a snapshot, then one small entry per focused save; a worker started
+        now loads the last state saved; the next snapshot's journal replaces the old one,
+        whose entries are deleted."""
+        key = f"identity-sync-tests/{unique}/state.json"
+        store = S3StateStore(objects, key=key)
+        state = SyncState(
+            pairs={
+                f"g{i}": PairState(onprem_guid=f"g{i}", aws_guid=f"a{i}", kind="user")
+                for i in range(10)
+            }
+        )
+        await store.save(state)
+        state.pairs["g1"].attributes["title"] = ["Engineer"]
+        del state.pairs["g2"]
+        state.aws = CookieState(dc="CN=dc2", highest_usn=77)
+        await store.save(state, {"g1", "g2"})
+        assert (store.snapshots, store.entries) == (1, 1)
+        assert await S3StateStore(objects, key=key).load() == state
+        first = state.journal
+        await store.save(state)
+        await store.flush()
+        assert await objects.list_keys(f"{key}.journal/") == []
+        assert state.journal != first
+        assert await S3StateStore(objects, key=key).load() == state
+        await store.close()
 
     async def test_unreadable_state_names_the_object(
         self, objects: JsonObjectStore, unique: str

@@ -148,6 +148,35 @@ class TestChangeNotification:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
 
+    async def test_notified_change_is_applied_without_a_poll(
+        self, stack: StackSettings, live: Live
+    ) -> None:
+        """Between polls, a cycle woken by a notification reads the object it names and
+        applies the change, without the DirSync and uSNChanged searches (poll 60 s)."""
+        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        worker = IdentitySyncWorker(settings, store=MemoryStateStore())
+        with capture_logs() as logs:
+            task = asyncio.create_task(worker.serve(install_signal_handlers=False))
+            try:
+                await wait_until(lambda: worker.last_report is not None or task.done())
+                assert not task.done(), task.result()
+                await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
+                dn = await asyncio.to_thread(live.user, "onprem", "Fast Path")
+                took = await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+                aws_dn = await asyncio.to_thread(live.user, "aws", "Fast Back")
+                await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+            finally:
+                worker.request_exit()
+                assert await asyncio.wait_for(task, 15) == 0
+        cycles = [e for e in logs if e["event"] == "cycle_done"]
+        assert cycles[0]["full"]
+        assert cycles[0]["polled"]
+        applied = [c for c in cycles[1:] if c["writes"]]
+        assert len(applied) == 2, cycles
+        assert not any(c["polled"] for c in applied), applied
+        assert took < 5, f"{took:.1f} s: the notification did not drive the cycle"
+        assert adds(worker, "aws") == adds(worker, "onprem") == 1
+
 
 class DroppingProxy:
     """Forwards one connection to a DC; ``drop()`` ends it as a restarting DC would."""
@@ -196,7 +225,7 @@ class TestNotifierThread:
         settings = stack.ad_onprem.model_copy(
             update={"url": f"ldaps://127.0.0.1:{proxy.port}", "connect_timeout_s": 0.5}
         )
-        notifier = ChangeNotifier(settings, live.roots["onprem"], lambda: None)
+        notifier = ChangeNotifier(settings, live.roots["onprem"], lambda _guid, _dn: None)
         try:
             receiver = notifier.connection.strategy.receiver
             assert notifier.listening

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -18,7 +19,7 @@ from indutech_identity_sync.engine import CycleReport, Reconciler
 from indutech_identity_sync.mirror import Mirror
 from indutech_identity_sync.model import DirObject, Values, make_dn, normalize_dn, split_rdn
 from indutech_identity_sync.quarantine import Held, Quarantine
-from indutech_identity_sync.state import SyncState
+from indutech_identity_sync.state import MemoryObjects, S3StateStore, SyncState
 from tests.support.fake_directory import FakeDirectory
 
 ONPREM_ROOT = "OU=InduTech,DC=corp,DC=indutech,DC=test"
@@ -643,11 +644,15 @@ class TestAudit:
 
 
 class Incremental:
-    """Two fake directories with mirrors kept between cycles, as the worker keeps them."""
+    """Two fake directories with mirrors kept between cycles, as the worker keeps them.
+    After every cycle the state is saved as the worker saves it (a focused cycle: only the
+    pairs its report names) and loaded back: what a restart would load must be the state."""
 
     def __init__(self) -> None:
         self.p = Pair()
         self.mirrors: dict[Side, Mirror] = {}
+        self.objects = MemoryObjects()
+        self.store = S3StateStore(self.objects, key="state.json")
 
     def full(self) -> CycleReport:
         self.mirrors = {
@@ -665,13 +670,20 @@ class Incremental:
         return self._run({side: set(guids), other_side(side): set()})
 
     def _run(self, focus: dict[Side, set[str]] | None) -> CycleReport:
-        return Reconciler(
+        report = Reconciler(
             self.p.mapping,
             self.p.state,
             self.mirrors,
             {"onprem": self.p.onprem, "aws": self.p.aws},
             focus=focus,
         ).run()
+        asyncio.run(self._save_and_reload(report))
+        return report
+
+    async def _save_and_reload(self, report: CycleReport) -> None:
+        await self.store.save(self.p.state, None if report.full else report.pairs_changed)
+        assert await S3StateStore(self.objects, key="state.json").load() == self.p.state
+        await self.store.flush()
 
 
 def other_side(side: Side) -> Side:
@@ -742,6 +754,61 @@ class TestIncrementalCycle:
         assert make_dn("CN", "Kid", "OU=New," + ONPREM_ROOT) in inc.p.onprem.dns()
         assert inc.full().total_writes == 0
         assert len(inc.p.onprem.dns()) == 2
+
+
+class TestStateJournal:
+    @pytest.mark.parametrize("seed", range(12))
+    def test_saved_state_is_the_state_after_any_change_sequence(self, seed: int) -> None:
+        """Random changes by hand on either side (new, modified, renamed, moved, deleted
+        users; memberships), each reported alone as DirSync or the USN would: after every
+        cycle the journal entry of the pairs it names loads back to the whole state
+        (``Incremental`` checks it), and a full cycle then changes nothing."""
+        rng = random.Random(seed)
+        inc = Incremental()
+        ous = [inc.p.onprem.ou("A"), inc.p.onprem.ou("B")]
+        users = [inc.p.onprem.user(f"U{i}", rng.choice([None, *ous])) for i in range(6)]
+        inc.p.onprem.group("G", members=tuple(users[:2]))
+        inc.full()
+        made = 0
+        for _ in range(25):
+            side: Side = rng.choice(["onprem", "aws"])
+            fake = inc.p.onprem if side == "onprem" else inc.p.aws
+            root = ONPREM_ROOT if side == "onprem" else AWS_ROOT
+            people = sorted(e.dn for e in fake.entries.values() if e.kind == "user")
+            parents = [root, *sorted(e.dn for e in fake.entries.values() if e.kind == "ou")]
+            group = next(e.dn for e in fake.entries.values() if e.kind == "group")
+            op = rng.choice(["new", "title", "rename", "move", "delete", "member"])
+            if op == "new" or not people:
+                made += 1
+                dn = fake.user(f"N{made}", rng.choice(parents))
+            elif op == "title":
+                dn = rng.choice(people)
+                fake.assign(dn, title=f"t{rng.randrange(1000)}")
+            elif op == "rename":
+                dn = fake.rename(rng.choice(people), f"CN=R{rng.randrange(10**6)}")
+            elif op == "move":
+                picked = rng.choice(people)
+                _, rdn, _ = split_rdn(picked)
+                dn = fake.rename(picked, make_dn("CN", rdn, "X").split(",")[0], rng.choice(parents))
+            elif op == "delete":
+                dn = rng.choice(people)
+                guid = fake.guid(dn)
+                assert guid is not None
+                fake.remove(dn)
+                inc.batch(side, guid)
+                continue
+            else:
+                dn = group
+                member = rng.choice(people)
+                if member in fake.members(group):
+                    fake.modify_members(group, [], [member])
+                else:
+                    fake.modify_members(group, [member], [])
+            guid = fake.guid(dn)
+            assert guid is not None
+            inc.batch(side, guid)
+        inc.full()
+        assert inc.full().total_writes == 0
 
 
 def quarantined(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:

@@ -166,7 +166,9 @@ class FakeDcs:
         return Link(FakeConnection(settings.url), threading.Lock(), url=settings.url)
 
     @staticmethod
-    def notifier(_settings: LdapSettings, _base: str, _wake: Callable[[], None]) -> FakeNotifier:
+    def notifier(
+        _settings: LdapSettings, _base: str, _on_change: Callable[[str, str], None]
+    ) -> FakeNotifier:
         return FakeNotifier()
 
 

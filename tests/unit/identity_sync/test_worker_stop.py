@@ -61,7 +61,9 @@ class TestStop:
             connection = ClosingConnection(settings.url, unbound)
             return Link(connection, threading.Lock(), url=settings.url)
 
-        def notifier(_s: LdapSettings, _base: str, _wake: Callable[[], None]) -> BrokenNotifier:
+        def notifier(
+            _s: LdapSettings, _base: str, _on_change: Callable[[str, str], None]
+        ) -> BrokenNotifier:
             return BrokenNotifier()
 
         settings = IdentitySyncSettings(

@@ -274,6 +274,10 @@ class JsonObjectStore:
     async def delete(self, key: str) -> None:
         await self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    async def ping(self) -> None:
+        """Readiness: the bucket exists and our credentials reach it."""
+        await ping_bucket(self.client, self.bucket)
+
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")

@@ -214,7 +214,12 @@ class IdentitySyncSettings(WorkerSettings):
     s3: S3Settings = Field(description="where the anchor state lives")
     state_bucket: str = Field(default="indutech-backup", min_length=1)
     state_key: str = Field(default="identity-sync/state.json", min_length=1)
-    poll_interval_s: float = Field(default=1.0, gt=0, description="change-detection tick")
+    poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="the DirSync / uSNChanged searches run at most this often; a change "
+        "notified between them is applied at once",
+    )
     reconcile_interval_s: float = Field(
         default=900.0, gt=0, description="full reconcile that repairs drift"
     )

@@ -68,6 +68,10 @@ class Cycles:
         self.mirrors: dict[Side, Mirror] | None = None  # None: the next cycle is a full one
         self.retries: dict[tuple[Side, str], int] = {}
         self.read_counts: dict[Side, int] = dict.fromkeys(SIDES, 0)
+        # seconds of the last cycle's steps (collect, read, merge, save): its cycle_done log
+        self.phases: dict[str, float] = {}
+        self.poll_interval_s = settings.poll_interval_s
+        self.polled = False  # the last cycle ran the DirSync / USN searches
         # across cycles: a trip is logged once, then reminders; settled deletes wake a cycle
         self.delete_guard = DeleteGuard(mapping.deletion_guard)
         # objects that could not be applied, each waiting its backoff (quarantine.py)
@@ -84,12 +88,13 @@ class Cycles:
         """The sides connected now, each to the DC it uses."""
         return {s: d.link for s, d in self.dc_links.items() if d.link is not None}
 
-    def _collect_changes(self) -> dict[Side, set[str]]:
-        """GUIDs changed on each side since the last call (in the cycle's thread)."""
+    def _collect_changes(self, *, poll: bool) -> dict[Side, set[str]]:
+        """GUIDs changed on each side since the last call (in the cycle's thread): those
+        notified, and with ``poll`` those of the DirSync / USN searches."""
         mirrors = self.mirrors
         mirrored = {s: mirrors[s].objects if mirrors is not None else {} for s in SIDES}
         connections = {s: link.connection for s, link in self.links.items()}
-        return self.changes.collect(connections, self.state, mirrored)
+        return self.changes.collect(connections, self.state, mirrored, poll=poll)
 
     def _refresh(self, mirrors: dict[Side, Mirror], focus: dict[Side, set[str]]) -> None:
         """Re-read the focus objects into the mirrors: a new OU brings its subtree (an OU
@@ -120,6 +125,7 @@ class Cycles:
         returns what was done, None when an incremental tick found no change. A cycle that
         fails still audits and counts every write that reached a DC before the failure."""
         started = time.monotonic()
+        self.phases = {}
         try:
             report = await asyncio.to_thread(self._cycle_in_thread, full)
         except Exception:
@@ -131,11 +137,15 @@ class Cycles:
         if report is None:
             return None
         if not self.settings.dry_run and self.store is not None:
+            saving = time.monotonic()
             try:
-                await self.store.save(self.state)
+                # a focused cycle writes only its pairs (a journal entry), a full one the
+                # whole state (a snapshot): see state.py
+                await self.store.save(self.state, None if report.full else report.pairs_changed)
             except Exception:  # the writes were made all the same
                 await self._account_failed(report)
                 raise
+            self.phases["save_s"] = time.monotonic() - saving
         await self._account(report)
         self.last_report = report
         self.sync_metrics.conflicts_resolved(report.conflicts)
@@ -168,6 +178,8 @@ class Cycles:
             objects=report.objects,
             dry_run=self.settings.dry_run,
             seconds=round(time.monotonic() - started, 3),
+            polled=self.polled,
+            **{phase: round(took, 3) for phase, took in self.phases.items()},
         )
         return report
 
@@ -197,7 +209,12 @@ class Cycles:
 
     def _cycle_in_thread(self, full: bool) -> CycleReport | None:
         with self.links["onprem"].lock, self.links["aws"].lock:
-            changes = self._collect_changes()
+            step = time.monotonic()
+            # a cycle woken by notifications between polls reads only the objects notified
+            poll = full or self.mirrors is None or self.changes.poll_due(self.poll_interval_s)
+            self.polled = poll
+            changes = self._collect_changes(poll=poll)
+            self.phases["collect_s"], step = time.monotonic() - step, time.monotonic()
             focus: dict[Side, set[str]] | None = None
             if full or self.mirrors is None:
                 # changes collected first: what lands during the read comes in the next batch
@@ -221,6 +238,7 @@ class Cycles:
                 if not any(focus.values()) and not self.delete_guard.due(self.state, time.time()):
                     return None  # nothing changed, no delete finished settling, no reminder due
                 self._refresh(mirrors, focus)
+            self.phases["read_s"], step = time.monotonic() - step, time.monotonic()
             dry_run = self.settings.dry_run
             writers: dict[Side, DirectoryWriter] = {
                 s: DryRunWriter(s) if dry_run else LdapWriter(self.links[s].connection)
@@ -250,6 +268,7 @@ class Cycles:
             )
             self._running = reconciler.report  # filled as it goes: read if the cycle fails
             report = reconciler.run()
+            self.phases["merge_s"] = time.monotonic() - step  # the writes included
             if not dry_run:
                 self.mirrors = mirrors
             self._count_retries(report)

@@ -109,6 +109,9 @@ class CycleReport:
     merged: int = 0  # pairs merged (all of them in a full cycle)
     quarantined: list[Held] = field(default_factory=list)  # newly held (logged, audited)
     released: list[Held] = field(default_factory=list)  # held before, went through this cycle
+    # pair ids whose state this cycle may have changed (merged, created or removed): all a
+    # focused cycle's state save has to write (state.JournalEntry); a full one saves it all
+    pairs_changed: set[str] = field(default_factory=set)
 
     @property
     def total_writes(self) -> int:
@@ -190,6 +193,7 @@ class Reconciler:
 
     def _unpair(self, pid: str) -> None:
         pair = self.state.pairs.pop(pid)
+        self.report.pairs_changed.add(pid)
         self.pair_of["onprem"].pop(pair.onprem_guid, None)
         self.pair_of["aws"].pop(pair.aws_guid, None)
 
@@ -231,6 +235,9 @@ class Reconciler:
             # those that reached a DC
             self.barrier.close()
             self._record_deletes()  # those applied before a failure count too
+            # every pair a focused cycle can change is merged (``dirty``, created ones too)
+            # or removed (``_unpair``)
+            self.report.pairs_changed |= self.dirty
         return self.report
 
     # -- the barrier's outcomes (barrier.Outcomes) -------------------------------------------

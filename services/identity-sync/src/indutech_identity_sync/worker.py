@@ -127,9 +127,10 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         if store is None:
             client = await self.enter("s3", create_s3_client(self.settings.s3))
             objects = JsonObjectStore(client, bucket=self.settings.state_bucket)
-            s3_store = S3StateStore(objects, key=self.settings.state_key)
-            self.health.register_ping("s3", s3_store.ping)
-            self.cycles.store = store = s3_store
+            self.health.register_ping("s3", objects.ping)
+            self.cycles.store = store = S3StateStore(objects, key=self.settings.state_key)
+        # before the S3 client closes: the background deletion of old journal entries
+        self.add_closer("state", store.close)
         self.state = await store.load()
         if self.settings.audit_kafka is not None:
             topics = {self.settings.audit_topic: Topics.IDENTITY_CHANGES}

@@ -310,25 +310,38 @@ class DirSyncWatcher:
 NOTIFICATION_OID = "1.2.840.113556.1.4.528"
 
 
-class ChangeNotifier:
-    """AD's change-notification control on a subtree: a wake-up, not a change source.
+Notified = Callable[[str, str], None]  # (objectGUID, DN) of an object the DC reported changed
 
-    A search with LDAP_SERVER_NOTIFICATION_OID never completes: the DC sends an
-    entry each time an object under the base is added or modified (deletes are
-    not notified; the USN and DirSync checks that follow every wake-up see them).
-    ldap3's ASYNC_STREAM strategy hands each entry to ``on_change`` from its
-    receiver thread. If the connection drops, the poll interval remains.
+
+def notified_object(entry: dict[str, Any]) -> tuple[str, str]:
+    """(objectGUID text, DN) of a change-notification entry; "" for a GUID it lacks."""
+    raw = entry.get("raw_attributes") or {}
+    guid = next((v[0] for k, v in raw.items() if k.lower() == "objectguid" and v), None)
+    return (guid_text(guid) if guid else "", str(entry.get("dn", "")))
+
+
+class ChangeNotifier:
+    """AD's change-notification control on a subtree: the objects changed under it, as they
+    change.
+
+    A search with LDAP_SERVER_NOTIFICATION_OID never completes: the DC sends an entry (its
+    DN and the objectGUID asked for) each time an object under the base is added or
+    modified. ldap3's ASYNC_STREAM strategy hands each entry to ``on_change(guid, dn)`` from
+    its receiver thread (guid "" if the entry had none). Deletes and moves out of the base
+    are not notified, and a dropped connection notifies nothing: the DirSync / USN poll that
+    follows at least every poll interval sees them.
     """
 
-    def __init__(self, settings: LdapSettings, base: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, settings: LdapSettings, base: str, on_change: Notified) -> None:
         # No receive timeout: with one, ldap3's receiver thread takes every socket
         # error for a timeout and retries recv forever; after close() it spun at
         # 100 % CPU for the rest of the process (seen in the test suite). Without
         # it, the thread ends at the first error or end of stream.
+        self.on_change = on_change
         self.connection = ldap_connect(
             settings, client_strategy=ldap3.ASYNC_STREAM, receive_timeout=None
         )
-        self.connection.strategy.callback = lambda _entry: on_change()
+        self.connection.strategy.callback = self._entry
         self.message_id = self.connection.search(
             base,
             "(objectClass=*)",
@@ -337,6 +350,9 @@ class ChangeNotifier:
             controls=[(NOTIFICATION_OID, True, None)],
         )
         self.connection.strategy.persistent_search_message_id = self.message_id
+
+    def _entry(self, entry: dict[str, Any]) -> None:
+        self.on_change(*notified_object(entry))
 
     @property
     def listening(self) -> bool:
