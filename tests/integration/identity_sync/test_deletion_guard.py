@@ -5,16 +5,19 @@ the state in S3 across a restart."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from structlog.testing import capture_logs
 
-from indutech_common.s3 import create_s3_client
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.integration.identity_sync.test_incremental import wait_started
-from tests.integration.identity_sync.test_worker import delete_state, settings_for, wait_until
+from tests.integration.identity_sync.test_worker import (
+    delete_state,
+    saved_state,
+    settings_for,
+    wait_until,
+)
 from tests.support.metrics import sample
 from tests.support.stack import StackSettings
 
@@ -24,14 +27,6 @@ DELETED = 9  # 30 % of the OU, each delete under the 10 % one cycle may delete
 
 def gauge(worker: IdentitySyncWorker, name: str) -> float | None:
     return sample(worker, name, side="aws")
-
-
-async def saved_state(stack: StackSettings, key: str) -> dict[str, object]:
-    async with create_s3_client(stack.s3) as client:
-        response = await client.get_object(Bucket=stack.s3.backup_bucket, Key=key)
-        async with response["Body"] as body:
-            state: dict[str, object] = json.loads(await body.read())
-    return state
 
 
 class TestTrickledMassDelete:
@@ -89,9 +84,7 @@ class TestTrickledMassDelete:
             assert await asyncio.wait_for(task, 15) == 0
         try:
             state = await saved_state(stack, key)
-            pending = state["pending_deletes"]
-            assert isinstance(pending, dict)
-            assert len(pending["aws"]) == DELETED
+            assert len(state.pending_deletes["aws"]) == DELETED
             operator = IdentitySyncWorker(settings, once=True, allow_mass_delete=True)
             assert await operator.serve(install_signal_handlers=False) == 0
             assert await asyncio.to_thread(live.count, "aws") == USERS - DELETED

@@ -22,11 +22,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, start_client
-from indutech_common.s3 import create_s3_client
+from indutech_common.s3 import JsonObjectStore, create_s3_client
 from indutech_common.schemas import Topics
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_identity_sync.sources.ldap import ChangeNotifier
-from indutech_identity_sync.state import MemoryStateStore
+from indutech_identity_sync.state import MemoryStateStore, S3StateStore, SyncState
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
 from tests.support.kafka import temporary_topics
@@ -91,8 +91,22 @@ def adds(worker: IdentitySyncWorker, side: str) -> float:
 
 
 async def delete_state(stack: StackSettings, key: str) -> None:
+    """The snapshot and every journal entry after it."""
     async with create_s3_client(stack.s3) as client:
+        objects = JsonObjectStore(client, bucket=stack.s3.backup_bucket)
+        for journal_key in await objects.list_keys(f"{key}.journal/"):
+            await objects.delete(journal_key)
         await client.delete_object(Bucket=stack.s3.backup_bucket, Key=key)
+
+
+async def saved_state(stack: StackSettings, key: str) -> SyncState:
+    """The state as a restarted worker would load it: the snapshot and its journal."""
+    async with create_s3_client(stack.s3) as client:
+        store = S3StateStore(JsonObjectStore(client, bucket=stack.s3.backup_bucket), key=key)
+        try:
+            return await store.load()
+        finally:
+            await store.close()
 
 
 class TestLiveWorker:
@@ -119,13 +133,10 @@ class TestLiveWorker:
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
-        async with create_s3_client(stack.s3) as client:
-            response = await client.get_object(Bucket=stack.s3.backup_bucket, Key=key)
-            async with response["Body"] as body:
-                state = json.loads(await body.read())
+        state = await saved_state(stack, key)
         await delete_state(stack, key)
-        assert len(state["pairs"]) == 1
-        assert state["onprem"]["dirsync_cookie_hex"]
+        assert len(state.pairs) == 1
+        assert state.onprem.dirsync_cookie_hex
 
 
 class TestChangeNotification:

@@ -119,7 +119,12 @@ class ShipperProcess:
             )
 
     async def start(self) -> None:
-        """Start one and wait until it has started (imports take seconds when busy)."""
+        """Start one and wait until it has started (imports take seconds when busy).
+
+        Not before the next whole second: the test reads CloudWatch per second and takes
+        two datums of one second for copies of one scrape, so the new process's first
+        scrape must not share a second with the last scrape of the one just killed."""
+        await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
         self.process = self._spawn()
         self.starts += 1
         await wait_started(self.log, self.starts)
