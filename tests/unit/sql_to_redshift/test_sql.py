@@ -12,7 +12,12 @@ from sqlglot import expressions as exp
 
 from indutech_sql_to_redshift.dialect import Dialect
 from indutech_sql_to_redshift.errors import SchemaDriftError
-from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
+from indutech_sql_to_redshift.models import (
+    MODELS,
+    create_statements,
+    lock_statement,
+    models_for,
+)
 from indutech_sql_to_redshift.sinks.sql import RawTable, Statements, sql_type
 from indutech_sql_to_redshift.sinks.staging import copy_manifest
 
@@ -90,6 +95,31 @@ class TestRedshift:
         postgres = Statements("erp_raw", "postgres")
         assert postgres.lock().count("$1") == len(postgres.lock_args("orders")) == 1
 
+    def test_the_model_lock_is_redshift_s_lock_of_the_models_in_one_order(self) -> None:
+        """Redshift's LOCK takes no mode; sqlglot keeps LOCK as a command, so its tables
+        are parsed one by one: each a Redshift table of erp, in MODELS order whatever the
+        order asked (no two loaders lock in a cycle)."""
+        sql = lock_statement(["fact_invoice", "dim_customer", "fact_order_line"], "erp", "redshift")
+        tree = parse(sql, "redshift")
+        assert isinstance(tree, exp.Command)
+        assert tree.this == "LOCK"
+        names = [n.strip() for n in tree.expression.name.split(",")]
+        tables = [sqlglot.parse_one(n, into=exp.Table, read="redshift") for n in names]
+        assert [(t.db, t.name) for t in tables] == [
+            ("erp", "dim_customer"),
+            ("erp", "fact_order_line"),
+            ("erp", "fact_invoice"),
+        ]
+        assert sql == "LOCK erp.dim_customer, erp.fact_order_line, erp.fact_invoice"
+
+    def test_the_model_lock_refuses_what_is_not_a_model(self) -> None:
+        with pytest.raises(ValueError, match="orders"):
+            lock_statement(["orders"], "erp", "redshift")
+        with pytest.raises(ValueError, match="none given"):
+            lock_statement([], "erp", "postgres")
+        with pytest.raises(ValueError, match="identifier"):
+            lock_statement(["gl_balance"], "erp; DROP", "postgres")
+
     def test_the_stage_has_exactly_the_delta_parts_columns(self) -> None:
         """Redshift's COPY of Parquet fills a table with the file's columns, by position:
         the stage is ``_op`` then the columns, nothing the parts lack."""
@@ -152,6 +182,11 @@ class TestPostgres:
     def test_every_statement_parses_in_the_postgres_dialect(self) -> None:
         for sql in statements("postgres"):
             assert not isinstance(parse(sql, "postgres"), exp.Command), sql
+
+    def test_the_model_lock_conflicts_with_itself_and_lets_readers_read(self) -> None:
+        assert lock_statement(["gl_balance", "dim_product"], "erp", "postgres") == (
+            "LOCK TABLE erp.dim_product, erp.gl_balance IN SHARE ROW EXCLUSIVE MODE"
+        )
 
     def test_postgres_is_the_text_as_written(self) -> None:
         """One source: the PostgreSQL rendering is the model's SQL itself."""

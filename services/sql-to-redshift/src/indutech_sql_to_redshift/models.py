@@ -19,6 +19,12 @@ says it is applied, nothing runs).
 - ``fact_invoice``: invoices with their order's and customer's attributes.
 - ``gl_balance``: general-ledger debits, credits and balance by account and month.
 
+Two loaders of different tables (the worker's order_lines, an operator's ``load --table
+orders``) both refresh the models reading both tables: each night's refresh first locks
+the models it refreshes (``lock_statement``, always in ``MODELS`` order, so two loaders never
+wait on each other in a cycle), so one waits for the other's commit and then rebuilds from
+it; without it two ``DELETE`` + ``INSERT`` rebuilds at once leave both inserts.
+
 Facts are rebuilt whole in their transaction (``DELETE`` + ``INSERT … SELECT``): simple
 and exact; an incremental refresh by changed keys is future work (see the README).
 Columns are the demo ERP's (``indutech_devtools.erp``), the shape of InduTech's ERP.
@@ -26,6 +32,7 @@ Columns are the demo ERP's (``indutech_devtools.erp``), the shape of InduTech's 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from indutech_sql_to_redshift.config import IDENTIFIER
@@ -263,6 +270,22 @@ def models_for(table: str, loaded: set[str]) -> list[Model]:
     """The models a night of ``table`` refreshes: those reading it whose every input is
     staged (``loaded``: the tables with a head, ``table`` included)."""
     return [m for m in MODELS if table in m.inputs and m.inputs <= loaded]
+
+
+def lock_statement(names: Collection[str], erp: str, dialect: Dialect) -> str:
+    """Locks the models ``names`` of ``erp`` until the transaction ends, in ``MODELS`` order
+    (one order for every loader: no deadlock). PostgreSQL: SHARE ROW EXCLUSIVE, which
+    conflicts with itself and with writes but lets readers of the models read. Redshift's
+    ``LOCK`` takes no mode (it blocks readers too, until the commit)."""
+    if not IDENTIFIER.match(erp):
+        raise ValueError(f"{erp!r} is not a lower-case SQL identifier")
+    unknown = set(names) - {m.name for m in MODELS}
+    if unknown or not names:
+        raise ValueError(f"not models of erp: {sorted(unknown) or 'none given'}")
+    tables = ", ".join(f"{erp}.{m.name}" for m in MODELS if m.name in names)
+    if dialect == "redshift":
+        return f"LOCK {tables}"
+    return f"LOCK TABLE {tables} IN SHARE ROW EXCLUSIVE MODE"
 
 
 def create_statements(erp: str, dialect: Dialect) -> list[str]:

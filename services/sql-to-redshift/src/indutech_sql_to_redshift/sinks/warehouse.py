@@ -4,7 +4,8 @@ The transaction locks the table's head, checks that it is still the head the nig
 planned from (else ``FencedError``: another loader got there first), stages the night's
 parts (each checked against its manifest by ``read_part`` right before it is handed to the
 ``Stager``, the next one read while the previous is sent: ``sinks.staging``), applies them,
-refreshes the models that read the table, appends the ledger and moves the head. Any error
+locks the models that read the table (in one order: another loader's night refreshing
+them waits for this commit) and refreshes them, appends the ledger and moves the head. Any error
 rolls all of it back: the warehouse keeps the previous night, whole.
 """
 
@@ -35,13 +36,19 @@ from indutech_sql_to_redshift.errors import (
     ReconciliationError,
     SchemaDriftError,
 )
-from indutech_sql_to_redshift.models import MODELS, create_statements, models_for
+from indutech_sql_to_redshift.models import (
+    MODELS,
+    create_statements,
+    lock_statement,
+    models_for,
+)
 from indutech_sql_to_redshift.nights import Head, Night
 from indutech_sql_to_redshift.reconcile import Totals, arrow_totals, difference
 from indutech_sql_to_redshift.sinks.sql import RawTable, Statements
 from indutech_sql_to_redshift.sinks.staging import ArrowCopyStager, Stager, Target
 
 PartReader = Callable[[Manifest, PartRecord], Coroutine[Any, Any, pa.Table]]
+RefreshHook = Callable[[str], Awaitable[None]]
 
 _log = structlog.get_logger(__name__)
 
@@ -86,6 +93,9 @@ class WarehouseSink:
         self.model_schema = model_schema
         self.dialect: Dialect = dialect
         self.stager: Stager = stager or ArrowCopyStager()
+        self.before_refresh: RefreshHook | None = None
+        """Awaited with the table inside a night's transaction, right before its models are
+        locked and refreshed: a seam for tests that make two loaders meet there."""
 
     @classmethod
     async def open(
@@ -167,6 +177,9 @@ class WarehouseSink:
                 await connection.execute(st.drop_table(table))
                 for statement in st.forget():
                     await connection.execute(statement, table)
+            await connection.execute(
+                lock_statement([m.name for m in MODELS], self.model_schema, self.dialect)
+            )
             for model in MODELS:
                 await connection.execute(model.empty(self.model_schema, self.dialect))
 
@@ -426,7 +439,17 @@ class WarehouseSink:
         self, connection: asyncpg.Connection, table: str, day: date, loaded: set[str]
     ) -> tuple[str, ...]:
         done = []
-        for model in models_for(table, loaded):
+        if self.before_refresh is not None:
+            await self.before_refresh(table)
+        refreshed = models_for(table, loaded)
+        if refreshed:
+            # Another loader's night (of another table) may refresh these models now: the
+            # lock makes it wait for this commit, then rebuild from it; two DELETE + INSERT
+            # rebuilds at once would leave both inserts.
+            await connection.execute(
+                lock_statement([m.name for m in refreshed], self.model_schema, self.dialect)
+            )
+        for model in refreshed:
             statements = model.statements(
                 raw=self.statements.schema, erp=self.model_schema, dialect=self.dialect
             )
