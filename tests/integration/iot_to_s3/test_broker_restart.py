@@ -46,8 +46,10 @@ class TestBrokerRestart:
             # batch A is still buffered when the broker goes: its segments seal (idle) while
             # the broker is away, upload, and cannot commit
             IOT_TO_S3_ROTATION__MAX_RECORDS="100000",
-            IOT_TO_S3_ROTATION__IDLE_S="1.5",
-            IOT_TO_S3_ROTATION__MAX_AGE_S="3",
+            # sealed well after the broker is down: its controlled shutdown takes seconds
+            # and still commits (1.5 s let a flush finish before it on an idle machine)
+            IOT_TO_S3_ROTATION__IDLE_S="6",
+            IOT_TO_S3_ROTATION__MAX_AGE_S="8",
             IOT_TO_S3_S3_BACKOFF_MAX_S="2",
         )
         process = start_worker(env, log)
