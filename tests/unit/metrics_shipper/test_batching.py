@@ -279,13 +279,14 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.sent: list[list[str]] = []  # the metric names of each call that reached the wire
-        self._client = botocore.session.get_session().create_client(
+        self._client: Any = botocore.session.get_session().create_client(
             "cloudwatch",
             region_name="eu-west-1",
             aws_access_key_id="unused",
             aws_secret_access_key="unused",  # never sent: each call stops before the network
         )
-        self._client.meta.events.register("before-call.cloudwatch.PutMetricData", self._answer)
+        answer: Any = self._answer  # a before-call handler that answers stops the call
+        self._client.meta.events.register("before-call.cloudwatch.PutMetricData", answer)
 
     def _answer(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
         body = params["body"]
@@ -316,6 +317,11 @@ def recording() -> Iterator[RecordingClient]:
     client.close()
 
 
+def sink_over(recording: RecordingClient) -> CloudWatchMetricsSink:
+    client: Any = recording  # awaited like aiobotocore's client, for PutMetricData only
+    return CloudWatchMetricsSink(client, namespace=NAMESPACE, buffer=DatumBuffer(max_datums=100))
+
+
 def named(*names: str) -> list[Datum]:
     return [Datum(name, (("d", "v"),), 1_700_000_000.0, value=1.0) for name in names]
 
@@ -326,9 +332,7 @@ class TestInvalidDatumsInASink:
     async def test_a_datum_botocore_refuses_does_not_block_the_others(
         self, recording: RecordingClient
     ) -> None:
-        sink = CloudWatchMetricsSink(
-            recording, namespace=NAMESPACE, buffer=DatumBuffer(max_datums=100)
-        )  # type: ignore[arg-type]
+        sink = sink_over(recording)
         bad = Datum("bad", (("d", ""),), 1_700_000_000.0, value=1.0)
         with capture_logs() as logs:
             await sink.write([*named("a"), bad, *named("b", "c")])
@@ -343,9 +347,7 @@ class TestInvalidDatumsInASink:
     async def test_a_call_cloudwatch_refuses_loses_only_its_invalid_datums(
         self, recording: RecordingClient
     ) -> None:
-        sink = CloudWatchMetricsSink(
-            recording, namespace=NAMESPACE, buffer=DatumBuffer(max_datums=100)
-        )  # type: ignore[arg-type]
+        sink = sink_over(recording)
         with capture_logs() as logs:
             await sink.write(named("a", "x" * 256, "b"))
         assert recording.sent == [["a", "b"]]

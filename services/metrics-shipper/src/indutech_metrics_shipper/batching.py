@@ -28,12 +28,12 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import botocore.session
 from botocore import serialize
-from botocore.model import OperationModel
+from botocore.model import ListShape, OperationModel, StructureShape
 from botocore.utils import parse_to_aware_datetime
 from botocore.validate import ParamValidator
 
@@ -240,13 +240,16 @@ class DatumValidator:
 
     def __init__(self, namespace: str) -> None:
         model = botocore.session.get_session().get_service_model("cloudwatch")
-        self._shape = model.operation_model("PutMetricData").input_shape
+        shape = model.operation_model("PutMetricData").input_shape
+        if shape is None:  # botocore's model always has it: a broken install otherwise
+            raise RuntimeError("botocore's CloudWatch model has no PutMetricData input: reinstall")
+        self._shape: StructureShape = shape
         self._validator = ParamValidator()
         self.namespace = namespace
         # botocore checks minimum lengths only; CloudWatch refuses the maximums server-side
         # (InvalidParameterValue), which would cost the whole call: check them here too
-        datum = self._shape.members["MetricData"].member
-        dimension = datum.members["Dimensions"].member
+        datum = cast("StructureShape", cast("ListShape", shape.members["MetricData"]).member)
+        dimension = cast("StructureShape", cast("ListShape", datum.members["Dimensions"]).member)
         self.max_name = int(datum.members["MetricName"].metadata["max"])
         self.max_dimension_name = int(dimension.members["Name"].metadata["max"])
         self.max_dimension_value = int(dimension.members["Value"].metadata["max"])

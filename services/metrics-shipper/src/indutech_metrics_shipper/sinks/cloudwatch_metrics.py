@@ -142,7 +142,7 @@ class BufferedSink(ABC, Generic[CallT]):
     async def send(self, call: CallT) -> int:
         """Send one call; returns how many of its datums CloudWatch refused in an accepted call."""
 
-    def invalid(self, datums: list[Datum]) -> list[int]:
+    def invalid(self, datums: list[Datum]) -> list[int]:  # noqa: ARG002 - none known here
         """Indices of the datums the API refuses as invalid (checked without sending)."""
         return []
 
@@ -170,38 +170,39 @@ class BufferedSink(ABC, Generic[CallT]):
         for call in calls:
             datums = pending[start : start + call.datums]
             start += call.datums
-            try:
-                refused = await self.send(call)
-            except ParamValidationError:  # the client refused it before sending: never transient
-                self.api_errors += 1
-                if not await self._send_valid(call, datums, "ParamValidationError"):
-                    return False
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                self.api_errors += 1
-                if code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
-                    self._defer(code or "server_error")
-                    return False
-                if code in _INVALID_CODES:
-                    if not await self._send_valid(call, datums, code):
-                        return False
-                else:
-                    # refused as invalid: retrying cannot help; drop this call, say what it was
-                    _log.error(
-                        f"{self.operation}_rejected", code=code, datums=call.datums, error=str(exc)
-                    )
-                    self.rejected += call.datums
-            except (BotoCoreError, OSError) as exc:
-                self.api_errors += 1
-                self._defer(type(exc).__name__)
+            if not await self._deliver(call, datums):
                 return False
-            else:
-                self.calls += 1
-                self.datums_sent += call.datums - refused
-                self.rejected += refused
             self.buffer.remove_first(call.datums)
         self._delays = self._backoff.delays(self._rng)  # a success resets the backoff
         return len(self.buffer) == 0
+
+    async def _deliver(self, call: CallT, datums: list[Datum]) -> bool:
+        """Send one call; False when an outage deferred it (its datums stay buffered)."""
+        try:
+            refused = await self.send(call)
+        except ParamValidationError:  # the client refused it before sending: never transient
+            self.api_errors += 1
+            return await self._send_valid(call, datums, "ParamValidationError")
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            self.api_errors += 1
+            if code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
+                self._defer(code or "server_error")
+                return False
+            if code in _INVALID_CODES:
+                return await self._send_valid(call, datums, code)
+            # refused otherwise: retrying cannot help; drop this call, say what it was
+            _log.error(f"{self.operation}_rejected", code=code, datums=call.datums, error=str(exc))
+            self.rejected += call.datums
+        except (BotoCoreError, OSError) as exc:
+            self.api_errors += 1
+            self._defer(type(exc).__name__)
+            return False
+        else:
+            self.calls += 1
+            self.datums_sent += call.datums - refused
+            self.rejected += refused
+        return True
 
     async def _send_valid(self, call: CallT, datums: list[Datum], code: str) -> bool:
         """A call refused as invalid: drop the datums at fault, send the others now.
@@ -216,6 +217,7 @@ class BufferedSink(ABC, Generic[CallT]):
             self.rejected += call.datums
             return True
         good = [datum for i, datum in enumerate(datums) if i not in bad]
+        # a subset of one call packs into one call, so an outage here resends nothing twice
         sent = 0
         for part in self.pack(good) if good else []:
             try:
