@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.session
 import pytest
+from botocore.exceptions import ParamValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -21,7 +23,7 @@ from indutech_metrics_shipper.batching import (
 )
 from indutech_metrics_shipper.convert import MAX_VALUES_PER_DATUM, Datum, StatisticSet
 from indutech_metrics_shipper.errors import DatumTooLargeError
-from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
+from indutech_metrics_shipper.sinks import BufferedSink, CloudWatchMetricsSink, DatumBuffer
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +356,42 @@ class TestInvalidDatumsInASink:
         assert (len(sink.buffer), sink.datums_sent, sink.rejected) == (0, 2, 1)
         invalid = [e for e in logs if e["event"] == "put_metric_data_datums_invalid"]
         assert [(e["code"], e["datums"]) for e in invalid] == [("InvalidParameterValue", 1)]
+
+
+@dataclass(frozen=True)
+class OneDatum:
+    datum: Datum
+
+    @property
+    def datums(self) -> int:
+        return 1
+
+
+class ValidatingSink(BufferedSink[OneDatum]):
+    """Any buffered sink (EMF's too) whose client refuses a call before sending it, one datum
+    a call, with no way to tell the datums at fault (``invalid`` left as the base's)."""
+
+    name = "validating"
+    operation = "put_things"
+
+    def __init__(self) -> None:
+        super().__init__(buffer=DatumBuffer(max_datums=100))
+        self.sent: list[str] = []
+
+    def pack(self, datums: list[Datum]) -> list[OneDatum]:
+        return [OneDatum(datum) for datum in datums]
+
+    async def send(self, call: OneDatum) -> int:
+        if call.datum.name == "bad":
+            raise ParamValidationError(report="Invalid length for parameter x")
+        self.sent.append(call.datum.name)
+        return 0
+
+
+async def test_a_call_refused_by_validation_is_dropped_not_retried_as_an_outage() -> None:
+    sink = ValidatingSink()
+    with capture_logs() as logs:
+        await sink.write(named("a", "bad", "b"))
+    assert sink.sent == ["a", "b"]
+    assert (len(sink.buffer), sink.rejected) == (0, 1)
+    assert [e["event"] for e in logs] == ["put_things_rejected"]
