@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from indutech_common.cloudwatch import create_cloudwatch_client, create_logs_client
 from indutech_common.health import HealthServer
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import CloudWatchSettings, HealthSettings
 from indutech_metrics_shipper.config import MetricsShipperSettings
+from indutech_metrics_shipper.convert import Datum
 from indutech_metrics_shipper.emf import EmfEvent
+from indutech_metrics_shipper.sinks import CloudWatchMetricsSink, DatumBuffer
 from indutech_metrics_shipper.worker import MetricsShipperWorker
 from tests.support.proxy import SwitchableProxy
 from tests.support.stack import StackSettings
@@ -276,3 +279,36 @@ async def wait_until(condition: Any, *, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.1)
+
+
+class TestInvalidDatums:
+    """A datum the API refuses never blocks the others: dropped, counted, the rest sent."""
+
+    async def test_an_invalid_series_is_dropped_and_the_valid_ones_arrive_in_the_same_cycle(
+        self, stack: StackSettings, unique: str
+    ) -> None:
+        namespace = f"InduTech/Test/{unique}"
+        now = time.time()
+        valid = [Datum(f"ok_{i}", (("worker", unique),), now, value=float(i)) for i in range(3)]
+        # an empty dimension value: botocore's client refuses the whole call before sending
+        invalid = Datum("bad_empty_dimension", (("worker", ""),), now, value=1.0)
+        async with create_cloudwatch_client(stack.cloudwatch) as client:
+            sink = CloudWatchMetricsSink(
+                client, namespace=namespace, buffer=DatumBuffer(max_datums=100)
+            )
+            with capture_logs() as logs:
+                await sink.write([valid[0], invalid, valid[1], valid[2]])
+            assert len(sink.buffer) == 0, "the invalid datum is still buffered, to be retried"
+            assert (sink.datums_sent, sink.rejected) == (3, 1)
+            assert await sink.flush()  # nothing left to retry: no call, no error
+            assert sink.api_errors == 1
+        events = [e for e in logs if e["event"] == "put_metric_data_datums_invalid"]
+        assert len(events) == 1
+        assert events[0]["metrics"] == ["bad_empty_dimension"]
+        assert (events[0]["datums"], events[0]["sent"]) == (1, 3)
+        assert not any(e["event"] == "cloudwatch_unavailable" for e in logs)
+        for i in range(3):
+            values = await metric_values(
+                stack.cloudwatch, namespace, f"ok_{i}", "Sum", worker=unique
+            )
+            assert values == [float(i)]

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.session
 import pytest
+from botocore.exceptions import ParamValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from indutech_metrics_shipper.batching import MAX_CALL_BYTES, RequestSizer, pack
+from indutech_metrics_shipper.batching import (
+    MAX_CALL_BYTES,
+    DatumValidator,
+    RequestSizer,
+    pack,
+)
 from indutech_metrics_shipper.convert import MAX_VALUES_PER_DATUM, Datum, StatisticSet
 from indutech_metrics_shipper.errors import DatumTooLargeError
+from indutech_metrics_shipper.sinks import BufferedSink, CloudWatchMetricsSink, DatumBuffer
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +247,151 @@ class TestComputedSizes:
         calls = list(pack(wide(400), other))
         assert len(calls) > 1
         assert all(c.body_bytes == other.body_bytes(c.metric_data) <= MAX_CALL_BYTES for c in calls)
+
+
+# -- datums the API refuses: found, dropped, the rest sent -------------------------------------
+
+
+class TestDatumValidator:
+    """The datums CloudWatch refuses, found one by one without sending anything."""
+
+    @pytest.mark.parametrize(
+        ("datum", "problem"),
+        [
+            (Datum("m" * 256, (), 0.0, value=1.0), "MetricName longer than 255"),
+            (Datum("m", (("d" * 256, "v"),), 0.0, value=1.0), "dimension name longer than 255"),
+            (Datum("m", (("d", "v" * 1025),), 0.0, value=1.0), "dimension value longer than 1024"),
+            (Datum("m", (("d", ""),), 0.0, value=1.0), "Invalid length for parameter"),
+        ],
+    )
+    def test_what_the_api_refuses_is_named(self, datum: Datum, problem: str) -> None:
+        assert problem in (DatumValidator(NAMESPACE).problem(datum) or "")
+
+    def test_datums_at_the_limits_are_valid(self) -> None:
+        datum = Datum("m" * 255, (("d" * 255, "v" * 1024),), 0.0, value=1.0)
+        validator = DatumValidator(NAMESPACE)
+        assert validator.problem(datum) is None
+        assert validator.invalid([datum, Datum("", (), 0.0, value=1.0), datum]) == [1]
+
+
+class RecordingClient:
+    """A real botocore client, awaited like the shipper's: botocore validates each call and
+    serializes it; the call then stops before the network, answered as CloudWatch would (a
+    name over 255 characters refused whole as InvalidParameterValue, anything else taken)."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []  # the metric names of each call that reached the wire
+        self._client: Any = botocore.session.get_session().create_client(
+            "cloudwatch",
+            region_name="eu-west-1",
+            aws_access_key_id="unused",
+            aws_secret_access_key="unused",  # never sent: each call stops before the network
+        )
+        answer: Any = self._answer  # a before-call handler that answers stops the call
+        self._client.meta.events.register("before-call.cloudwatch.PutMetricData", answer)
+
+    def _answer(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        body = params["body"]
+        names = [d["MetricName"] for d in json.loads(body)["MetricData"]]
+        if any(len(name) > 255 for name in names):
+            error = {"Code": "InvalidParameterValue", "Message": "The MetricName is too long"}
+            return _Response(400), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+        self.sent.append(names)
+        return _Response(200), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    async def put_metric_data(self, **params: Any) -> Any:
+        return self._client.put_metric_data(**params)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+
+
+@pytest.fixture
+def recording() -> Iterator[RecordingClient]:
+    client = RecordingClient()
+    yield client
+    client.close()
+
+
+def sink_over(recording: RecordingClient) -> CloudWatchMetricsSink:
+    client: Any = recording  # awaited like aiobotocore's client, for PutMetricData only
+    return CloudWatchMetricsSink(client, namespace=NAMESPACE, buffer=DatumBuffer(max_datums=100))
+
+
+def named(*names: str) -> list[Datum]:
+    return [Datum(name, (("d", "v"),), 1_700_000_000.0, value=1.0) for name in names]
+
+
+class TestInvalidDatumsInASink:
+    """A refused datum is dropped and counted once; its call's other datums go in this cycle."""
+
+    async def test_a_datum_botocore_refuses_does_not_block_the_others(
+        self, recording: RecordingClient
+    ) -> None:
+        sink = sink_over(recording)
+        bad = Datum("bad", (("d", ""),), 1_700_000_000.0, value=1.0)
+        with capture_logs() as logs:
+            await sink.write([*named("a"), bad, *named("b", "c")])
+        assert recording.sent == [["a", "b", "c"]]
+        assert (len(sink.buffer), sink.datums_sent, sink.rejected) == (0, 3, 1)
+        invalid = [e for e in logs if e["event"] == "put_metric_data_datums_invalid"]
+        assert [(e["code"], e["metrics"], e["datums"]) for e in invalid] == [
+            ("ParamValidationError", ["bad"], 1)
+        ]
+        assert not any(e["event"] == "cloudwatch_unavailable" for e in logs)
+
+    async def test_a_call_cloudwatch_refuses_loses_only_its_invalid_datums(
+        self, recording: RecordingClient
+    ) -> None:
+        sink = sink_over(recording)
+        with capture_logs() as logs:
+            await sink.write(named("a", "x" * 256, "b"))
+        assert recording.sent == [["a", "b"]]
+        assert (len(sink.buffer), sink.datums_sent, sink.rejected) == (0, 2, 1)
+        invalid = [e for e in logs if e["event"] == "put_metric_data_datums_invalid"]
+        assert [(e["code"], e["datums"]) for e in invalid] == [("InvalidParameterValue", 1)]
+
+
+@dataclass(frozen=True)
+class OneDatum:
+    datum: Datum
+
+    @property
+    def datums(self) -> int:
+        return 1
+
+
+class ValidatingSink(BufferedSink[OneDatum]):
+    """Any buffered sink (EMF's too) whose client refuses a call before sending it, one datum
+    a call, with no way to tell the datums at fault (``invalid`` left as the base's)."""
+
+    name = "validating"
+    operation = "put_things"
+
+    def __init__(self) -> None:
+        super().__init__(buffer=DatumBuffer(max_datums=100))
+        self.sent: list[str] = []
+
+    def pack(self, datums: list[Datum]) -> list[OneDatum]:
+        return [OneDatum(datum) for datum in datums]
+
+    async def send(self, call: OneDatum) -> int:
+        if call.datum.name == "bad":
+            raise ParamValidationError(report="Invalid length for parameter x")
+        self.sent.append(call.datum.name)
+        return 0
+
+
+async def test_a_call_refused_by_validation_is_dropped_not_retried_as_an_outage() -> None:
+    sink = ValidatingSink()
+    with capture_logs() as logs:
+        await sink.write(named("a", "bad", "b"))
+    assert sink.sent == ["a", "b"]
+    assert (len(sink.buffer), sink.rejected) == (0, 1)
+    assert [e["event"] for e in logs] == ["put_things_rejected"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
+from structlog.testing import capture_logs
 
 from indutech_metrics_shipper.convert import (
     MAX_VALUES_PER_DATUM,
@@ -271,3 +272,29 @@ class TestDimensions:
         )
         assert report.datums == []
         assert report.dropped["too_many_dimensions"] == 1
+
+    def test_series_cloudwatch_would_refuse_are_dropped_counted_and_logged_once(self) -> None:
+        long_name = "g" * 256
+        text_ = exposition(
+            "# TYPE ok gauge",
+            'ok{worker="a"} 1',
+            f'ok{{worker="{"v" * 1025}"}} 2',
+            f"# TYPE {long_name} gauge",
+            f'{long_name}{{worker="a"}} 3',
+            f'{long_name}{{worker="b"}} 4',
+        )
+        converter = Converter(state_epoch=0)
+        with capture_logs() as logs:
+            report = converter.convert("t", text_, scraped_at=1)
+            again = converter.convert("t", text_, scraped_at=2)
+        assert [(d.name, d.value) for d in report.datums] == [("ok", 1)]
+        assert report.dropped["invalid"] == again.dropped["invalid"] == 3
+        logged = [e["metric"] for e in logs if e["event"] == "series_invalid"]
+        assert logged == ["ok", "g" * 255]  # once a name, truncated to the limit
+
+    def test_series_at_the_limits_are_kept(self) -> None:
+        name = "g" * 255
+        text_ = exposition(f"# TYPE {name} gauge", f'{name}{{worker="{"v" * 1024}"}} 1')
+        report = Converter(state_epoch=0).convert("t", text_, scraped_at=1)
+        assert len(report.datums) == 1
+        assert not report.dropped

@@ -28,13 +28,14 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import botocore.session
 from botocore import serialize
-from botocore.model import OperationModel
+from botocore.model import ListShape, OperationModel, StructureShape
 from botocore.utils import parse_to_aware_datetime
+from botocore.validate import ParamValidator
 
 from indutech_metrics_shipper.convert import Datum
 from indutech_metrics_shipper.errors import DatumTooLargeError
@@ -230,3 +231,43 @@ def _measured(batch: list[dict[str, Any]], sizer: RequestSizer, max_bytes: int) 
     half = len(batch) // 2
     yield from _measured(batch[:half], sizer, max_bytes)
     yield from _measured(batch[half:], sizer, max_bytes)
+
+
+class DatumValidator:
+    """Finds the datums botocore's client-side validation refuses (a metric name over 255
+    characters, an empty or over-long dimension value, …), one datum at a time, without
+    sending anything: a refused call is split into the datums to drop and the ones to send."""
+
+    def __init__(self, namespace: str) -> None:
+        model = botocore.session.get_session().get_service_model("cloudwatch")
+        shape = model.operation_model("PutMetricData").input_shape
+        if shape is None:  # botocore's model always has it: a broken install otherwise
+            raise RuntimeError("botocore's CloudWatch model has no PutMetricData input: reinstall")
+        self._shape: StructureShape = shape
+        self._validator = ParamValidator()
+        self.namespace = namespace
+        # botocore checks minimum lengths only; CloudWatch refuses the maximums server-side
+        # (InvalidParameterValue), which would cost the whole call: check them here too
+        datum = cast("StructureShape", cast("ListShape", shape.members["MetricData"]).member)
+        dimension = cast("StructureShape", cast("ListShape", datum.members["Dimensions"]).member)
+        self.max_name = int(datum.members["MetricName"].metadata["max"])
+        self.max_dimension_name = int(dimension.members["Name"].metadata["max"])
+        self.max_dimension_value = int(dimension.members["Value"].metadata["max"])
+
+    def problem(self, datum: Datum) -> str | None:
+        """botocore's report for this datum alone (its paths and limits), or None if valid."""
+        if len(datum.name) > self.max_name:
+            return f"MetricName longer than {self.max_name} characters"
+        for name, value in datum.dimensions:
+            if len(name) > self.max_dimension_name:
+                return f"a dimension name longer than {self.max_dimension_name} characters"
+            if len(value) > self.max_dimension_value:
+                return f"a dimension value longer than {self.max_dimension_value} characters"
+        report = self._validator.validate(
+            {"Namespace": self.namespace, "MetricData": [datum.to_api()]}, self._shape
+        )
+        return report.generate_report() if report.has_errors() else None
+
+    def invalid(self, datums: Sequence[Datum]) -> list[int]:
+        """Indices of the datums the client would refuse."""
+        return [i for i, datum in enumerate(datums) if self.problem(datum) is not None]

@@ -31,13 +31,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import structlog
 from prometheus_client.metrics_core import Metric
 
 from indutech_metrics_shipper.exposition import Exposition
 
+_log = structlog.get_logger(__name__)
+
 # PutMetricData's own limits (CloudWatch quotas page).
 MAX_DIMENSIONS = 30
 MAX_VALUES_PER_DATUM = 150
+MAX_NAME_CHARS = 255  # MetricName, and a dimension's Name
+MAX_DIMENSION_VALUE_CHARS = 1024
 
 HistogramMode = Literal["values", "statistics"]
 Dimensions = tuple[tuple[str, str], ...]
@@ -166,6 +171,7 @@ class Converter:
         self._counters: dict[SeriesId, _CounterMemory] = {}
         self._histograms: dict[SeriesId, _HistogramMemory] = {}
         self._admitted: dict[str, set[Dimensions]] = {}
+        self._refused: set[str] = set()  # metric names refused as invalid, logged once each
 
     # -- state, so that a restart with its state neither loses nor doubles -------------
 
@@ -394,6 +400,12 @@ class Converter:
         if len(datum.dimensions) > MAX_DIMENSIONS:
             report.dropped["too_many_dimensions"] += 1
             return
+        if not _within_limits(datum):  # CloudWatch refuses it: never buffer it
+            report.dropped["invalid"] += 1
+            if datum.name not in self._refused:
+                self._refused.add(datum.name)
+                _log.warning("series_invalid", metric=datum.name[:MAX_NAME_CHARS])
+            return
         admitted = self._admitted.setdefault(datum.name, set())
         if datum.dimensions not in admitted:
             if len(admitted) >= self.rules.max_series_per_metric:
@@ -401,6 +413,14 @@ class Converter:
                 return
             admitted.add(datum.dimensions)
         report.datums.append(datum)
+
+
+def _within_limits(datum: Datum) -> bool:
+    """PutMetricData's length limits (an empty label is no dimension: see DimensionRules)."""
+    return len(datum.name) <= MAX_NAME_CHARS and all(
+        len(name) <= MAX_NAME_CHARS and len(value) <= MAX_DIMENSION_VALUE_CHARS
+        for name, value in datum.dimensions
+    )
 
 
 def _labels(labels: dict[str, str] | Iterable[Iterable[str]]) -> Dimensions:

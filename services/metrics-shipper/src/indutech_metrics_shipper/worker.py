@@ -78,7 +78,7 @@ class MetricsShipperWorker(Worker[MetricsShipperSettings]):
         self.series_dropped = Counter(
             "indutech_shipper_series_dropped",
             "Series not sent, by reason (not_finite, cardinality_cap, too_many_dimensions, "
-            "buffer_full, rejected)",
+            "invalid, buffer_full, rejected)",
             ["worker", "reason"],
             registry=registry,
         )

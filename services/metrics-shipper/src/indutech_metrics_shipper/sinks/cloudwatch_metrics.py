@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from indutech_common.retry import Backoff
-from indutech_metrics_shipper.batching import Call, RequestSizer, pack
+from indutech_metrics_shipper.batching import Call, DatumValidator, RequestSizer, pack
 from indutech_metrics_shipper.convert import Datum
 from indutech_metrics_shipper.errors import DatumTooLargeError
 
@@ -48,6 +48,9 @@ _TRANSIENT_CODES = frozenset(
         "ResourceNotFoundException",  # Logs: the EMF group or stream deleted, created again
     }
 )
+# A call refused for what is in it: find the datums at fault, drop them, send the rest.
+_INVALID_CODES = frozenset({"InvalidParameterValue", "InvalidParameterCombination"})
+_LOGGED_NAMES = 10  # metric names in one log event, at most
 
 
 class PackedCall(Protocol):
@@ -139,6 +142,10 @@ class BufferedSink(ABC, Generic[CallT]):
     async def send(self, call: CallT) -> int:
         """Send one call; returns how many of its datums CloudWatch refused in an accepted call."""
 
+    def invalid(self, datums: list[Datum]) -> list[int]:  # noqa: ARG002 - none known here
+        """Indices of the datums the API refuses as invalid (checked without sending)."""
+        return []
+
     async def close(self) -> None:
         """The client is closed by its owner (the worker's resources)."""
 
@@ -159,31 +166,97 @@ class BufferedSink(ABC, Generic[CallT]):
             self.rejected += len(pending)
             self.buffer.remove_first(len(pending))
             return True
+        start = 0
         for call in calls:
-            try:
-                refused = await self.send(call)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                self.api_errors += 1
-                if code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
-                    self._defer(code or "server_error")
-                    return False
-                # refused as invalid: retrying cannot help; drop this call, say what it was
-                _log.error(
-                    f"{self.operation}_rejected", code=code, datums=call.datums, error=str(exc)
-                )
-                self.rejected += call.datums
-            except (BotoCoreError, OSError) as exc:
-                self.api_errors += 1
-                self._defer(type(exc).__name__)
+            datums = pending[start : start + call.datums]
+            start += call.datums
+            if not await self._deliver(call, datums):
                 return False
-            else:
-                self.calls += 1
-                self.datums_sent += call.datums - refused
-                self.rejected += refused
             self.buffer.remove_first(call.datums)
         self._delays = self._backoff.delays(self._rng)  # a success resets the backoff
         return len(self.buffer) == 0
+
+    async def _deliver(self, call: CallT, datums: list[Datum]) -> bool:
+        """Send one call; False when an outage deferred it (its datums stay buffered)."""
+        try:
+            refused = await self.send(call)
+        except ParamValidationError:  # the client refused it before sending: never transient
+            self.api_errors += 1
+            return await self._send_valid(call, datums, "ParamValidationError")
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            self.api_errors += 1
+            if code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
+                self._defer(code or "server_error")
+                return False
+            if code in _INVALID_CODES:
+                return await self._send_valid(call, datums, code)
+            # refused otherwise: retrying cannot help; drop this call, say what it was
+            _log.error(f"{self.operation}_rejected", code=code, datums=call.datums, error=str(exc))
+            self.rejected += call.datums
+        except (BotoCoreError, OSError) as exc:
+            self.api_errors += 1
+            self._defer(type(exc).__name__)
+            return False
+        else:
+            self.calls += 1
+            self.datums_sent += call.datums - refused
+            self.rejected += refused
+        return True
+
+    async def _send_valid(self, call: CallT, datums: list[Datum], code: str) -> bool:
+        """A call refused as invalid: drop the datums at fault, send the others now.
+
+        True when the call is done with (its datums may leave the buffer); False when sending
+        the valid ones met an outage (deferred: everything stays buffered, and the next cycle
+        finds the invalid ones again, without a network call, and counts them then).
+        """
+        bad = set(self.invalid(datums))
+        if not bad:  # nothing found at fault: drop the call whole rather than retry it forever
+            _log.error(f"{self.operation}_rejected", code=code, datums=call.datums)
+            self.rejected += call.datums
+            return True
+        good = [datum for i, datum in enumerate(datums) if i not in bad]
+        # a subset of one call packs into one call, so an outage here resends nothing twice
+        sent = 0
+        for part in self.pack(good) if good else []:
+            try:
+                refused = await self.send(part)
+            except ClientError as exc:
+                part_code = exc.response.get("Error", {}).get("Code", "")
+                if part_code in _TRANSIENT_CODES or _status(exc) >= HTTP_SERVER_ERROR:
+                    self._defer(part_code or "server_error")
+                    return False
+                # refused again with the culprits gone: give the rest up, do not loop
+                _log.error(
+                    f"{self.operation}_rejected", code=part_code, datums=part.datums, error=str(exc)
+                )
+                self.rejected += part.datums
+                continue
+            except ParamValidationError:
+                _log.error(
+                    f"{self.operation}_rejected", code="ParamValidationError", datums=part.datums
+                )
+                self.rejected += part.datums
+                continue
+            except (BotoCoreError, OSError) as exc:
+                self._defer(type(exc).__name__)
+                return False
+            self.calls += 1
+            sent += part.datums - refused
+            self.rejected += refused
+        self.datums_sent += sent
+        self.rejected += len(bad)
+        # the names only (no values, no botocore report, which can quote them), a few of them
+        names = sorted({datums[i].name[:255] for i in bad})
+        _log.error(
+            f"{self.operation}_datums_invalid",
+            code=code,
+            datums=len(bad),
+            sent=sent,
+            metrics=names[:_LOGGED_NAMES],
+        )
+        return True
 
     def _defer(self, reason: str) -> None:
         delay = next(self._delays)
@@ -215,12 +288,16 @@ class CloudWatchMetricsSink(BufferedSink[Call]):
         self._client = client
         self._namespace = namespace
         self._sizer = RequestSizer(namespace)
+        self._validator = DatumValidator(namespace)
 
     async def ping(self) -> None:
         await self._client.list_metrics(Namespace=self._namespace, RecentlyActive="PT3H")
 
     def pack(self, datums: list[Datum]) -> list[Call]:
         return list(pack(datums, self._sizer))
+
+    def invalid(self, datums: list[Datum]) -> list[int]:
+        return self._validator.invalid(datums)
 
     async def send(self, call: Call) -> int:
         await self._client.put_metric_data(
