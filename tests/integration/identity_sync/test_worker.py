@@ -253,6 +253,44 @@ class TestNotifierThread:
             notifier.close()  # idempotent
             proxy.drop()
 
+    def test_a_failing_callback_does_not_end_the_listener(
+        self, stack: StackSettings, live: Live
+    ) -> None:
+        """ldap3 ends its receiver thread at a callback's exception: every later change
+        went unnotified until the process restarted. The failure is logged; the next
+        change is still notified."""
+        seen: list[str] = []
+        failing = threading.Event()
+        failing.set()
+        arrived = threading.Event()
+
+        def on_change(_guid: str, dn: str) -> None:
+            if failing.is_set():
+                failing.clear()
+                raise RuntimeError("the hand-over failed")
+            seen.append(dn)
+            arrived.set()
+
+        first = live.user("onprem", "NotifyFirst")
+        second = live.user("onprem", "NotifySecond")
+        notifier = ChangeNotifier(stack.ad_onprem, live.roots["onprem"], on_change)
+        try:
+            with capture_logs() as logs:
+                live.assign("onprem", first, title="one")
+                deadline = time.monotonic() + 30
+                while notifier.callback_failures == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                live.assign("onprem", second, title="two")
+                assert arrived.wait(timeout=30), "no notification after the failed one"
+            assert notifier.listening
+            assert notifier.callback_failures == 1
+            failed = [e for e in logs if e["event"] == "change_notification_callback_failed"]
+            assert len(failed) == 1
+            assert failed[0]["error_type"] == "RuntimeError"
+            assert second.lower() in [dn.lower() for dn in seen]
+        finally:
+            notifier.close()
+
 
 class TestDryRun:
     async def test_dry_run_prints_the_plan_and_writes_nothing(

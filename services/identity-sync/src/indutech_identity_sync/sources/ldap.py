@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ldap3
+import structlog
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_bytes
 
@@ -309,6 +310,8 @@ class DirSyncWatcher:
 
 NOTIFICATION_OID = "1.2.840.113556.1.4.528"
 
+_log = structlog.get_logger(__name__)
+
 
 Notified = Callable[[str, str], None]  # (objectGUID, DN) of an object the DC reported changed
 
@@ -338,6 +341,7 @@ class ChangeNotifier:
         # 100 % CPU for the rest of the process (seen in the test suite). Without
         # it, the thread ends at the first error or end of stream.
         self.on_change = on_change
+        self.callback_failures = 0
         self.connection = ldap_connect(
             settings, client_strategy=ldap3.ASYNC_STREAM, receive_timeout=None
         )
@@ -352,7 +356,20 @@ class ChangeNotifier:
         self.connection.strategy.persistent_search_message_id = self.message_id
 
     def _entry(self, entry: dict[str, Any]) -> None:
-        self.on_change(*notified_object(entry))
+        # ldap3's receiver thread ends at the first exception a callback raises, and with
+        # it every later notification, silently; the poll still sees the change, so one
+        # failed hand-over is logged and the listener goes on.
+        try:
+            self.on_change(*notified_object(entry))
+        except Exception as exc:
+            self.callback_failures += 1
+            _log.error(
+                "change_notification_callback_failed",
+                dn=str(entry.get("dn", "")),
+                error_type=type(exc).__name__,
+                error=str(exc),
+                then="the object is picked up by the next DirSync / USN poll",
+            )
 
     @property
     def listening(self) -> bool:
