@@ -161,10 +161,15 @@ async def passer_by(names: Names, log: Path, rng: random.Random, visits: int) ->
         await asyncio.sleep(rng.uniform(3.0, 8.0))
         seen = log_size(log)
         process = start_worker(env, log)
-        await wait_for_log(log, seen, "partitions_assigned", process)
-        await asyncio.sleep(rng.uniform(0.5, 2.0))
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 30) == 0
+        try:
+            await wait_for_log(log, seen, "partitions_assigned", process)
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 30) == 0
+        finally:  # also when the test fails: no worker outlives it
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(process.wait, 10)
     return visits
 
 
@@ -180,14 +185,19 @@ class TestChaos:
         logs = [tmp_path / "replica-0.log", tmp_path / "replica-1.log", tmp_path / "third.log"]
         stop = asyncio.Event()
         producing = asyncio.create_task(produce_continuously(stack, names, stop, rng))
-        lifetimes, _ = await asyncio.gather(
-            asyncio.gather(
-                *(replica_under_fire(names, r, KILLS_PER_REPLICA, logs[r], rng) for r in (0, 1))
-            ),
-            passer_by(names, logs[2], rng, visits=2),
-        )
-        stop.set()
+        try:
+            # a task group, not gather: one failing cancels the others, whose ``finally``
+            # kills their workers before the fixtures drop the topics and the schema
+            async with asyncio.TaskGroup() as fire:
+                replicas = [
+                    fire.create_task(replica_under_fire(names, r, KILLS_PER_REPLICA, logs[r], rng))
+                    for r in (0, 1)
+                ]
+                fire.create_task(passer_by(names, logs[2], rng, visits=2))
+        finally:
+            stop.set()
         tickets, readings, aborted = await producing
+        lifetimes = [replica.result() for replica in replicas]
         want_tickets = expected_tickets(tickets)
         want_readings = expected_readings(readings)
 
