@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from indutech_iot_aggregator.cli import main
-from tests.support.stack import REPO_ROOT
+from tests.support.cli import help_text, refused_at_start, set_environment
 
 VALID = {"INDUTECH_KAFKA__USERNAME": "u", "INDUTECH_KAFKA__PASSWORD": "secret-password-1"}
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name, value in VALID.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return set_environment(monkeypatch, VALID)
 
 
 class TestBadConfig:
@@ -41,8 +36,7 @@ class TestBadConfig:
     ) -> None:
         """A bad value stops the worker before any work, naming the variable and the rule."""
         env.setenv(variable, value)
-        assert main([]) == 2
-        err = capsys.readouterr().err
+        err = refused_at_start(main, capsys)
         assert variable in err
         assert expected in err
 
@@ -50,14 +44,7 @@ class TestBadConfig:
 class TestHelp:
     def test_help_lists_every_setting_with_its_description(self) -> None:
         """``python -m indutech_iot_aggregator --help`` documents the settings and commands."""
-        result = subprocess.run(
-            [sys.executable, "-m", "indutech_iot_aggregator", "--help"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
+        out = help_text("indutech_iot_aggregator")
         for text in (
             "migrate",
             "IOT_AGGREGATOR_WINDOW_S (default 60)",
@@ -68,7 +55,7 @@ class TestHelp:
             "IOT_AGGREGATOR_MAX_OPEN_KEYS",
             "IOT_AGGREGATOR_WAREHOUSE__DIALECT",
         ):
-            assert text in result.stdout
+            assert text in out
 
 
 class TestRebuildArguments:

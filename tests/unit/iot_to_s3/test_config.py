@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from indutech_iot_to_s3.cli import main
 from indutech_iot_to_s3.segments import PlannedObject
 from indutech_iot_to_s3.sinks import Intent, is_transient
-from tests.support.stack import REPO_ROOT
+from tests.support.cli import help_text, refused_at_start, set_environment
 
 SAMPLES = Path(__file__).parents[1] / "samples"
 
@@ -27,9 +25,7 @@ VALID = {
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name, value in VALID.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return set_environment(monkeypatch, VALID)
 
 
 class TestBadConfig:
@@ -51,8 +47,7 @@ class TestBadConfig:
     ) -> None:
         """A bad value stops the worker before any work, naming the variable and the rule."""
         env.setenv(variable, value)
-        assert main([]) == 2
-        err = capsys.readouterr().err
+        err = refused_at_start(main, capsys)
         assert variable in err
         assert expected in err
         assert VALID["INDUTECH_KAFKA__PASSWORD"] not in err
@@ -71,21 +66,14 @@ class TestBadConfig:
 class TestHelp:
     def test_help_lists_the_settings(self) -> None:
         """--help documents rotation, the memory cap and the lake prefix with their variables."""
-        result = subprocess.run(
-            [sys.executable, "-m", "indutech_iot_to_s3", "--help"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
+        out = help_text("indutech_iot_to_s3")
         for variable in (
             "IOT_TO_S3_ROTATION__MAX_RECORDS (default 500000)",
             "IOT_TO_S3_MEMORY_CAP_BYTES",
             "IOT_TO_S3_LAKE_PREFIX",
             "IOT_TO_S3_GROUP_ID (default 'iot-to-s3')",
         ):
-            assert variable in result.stdout
+            assert variable in out
 
 
 class TestIntentAndErrors:

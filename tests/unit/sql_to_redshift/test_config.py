@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from indutech_common.cli import EXIT_CONFIG
 from indutech_common.settings import load_settings
 from indutech_sql_to_redshift.cli import main
 from indutech_sql_to_redshift.config import SqlToRedshiftSettings
 from indutech_sql_to_redshift.sinks import S3ManifestStager, stager_for
+from tests.support.cli import refused_at_start, set_environment
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(__import__("os").environ):
-        if name.startswith(("INDUTECH_", "SQL_TO_REDSHIFT_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SQL_TO_REDSHIFT_S3__SSE", "AES256")
-    return monkeypatch
+    return set_environment(
+        monkeypatch,
+        {"SQL_TO_REDSHIFT_S3__SSE": "AES256"},
+        clear_prefixes=("INDUTECH_", "SQL_TO_REDSHIFT_"),
+    )
 
 
 class TestSettings:
@@ -57,8 +57,7 @@ class TestSettings:
         env.setenv(variable, value)
         if variable.endswith("IAM_ROLE"):
             env.setenv("SQL_TO_REDSHIFT_WAREHOUSE__DIALECT", "redshift")
-        assert main(["verify"]) == EXIT_CONFIG
-        err = capsys.readouterr().err
+        err = refused_at_start(main, capsys, ["verify"])
         assert expected in err
         assert variable.removeprefix("SQL_TO_REDSHIFT_") in err
 
