@@ -163,7 +163,7 @@ def _client(mode: str, topic: str) -> Run:
         sys.executable, "-m", "bench.iot_to_s3_consume", mode, topic, str(RECORDS), group
     )
     cpu, wall, output = _child_process(command, cwd=REPO_ROOT, env=env)
-    seen, steady = output.split()
+    seen, steady = output.strip().splitlines()[-1].split()  # the last line: logs may precede it
     if int(seen) < RECORDS:
         raise RuntimeError(f"{mode} read {seen} of {RECORDS} records")
     return Run(cpu, wall, float(steady))
