@@ -5,10 +5,10 @@ without the batch decode into Arrow); and the worker's peak RSS.
 
 Like with like: every side is a separate process pinned to the same core (``taskset``),
 run in alternating order over ``ROUNDS`` rounds on the same topic (a fresh consumer group
-each), and timed over its whole process: process start, imports, the TLS/SCRAM handshake
-and the group join are included on every side. The worker's CPU is read when its last
-record is committed; it is also reported from its health port's first answer (imports
-done), the boundary of the runs before 2026-12-05.
+each), and timed the same two ways: the whole process (start, imports, the TLS/SCRAM
+handshakes and the group join included on every side), and *steady*: that less the CPU
+of the same process on a topic holding one record (excluded on every side). The
+worker's CPU is read when its last record is committed.
 """
 
 from __future__ import annotations
@@ -110,24 +110,27 @@ def _pinned(*command: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Run:
-    """One side's run: whole-process CPU and wall seconds, and the CPU seconds without
-    process start and the TLS/SCRAM handshake (``steady_cpu_s``, see ``run``)."""
+    """One side's run: whole-process CPU and wall seconds over the records, and the CPU of
+    the same process on a topic holding one record (start, imports, the TLS/SCRAM
+    handshake, the group join, one fetch): their difference is the steady cost."""
 
     cpu_s: float
     wall_s: float
-    steady_cpu_s: float
+    start_cpu_s: float
     peak_rss: int = 0
 
+    @property
+    def steady_cpu_s(self) -> float:
+        return max(self.cpu_s - self.start_cpu_s, 1e-3)
 
-def _child_process(
-    command: list[str], *, cwd: Path, env: dict[str, str] | None = None
-) -> tuple[float, float, str]:
-    """Run a command to its end: its CPU seconds (utime + stime of the waited child), its
-    wall seconds and its output."""
+
+def _child_process(command: list[str], *, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run a command to its end: its CPU seconds (utime + stime of the waited child) and
+    its wall seconds."""
     before = os.times()
     started = time.perf_counter()
     completed = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
     )
     wall = time.perf_counter() - started
     after = os.times()
@@ -136,45 +139,56 @@ def _child_process(
     cpu = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
     )
-    return cpu, wall, completed.stdout
+    return cpu, wall
 
 
-def _kcat(config: Path, topic: str) -> Run:
-    """kcat reading every record; its steady CPU is that less a kcat reading one record
-    (process start, the handshake, the group join and one fetch)."""
+def _python_env() -> dict[str, str]:
+    # Byte-code is compiled once (``run``) and read, as from an image; never rewritten.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
-    def consume(count: int) -> tuple[float, float, str]:
+
+def _kcat(config: Path, topics: BenchTopics) -> Run:
+    def consume(topic: str, count: int) -> tuple[float, float]:
         command = _pinned(
             "kcat", "-F", str(config), "-C", "-G", f"bench-kcat-{uuid.uuid4().hex[:8]}", topic,
             "-o", "beginning", "-e", "-q", "-c", str(count), "-f", "%s\n",
             "-X", "isolation.level=read_committed", "-X", "enable.auto.commit=false",
         )  # fmt: skip
-        return _child_process(command, cwd=REPO_ROOT)
+        return _child_process(command)
 
-    start_cpu, _, _ = consume(1)
-    cpu, wall, _ = consume(RECORDS)
-    return Run(cpu, wall, max(cpu - start_cpu, 1e-3))
-
-
-def _client(mode: str, topic: str) -> Run:
-    group = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = _pinned(
-        sys.executable, "-m", "bench.iot_to_s3_consume", mode, topic, str(RECORDS), group
-    )
-    cpu, wall, output = _child_process(command, cwd=REPO_ROOT, env=env)
-    seen, steady = output.strip().splitlines()[-1].split()  # the last line: logs may precede it
-    if int(seen) < RECORDS:
-        raise RuntimeError(f"{mode} read {seen} of {RECORDS} records")
-    return Run(cpu, wall, float(steady))
+    start_cpu, _ = consume(topics.one, 1)
+    cpu, wall = consume(topics.full, RECORDS)
+    return Run(cpu, wall, start_cpu)
 
 
-def _run_worker(topic: str, prefix: str, log: Path, *, repo: Path | None = None) -> Run:
-    """The worker from process start to every record committed (``repo``: another checkout)."""
+def _client(mode: str, topics: BenchTopics) -> Run:
+    def consume(topic: str, count: int) -> tuple[float, float]:
+        group = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+        command = _pinned(
+            sys.executable, "-m", "bench.iot_to_s3_consume", mode, topic, str(count), group
+        )
+        return _child_process(command, env=_python_env())
+
+    start_cpu, _ = consume(topics.one, 1)
+    cpu, wall = consume(topics.full, RECORDS)
+    return Run(cpu, wall, start_cpu)
+
+
+def _worker(topics: BenchTopics, prefix: str, log: Path, *, repo: Path | None = None) -> Run:
+    start_cpu, _, _ = _run_worker(topics.one, 1, prefix, log, repo=repo)
+    cpu, wall, peak = _run_worker(topics.full, RECORDS, prefix, log, repo=repo)
+    return Run(cpu, wall, start_cpu, peak)
+
+
+def _run_worker(
+    topic: str, count: int, prefix: str, log: Path, *, repo: Path | None = None
+) -> tuple[float, float, int]:
+    """The worker from process start to ``count`` records committed (``repo``: another
+    checkout): CPU seconds, wall seconds, peak RSS bytes."""
     port = _free_port()
     run_id = uuid.uuid4().hex[:8]
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("IOT_TO_S3_", "INDUTECH_"))},
+        **{k: v for k, v in _python_env().items() if not k.startswith(("IOT_TO_S3_", "INDUTECH_"))},
         **{k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None},
         "IOT_TO_S3_GROUP_ID": f"bench-{topic}-{run_id}",
         "IOT_TO_S3_SENSOR_TOPIC": topic,
@@ -185,7 +199,6 @@ def _run_worker(topic: str, prefix: str, log: Path, *, repo: Path | None = None)
         "IOT_TO_S3_HEALTH__PORT": str(port),
         "IOT_TO_S3_ROTATION__IDLE_S": "1",
         "IOT_TO_S3_LOGGING__LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
     }
     python = str(repo / ".venv" / "bin" / "python") if repo is not None else sys.executable
     launched = time.perf_counter()
@@ -198,22 +211,24 @@ def _run_worker(topic: str, prefix: str, log: Path, *, repo: Path | None = None)
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(port) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 600
+        while _records_out(port) < count and time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"iot-to-s3 exited: {log.read_text()[-2000:]}")
-            time.sleep(0.02)
-        cpu_ready = _cpu_seconds(process.pid)
-        deadline = time.monotonic() + 600
-        while _records_out(port) < RECORDS and time.monotonic() < deadline:
             time.sleep(0.05)
-        done = time.perf_counter()
+        wall = time.perf_counter() - launched
         cpu = _cpu_seconds(process.pid)
         peak = _peak_rss(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    return Run(cpu, done - launched, cpu - cpu_ready, peak)
+    return cpu, wall, peak
+
+
+@dataclass(frozen=True)
+class BenchTopics:
+    full: str  # RECORDS records
+    one: str  # one record: what starting costs
 
 
 def topic_contract(topic: str) -> dict[str, str]:
@@ -235,30 +250,36 @@ def _rates(size_mb: float, runs: list[Run], *, steady: bool = False) -> list[flo
 
 def run() -> list[Result]:
     stack = load_stack()
-    topic = f"bench.iot-to-s3.{os.getpid()}"
+    topics = BenchTopics(f"bench.iot-to-s3.{os.getpid()}", f"bench.iot-to-s3.{os.getpid()}.one")
+    contract = topic_contract(topics.full) | topic_contract(topics.one)
     prefix = f"bench/iot-to-s3/{os.getpid()}/"
     runs: dict[str, list[Run]] = {}
+    # What an image ships: the byte-code of our sources, compiled once.
+    run_quiet(sys.executable, "-m", "compileall", "-q", "libs", "services", "bench", "tests")
     with tempfile.TemporaryDirectory(prefix="indutech-bench-") as tmp:
         directory = Path(tmp)
         data = directory / "records.jsonl"
         size_mb = _write_records(data, RECORDS) / 1e6
+        one = directory / "one.jsonl"
+        one.write_bytes(data.read_bytes().split(b"\n", 1)[0] + b"\n")
         config = _kcat_config(stack, directory)
-        asyncio.run(create_topics(stack.kafka, topic_contract(topic)))
+        asyncio.run(create_topics(stack.kafka, contract))
         sides: dict[str, Callable[[], Run]] = {
-            "kcat": lambda: _kcat(config, topic),
-            "worker": lambda: _run_worker(topic, prefix, directory / "worker.log"),
-            **{mode: (lambda mode=mode: _client(mode, topic)) for mode in CLIENTS},  # type: ignore[misc]
+            "kcat": lambda: _kcat(config, topics),
+            "worker": lambda: _worker(topics, prefix, directory / "worker.log"),
+            **{mode: (lambda mode=mode: _client(mode, topics)) for mode in CLIENTS},  # type: ignore[misc]
         }
         if BASELINE:
             baseline = Path(BASELINE)
-            sides["baseline"] = lambda: _run_worker(
-                topic, prefix, directory / "baseline.log", repo=baseline
+            sides["baseline"] = lambda: _worker(
+                topics, prefix, directory / "baseline.log", repo=baseline
             )
         try:
-            run_quiet(
-                "kcat", "-F", str(config), "-P", "-t", topic, "-l", str(data),
-                "-X", "linger.ms=20", "-X", "acks=all",
-            )  # fmt: skip
+            for topic, path in ((topics.full, data), (topics.one, one)):
+                run_quiet(
+                    "kcat", "-F", str(config), "-P", "-t", topic, "-l", str(path),
+                    "-X", "linger.ms=20", "-X", "acks=all",
+                )  # fmt: skip
             for round_ in range(ROUNDS):
                 order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
                 for name in order:
@@ -267,12 +288,12 @@ def run() -> list[Result]:
                     print(
                         f"   round {round_ + 1} {name}: steady "
                         f"{size_mb / result.steady_cpu_s:.1f} MB/s per core, whole process "
-                        f"{size_mb / result.cpu_s:.1f} (cpu {result.cpu_s:.2f} s, "
-                        f"wall {result.wall_s:.2f} s)",
+                        f"{size_mb / result.cpu_s:.1f} (cpu {result.cpu_s:.2f} s, start "
+                        f"{result.start_cpu_s:.2f} s, wall {result.wall_s:.2f} s)",
                         flush=True,
                     )
         finally:
-            asyncio.run(delete_topics(stack.kafka, list(topic_contract(topic))))
+            asyncio.run(delete_topics(stack.kafka, list(contract)))
             asyncio.run(delete_prefix(stack.s3, stack.s3.lake_bucket, prefix))
     return results(size_mb, runs)
 
@@ -293,9 +314,8 @@ def results(size_mb: float, runs: dict[str, list[Run]]) -> list[Result]:
         f"{RECORDS:,} sensor readings ({size_mb:.1f} MB JSON) on {PARTITIONS} partitions, "
         f"SASL_SSL SCRAM-SHA-512 TLS 1.3, read_committed; {len(runs['kcat'])} alternating "
         f"rounds, each side a process pinned to core {CORE}; MB of input per CPU-second. "
-        "Steady: kcat less a kcat reading 1 record; the consume-only clients from the poll "
-        "that returned their first records; the worker from its health port's first answer "
-        "(imports excluded; its handshakes and group join included)"
+        "Steady: each side's CPU less that of the same process on a topic holding one record "
+        "(process start, imports, the TLS/SCRAM handshakes, the group join, one fetch)"
     )
     kcat, kcat_text = _side(size_mb, runs["kcat"])
     kcat_whole = statistics.median(_rates(size_mb, runs["kcat"]))
