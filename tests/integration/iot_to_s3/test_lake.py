@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 from collections import Counter
@@ -209,6 +210,20 @@ class TestLakeLayout:
             (4, b"schema_validation"),
             (6, b"invalid_json"),
         ]
+
+    async def test_startup_objects_are_frozen_out_of_the_collector(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """What startup made is frozen (``gc.freeze``): the collections that each poll's
+        garbage triggers no longer walk the modules and clients."""
+        try:
+            with capture_logs() as logs:
+                async with running_worker(stack, lake):
+                    pass
+        finally:
+            gc.unfreeze()  # this test process is not the worker's
+        (consuming,) = [e for e in logs if e["event"] == "consuming"]
+        assert consuming["frozen_objects"] > 10_000
 
 
 class TestRotation:
