@@ -20,7 +20,10 @@ from indutech_iot_to_s3.sources import RecordCodec
 from indutech_iot_to_s3.sources.batch import BatchRules, UnsupportedModelError
 
 CODEC = RecordCodec(sensor_topic="s", ticket_topic="t")
-MODELS = {"s": SensorReading, "t": ClientTicket}
+MODELS: dict[str, type[SensorReading] | type[ClientTicket]] = {
+    "s": SensorReading,
+    "t": ClientTicket,
+}
 
 READING: dict[str, Any] = {
     "event_id": "e-1",
