@@ -46,7 +46,7 @@ CORE = os.environ.get("BENCH_CORE", "1")  # every side runs pinned to this one c
 # Optional: a checkout of another version of the repo (with its .venv) whose worker runs
 # as one more side, e.g. main before a change (an A/B in the same rounds).
 BASELINE = os.environ.get("BENCH_IOT_TO_S3_BASELINE")
-CLIENTS = ("aiokafka", "confluent", "aiokafka+decode", "confluent+decode")
+CLIENTS = ("aiokafka", "confluent", "aiokafka+model", "aiokafka+decode", "confluent+decode")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _RECORDS_OUT = re.compile(r"^indutech_records_out_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
@@ -340,7 +340,9 @@ def results(size_mb: float, runs: dict[str, list[Run]]) -> list[Result]:
     if "baseline" in runs:
         sides.append(("baseline", "iot_to_s3_to_parquet_baseline", f"the worker of {BASELINE}"))
     for mode in CLIENTS:
-        what = "consume-only" if "+" not in mode else "consume and batch decode into Arrow"
+        what = {"": "consume-only", "decode": "consume and decode (batch path)"}.get(
+            mode.partition("+")[2], "consume and decode (the model, record by record)"
+        )
         sides.append(
             (
                 mode,

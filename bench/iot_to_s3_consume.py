@@ -2,12 +2,14 @@
 ``count`` records of a topic ``read_committed`` in a fresh consumer group and exit, so
 the parent times the process as it times kcat's.
 
-    python -m bench.iot_to_s3_consume {aiokafka,confluent}[+decode] TOPIC COUNT GROUP
+    python -m bench.iot_to_s3_consume {aiokafka,confluent}[+decode|+model] TOPIC COUNT GROUP
 
 ``aiokafka``: ``getmany`` as the worker polls (same fetch sizes and max records);
 ``confluent``: confluent-kafka's ``consume(num_messages)`` (librdkafka). Both take each
 record's value and offset into Python lists, as the worker needs them. ``+decode`` also
-decodes every poll into Arrow with the worker's ``RecordCodec`` (no Parquet, no S3).
+decodes every poll into Arrow with the worker's ``RecordCodec`` (the batch path, then the
+model for what it leaves), ``+model`` with the model record by record (the path before
+issue 18); no Parquet, no S3.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ Decode = Callable[[str, list[int], list[bytes | None]], object]
 
 
 def _decoder(mode: str, topic: str) -> Decode | None:
-    if not mode.endswith("+decode"):
-        return None
     codec = RecordCodec(sensor_topic=topic, ticket_topic=f"{topic}.tickets")
-    return codec.decode_batch
+    if mode.endswith("+decode"):
+        return codec.decode_batch
+    if mode.endswith("+model"):
+        return codec.decode_records
+    return None
 
 
 async def _aiokafka(
