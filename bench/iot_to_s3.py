@@ -1,7 +1,15 @@
-"""iot-to-s3: input MB/s per core from a topic to Parquet on S3 (the worker as a subprocess,
-from its first ready partition to the last record committed), against kcat consuming the same
-topic over the same SASL_SSL listener in the same run (the read ceiling); and the worker's
-peak RSS."""
+"""iot-to-s3: input MB/s per core from a topic to Parquet on S3, against kcat consuming the
+same topic over the same SASL_SSL listener (the read ceiling); the Kafka client lever of
+issue 18 (aiokafka's getmany against confluent-kafka's consume, both consume-only, with and
+without the batch decode into Arrow); and the worker's peak RSS.
+
+Like with like: every side is a separate process pinned to the same core (``taskset``),
+run in alternating order over ``ROUNDS`` rounds on the same topic (a fresh consumer group
+each), and timed the same two ways: the whole process (start, imports, the TLS/SCRAM
+handshakes and the group join included on every side), and *steady*: that less the CPU
+of the same process on a topic holding one record (excluded on every side). The
+worker's CPU is read when its last record is committed.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,16 @@ import asyncio
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +41,12 @@ from tests.support.stack import REPO_ROOT, load_stack, stack_env_file
 
 RECORDS = 200_000
 PARTITIONS = 3
+ROUNDS = int(os.environ.get("BENCH_IOT_TO_S3_ROUNDS", "3"))
+CORE = os.environ.get("BENCH_CORE", "1")  # every side runs pinned to this one core
+# Optional: a checkout of another version of the repo (with its .venv) whose worker runs
+# as one more side, e.g. main before a change (an A/B in the same rounds).
+BASELINE = os.environ.get("BENCH_IOT_TO_S3_BASELINE")
+CLIENTS = ("aiokafka", "confluent", "aiokafka+model", "aiokafka+decode", "confluent+decode")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _RECORDS_OUT = re.compile(r"^indutech_records_out_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
@@ -87,50 +105,131 @@ def _free_port() -> int:
         return port
 
 
-def _run_worker(topic: str, prefix: str, log: Path) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, peak RSS bytes) from ready to every record committed."""
+def _pinned(*command: str) -> list[str]:
+    return ["taskset", "-c", CORE, *command]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One side's run: whole-process CPU and wall seconds over the records, and the CPU of
+    the same process on a topic holding one record (start, imports, the TLS/SCRAM
+    handshake, the group join, one fetch): their difference is the steady cost."""
+
+    cpu_s: float
+    wall_s: float
+    start_cpu_s: float
+    peak_rss: int = 0
+
+    @property
+    def steady_cpu_s(self) -> float:
+        return max(self.cpu_s - self.start_cpu_s, 1e-3)
+
+
+def _child_process(command: list[str], *, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run a command to its end: its CPU seconds (utime + stime of the waited child) and
+    its wall seconds."""
+    before = os.times()
+    started = time.perf_counter()
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    wall = time.perf_counter() - started
+    after = os.times()
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {completed.stderr[-2000:]}")
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return cpu, wall
+
+
+def _python_env() -> dict[str, str]:
+    # Byte-code is compiled once (``run``) and read, as from an image; never rewritten.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _kcat(config: Path, topics: BenchTopics) -> Run:
+    def consume(topic: str, count: int) -> tuple[float, float]:
+        command = _pinned(
+            "kcat", "-F", str(config), "-C", "-G", f"bench-kcat-{uuid.uuid4().hex[:8]}", topic,
+            "-o", "beginning", "-e", "-q", "-c", str(count), "-f", "%s\n",
+            "-X", "isolation.level=read_committed", "-X", "enable.auto.commit=false",
+        )  # fmt: skip
+        return _child_process(command)
+
+    start_cpu, _ = consume(topics.one, 1)
+    cpu, wall = consume(topics.full, RECORDS)
+    return Run(cpu, wall, start_cpu)
+
+
+def _client(mode: str, topics: BenchTopics) -> Run:
+    def consume(topic: str, count: int) -> tuple[float, float]:
+        group = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+        command = _pinned(
+            sys.executable, "-m", "bench.iot_to_s3_consume", mode, topic, str(count), group
+        )
+        return _child_process(command, env=_python_env())
+
+    start_cpu, _ = consume(topics.one, 1)
+    cpu, wall = consume(topics.full, RECORDS)
+    return Run(cpu, wall, start_cpu)
+
+
+def _worker(topics: BenchTopics, prefix: str, log: Path, *, repo: Path | None = None) -> Run:
+    start_cpu, _, _ = _run_worker(topics.one, 1, prefix, log, repo=repo)
+    cpu, wall, peak = _run_worker(topics.full, RECORDS, prefix, log, repo=repo)
+    return Run(cpu, wall, start_cpu, peak)
+
+
+def _run_worker(
+    topic: str, count: int, prefix: str, log: Path, *, repo: Path | None = None
+) -> tuple[float, float, int]:
+    """The worker from process start to ``count`` records committed (``repo``: another
+    checkout): CPU seconds, wall seconds, peak RSS bytes."""
     port = _free_port()
+    run_id = uuid.uuid4().hex[:8]
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("IOT_TO_S3_", "INDUTECH_"))},
+        **{k: v for k, v in _python_env().items() if not k.startswith(("IOT_TO_S3_", "INDUTECH_"))},
         **{k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None},
-        "IOT_TO_S3_GROUP_ID": f"bench-{topic}",
+        "IOT_TO_S3_GROUP_ID": f"bench-{topic}-{run_id}",
         "IOT_TO_S3_SENSOR_TOPIC": topic,
         "IOT_TO_S3_TICKET_TOPIC": f"{topic}.tickets",
         "IOT_TO_S3_DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "IOT_TO_S3_LAKE_PREFIX": prefix,
+        "IOT_TO_S3_LAKE_PREFIX": f"{prefix}{run_id}/",
         "IOT_TO_S3_HEALTH__HOST": "127.0.0.1",
         "IOT_TO_S3_HEALTH__PORT": str(port),
         "IOT_TO_S3_ROTATION__IDLE_S": "1",
         "IOT_TO_S3_LOGGING__LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
     }
+    python = str(repo / ".venv" / "bin" / "python") if repo is not None else sys.executable
+    launched = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "indutech_iot_to_s3"],
-            cwd=REPO_ROOT,
+            _pinned(python, "-m", "indutech_iot_to_s3"),
+            cwd=repo or REPO_ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(port) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 600
+        while _records_out(port) < count and time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"iot-to-s3 exited: {log.read_text()[-2000:]}")
-            time.sleep(0.02)
-        # From the health port's first answer (imports done; clients, group join and
-        # recovery still ahead, and counted) to the last record committed.
-        started, cpu_started = time.perf_counter(), _cpu_seconds(process.pid)
-        deadline = time.monotonic() + 600
-        while _records_out(port) < RECORDS and time.monotonic() < deadline:
             time.sleep(0.05)
-        wall = time.perf_counter() - started
-        cpu = _cpu_seconds(process.pid) - cpu_started
+        wall = time.perf_counter() - launched
+        cpu = _cpu_seconds(process.pid)
         peak = _peak_rss(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    return wall, cpu, peak
+    return cpu, wall, peak
+
+
+@dataclass(frozen=True)
+class BenchTopics:
+    full: str  # RECORDS records
+    one: str  # one record: what starting costs
 
 
 def topic_contract(topic: str) -> dict[str, str]:
@@ -142,85 +241,137 @@ def topic_contract(topic: str) -> dict[str, str]:
     }
 
 
+def _spread(values: list[float]) -> str:
+    return f"min {min(values):.1f} / median {statistics.median(values):.1f} / max {max(values):.1f}"
+
+
+def _rates(size_mb: float, runs: list[Run], *, steady: bool = False) -> list[float]:
+    return [size_mb / (r.steady_cpu_s if steady else r.cpu_s) for r in runs]
+
+
 def run() -> list[Result]:
     stack = load_stack()
-    topic = f"bench.iot-to-s3.{os.getpid()}"
+    topics = BenchTopics(f"bench.iot-to-s3.{os.getpid()}", f"bench.iot-to-s3.{os.getpid()}.one")
+    contract = topic_contract(topics.full) | topic_contract(topics.one)
     prefix = f"bench/iot-to-s3/{os.getpid()}/"
+    runs: dict[str, list[Run]] = {}
+    # What an image ships (uv --compile-bytecode): the byte-code of our sources and of the
+    # libraries, compiled once, so no side pays for compiling at start.
+    sources = [str(REPO_ROOT / d) for d in ("libs", "services", "bench", "tests")]
+    run_quiet(sys.executable, "-m", "compileall", "-q", *sources, sysconfig.get_paths()["purelib"])
     with tempfile.TemporaryDirectory(prefix="indutech-bench-") as tmp:
         directory = Path(tmp)
         data = directory / "records.jsonl"
         size_mb = _write_records(data, RECORDS) / 1e6
+        one = directory / "one.jsonl"
+        one.write_bytes(data.read_bytes().split(b"\n", 1)[0] + b"\n")
         config = _kcat_config(stack, directory)
-        asyncio.run(create_topics(stack.kafka, topic_contract(topic)))
+        asyncio.run(create_topics(stack.kafka, contract))
+        sides: dict[str, Callable[[], Run]] = {
+            "kcat": lambda: _kcat(config, topics),
+            "worker": lambda: _worker(topics, prefix, directory / "worker.log"),
+            **{mode: (lambda mode=mode: _client(mode, topics)) for mode in CLIENTS},  # type: ignore[misc]
+        }
+        if BASELINE:
+            baseline = Path(BASELINE)
+            sides["baseline"] = lambda: _worker(
+                topics, prefix, directory / "baseline.log", repo=baseline
+            )
         try:
-            run_quiet(
-                "kcat",
-                "-F",
-                str(config),
-                "-P",
-                "-t",
-                topic,
-                "-l",
-                str(data),
-                "-X",
-                "linger.ms=20",
-                "-X",
-                "acks=all",
-            )
-            before = os.times()
-            started = time.perf_counter()
-            run_quiet(
-                "kcat",
-                "-F",
-                str(config),
-                "-C",
-                "-t",
-                topic,
-                "-o",
-                "beginning",
-                "-e",
-                "-q",
-                "-c",
-                str(RECORDS),
-                "-f",
-                "%s\n",
-                "-X",
-                "isolation.level=read_committed",
-            )
-            kcat_wall = time.perf_counter() - started
-            after = os.times()
-            kcat_cpu = (after.children_user - before.children_user) + (
-                after.children_system - before.children_system
-            )
-            wall, cpu, peak = _run_worker(topic, prefix, directory / "worker.log")
+            for topic, path in ((topics.full, data), (topics.one, one)):
+                run_quiet(
+                    "kcat", "-F", str(config), "-P", "-t", topic, "-l", str(path),
+                    "-X", "linger.ms=20", "-X", "acks=all",
+                )  # fmt: skip
+            for round_ in range(ROUNDS):
+                order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+                for name in order:
+                    result = sides[name]()
+                    runs.setdefault(name, []).append(result)
+                    print(
+                        f"   round {round_ + 1} {name}: steady "
+                        f"{size_mb / result.steady_cpu_s:.1f} MB/s per core, whole process "
+                        f"{size_mb / result.cpu_s:.1f} (cpu {result.cpu_s:.2f} s, start "
+                        f"{result.start_cpu_s:.2f} s, wall {result.wall_s:.2f} s)",
+                        flush=True,
+                    )
         finally:
-            asyncio.run(delete_topics(stack.kafka, list(topic_contract(topic))))
+            asyncio.run(delete_topics(stack.kafka, list(contract)))
             asyncio.run(delete_prefix(stack.s3, stack.s3.lake_bucket, prefix))
+    return results(size_mb, runs)
+
+
+def _side(size_mb: float, runs: list[Run]) -> tuple[float, str]:
+    """The median steady rate, and the spread of both boundaries for the notes."""
+    steady = _rates(size_mb, runs, steady=True)
+    whole = _rates(size_mb, runs)
+    text = f"steady {_spread(steady)}; whole process {_spread(whole)}"
+    return statistics.median(steady), text
+
+
+def results(size_mb: float, runs: dict[str, list[Run]]) -> list[Result]:
+    """Values are the median steady rates (process start and the TLS/SCRAM handshake
+    excluded on both sides); the notes add min/median/max of both boundaries and the
+    whole-process ratio (start and handshake included on both sides)."""
     note = (
         f"{RECORDS:,} sensor readings ({size_mb:.1f} MB JSON) on {PARTITIONS} partitions, "
-        "SASL_SSL SCRAM-SHA-512 TLS 1.3; MB of input per CPU-second of the process"
+        f"SASL_SSL SCRAM-SHA-512 TLS 1.3, read_committed; {len(runs['kcat'])} alternating "
+        f"rounds, each side a process pinned to core {CORE}; MB of input per CPU-second. "
+        "Steady: each side's CPU less that of the same process on a topic holding one record "
+        "(process start, imports, the TLS/SCRAM handshakes, the group join, one fetch)"
     )
-    return [
+    kcat, kcat_text = _side(size_mb, runs["kcat"])
+    kcat_whole = statistics.median(_rates(size_mb, runs["kcat"]))
+    out = [
         Result(
             name="iot_to_s3_consume_kcat",
-            value=size_mb / kcat_cpu if kcat_cpu else 0.0,
+            value=kcat,
             unit="MB/s per core",
-            notes=f"the read ceiling (read_committed, no output); wall {size_mb / kcat_wall:.1f} "
-            f"MB/s; {note}",
-        ),
-        Result(
-            name="iot_to_s3_to_parquet",
-            value=size_mb / cpu if cpu else 0.0,
-            unit="MB/s per core",
-            peer="kcat consume",
-            peer_value=size_mb / kcat_cpu if kcat_cpu else None,
-            notes=f"validate, zstd Parquet, intent + upload + commit; wall {size_mb / wall:.1f} "
-            f"MB/s; {note}",
-        ),
+            notes=f"the read ceiling (no output); {kcat_text}; {note}",
+        )
+    ]
+    sides = [
+        (
+            "worker",
+            "iot_to_s3_to_parquet",
+            "batch decode into Arrow, zstd Parquet, intent + upload + transactional commit",
+        )
+    ]
+    if "baseline" in runs:
+        sides.append(("baseline", "iot_to_s3_to_parquet_baseline", f"the worker of {BASELINE}"))
+    for mode in CLIENTS:
+        what = {"": "consume-only", "decode": "consume and decode (batch path)"}.get(
+            mode.partition("+")[2], "consume and decode (the model, record by record)"
+        )
+        sides.append(
+            (
+                mode,
+                f"iot_to_s3_client_{mode.replace('+', '_')}",
+                f"{mode.split('+')[0]} {what} (values and offsets into Python lists, 5,000 "
+                "per poll)",
+            )
+        )
+    for side, name, what in sides:
+        value, text = _side(size_mb, runs[side])
+        whole = statistics.median(_rates(size_mb, runs[side]))
+        out.append(
+            Result(
+                name=name,
+                value=value,
+                unit="MB/s per core",
+                peer="kcat consume",
+                peer_value=kcat,
+                notes=f"{what}; {text}; whole-process ratio {whole / kcat_whole:.3f}; {note}",
+            )
+        )
+    peaks = [r.peak_rss / 2**20 for r in runs["worker"]]
+    out.append(
         Result(
             name="iot_to_s3_peak_rss",
-            value=peak / 2**20,
+            value=max(peaks),
             unit="MiB",
-            notes=f"VmHWM of the worker over the same run (default 256 MiB memory cap); {note}",
-        ),
-    ]
+            notes=f"VmHWM of the worker (default 256 MiB memory cap), the highest of "
+            f"{len(peaks)} runs; {note}",
+        )
+    )
+    return out

@@ -48,6 +48,8 @@ class TestSensorReading:
             ("value", "NaN", "finite"),
             ("quality", "excellent", "good"),
             ("sensor_id", "", "at least 1"),
+            # before UTC's year 1: an OverflowError stopped the reader at this record
+            ("event_time", "0001-01-01T00:00:00+01:00", "out of range once converted to UTC"),
         ],
     )
     def test_invalid_fields_are_named(self, field: str, value: object, message: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -170,6 +172,58 @@ class TestLakeLayout:
         (dead,) = [m for ms in batches.values() for m in ms]
         assert dead.value == b"{not json"
         assert dict(dead.headers)["reason"] == b"invalid_json"
+
+    async def test_batch_and_model_paths_in_one_poll_land_as_the_model_decides(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """Canonical tickets (the batch path), tickets only the model takes (padded strings,
+        integer revenue, a multi-line value) and refused ones, in one partition: the lake
+        holds the model's values in offset order, the refused ones are dead-lettered once
+        with their reasons."""
+        run = lake.group_id[-6:]
+        good = [client_ticket(i, BASE_TIME + timedelta(seconds=i), run) for i in range(1, 7)]
+        canonical = [json.loads(t.to_json_bytes()) for t in good]
+        values: list[bytes] = [
+            good[0].to_json_bytes(),
+            json.dumps({**canonical[1], "customer_id": " padded "}).encode(),  # model: stripped
+            b"{not json",
+            json.dumps({**canonical[2], "revenue": 12}).encode(),  # model: an integer
+            json.dumps({**canonical[3], "revenue": 12.5}).encode(),  # refused: a float
+            json.dumps(canonical[4], indent=2).encode(),  # model: several lines
+            good[4].to_json_bytes() + good[5].to_json_bytes(),  # refused: two objects
+            good[5].to_json_bytes(),
+        ]
+        await produce(stack, lake.ticket_topic, values, partition=0)
+        async with running_worker(stack, lake, rotation={"idle_s": 0.5}):
+            table = await wait_for_rows(stack, lake, lake.ticket_topic, 5)
+        rows = sorted(table.to_pylist(), key=lambda r: r["kafka_offset"])
+        assert [r["kafka_offset"] for r in rows] == [0, 1, 3, 5, 7]
+        assert [r["ticket_id"] for r in rows] == ["t-1", "t-2", "t-3", "t-5", "t-6"]
+        assert rows[1]["customer_id"] == "padded"
+        assert rows[2]["revenue"] == Decimal("12.00")
+        assert rows[3]["event_time"] == good[4].event_time
+        dead = await read_dead_letters(stack, lake.dead_letter_topic)
+        assert sorted(
+            (int(dict(d.headers)["offset"]), dict(d.headers)["reason"]) for d in dead
+        ) == [
+            (2, b"invalid_json"),
+            (4, b"schema_validation"),
+            (6, b"invalid_json"),
+        ]
+
+    async def test_startup_objects_are_frozen_out_of_the_collector(
+        self, stack: StackSettings, lake: Lake
+    ) -> None:
+        """What startup made is frozen (``gc.freeze``): the collections that each poll's
+        garbage triggers no longer walk the modules and clients."""
+        try:
+            with capture_logs() as logs:
+                async with running_worker(stack, lake):
+                    pass
+        finally:
+            gc.unfreeze()  # this test process is not the worker's
+        (consuming,) = [e for e in logs if e["event"] == "consuming"]
+        assert consuming["frozen_objects"] > 10_000
 
 
 class TestRotation:

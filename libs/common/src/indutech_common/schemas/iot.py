@@ -41,7 +41,14 @@ def _to_utc(value: datetime) -> datetime:
     # UTC (pydantic-core's TzInfo(0), timezone.utc, …) compares equal to UTC.
     if value.tzinfo == UTC:
         return value
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+01:00: pydantic passes only ValueError on as a
+        # validation error; an OverflowError would stop the reader at this record.
+        raise ValueError(
+            "the time is out of range once converted to UTC (years 1 to 9999)"
+        ) from None
 
 
 # No Python serializer: pydantic-core writes a UTC datetime as ``…Z`` on its own,

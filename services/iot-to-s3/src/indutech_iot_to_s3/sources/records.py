@@ -15,16 +15,19 @@ batch, so one bad record never blocks a partition.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from indutech_common.schemas import ClientTicket, SensorReading
 from indutech_common.schemas.arrow import arrow_schema
 from indutech_iot_to_s3.batches import OFFSET_COLUMN, batch_schema
+from indutech_iot_to_s3.sources.batch import BatchRules, UnsupportedModelError
 
 MAX_ERROR_CHARS = 1000
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
@@ -68,6 +71,14 @@ class RecordCodec:
         self._batch_schemas = {
             topic: batch_schema(schema) for topic, schema in self._schemas.items()
         }
+        self._rules: dict[str, BatchRules] = {}
+        for topic, model in self.models.items():
+            with contextlib.suppress(UnsupportedModelError):  # all its records: the model path
+                self._rules[topic] = BatchRules.from_model(model)
+
+    def batch_path(self, topic: str) -> bool:
+        """Whether ``topic``'s records go through the batch path (else all through the model)."""
+        return topic in self._rules
 
     def model_for(self, topic: str) -> type[BaseModel]:
         return self.models[topic]
@@ -79,7 +90,33 @@ class RecordCodec:
     def decode_batch(
         self, topic: str, offsets: Sequence[int], values: Sequence[bytes | None]
     ) -> DecodedBatch:
-        """Validate every value; the valid ones become Arrow columns, in input order."""
+        """Decode a poll: the batch path takes what it can prove, the model the rest; the
+        valid records become one Arrow batch in input (offset) order."""
+        rules = self._rules.get(topic)
+        if rules is None:
+            return self.decode_records(topic, offsets, values)
+        fast = rules.decode(values)
+        if not fast.left:  # the usual poll: every record taken by the batch path
+            return DecodedBatch(_with_offsets(fast.batch, offsets, fast.taken, topic, self))
+        slow = self.decode_records(
+            topic, [offsets[i] for i in fast.left], [values[i] for i in fast.left]
+        )
+        rejected = [Rejected(fast.left[r.index], r.reason, r.detail) for r in slow.rejected]
+        pieces = [
+            b
+            for b in (_with_offsets(fast.batch, offsets, fast.taken, topic, self), slow.valid)
+            if b is not None
+        ]
+        if not pieces:
+            return DecodedBatch(None, rejected)
+        merged = pa.Table.from_batches(pieces).combine_chunks()
+        order = pc.sort_indices(merged.column(OFFSET_COLUMN))
+        return DecodedBatch(merged.take(order).to_batches()[0], rejected)
+
+    def decode_records(
+        self, topic: str, offsets: Sequence[int], values: Sequence[bytes | None]
+    ) -> DecodedBatch:
+        """The per-record path: every value validated by the model (pydantic-core)."""
         validate = self._validators[topic].validate_json
         rows: list[dict[str, Any]] = []
         kept: list[int] = []
@@ -105,6 +142,22 @@ class RecordCodec:
             rejected += [Rejected(positions[offset], "out_of_range", why) for offset, why in unfit]
             rejected.sort(key=lambda r: r.index)
         return DecodedBatch(valid, rejected)
+
+
+def _with_offsets(
+    batch: pa.RecordBatch | None,
+    offsets: Sequence[int],
+    taken: list[int],
+    topic: str,
+    codec: RecordCodec,
+) -> pa.RecordBatch | None:
+    """The batch path's rows with their ``kafka_offset`` column (the buffered batch's schema)."""
+    if batch is None:
+        return None
+    column = pa.array(
+        [offsets[i] for i in taken] if len(taken) < len(offsets) else offsets, pa.int64()
+    )
+    return pa.RecordBatch.from_arrays([*batch.columns, column], schema=codec.batch_schema(topic))
 
 
 def to_batch(
