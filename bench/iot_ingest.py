@@ -12,15 +12,23 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from pydantic import TypeAdapter, ValidationError
 
 from bench.harness import Result, run_quiet, run_workers
 from bench.kafka_throughput import _kcat_config
 from indutech_common.kafka import create_consumer, start_client
-from indutech_common.schemas import Topics
+from indutech_common.schemas import SensorReading, Topics, derive_event_id
+from indutech_common.tailing import Line, LineKind
 from indutech_devtools.iot import GenerateOptions, generate
 from indutech_iot_ingest.config import IotIngestSettings, Route
+from indutech_iot_ingest.sinks.librdkafka import LibrdkafkaSink
+from indutech_iot_ingest.sources.records import LineParser, ParsedRecord
 from indutech_iot_ingest.worker import IotIngestWorker
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import StackSettings, load_stack
@@ -29,6 +37,7 @@ RECORDS = 200_000
 NOMINAL_BYTES_PER_S = 15_000
 LATENCY_SECONDS = 20
 CORE = 0
+ROUNDS = 3
 
 
 def _topics(prefix: str) -> dict[str, str]:
@@ -71,29 +80,160 @@ def _settings(stack: StackSettings, san: Path, topics: dict[str, str]) -> IotIng
     )
 
 
-async def _ingest_file(stack: StackSettings, san: Path, topics: dict[str, str], size: int) -> float:
-    """Seconds from start of reading until every line of the file (``size`` bytes) is committed."""
-    worker = IotIngestWorker(_settings(stack, san, topics))
+class _Timing(NamedTuple):
+    from_start_s: float  # from the worker's construction: client start, TLS/SCRAM included
+    from_ready_s: float  # from ingest_ready: the file alone
+
+
+async def _ingest_file(
+    make: Callable[[IotIngestSettings], IotIngestWorker],
+    settings: IotIngestSettings,
+    size: int,
+) -> _Timing:
+    """Until every line of the file (``size`` bytes) is committed."""
+    began = time.perf_counter()
+    worker = make(settings)
     task = asyncio.create_task(worker.serve(install_signal_handlers=False))
     try:
         while not worker.health.state.started:
             if task.done():
                 raise RuntimeError(f"worker exited {task.result()}")
-            await asyncio.sleep(0.01)
-        started = time.perf_counter()
+            await asyncio.sleep(0.005)
+        ready = time.perf_counter()
         while sum(s.committed_offset for s in worker.tailer.states.values()) < size:
             if task.done():
                 raise RuntimeError(f"worker exited {task.result()}")
             await asyncio.sleep(0.005)
-        return time.perf_counter() - started
+        done = time.perf_counter()
+        return _Timing(done - began, done - ready)
     finally:
         worker.request_exit()
         await task
 
 
-def _throughput(stack: StackSettings, directory: Path) -> tuple[float, float, float]:
-    san = directory / "san"
-    san.mkdir()
+class LibrdkafkaWorker(IotIngestWorker):
+    """Lever 1: librdkafka (confluent-kafka) as the transactional producer."""
+
+    def create_sink(self) -> Any:
+        settings = self.settings
+        return LibrdkafkaSink(
+            settings.kafka,
+            transactional_id=settings.transactional_id,
+            checkpoint_topic=settings.checkpoint_topic,
+            dead_letter_topic=settings.dead_letter_topic,
+            metrics=self.metrics,
+            record_topics=[settings.topic_of(route) for route in settings.routes],
+        )
+
+
+class ForwardingParser(LineParser):
+    """Lever 3: a line whose canonical JSON is the line itself is forwarded as it is."""
+
+    def parse(self, line: Line) -> ParsedRecord | None:
+        parsed = super().parse(line)
+        if parsed is not None and parsed.value == line.data:
+            return parsed._replace(value=line.data)
+        return parsed
+
+
+class ForwardingWorker(IotIngestWorker):
+    async def startup(self) -> None:
+        await super().startup()
+        self.parsers = {
+            name: ForwardingParser(parser.route, parser.topic)
+            for name, parser in self.parsers.items()
+        }
+
+
+class BatchWorker(IotIngestWorker):
+    """Lever 2: the plain JSON lines of one read validated by one pydantic-core call
+    (``TypeAdapter(list[Model]).validate_json``); a batch that fails goes line by line, so a
+    bad line is still refused alone and with its own reason."""
+
+    async def _send(
+        self,
+        lines: list[Line],
+        read: Counter[str],
+        sent: Counter[str],
+        last_event: dict[str, datetime],
+    ) -> None:
+        plain = [line for line in lines if line.kind is LineKind.LINE and line.offset != 0]
+        if len(plain) != len(lines) or len({line.spec for line in lines}) != 1:
+            await super()._send(lines, read, sent, last_event)
+            return
+        spec = lines[0].spec
+        parser = self.parsers[spec]
+        model = parser._model  # noqa: SLF001 - a measurement, not kept
+        adapter = _ADAPTERS.setdefault(model, TypeAdapter(list[model]))  # type: ignore[valid-type]
+        try:
+            records = adapter.validate_json(b"[" + b",".join(line.data for line in lines) + b"]")
+        except ValidationError:
+            await super()._send(lines, read, sent, last_event)
+            return
+        serializer = model.__pydantic_serializer__
+        key_field = model.key_field
+        append = self.sink.append
+        topic = parser.topic
+        for line, record in zip(lines, records, strict=True):
+            if record.event_id is None:
+                record = record.model_copy(
+                    update={"event_id": derive_event_id(line.state.fingerprint, line.offset)}
+                )
+            append(topic, serializer.to_json(record), getattr(record, key_field).encode())
+        read[spec] += len(lines)
+        sent[spec] += len(lines)
+        last_event[spec] = records[-1].event_time
+        await self.sink.ship()
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+class LibrdkafkaBatchWorker(LibrdkafkaWorker, BatchWorker):
+    """Levers 1 and 2."""
+
+
+class LibrdkafkaForwardingWorker(LibrdkafkaWorker, ForwardingWorker):
+    """Levers 1 and 3."""
+
+
+VARIANTS: dict[str, Callable[[IotIngestSettings], IotIngestWorker]] = {
+    "aiokafka": IotIngestWorker,
+    "librdkafka": LibrdkafkaWorker,
+    "batch": BatchWorker,
+    "forward": ForwardingWorker,
+    "librdkafka+batch": LibrdkafkaBatchWorker,
+    "librdkafka+forward": LibrdkafkaForwardingWorker,
+}
+
+
+def _kcat(stack: StackSettings, directory: Path, topic: str, data: Path) -> float:
+    """Seconds of one kcat run: process start, TLS/SCRAM handshake and every delivery."""
+    config = _kcat_config(stack, directory)
+    started = time.perf_counter()
+    run_quiet(
+        "taskset",
+        "-c",
+        str(CORE),
+        "kcat",
+        "-F",
+        str(config),
+        "-P",
+        "-t",
+        topic,
+        "-l",
+        str(data),
+        "-X",
+        "acks=all",
+        "-X",
+        "enable.idempotence=true",
+        "-X",
+        "linger.ms=5",
+    )
+    return time.perf_counter() - started
+
+
+def _file(directory: Path) -> Path:
     options = GenerateOptions(
         directory=directory / "gen",
         rate=0,
@@ -103,45 +243,121 @@ def _throughput(stack: StackSettings, directory: Path) -> tuple[float, float, fl
         ticket_ratio=0.0,
     )
     generate(options)
+    san = directory / "san"
+    san.mkdir()
     data = san / "readings.jsonl"
     (directory / "gen" / "sensors" / "readings.jsonl").rename(data)
-    size_mb = data.stat().st_size / 1e6
-    prefix = f"bench.iot-ingest.{os.getpid()}"
-    topics = _topics(prefix)
-    kcat_topic = f"{prefix}.kcat"
-    _create(stack, topics, kcat_topic)
-    try:
-        config = _kcat_config(stack, directory)
-        started = time.perf_counter()
-        run_quiet(
-            "taskset",
-            "-c",
-            str(CORE),
-            "kcat",
-            "-F",
-            str(config),
-            "-P",
-            "-t",
-            kcat_topic,
-            "-l",
-            str(data),
-            "-X",
-            "acks=all",
-            "-X",
-            "enable.idempotence=true",
-            "-X",
-            "linger.ms=5",
+    return data
+
+
+class Runs(NamedTuple):
+    """events/s of each side over the rounds: kcat, and ours from start and from ready."""
+
+    kcat: dict[str, list[float]]
+    from_start: dict[str, list[float]]
+    from_ready: dict[str, list[float]]
+    kcat_one_line_s: list[float]
+    # kcat's rate without its start and handshake: its time less that of a one-line run
+    kcat_after_start: dict[str, list[float]]
+
+
+def _throughput(
+    stack: StackSettings, directory: Path, variants: Sequence[str], rounds: int
+) -> tuple[Runs, float]:
+    """``rounds`` rounds; in each, kcat and every variant in turn, the order reversed every
+    other round (so both sides see the same noise); each run gets its own topics."""
+    files = {"": _file(directory)}
+    if any(v.endswith(CANONICAL) for v in variants):
+        files[CANONICAL] = _canonical(files[""], directory / "san-canonical")
+    one_line = directory / "one.jsonl"
+    one_line.write_bytes(files[""].read_bytes().split(b"\n", 1)[0] + b"\n")
+    runs = Runs({}, {}, {}, [], {})
+    previous = os.sched_getaffinity(0)
+    for number in range(rounds):
+        order = [f"kcat{suffix}" for suffix in files] + list(variants)
+        if number % 2:
+            order.reverse()
+        for side in order:
+            name, _, suffix = side.partition("@")
+            data = files[f"@{suffix}" if suffix else ""]
+            safe = side.replace("@", "-at-").replace("+", "-and-")
+            prefix = f"bench.iot-ingest.{os.getpid()}.{number}.{safe}"
+            topics = _topics(prefix)
+            _create(stack, topics, f"{prefix}.kcat", f"{prefix}.kcat1")
+            try:
+                if name == "kcat":
+                    fixed = _kcat(stack, directory, f"{prefix}.kcat1", one_line)
+                    runs.kcat_one_line_s.append(fixed)
+                    whole = _kcat(stack, directory, f"{prefix}.kcat", data)
+                    runs.kcat.setdefault(side, []).append(RECORDS / whole)
+                    runs.kcat_after_start.setdefault(side, []).append(RECORDS / (whole - fixed))
+                    continue
+                os.sched_setaffinity(0, {CORE})  # librdkafka's threads inherit it
+                try:
+                    timing = run_workers(
+                        _ingest_file(
+                            VARIANTS[name],
+                            _settings(stack, data.parent, topics),
+                            data.stat().st_size,
+                        )
+                    )
+                finally:
+                    os.sched_setaffinity(0, previous)
+                runs.from_start.setdefault(side, []).append(RECORDS / timing.from_start_s)
+                runs.from_ready.setdefault(side, []).append(RECORDS / timing.from_ready_s)
+            finally:
+                names = [*topics.values(), f"{prefix}.kcat", f"{prefix}.kcat1"]
+                asyncio.run(delete_topics(stack.kafka, names))
+            print(f"   round {number + 1} {side} done", flush=True)
+    return runs, files[""].stat().st_size / 1e6
+
+
+CANONICAL = "@canonical"
+
+
+def _canonical(data: Path, san: Path) -> Path:
+    """The same readings, each line written in its canonical JSON (as the topic has it)."""
+    san.mkdir()
+    validator = SensorReading.__pydantic_validator__
+    serializer = SensorReading.__pydantic_serializer__
+    out = san / data.name
+    with data.open("rb") as lines, out.open("wb") as target:
+        for line in lines:
+            target.write(serializer.to_json(validator.validate_json(line)) + b"\n")
+    return out
+
+
+def _spread(values: Sequence[float]) -> str:
+    return (
+        f"min {min(values) / 1000:,.1f}k / median {statistics.median(values) / 1000:,.1f}k / "
+        f"max {max(values) / 1000:,.1f}k"
+    )
+
+
+def report(runs: Runs) -> str:
+    """A plain-text table of the rounds (what the narrative's decision table is made of)."""
+    kcat = runs.kcat["kcat"]
+    lines = [f"{side}: {_spread(values)} events/s" for side, values in runs.kcat.items()]
+    lines.append(
+        "kcat with one line (its start, TLS/SCRAM handshake, one delivery): "
+        f"median {statistics.median(runs.kcat_one_line_s) * 1000:.0f} ms"
+    )
+    lines += [
+        f"{side} after its start: {_spread(values)} events/s"
+        for side, values in runs.kcat_after_start.items()
+    ]
+    for side, values in runs.from_start.items():
+        peer_side = "kcat" + ("@" + side.partition("@")[2] if "@" in side else "")
+        ratio = statistics.median(values) / statistics.median(runs.kcat[peer_side])
+        ready = runs.from_ready[side]
+        ratio_ready = statistics.median(ready) / statistics.median(
+            runs.kcat_after_start[peer_side]
         )
-        kcat_s = time.perf_counter() - started
-        previous = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {CORE})
-        try:
-            ours_s = run_workers(_ingest_file(stack, san, topics, data.stat().st_size))
-        finally:
-            os.sched_setaffinity(0, previous)
-    finally:
-        asyncio.run(delete_topics(stack.kafka, [*topics.values(), kcat_topic]))
-    return RECORDS / ours_s, RECORDS / kcat_s, size_mb
+        lines.append(
+            f"{side}: with start {_spread(values)}, ratio {ratio:.3f}; "
+            f"after start {_spread(ready)}, ratio {ratio_ready:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def _line(event_id: str, i: int) -> str:
@@ -254,9 +470,26 @@ def run() -> list[Result]:
     ]
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.iot_ingest --variants a,b --rounds N``: the levers side by side with
+    kcat, printed (nothing saved); ``python -m bench iot-ingest`` records the kept path."""
+    global RECORDS  # noqa: PLW0603 - the file size of this command-line run
+    import argparse
+
     from indutech_common.logging import configure_logging
 
+    parser = argparse.ArgumentParser(prog="python -m bench.iot_ingest")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--records", type=int, default=RECORDS, help="a smaller file to try")
+    args = parser.parse_args(argv)
+    RECORDS = args.records
     configure_logging(level="WARNING", fmt="console")
-    for result in run():
-        print(result)
+    with tempfile.TemporaryDirectory(prefix="indutech-bench-") as tmp:
+        runs, _ = _throughput(load_stack(), Path(tmp), args.variants.split(","), args.rounds)
+    print(json.dumps(runs._asdict()))
+    print(report(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -45,9 +45,10 @@ KEY_HASH_CACHE = 65_536  # distinct keys remembered (sensor and customer ids: a 
 
 
 async def load_checkpoints(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer, *, timeout_s: float = 60.0
+    settings: KafkaSettings, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
 ) -> list[FileState]:
-    """Read the compacted checkpoint topic to its end (read_committed): the last state per file."""
+    """Read the compacted checkpoint topic (its ``partitions``, from the sink's
+    ``partitions_for``) to its end (read_committed): the last state per file."""
     consumer = create_consumer(settings, group_id=None)
     await start_client(consumer, settings)
     latest: dict[bytes, bytes | None] = {}
@@ -57,7 +58,6 @@ async def load_checkpoints(
                 f"checkpoint topic {topic!r} does not exist: create it compacted "
                 "(cleanup.policy=compact) before starting iot-ingest"
             )
-        partitions = await producer.partitions_for(topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -132,6 +132,9 @@ class TransactionalSink:
         if self.producer is None:
             raise RuntimeError("TransactionalSink.start() was not called")
         return self.producer
+
+    async def partitions_for(self, topic: str) -> list[int]:
+        return sorted(await self._require().partitions_for(topic))
 
     async def begin(self) -> None:
         producer = self._require()

@@ -1,0 +1,235 @@
+"""The transactional sink on librdkafka: records, dead letters and file checkpoints commit
+together, as in :mod:`indutech_iot_ingest.sinks.kafka`, with the same interface.
+
+A record is one ``produce`` call into librdkafka's queue (no future, no await per
+record); librdkafka batches per partition (murmur2 of the key, as the Java client
+and aiokafka), sends and retries in its own threads. Delivery is awaited once per
+transaction: ``commit_transaction`` flushes and fails when any record of the
+transaction failed, and the worker then aborts and rewinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable, Sequence
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+
+from indutech_common.kafka.deadletter import dead_letter_headers, dead_lettered
+from indutech_common.kafka.librdkafka import TransactionalProducer
+from indutech_common.metrics import WorkerMetrics
+from indutech_common.settings import KafkaSettings
+from indutech_common.tailing import FileState
+from indutech_iot_ingest.errors import ProducerFencedError, TransactionFailedError
+
+_log = structlog.get_logger(__name__)
+# commit_transaction is called again after this long while librdkafka still waits for the
+# brokers (a retriable timeout); the worker warns every 10 s meanwhile
+COMMIT_WAIT_S = 5.0
+
+
+def _failure(exc: KafkaException, doing: str) -> Exception:
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    if error is not None and error.fatal():
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):  # noqa: SLF001
+            return ProducerFencedError(
+                f"{doing}: another instance started with the same transactional id and fenced "
+                f"this one ({error.str()}); give every instance its own IOT_INGEST_TRANSACTIONAL_ID"
+            )
+    return TransactionFailedError(f"{doing}: {error.str() if error is not None else exc}")
+
+
+class LibrdkafkaSink:
+    """A librdkafka transactional producer with a stable id: starting it fences any older
+    instance. A ``Resource``: the worker adopts it (``ping`` on ``/readyz``, ``close`` at
+    stop)."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        transactional_id: str,
+        checkpoint_topic: str,
+        dead_letter_topic: str,
+        metrics: WorkerMetrics,
+        record_topics: Sequence[str] = (),
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self._settings = settings
+        self.transactional_id = transactional_id
+        self.checkpoint_topic = checkpoint_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.record_topics = tuple(dict.fromkeys(record_topics))
+        self._metrics = metrics
+        self._start_timeout_s = start_timeout_s
+        self.producer: TransactionalProducer | None = None
+        self.in_transaction = False
+        # records appended since the last ship()
+        self._waiting: list[tuple[str, bytes, bytes]] = []
+
+    async def start(self) -> None:
+        """Start the producer and settle the transactional id (aborting a zombie's open work)."""
+        producer = TransactionalProducer(self._settings, transactional_id=self.transactional_id)
+        try:
+            # InitProducerId bumps the epoch: the old instance is fenced and its open
+            # transaction aborted before the checkpoints are read.
+            await producer.init_transactions(self._start_timeout_s)
+        except BaseException:
+            await producer.close()
+            raise
+        self.producer = producer
+
+    def _require(self) -> TransactionalProducer:
+        if self.producer is None:
+            raise RuntimeError("LibrdkafkaSink.start() was not called")
+        return self.producer
+
+    async def partitions_for(self, topic: str) -> list[int]:
+        return await self._require().partitions_for(topic)
+
+    async def begin(self) -> None:
+        try:
+            await self._require().begin_transaction()
+        except KafkaException as exc:
+            raise _failure(exc, "begin_transaction failed") from None
+        self.in_transaction = True
+
+    def append(self, topic: str, value: bytes, key: bytes) -> None:
+        """Add a record (no I/O, no await); :meth:`ship` hands them to librdkafka.
+
+        Records are kept here and handed over in one burst per read: a ``produce`` per
+        parsed line wakes librdkafka's broker thread over and over, and on one core each
+        wake-up is a context switch away from parsing.
+        """
+        self._waiting.append((topic, value, key))
+
+    @property
+    def batches_waiting(self) -> int:
+        return len(self._waiting)
+
+    async def ship(self, *, everything: bool = False) -> None:  # noqa: ARG002 - same interface
+        """Hand the records to librdkafka, waiting (off the loop) when its queue is full:
+        that is the backpressure on reading. librdkafka batches and sends them."""
+        producer = self._require()
+        produce = producer.client.produce
+        waiting = self._waiting
+        done = 0
+        try:
+            while done < len(waiting):
+                try:
+                    for topic, value, key in itertools.islice(waiting, done, None):
+                        produce(topic, value, key)
+                        done += 1
+                except BufferError:
+                    await producer.wait_for_room()
+                except KafkaException as exc:
+                    raise _failure(exc, "produce failed") from None
+        finally:
+            del waiting[:done]
+
+    async def dead_letter(
+        self,
+        value: bytes,
+        *,
+        reason: str,
+        error: str,
+        path: str,
+        offset: int,
+        fingerprint: str,
+        extra_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        headers = dead_letter_headers(
+            reason=reason,
+            error=error,
+            source=path,
+            offset=offset,
+            extra_headers=(
+                ("file", path.encode()),
+                ("fingerprint", fingerprint.encode()),
+                *extra_headers,
+            ),
+        )
+        await self._produce(self.dead_letter_topic, value, path.encode(), headers)
+        dead_lettered(self._metrics, reason=reason, error=error, source=path, offset=offset)
+
+    async def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        await self.ship()  # keeps the order of appends
+        producer = self._require()
+        while True:
+            try:
+                producer.produce(topic, value, key, headers)
+            except BufferError:
+                await producer.wait_for_room()
+                continue
+            except KafkaException as exc:
+                raise _failure(exc, "produce failed") from None
+            return
+
+    async def commit(self, states: Iterable[FileState], forgotten: Iterable[str] = ()) -> None:
+        """Add the checkpoints (and tombstones of the ``forgotten`` fingerprints) and commit
+        everything; raises when the transaction failed."""
+        producer = self._require()
+        await self.ship()
+        for fingerprint in forgotten:
+            await self._produce(self.checkpoint_topic, None, fingerprint.encode())
+        for state in states:
+            await self._produce(
+                self.checkpoint_topic, state.to_json_bytes(), state.fingerprint.encode()
+            )
+        while True:
+            try:
+                await producer.commit_transaction(COMMIT_WAIT_S)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if (
+                    isinstance(error, KafkaError)
+                    and error.retriable()
+                    and not error.txn_requires_abort()
+                    and not error.fatal()
+                ):
+                    continue  # still waiting for the brokers: calling again resumes the commit
+                raise _failure(exc, "commit_transaction failed") from None
+        self.in_transaction = False
+
+    async def abort(self) -> None:
+        """Abort the open transaction; on failure, start a fresh producer (same id)."""
+        self._waiting = []
+        if not self.in_transaction:
+            return
+        self.in_transaction = False
+        try:
+            await self._require().abort_transaction(self._start_timeout_s)
+        except KafkaException:
+            _log.warning("abort_failed_restarting_producer", exc_info=True)
+            await self.stop()
+            await self.start()
+
+    async def stop(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.close()
+
+    async def ping(self) -> None:
+        """Readiness: a broker answers a metadata request through this producer."""
+        await self._require().ping()
+
+    async def close(self) -> None:
+        """At stop: a transaction still open is aborted (never half-visible), then the producer
+        stops."""
+        if self.in_transaction:
+            try:
+                await self.abort()
+            except (KafkaException, TransactionFailedError, ProducerFencedError):
+                _log.warning("abort_at_close_failed", exc_info=True)
+        await self.stop()
