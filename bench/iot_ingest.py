@@ -163,7 +163,7 @@ class BatchWorker(IotIngestWorker):
             return
         spec = lines[0].spec
         parser = self.parsers[spec]
-        model = parser._model  # noqa: SLF001 - a measurement, not kept
+        model = parser._model
         adapter = _ADAPTERS.setdefault(model, TypeAdapter(list[model]))  # type: ignore[valid-type]
         try:
             records = adapter.validate_json(b"[" + b",".join(line.data for line in lines) + b"]")
@@ -350,9 +350,7 @@ def report(runs: Runs) -> str:
         peer_side = "kcat" + ("@" + side.partition("@")[2] if "@" in side else "")
         ratio = statistics.median(values) / statistics.median(runs.kcat[peer_side])
         ready = runs.from_ready[side]
-        ratio_ready = statistics.median(ready) / statistics.median(
-            runs.kcat_after_start[peer_side]
-        )
+        ratio_ready = statistics.median(ready) / statistics.median(runs.kcat_after_start[peer_side])
         lines.append(
             f"{side}: with start {_spread(values)}, ratio {ratio:.3f}; "
             f"after start {_spread(ready)}, ratio {ratio_ready:.3f}"

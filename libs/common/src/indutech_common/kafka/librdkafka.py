@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,9 @@ from indutech_common.settings import KafkaSettings
 _log = structlog.get_logger(__name__)
 # librdkafka's own log lines (broker down, retries) go through logging, then structlog
 _LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+INIT_STEP_S = 1.0
+# errors that no retry mends: the start stops at the first
+_START_FAILURES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
 
 
 def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -73,9 +77,7 @@ class TransactionalProducer:
     key keeps its partition across the switch of client.
     """
 
-    def __init__(
-        self, settings: KafkaSettings, *, transactional_id: str, **overrides: Any
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, *, transactional_id: str, **overrides: Any) -> None:
         self.settings = settings
         self.transactional_id = transactional_id
         config = librdkafka_config(settings)
@@ -91,11 +93,13 @@ class TransactionalProducer:
             "error_cb": self._on_error,
         }
         config |= overrides
+        self.last_error: KafkaError | None = None
         self.client = Producer(config)
 
     def _on_error(self, error: KafkaError) -> None:
-        # Called from poll/flush: librdkafka retries by itself; a fatal error is raised by
-        # the next transactional call, so here it is only logged.
+        # Called from librdkafka's calls: it retries by itself, and a fatal error is raised
+        # by the next transactional call, so here it is logged, and kept for the start.
+        self.last_error = error
         _log.warning(
             "librdkafka_error",
             code=error.name(),
@@ -105,11 +109,28 @@ class TransactionalProducer:
         )
 
     async def init_transactions(self, timeout_s: float) -> None:
-        """Fence older producers with this id (their open transaction is aborted)."""
-        try:
-            await asyncio.to_thread(self.client.init_transactions, timeout_s)
-        except KafkaException as exc:
-            raise translate_librdkafka_error(exc, self.settings) from None
+        """Fence older producers with this id (their open transaction is aborted).
+
+        Waits in steps of a second, so that refused credentials or a failed TLS handshake
+        (which librdkafka only reports to the error callback, and retries) end the start
+        at once with an error that says what to fix.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            step = max(0.1, min(INIT_STEP_S, deadline - time.monotonic()))
+            try:
+                await asyncio.to_thread(self.client.init_transactions, step)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                self.client.poll(0)  # serves the error callback (it runs only in poll/flush)
+                seen = self.last_error
+                if seen is not None and seen.code() in _START_FAILURES:
+                    raise translate_librdkafka_error(KafkaException(seen), self.settings) from None
+                retriable = isinstance(error, KafkaError) and error.retriable()
+                if not retriable or time.monotonic() >= deadline:
+                    raise translate_librdkafka_error(exc, self.settings) from None
+            else:
+                return
 
     async def begin_transaction(self) -> None:
         self.client.begin_transaction()  # local: no network round trip
@@ -164,9 +185,13 @@ class TransactionalProducer:
         client = self.client
         client.purge(in_queue=True, in_flight=True, blocking=False)
         try:
-            await asyncio.wait_for(asyncio.to_thread(client.close), timeout=timeout_s)
+            await asyncio.wait_for(asyncio.to_thread(client.flush, 0), timeout=timeout_s)
         except TimeoutError:
             _log.warning("kafka_client_stop_timed_out", timeout_s=timeout_s)
+        except KafkaException as exc:  # e.g. fenced: nothing of ours is left to deliver
+            _log.info("kafka_producer_closed_after_error", error=scrub(str(exc)))
+        # librdkafka's threads stop when the client is freed: not called close(), which
+        # (confluent-kafka 2.16) fails with a SystemError after an error callback
 
 
 def translate_librdkafka_error(exc: KafkaException, settings: KafkaSettings) -> KafkaClientError:
@@ -175,13 +200,13 @@ def translate_librdkafka_error(exc: KafkaException, settings: KafkaSettings) -> 
     text = scrub(error.str() if error is not None else str(exc))
     code = error.code() if error is not None else None
     where = f"{settings.bootstrap_servers} ({settings.security_protocol})"
-    if code == KafkaError._AUTHENTICATION or "SASL" in text:  # noqa: SLF001 - librdkafka's code
+    if code == KafkaError._AUTHENTICATION or "SASL" in text:
         return KafkaAuthenticationError(
             f"Kafka at {where} refused the {settings.sasl_mechanism} credentials of user "
             f"{settings.username!r}: {text}. Check KAFKA__USERNAME and KAFKA__PASSWORD (the "
             "SCRAM user must exist on the broker)."
         )
-    if code == KafkaError._SSL or "SSL" in text:  # noqa: SLF001 - librdkafka's code
+    if code == KafkaError._SSL or "SSL" in text:
         return KafkaTlsError(
             f"TLS handshake with Kafka at {where} failed: {text}. Check that "
             "KAFKA__TLS__CA_FILE names the CA that signed the broker certificate and that the "

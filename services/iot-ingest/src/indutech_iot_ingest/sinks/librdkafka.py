@@ -10,7 +10,6 @@ transaction failed, and the worker then aborts and rewinds.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Iterable, Sequence
 
@@ -32,12 +31,12 @@ COMMIT_WAIT_S = 5.0
 
 def _failure(exc: KafkaException, doing: str) -> Exception:
     error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-    if error is not None and error.fatal():
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):  # noqa: SLF001
-            return ProducerFencedError(
-                f"{doing}: another instance started with the same transactional id and fenced "
-                f"this one ({error.str()}); give every instance its own IOT_INGEST_TRANSACTIONAL_ID"
-            )
+    fenced = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+    if error is not None and error.fatal() and error.code() in fenced:
+        return ProducerFencedError(
+            f"{doing}: another instance started with the same transactional id and fenced "
+            f"this one ({error.str()}); give every instance its own IOT_INGEST_TRANSACTIONAL_ID"
+        )
     return TransactionFailedError(f"{doing}: {error.str() if error is not None else exc}")
 
 
