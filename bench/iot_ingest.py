@@ -27,6 +27,7 @@ from indutech_common.schemas import SensorReading, Topics, derive_event_id
 from indutech_common.tailing import Line, LineKind
 from indutech_devtools.iot import GenerateOptions, generate
 from indutech_iot_ingest.config import IotIngestSettings, Route
+from indutech_iot_ingest.sinks import TransactionalSink
 from indutech_iot_ingest.sinks.librdkafka import LibrdkafkaSink
 from indutech_iot_ingest.sources.records import LineParser, ParsedRecord
 from indutech_iot_ingest.worker import IotIngestWorker
@@ -111,6 +112,21 @@ async def _ingest_file(
         await task
 
 
+class AiokafkaWorker(IotIngestWorker):
+    """Before lever 1: aiokafka's batch path (send_batch of record batches we build)."""
+
+    def create_sink(self) -> Any:
+        settings = self.settings
+        return TransactionalSink(
+            settings.kafka,
+            transactional_id=settings.transactional_id,
+            checkpoint_topic=settings.checkpoint_topic,
+            dead_letter_topic=settings.dead_letter_topic,
+            metrics=self.metrics,
+            record_topics=[settings.topic_of(route) for route in settings.routes],
+        )
+
+
 class LibrdkafkaWorker(IotIngestWorker):
     """Lever 1: librdkafka (confluent-kafka) as the transactional producer."""
 
@@ -136,7 +152,7 @@ class ForwardingParser(LineParser):
         return parsed
 
 
-class ForwardingWorker(IotIngestWorker):
+class ForwardingWorker(AiokafkaWorker):
     async def startup(self) -> None:
         await super().startup()
         self.parsers = {
@@ -145,7 +161,7 @@ class ForwardingWorker(IotIngestWorker):
         }
 
 
-class BatchWorker(IotIngestWorker):
+class BatchWorker(AiokafkaWorker):
     """Lever 2: the plain JSON lines of one read validated by one pydantic-core call
     (``TypeAdapter(list[Model]).validate_json``); a batch that fails goes line by line, so a
     bad line is still refused alone and with its own reason."""
@@ -198,7 +214,7 @@ class LibrdkafkaForwardingWorker(LibrdkafkaWorker, ForwardingWorker):
 
 
 VARIANTS: dict[str, Callable[[IotIngestSettings], IotIngestWorker]] = {
-    "aiokafka": IotIngestWorker,
+    "aiokafka": AiokafkaWorker,
     "librdkafka": LibrdkafkaWorker,
     "batch": BatchWorker,
     "forward": ForwardingWorker,

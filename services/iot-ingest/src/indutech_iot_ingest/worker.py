@@ -29,7 +29,8 @@ from indutech_common.schemas import Topics
 from indutech_common.tailing import Line, LineKind, SkipReason, TailingError
 from indutech_iot_ingest.config import IotIngestSettings
 from indutech_iot_ingest.errors import ProducerFencedError, TransactionFailedError
-from indutech_iot_ingest.sinks import DeadLetterStore, TransactionalSink, load_checkpoints
+from indutech_iot_ingest.sinks import DeadLetterStore, load_checkpoints
+from indutech_iot_ingest.sinks.librdkafka import LibrdkafkaSink
 from indutech_iot_ingest.sources import LineParser, RejectedLine, SanSource
 
 TRANSACTION_WAIT_WARNING_S = 10.0
@@ -110,10 +111,10 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             known_files=len(self.tailer.states),
         )
 
-    def create_sink(self) -> TransactionalSink:
+    def create_sink(self) -> LibrdkafkaSink:
         """The transactional sink (a seam: the benchmark measures other sinks through it)."""
         settings = self.settings
-        return TransactionalSink(
+        return LibrdkafkaSink(
             settings.kafka,
             transactional_id=settings.transactional_id,
             checkpoint_topic=settings.checkpoint_topic,
