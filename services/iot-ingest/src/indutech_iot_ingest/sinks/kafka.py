@@ -39,9 +39,9 @@ from indutech_iot_ingest.errors import (
 )
 
 _log = structlog.get_logger(__name__)
-# commit_transaction is called again after this long while librdkafka still waits for the
-# brokers (a retriable timeout); the worker warns every 10 s meanwhile
-COMMIT_WAIT_S = 5.0
+# librdkafka's advice: commit with the transaction's remaining time (-1), other timeouts risk
+# desynchronising its state when a request fails; the worker warns every 10 s meanwhile
+COMMIT_WAIT_S = -1.0
 
 
 async def load_checkpoints(
@@ -244,7 +244,7 @@ class TransactionalSink:
                     and not error.txn_requires_abort()
                     and not error.fatal()
                 ):
-                    continue  # still waiting for the brokers: calling again resumes the commit
+                    continue  # librdkafka: a retriable failure of the commit may be called again
                 raise _failure(exc, "commit_transaction failed") from None
         self.in_transaction = False
 
