@@ -346,7 +346,7 @@ def run() -> list[Result]:
     common = (
         f"{RECORDS:,} JSON sensor readings ({size_mb:.1f} MB) from one file, both pinned to "
         f"CPU {CORE}, {ROUNDS} rounds in alternating order; ours: parse + schema validation + "
-        "librdkafka transactional commits with checkpoints (5,000 records/transaction); "
+        "transactional commits with checkpoints (aiokafka, 5,000 records/transaction); "
         "kcat: -P -l, acks=all, idempotent, no transactions, no validation; SASL_SSL "
         "SCRAM-SHA-512"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from indutech_common.kafka import create_producer, start_client
 from indutech_devtools.iot import GenerateOptions, generate, records
 from indutech_iot_ingest.sinks import load_checkpoints
 from tests.integration.iot_ingest.conftest import (
@@ -136,8 +137,12 @@ class TestSigterm:
         assert "transaction_failed" not in text
         found = await read_committed(stack, topics, expected=1, timeout_s=10)
         assert found.duplicates == {}
-        # one partition: the contract's, as the topics fixture creates it
-        states = await load_checkpoints(stack.kafka, topics.checkpoint, [0])
+        producer = create_producer(stack.kafka)
+        await start_client(producer, stack.kafka)
+        try:
+            states = await load_checkpoints(stack.kafka, topics.checkpoint, producer)
+        finally:
+            await producer.stop()
         lines = sum(s.lines - (1 if ".csv" in s.path else 0) for s in states)
         assert lines == sum(found.ids.values())
         assert 0 < lines < 6000

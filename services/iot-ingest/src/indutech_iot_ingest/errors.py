@@ -25,11 +25,3 @@ class SinkError(IotIngestError):
 
 class CheckpointTopicMissingError(SinkError):
     """The compacted checkpoint topic does not exist."""
-
-
-class TransactionFailedError(SinkError):
-    """A transaction could not commit: it is aborted and its lines are read again."""
-
-
-class ProducerFencedError(SinkError):
-    """Another instance with the same transactional id took over: this one must stop."""

@@ -18,8 +18,8 @@ from collections import Counter
 from datetime import datetime
 
 import prometheus_client
+from aiokafka.errors import KafkaError, ProducerFenced
 from botocore.exceptions import BotoCoreError, ClientError
-from confluent_kafka import KafkaException
 
 from indutech_common.kafka import require_topics
 from indutech_common.lifecycle import Worker
@@ -27,20 +27,12 @@ from indutech_common.s3 import S3Error, create_s3_client, ping_bucket
 from indutech_common.schemas import Topics
 from indutech_common.tailing import Line, LineKind, SkipReason, TailingError
 from indutech_iot_ingest.config import IotIngestSettings
-from indutech_iot_ingest.errors import ProducerFencedError, TransactionFailedError
 from indutech_iot_ingest.sinks import DeadLetterStore, TransactionalSink, load_checkpoints
 from indutech_iot_ingest.sources import LineParser, RejectedLine, SanSource
 
 TRANSACTION_WAIT_WARNING_S = 10.0
 # a failed transaction is aborted, rewound and tried again after these
-RETRIED = (
-    KafkaException,
-    TransactionFailedError,
-    OSError,
-    BotoCoreError,
-    ClientError,
-    S3Error,
-)
+RETRIED = (KafkaError, OSError, BotoCoreError, ClientError, S3Error)
 
 
 class IotIngestWorker(Worker[IotIngestSettings]):
@@ -84,7 +76,16 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         await self._open_store()
         # Adopted before it starts: closed (a transaction still open aborted) however far
         # the start got. Closed after the source, before the dead-letter store's client.
-        self.sink = self.adopt(self.create_sink())
+        self.sink = self.adopt(
+            TransactionalSink(
+                settings.kafka,
+                transactional_id=settings.transactional_id,
+                checkpoint_topic=settings.checkpoint_topic,
+                dead_letter_topic=settings.dead_letter_topic,
+                metrics=self.metrics,
+                record_topics=[settings.topic_of(route) for route in settings.routes],
+            )
+        )
         self.source = self.adopt(SanSource(settings, on_skipped=self._skipped))
         self.tailer = self.source.tailer
         kinds = {"sensor_reading": Topics.SENSOR_READINGS, "client_ticket": Topics.CLIENT_TICKETS}
@@ -95,10 +96,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         await self.sink.start()
         # after start(): the fenced zombie's open transaction is aborted, so what we read
         # here is exactly what is visible to every read_committed consumer
-        topic = settings.checkpoint_topic
-        states = await load_checkpoints(
-            settings.kafka, topic, await self.sink.partitions_for(topic)
-        )
+        producer = self.sink.producer
+        assert producer is not None  # noqa: S101 - start() set it
+        states = await load_checkpoints(settings.kafka, settings.checkpoint_topic, producer)
         self.tailer.restore(states)
         self.log.info(
             "ingest_ready",
@@ -106,18 +106,6 @@ class IotIngestWorker(Worker[IotIngestSettings]):
             routes=[route.name for route in settings.routes],
             transactional_id=settings.transactional_id,
             known_files=len(self.tailer.states),
-        )
-
-    def create_sink(self) -> TransactionalSink:
-        """The transactional sink (a seam: the benchmark measures other sinks through it)."""
-        settings = self.settings
-        return TransactionalSink(
-            settings.kafka,
-            transactional_id=settings.transactional_id,
-            checkpoint_topic=settings.checkpoint_topic,
-            dead_letter_topic=settings.dead_letter_topic,
-            metrics=self.metrics,
-            record_topics=[settings.topic_of(route) for route in settings.routes],
         )
 
     async def _open_store(self) -> None:
@@ -144,7 +132,7 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         while not self.should_exit.is_set():
             try:
                 moved = await self._watched_transaction()
-            except ProducerFencedError:
+            except ProducerFenced:
                 self.log.exception(
                     "producer_fenced", transactional_id=self.settings.transactional_id
                 )

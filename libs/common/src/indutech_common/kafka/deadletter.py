@@ -14,33 +14,6 @@ _log = structlog.get_logger(__name__)
 MAX_ERROR_HEADER_BYTES = 4096
 
 
-def dead_letter_headers(
-    *,
-    reason: str,
-    error: str,
-    source: str,
-    offset: int | str,
-    extra_headers: Sequence[tuple[str, bytes]] = (),
-) -> list[tuple[str, bytes]]:
-    """The headers of a dead letter (for a producer other than aiokafka's)."""
-    return [
-        ("error", error.encode()[:MAX_ERROR_HEADER_BYTES]),
-        ("reason", reason.encode()),
-        ("source", source.encode()),
-        ("offset", str(offset).encode()),
-        *extra_headers,
-    ]
-
-
-def dead_lettered(
-    metrics: WorkerMetrics | None, *, reason: str, error: str, source: str, offset: int | str
-) -> None:
-    """Count and log a dead letter once it is queued."""
-    if metrics is not None:
-        metrics.dead_lettered.labels(metrics.worker, reason).inc()
-    _log.warning("dead_lettered", reason=reason, error=error[:500], source=source, offset=offset)
-
-
 class DeadLetterWriter:
     """Sends the original bytes to ``iot.dead-letter.v1`` with headers ``error``, ``source``,
     ``offset`` (and any extras), so an operator can see, fix and replay.
@@ -72,13 +45,21 @@ class DeadLetterWriter:
         extra_headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue a dead letter: ``reason`` is a stable kind (for metrics), ``error`` the detail."""
-        headers = dead_letter_headers(
-            reason=reason, error=error, source=source, offset=offset, extra_headers=extra_headers
-        )
+        headers = [
+            ("error", error.encode()[:MAX_ERROR_HEADER_BYTES]),
+            ("reason", reason.encode()),
+            ("source", source.encode()),
+            ("offset", str(offset).encode()),
+            *extra_headers,
+        ]
         await self._producer.send(
             self.topic, value=value, key=key or source.encode(), headers=headers
         )
-        dead_lettered(self._metrics, reason=reason, error=error, source=source, offset=offset)
+        if self._metrics is not None:
+            self._metrics.dead_lettered.labels(self._metrics.worker, reason).inc()
+        _log.warning(
+            "dead_lettered", reason=reason, error=error[:500], source=source, offset=offset
+        )
 
     async def flush(self) -> None:
         """Wait until every dead letter queued so far is delivered: call it before committing

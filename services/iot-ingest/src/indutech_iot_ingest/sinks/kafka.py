@@ -6,49 +6,48 @@ compacted checkpoint topic. A read_committed reader sees all of it or none;
 after a crash, the checkpoints read back are exactly the lines whose records
 are visible, so nothing is skipped and nothing repeated.
 
-The producer is librdkafka's (confluent-kafka, ``indutech_common.kafka.librdkafka``):
-measured against aiokafka's batch path it ran 15 % faster per core (docs/benchmarks.md,
-issue 18). A record is one ``produce`` call into librdkafka's queue (no future, no
-await per record); librdkafka batches per partition (murmur2 of the key, as the Java
-client and aiokafka choose), sends and retries in its own threads. Delivery is awaited
-once per transaction: ``commit_transaction`` flushes and fails when any record of the
-transaction failed; the worker then aborts and rewinds. The checkpoints are read back
-with aiokafka's consumer, as every other consumer of ours.
+Records are not sent one by one (a future, a partitioner call and an await per
+record cost more than parsing them): :meth:`TransactionalSink.append` adds a
+record to an open record batch of its partition (chosen as the Java client and
+aiokafka's default partitioner do: murmur2 of the key, cached per key), and
+full batches are shipped with ``send_batch`` by :meth:`TransactionalSink.ship`
+and at commit. The order of a partition's records is the order of appends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
-from aiokafka import TopicPartition
-from confluent_kafka import KafkaError, KafkaException
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
 
-from indutech_common.kafka import create_consumer, start_client, stop_client
-from indutech_common.kafka.deadletter import dead_letter_headers, dead_lettered
-from indutech_common.kafka.librdkafka import TransactionalProducer
+from indutech_common.kafka import (
+    DeadLetterWriter,
+    create_consumer,
+    create_producer,
+    ping_producer,
+    start_client,
+    stop_client,
+)
 from indutech_common.metrics import WorkerMetrics
 from indutech_common.settings import KafkaSettings
 from indutech_common.tailing import FileState
-from indutech_iot_ingest.errors import (
-    CheckpointTopicMissingError,
-    ProducerFencedError,
-    TransactionFailedError,
-)
+from indutech_iot_ingest.errors import CheckpointTopicMissingError
+
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
 
 _log = structlog.get_logger(__name__)
-# librdkafka's advice: commit with the transaction's remaining time (-1), other timeouts risk
-# desynchronising its state when a request fails; the worker warns every 10 s meanwhile
-COMMIT_WAIT_S = -1.0
+KEY_HASH_CACHE = 65_536  # distinct keys remembered (sensor and customer ids: a few thousand)
 
 
 async def load_checkpoints(
-    settings: KafkaSettings, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
+    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer, *, timeout_s: float = 60.0
 ) -> list[FileState]:
-    """Read the compacted checkpoint topic (its ``partitions``, from the sink's
-    ``partitions_for``) to its end (read_committed): the last state per file."""
+    """Read the compacted checkpoint topic to its end (read_committed): the last state per file."""
     consumer = create_consumer(settings, group_id=None)
     await start_client(consumer, settings)
     latest: dict[bytes, bytes | None] = {}
@@ -58,6 +57,7 @@ async def load_checkpoints(
                 f"checkpoint topic {topic!r} does not exist: create it compacted "
                 "(cleanup.policy=compact) before starting iot-ingest"
             )
+        partitions = await producer.partitions_for(topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -76,21 +76,11 @@ async def load_checkpoints(
     return states
 
 
-def _failure(exc: KafkaException, doing: str) -> Exception:
-    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-    fenced = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
-    if error is not None and error.fatal() and error.code() in fenced:
-        return ProducerFencedError(
-            f"{doing}: another instance started with the same transactional id and fenced "
-            f"this one ({error.str()}); give every instance its own IOT_INGEST_TRANSACTIONAL_ID"
-        )
-    return TransactionFailedError(f"{doing}: {error.str() if error is not None else exc}")
-
-
 class TransactionalSink:
-    """A librdkafka transactional producer with a stable id: starting it fences any older
-    instance. A ``Resource``: the worker adopts it (``ping`` on ``/readyz``, ``close`` at
-    stop)."""
+    """A transactional producer with a stable id: starting it fences any older instance.
+
+    A ``Resource``: the worker adopts it (``ping`` on ``/readyz``, ``close`` at stop).
+    """
 
     name = "kafka"
 
@@ -103,7 +93,6 @@ class TransactionalSink:
         dead_letter_topic: str,
         metrics: WorkerMetrics,
         record_topics: Sequence[str] = (),
-        start_timeout_s: float = 60.0,
     ) -> None:
         self._settings = settings
         self.transactional_id = transactional_id
@@ -111,71 +100,83 @@ class TransactionalSink:
         self.dead_letter_topic = dead_letter_topic
         self.record_topics = tuple(dict.fromkeys(record_topics))
         self._metrics = metrics
-        self._start_timeout_s = start_timeout_s
-        self.producer: TransactionalProducer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterWriter | None = None
+        self._pending: list[asyncio.Future[object]] = []
         self.in_transaction = False
-        # records appended since the last ship()
-        self._waiting: list[tuple[str, bytes, bytes]] = []
+        self._partitions: dict[str, list[int]] = {}
+        self._key_hashes: dict[bytes, int] = {}
+        self._open: dict[tuple[str, int], BatchBuilder] = {}
+        self._full: list[tuple[str, int, BatchBuilder]] = []
 
     async def start(self) -> None:
         """Start the producer and settle the transactional id (aborting a zombie's open work)."""
-        producer = TransactionalProducer(self._settings, transactional_id=self.transactional_id)
-        try:
-            # InitProducerId bumps the epoch: the old instance is fenced and its open
-            # transaction aborted before the checkpoints are read.
-            await producer.init_transactions(self._start_timeout_s)
-        except BaseException:
-            await producer.close()
-            raise
+        producer = create_producer(
+            self._settings,
+            transactional_id=self.transactional_id,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=1 << 20,
+        )
+        await start_client(producer, self._settings)
         self.producer = producer
+        self.dead_letters = DeadLetterWriter(
+            producer, metrics=self._metrics, topic=self.dead_letter_topic
+        )
+        # InitProducerId bumps the epoch: the old instance is fenced and its open
+        # transaction aborted before we read the checkpoints.
+        await producer.begin_transaction()
+        await producer.commit_transaction()
 
-    def _require(self) -> TransactionalProducer:
+    def _require(self) -> AIOKafkaProducer:
         if self.producer is None:
             raise RuntimeError("TransactionalSink.start() was not called")
         return self.producer
 
-    async def partitions_for(self, topic: str) -> list[int]:
-        return await self._require().partitions_for(topic)
-
     async def begin(self) -> None:
-        try:
-            await self._require().begin_transaction()
-        except KafkaException as exc:
-            raise _failure(exc, "begin_transaction failed") from None
+        producer = self._require()
+        for topic in self.record_topics:  # from the metadata cache; refreshed by the client
+            self._partitions[topic] = sorted(await producer.partitions_for(topic))
+        await producer.begin_transaction()
         self.in_transaction = True
 
     def append(self, topic: str, value: bytes, key: bytes) -> None:
-        """Add a record (no I/O, no await); :meth:`ship` hands them to librdkafka.
+        """Add a record of one of ``record_topics`` to its partition's batch (no I/O, no await).
 
-        Records are kept here and handed over in one burst per read: a ``produce`` per
-        parsed line wakes librdkafka's broker thread over and over, and on one core each
-        wake-up is a context switch away from parsing.
+        Call :meth:`ship` now and then to send the batches that filled up.
         """
-        self._waiting.append((topic, value, key))
+        partitions = self._partitions[topic]
+        hashed = self._key_hashes.get(key)
+        if hashed is None:
+            if len(self._key_hashes) >= KEY_HASH_CACHE:
+                self._key_hashes.clear()
+            hashed = self._key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+        slot = (topic, partitions[hashed % len(partitions)])
+        builder = self._open.get(slot)
+        if builder is None:
+            builder = self._open[slot] = self._require().create_batch()
+        if builder.append(timestamp=None, key=key, value=value) is None:
+            self._full.append((*slot, builder))
+            builder = self._open[slot] = self._require().create_batch()
+            builder.append(timestamp=None, key=key, value=value)  # a first record always fits
 
     @property
     def batches_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._full)
 
-    async def ship(self, *, everything: bool = False) -> None:  # noqa: ARG002 - same interface
-        """Hand the records to librdkafka, waiting (off the loop) when its queue is full:
-        that is the backpressure on reading. librdkafka batches and sends them."""
+    async def ship(self, *, everything: bool = False) -> None:
+        """Send the full batches (and the open ones too when ``everything``).
+
+        ``send_batch`` waits while an earlier batch of the same partition is
+        still queued: that is the backpressure on reading.
+        """
+        if everything:
+            self._full += [(topic, part, builder) for (topic, part), builder in self._open.items()]
+            self._open = {}
         producer = self._require()
-        produce = producer.client.produce
-        waiting = self._waiting
-        done = 0
-        try:
-            while done < len(waiting):
-                try:
-                    for topic, value, key in itertools.islice(waiting, done, None):
-                        produce(topic, value, key)
-                        done += 1
-                except BufferError:
-                    await producer.wait_for_room()
-                except KafkaException as exc:
-                    raise _failure(exc, "produce failed") from None
-        finally:
-            del waiting[:done]
+        full, self._full = self._full, []
+        for topic, partition, builder in full:
+            self._pending.append(await producer.send_batch(builder, topic, partition=partition))
 
     async def dead_letter(
         self,
@@ -188,7 +189,11 @@ class TransactionalSink:
         fingerprint: str,
         extra_headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        headers = dead_letter_headers(
+        writer = self.dead_letters
+        if writer is None:
+            raise RuntimeError("TransactionalSink.start() was not called")
+        await writer.send(
+            value,
             reason=reason,
             error=error,
             source=path,
@@ -199,64 +204,40 @@ class TransactionalSink:
                 *extra_headers,
             ),
         )
-        await self._produce(self.dead_letter_topic, value, path.encode(), headers)
-        dead_lettered(self._metrics, reason=reason, error=error, source=path, offset=offset)
-
-    async def _produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        await self.ship()  # keeps the order of appends
-        producer = self._require()
-        while True:
-            try:
-                producer.produce(topic, value, key, headers)
-            except BufferError:
-                await producer.wait_for_room()
-                continue
-            except KafkaException as exc:
-                raise _failure(exc, "produce failed") from None
-            return
 
     async def commit(self, states: Iterable[FileState], forgotten: Iterable[str] = ()) -> None:
         """Add the checkpoints (and tombstones of the ``forgotten`` fingerprints) and commit
         everything; raises when the transaction failed."""
         producer = self._require()
-        await self.ship()
+        await self.ship(everything=True)
         for fingerprint in forgotten:
-            await self._produce(self.checkpoint_topic, None, fingerprint.encode())
-        for state in states:
-            await self._produce(
-                self.checkpoint_topic, state.to_json_bytes(), state.fingerprint.encode()
+            self._pending.append(
+                await producer.send(self.checkpoint_topic, value=None, key=fingerprint.encode())
             )
-        while True:
-            try:
-                await producer.commit_transaction(COMMIT_WAIT_S)
-                break
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if (
-                    isinstance(error, KafkaError)
-                    and error.retriable()
-                    and not error.txn_requires_abort()
-                    and not error.fatal()
-                ):
-                    continue  # librdkafka: a retriable failure of the commit may be called again
-                raise _failure(exc, "commit_transaction failed") from None
+        for state in states:
+            self._pending.append(
+                await producer.send(
+                    self.checkpoint_topic,
+                    value=state.to_json_bytes(),
+                    key=state.fingerprint.encode(),
+                )
+            )
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
+        await producer.commit_transaction()
         self.in_transaction = False
 
     async def abort(self) -> None:
         """Abort the open transaction; on failure, start a fresh producer (same id)."""
-        self._waiting = []
+        self._pending = []
+        self._open = {}
+        self._full = []
         if not self.in_transaction:
             return
         self.in_transaction = False
         try:
-            await self._require().abort_transaction(self._start_timeout_s)
-        except KafkaException:
+            await self._require().abort_transaction()
+        except Exception:
             _log.warning("abort_failed_restarting_producer", exc_info=True)
             await self.stop()
             await self.start()
@@ -264,18 +245,15 @@ class TransactionalSink:
     async def stop(self) -> None:
         producer, self.producer = self.producer, None
         if producer is not None:
-            await producer.close()
+            await stop_client(producer)
 
     async def ping(self) -> None:
-        """Readiness: a broker answers a metadata request through this producer."""
-        await self._require().ping()
+        """Readiness: the started producer reaches the cluster."""
+        await ping_producer(self._require())
 
     async def close(self) -> None:
         """At stop: a transaction still open is aborted (never half-visible), then the producer
         stops."""
         if self.in_transaction:
-            try:
-                await self.abort()
-            except (KafkaException, TransactionFailedError, ProducerFencedError):
-                _log.warning("abort_at_close_failed", exc_info=True)
+            await self.abort()
         await self.stop()
