@@ -1,6 +1,10 @@
 """iot-ingest: events/s from one large file on one core, against kcat producing the same file
-to the same broker in the same run; and file-append → read_committed latency at the nominal
-rate (~15 KB/s, DESIGN.md)."""
+to the same broker in the same run (ROUNDS rounds in alternating order, min/median/max,
+both timed with and without their start and TLS/SCRAM handshake); and file-append →
+read_committed latency at the nominal rate (~15 KB/s, DESIGN.md).
+
+``python -m bench.iot_ingest --variants ... --rounds N`` prints the rounds without saving.
+"""
 
 from __future__ import annotations
 
