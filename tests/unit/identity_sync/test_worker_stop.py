@@ -78,6 +78,7 @@ class TestStop:
             store=MemoryStateStore(),
             link_factory=open_link,
             notifier_factory=notifier,
+            watch_connect=lambda s: FakeConnection(s.url),
         )
         worker.request_exit()  # the main loop returns at once: startup, then the stop
         with capture_logs() as logs:
