@@ -144,18 +144,26 @@ class TestLiveWorker:
         assert state.onprem.dirsync_cookie_hex
 
 
+# notifications on, the USN probe and the poll once a minute: only a notification can
+# bring a change within seconds
+KINDS = ("lookup", "scan")  # of the change watch's searches
+NOTIFIED_ONLY = {"poll_interval_s": 60.0, "probe_interval_s": 60.0, "change_notifications": True}
+
+
 class TestChangeNotification:
     async def test_notification_wakes_the_worker_long_before_the_poll(
         self, stack: StackSettings, live: Live
     ) -> None:
-        """With a 60 s poll, a change on either side still arrives within seconds."""
-        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        """With notifications on and the probe and the poll once a minute, a change on
+        either side still arrives within seconds, and the watch searched for nothing."""
+        settings = settings_for(stack, live, "unused").model_copy(update=NOTIFIED_ONLY)
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         task = asyncio.create_task(worker.serve(install_signal_handlers=False))
         try:
             await wait_until(lambda: worker.last_report is not None or task.done())
             assert not task.done(), task.result()
             await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
+            searched = [searches(worker, s, k) for s in ("onprem", "aws") for k in KINDS]
             aws_dn = await asyncio.to_thread(live.user, "aws", "Notified")
             await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
             dn = await asyncio.to_thread(live.user, "onprem", "Notified Too")
@@ -163,13 +171,15 @@ class TestChangeNotification:
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
+        # no probe ran meanwhile (the first ran at start), so no search
+        assert [searches(worker, s, k) for s in ("onprem", "aws") for k in KINDS] == searched
 
     async def test_notified_change_is_applied_by_its_own_cycle(
         self, stack: StackSettings, live: Live
     ) -> None:
-        """A change on either side is applied by one incremental cycle of its own, within
-        seconds, with notifications and the watch both on (poll 60 s)."""
-        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        """A notified change on either side is applied by one incremental cycle of its own
+        (the objects named re-read, nothing searched), within seconds."""
+        settings = settings_for(stack, live, "unused").model_copy(update=NOTIFIED_ONLY)
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         with capture_logs() as logs:
             task = asyncio.create_task(worker.serve(install_signal_handlers=False))

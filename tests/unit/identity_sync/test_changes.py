@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from indutech_common.settings import LdapSettings
-from indutech_identity_sync.config import SIDES, Side, load_mapping
+from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Side, load_mapping
 from indutech_identity_sync.sources.changes import ChangeFeed, search_for
 from indutech_identity_sync.sources.ldap import notified_object, usn_windows
 from indutech_identity_sync.state import SyncState
@@ -88,3 +89,29 @@ class TestProbe:
         assert usn_windows(500, 500) == []
         assert [list(w) for w in usn_windows(7, 8)] == [[8]]
 
+
+class TestProbeSettings:
+    def settings(self, **fields: object) -> IdentitySyncSettings:
+        ldap = {"bind_dn": "CN=sync", "password": "pw", "base_dn": "DC=corp"}
+        return IdentitySyncSettings.model_validate(
+            {
+                "onprem": {**ldap, "url": "ldaps://dc1:636"},
+                "aws": {**ldap, "url": "ldaps://dc2:636"},
+                "mapping_file": EXAMPLE,
+                "s3": {"sse": "AES256"},
+                **fields,
+            }
+        )
+
+    def test_defaults_probe_often_and_skip_notifications(self) -> None:
+        """The probe every 0.2 s, lookups up to 1,000 USNs, notifications off (measured)."""
+        settings = self.settings()
+        assert settings.probe_interval_s == 0.2
+        assert settings.usn_lookup_max == 1000
+        assert not settings.change_notifications
+
+    @pytest.mark.parametrize("interval", [0.0, 0.01, 61])
+    def test_probe_interval_bounded(self, interval: float) -> None:
+        """Below 50 ms the probes would keep a DC busy; above a minute the delay is long."""
+        with pytest.raises(ValidationError, match="probe_interval_s"):
+            self.settings(probe_interval_s=interval)

@@ -72,6 +72,7 @@ class TestStop:
             mapping_file=EXAMPLE,
             s3={"sse": "AES256"},
             health={"host": "127.0.0.1", "port": 0},
+            change_notifications=True,
         )
         worker = IdentitySyncWorker(
             settings,

@@ -237,9 +237,11 @@ class IdentitySyncSettings(WorkerSettings):
         "domain (0: always scan)",
     )
     change_notifications: bool = Field(
-        default=True,
-        description="also listen to the DCs' change notifications (they may name a change "
-        "before the next probe; Samba sends them late and scans for each)",
+        default=False,
+        description="also listen to the DCs' change notifications, which may name a change "
+        "before the next probe. Off by default: the probe bounds the delay by itself, and "
+        "Samba serves each notification by re-running the subtree search (measured: p50 "
+        "1.3 s with them, 0.13 s without, at 550 objects)",
     )
     reconcile_interval_s: float = Field(
         default=900.0, gt=0, description="full reconcile that repairs drift"
