@@ -190,9 +190,10 @@ class ChangeFeed:
             self._cursors = dict(self._searched_to)
             self._cookie_hex = cookie_state.dirsync_cookie_hex
 
-    def tick(self) -> bool:
+    def tick(self, wake: Callable[[], None] | None = None) -> bool:
         """One probe of each side and, where the USN moved, the search (in the watch's
-        thread, or a test's); True when it found an object."""
+        thread, or a test's); True when it found an object. ``wake`` is called as soon as
+        a side's search found one (the other side's search need not be waited for)."""
         found = False
         for side in SIDES:
             connection = self.connections[side]
@@ -223,7 +224,10 @@ class ChangeFeed:
                 self._cursors[side] = highest
                 if side == "onprem" and self._dirsync is not None and kind == "scan":
                     self._cookie_hex = (self._dirsync.cookie or b"").hex()
-            found = found or bool(changes)
+            if changes:
+                found = True
+                if wake is not None:
+                    wake()
         return found
 
     def start_watch(self, wake: Callable[[], None]) -> None:
@@ -237,8 +241,7 @@ class ChangeFeed:
         def run() -> None:
             while not stop.is_set():
                 try:
-                    if self.tick():
-                        wake()
+                    self.tick(wake)
                 except (LDAPException, IndutechError, OSError) as exc:
                     self.failed = f"{type(exc).__name__}: {exc}"
                     self.log.warning(
