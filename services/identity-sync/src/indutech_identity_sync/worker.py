@@ -2,7 +2,8 @@
 on start and on a schedule and an incremental cycle for every change batch, and stop.
 
 What it uses lives beside it: the DC connections and their failover in ``links``, the change
-signals (DirSync, uSNChanged, notifications) in ``sources.changes``, one cycle and what lasts
+signals (the USN watch: probe, lookup, DirSync / uSNChanged scan; notifications) in
+``sources.changes``, one cycle and what lasts
 between cycles in ``cycle``, the three-way merge in ``engine`` (its writes ordered by
 ``barrier``, deletes judged by ``deletion_guard``), the anchor state in ``state`` and the
 audit topic in ``sinks.audit``. Each resource is adopted by the base ``Worker``, which closes
