@@ -154,10 +154,7 @@ class ChangeFeed:
     def close_connections(self) -> None:
         connections, self.connections = self.connections, {}
         for connection in connections.values():
-            if isinstance(connection, ldap3.Connection):
-                close_quietly(connection)
-            else:
-                connection.unbind()
+            close_quietly(connection)
 
     def prime(self, state: SyncState, on_dc_changed: DcChanged) -> None:
         """Start (or restart) change detection on the DCs of the watch's connections: from
