@@ -62,7 +62,7 @@ PARTS = set(os.environ.get("BENCH_IDENTITY_PARTS", "full-sync,latency").split(",
 MEMBERS_PER_GROUP = 10  # every user in one group: the issue's 10,000 users / 1,000 groups shape
 CHANGES = 60
 CHANGE_RATE_PER_S = 5.0  # the steady stream: one change every 200 ms, alternating sides
-# the worker's defaults: poll (change notifications wake it sooner) and writer connections
+# the worker's defaults: poll (changes wake it sooner) and writer connections
 POLL_INTERVAL_S = float(IdentitySyncSettings.model_fields["poll_interval_s"].default)
 EXAMPLE = Path(__file__).resolve().parents[1] / "services/identity-sync/mapping.example.toml"
 # the worker's default (IDENTITY_SYNC_WRITER_CONCURRENCY); BENCH_IDENTITY_WRITERS overrides it
@@ -72,6 +72,7 @@ WRITERS = int(
         str(IdentitySyncSettings.model_fields["writer_concurrency"].default),
     )
 )
+DETECTION = ""  # how changes were detected (the settings of the last run; IDENTITY_SYNC_*)
 STARTUP_TIMEOUT_S = 900.0  # the start-up full cycle at 11,000 objects per side
 
 Entry = tuple[str, dict[str, Any]]
@@ -298,6 +299,12 @@ async def _latencies(
         writer_concurrency=WRITERS,
         health={"host": "127.0.0.1", "port": 0},
     )
+    global DETECTION  # noqa: PLW0603 - the notes name the settings the runs used
+    DETECTION = (
+        f"the USN probe every {settings.probe_interval_s:g} s (lookups up to "
+        f"{settings.usn_lookup_max} USNs), change notifications "
+        f"{'on' if settings.change_notifications else 'off'}"
+    )
     worker = IdentitySyncWorker(settings)
     started = time.perf_counter()
     task = asyncio.create_task(worker.serve(install_signal_handlers=False))
@@ -473,7 +480,7 @@ def _latency_results(
         f"AWS->on-prem, on a {objects}-object directory per side (both seeded alike, adopted "
         f"by the worker's start-up cycle); write to visible on the other DC; {RUNS} runs, "
         "each a fresh worker with its state in S3 (the production store), incremental "
-        f"cycles woken by change notifications, poll {POLL_INTERVAL_S:g} s, {WRITERS} writer "
+        f"cycles woken by {DETECTION}, poll {POLL_INTERVAL_S:g} s, {WRITERS} writer "
         "connection(s) per DC; 2 cores shared with other agents' work"
     )
     return [

@@ -19,13 +19,18 @@ from urllib.parse import urlsplit
 
 import ldap3
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from indutech_common.kafka import create_consumer, start_client
 from indutech_common.s3 import JsonObjectStore, create_s3_client
 from indutech_common.schemas import Topics
-from indutech_identity_sync.config import IdentitySyncSettings
-from indutech_identity_sync.sources.ldap import ChangeNotifier
+from indutech_common.settings import LdapSettings
+from indutech_identity_sync.config import SIDES, IdentitySyncSettings, Side
+from indutech_identity_sync.metrics import IdentitySyncMetrics
+from indutech_identity_sync.model import guid_text
+from indutech_identity_sync.sources.changes import ChangeFeed
+from indutech_identity_sync.sources.ldap import ChangeNotifier, highest_usn
 from indutech_identity_sync.state import MemoryStateStore, S3StateStore, SyncState
 from indutech_identity_sync.worker import IdentitySyncWorker
 from tests.integration.identity_sync.conftest import Live
@@ -139,18 +144,26 @@ class TestLiveWorker:
         assert state.onprem.dirsync_cookie_hex
 
 
+# notifications on, the USN probe and the poll once a minute: only a notification can
+# bring a change within seconds
+KINDS = ("lookup", "scan")  # of the change watch's searches
+NOTIFIED_ONLY = {"poll_interval_s": 60.0, "probe_interval_s": 60.0, "change_notifications": True}
+
+
 class TestChangeNotification:
     async def test_notification_wakes_the_worker_long_before_the_poll(
         self, stack: StackSettings, live: Live
     ) -> None:
-        """With a 60 s poll, a change on either side still arrives within seconds."""
-        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        """With notifications on and the probe and the poll once a minute, a change on
+        either side still arrives within seconds, and the watch searched for nothing."""
+        settings = settings_for(stack, live, "unused").model_copy(update=NOTIFIED_ONLY)
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         task = asyncio.create_task(worker.serve(install_signal_handlers=False))
         try:
             await wait_until(lambda: worker.last_report is not None or task.done())
             assert not task.done(), task.result()
             await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
+            searched = [searches(worker, s, k) for s in ("onprem", "aws") for k in KINDS]
             aws_dn = await asyncio.to_thread(live.user, "aws", "Notified")
             await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
             dn = await asyncio.to_thread(live.user, "onprem", "Notified Too")
@@ -158,13 +171,15 @@ class TestChangeNotification:
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
+        # no probe ran meanwhile (the first ran at start), so no search
+        assert [searches(worker, s, k) for s in ("onprem", "aws") for k in KINDS] == searched
 
-    async def test_notified_change_is_applied_without_a_poll(
+    async def test_notified_change_is_applied_by_its_own_cycle(
         self, stack: StackSettings, live: Live
     ) -> None:
-        """Between polls, a cycle woken by a notification reads the object it names and
-        applies the change, without the DirSync and uSNChanged searches (poll 60 s)."""
-        settings = settings_for(stack, live, "unused").model_copy(update={"poll_interval_s": 60.0})
+        """A notified change on either side is applied by one incremental cycle of its own
+        (the objects named re-read, nothing searched), within seconds."""
+        settings = settings_for(stack, live, "unused").model_copy(update=NOTIFIED_ONLY)
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         with capture_logs() as logs:
             task = asyncio.create_task(worker.serve(install_signal_handlers=False))
@@ -181,12 +196,124 @@ class TestChangeNotification:
                 assert await asyncio.wait_for(task, 15) == 0
         cycles = [e for e in logs if e["event"] == "cycle_done"]
         assert cycles[0]["full"]
-        assert cycles[0]["polled"]
         applied = [c for c in cycles[1:] if c["writes"]]
         assert len(applied) == 2, cycles
-        assert not any(c["polled"] for c in applied), applied
-        assert took < 5, f"{took:.1f} s: the notification did not drive the cycle"
+        assert not any(c["full"] for c in applied), applied
+        assert all("search_s" in c and "read_s" in c for c in applied), applied
+        assert took < 5, f"{took:.1f} s: the change signals did not drive the cycle"
         assert adds(worker, "aws") == adds(worker, "onprem") == 1
+
+
+def guid_of(live: Live, side: Side, dn: str) -> str:
+    connection = live.connections[side]
+    connection.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["objectGUID"])
+    entry = next(e for e in connection.response or [] if e.get("type") == "searchResEntry")
+    return guid_text(entry["raw_attributes"]["objectGUID"][0])
+
+
+def searches(worker: IdentitySyncWorker, side: str, kind: str) -> float:
+    """indutech_identity_sync_change_searches_total{side, kind} as /metrics shows it."""
+    return sample(worker, "indutech_identity_sync_change_searches_total", side=side, kind=kind) or 0
+
+
+class TestUsnWatch:
+    async def test_change_applied_from_the_usn_alone(
+        self, stack: StackSettings, live: Live
+    ) -> None:
+        """With notifications off and a 60 s poll, a change on either side still arrives
+        within seconds: the probe saw the DC's USN move and the lookup found the object
+        (no scan of the domain after the start)."""
+        settings = settings_for(stack, live, "unused").model_copy(
+            update={"poll_interval_s": 60.0, "change_notifications": False}
+        )
+        worker = IdentitySyncWorker(settings, store=MemoryStateStore())
+        task = asyncio.create_task(worker.serve(install_signal_handlers=False))
+        try:
+            await wait_until(lambda: worker.last_report is not None or task.done())
+            assert not task.done(), task.result()
+            dn = await asyncio.to_thread(live.user, "onprem", "Probed")
+            took = await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+            aws_dn = await asyncio.to_thread(live.user, "aws", "Probed Back")
+            await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+        finally:
+            worker.request_exit()
+            assert await asyncio.wait_for(task, 15) == 0
+        assert took < 5, f"{took:.1f} s: the probe did not drive the cycle"
+        assert adds(worker, "aws") == adds(worker, "onprem") == 1
+        for side in ("onprem", "aws"):
+            assert searches(worker, side, "lookup") >= 1
+            assert searches(worker, side, "scan") == 0
+
+    @pytest.mark.parametrize("lookup_max", [1000, 0])
+    def test_nothing_searched_while_the_usn_stands(
+        self, stack: StackSettings, live: Live, lookup_max: int
+    ) -> None:
+        """A probe that finds the USN where the last search left it searches nothing; one
+        that finds it moved searches (a lookup, or with lookups off the DirSync / uSNChanged
+        scan) and reports the changed object. The DCs are shared with other tests, so the
+        quiet probe is one with the same USN read just before and just after it."""
+        registry = CollectorRegistry()
+        metrics = IdentitySyncMetrics("identity-sync", registry)
+        settings: dict[Side, LdapSettings] = {"onprem": stack.ad_onprem, "aws": stack.ad_aws}
+        feed = ChangeFeed(live.mapping, settings, metrics=metrics)
+        feed.open({side: settings[side].url for side in SIDES})
+        try:
+            state = SyncState()
+            feed.prime(state, lambda *_: pytest.fail("no DC change expected"))
+
+            def count(name: str, **labels: str) -> float:
+                value = registry.get_sample_value(name, {"worker": "identity-sync", **labels})
+                return value or 0.0
+
+            def searched() -> float:
+                return sum(
+                    count("indutech_identity_sync_change_searches_total", side=s, kind=k)
+                    for s in SIDES
+                    for k in ("lookup", "scan")
+                )
+
+            quiet = False
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                before = {s: highest_usn(live.connections[s])[1] for s in SIDES}
+                feed.tick()  # catches up with whatever moved before
+                feed.collect(state, {s: {} for s in SIDES})
+                probes, done = (
+                    count("indutech_identity_sync_change_probes_total", side="aws"),
+                    searched(),
+                )
+                feed.tick()
+                after = {s: highest_usn(live.connections[s])[1] for s in SIDES}
+                if before == after:
+                    quiet = True
+                    assert searched() == done, "a search although no USN moved"
+                    assert (
+                        count("indutech_identity_sync_change_probes_total", side="aws")
+                        == probes + 1
+                    )
+                    break
+            assert quiet, "the DCs never stood still for one probe in 60 s (a bulk load?)"
+            feed.usn_lookup_max = lookup_max  # the catching up above looked up (cheap)
+            kind = "lookup" if lookup_max else "scan"
+            for side in SIDES:
+                usn_before = highest_usn(live.connections[side])[1]
+                dn = live.user(side, f"Watched {side}")
+                guid = guid_of(live, side, dn)
+                before_side = count(
+                    "indutech_identity_sync_change_searches_total", side=side, kind=kind
+                )
+                assert feed.tick()
+                assert (
+                    count("indutech_identity_sync_change_searches_total", side=side, kind=kind)
+                    == before_side + 1
+                )
+                found = feed.collect(state, {s: {} for s in SIDES})
+                assert guid in found[side]
+                # the cursor handed to the state covers the change
+                cursor = state.onprem if side == "onprem" else state.aws
+                assert cursor.highest_usn > usn_before
+        finally:
+            feed.close_connections()
 
 
 class DroppingProxy:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -159,6 +159,7 @@ class FakeDcs:
 
     def __init__(self) -> None:
         self.up: set[str] = set()
+        self.workers: list[IdentitySyncWorker] = []  # their change watches stop at teardown
 
     async def open_link(self, settings: LdapSettings) -> Link:
         if settings.url not in self.up:
@@ -170,6 +171,11 @@ class FakeDcs:
         _settings: LdapSettings, _base: str, _on_change: Callable[[str, str], None]
     ) -> FakeNotifier:
         return FakeNotifier()
+
+    def watch_connect(self, settings: LdapSettings) -> FakeConnection:
+        if settings.url not in self.up:
+            raise DependencyUnavailableError(f"could not open {settings.url}: refused")
+        return FakeConnection(settings.url)
 
 
 class FakeNotifier:
@@ -186,18 +192,28 @@ def make_worker(onprem: list[str], aws: list[str], dcs: FakeDcs) -> IdentitySync
         health={"host": "127.0.0.1", "port": 0},
         dc_backoff_initial_s=30,
     )
-    return IdentitySyncWorker(settings, link_factory=dcs.open_link, notifier_factory=dcs.notifier)
+    worker = IdentitySyncWorker(
+        settings,
+        link_factory=dcs.open_link,
+        notifier_factory=dcs.notifier,
+        watch_connect=dcs.watch_connect,
+    )
+    dcs.workers.append(worker)
+    return worker
 
 
 class TestWorkerFailover:
     @pytest.fixture
-    def dcs(self, monkeypatch: pytest.MonkeyPatch) -> FakeDcs:
+    def dcs(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDcs]:
         """Fake DCs; the rootDSE read and DirSync (public names of the change feed's module)
         answer from the fake connection."""
         monkeypatch.setattr(changes_module, "highest_usn", lambda c: (c.dc, 500))
         monkeypatch.setattr(changes_module, "DirSyncWatcher", FakeDirSync)
         FakeDirSync.cookies.clear()
-        return FakeDcs()
+        dcs = FakeDcs()
+        yield dcs
+        for worker in dcs.workers:
+            worker.changes.stop_watch()
 
     async def test_first_dc_dead_at_start(self, dcs: FakeDcs) -> None:
         """The first DC does not answer: the side connects to the second, says dc_failover

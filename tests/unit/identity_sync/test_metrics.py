@@ -21,6 +21,8 @@ FAMILIES = {
     "indutech_identity_sync_dc_failovers",
     "indutech_identity_sync_quarantined",
     "indutech_identity_sync_quarantine_events",
+    "indutech_identity_sync_change_probes",
+    "indutech_identity_sync_change_searches",
 }
 
 
@@ -49,7 +51,7 @@ class TestWorkerLabel:
         assert all('worker="identity-sync"' in line for line in lines), lines
 
     def test_every_family_has_the_label(self) -> None:
-        """Each of the nine families, once set, is a series with worker="<name>"."""
+        """Each of the eleven families, once set, is a series with worker="<name>"."""
         registry = CollectorRegistry()
         metrics = IdentitySyncMetrics("identity-sync-test", registry)
         metrics.wrote("aws", "add", 2)
@@ -59,6 +61,8 @@ class TestWorkerLabel:
         metrics.failover("onprem")
         metrics.quarantine_now("aws", 1)
         metrics.quarantine_event("aws", "collision")
+        metrics.probed("onprem")
+        metrics.searched("aws", "lookup")
         families = {family.name: family for family in registry.collect() if family.name in FAMILIES}
         assert set(families) == FAMILIES
         for family in families.values():

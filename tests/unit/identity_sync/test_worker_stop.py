@@ -72,12 +72,14 @@ class TestStop:
             mapping_file=EXAMPLE,
             s3={"sse": "AES256"},
             health={"host": "127.0.0.1", "port": 0},
+            change_notifications=True,
         )
         worker = IdentitySyncWorker(
             settings,
             store=MemoryStateStore(),
             link_factory=open_link,
             notifier_factory=notifier,
+            watch_connect=lambda s: FakeConnection(s.url),
         )
         worker.request_exit()  # the main loop returns at once: startup, then the stop
         with capture_logs() as logs:

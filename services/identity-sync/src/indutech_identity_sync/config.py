@@ -217,8 +217,31 @@ class IdentitySyncSettings(WorkerSettings):
     poll_interval_s: float = Field(
         default=1.0,
         gt=0,
-        description="the DirSync / uSNChanged searches run at most this often; a change "
-        "notified between them is applied at once",
+        description="a cycle runs at least this often without a change (retries, quarantine "
+        "backoffs, deletes that finished settling); changes wake one at once",
+    )
+    probe_interval_s: float = Field(
+        default=0.2,
+        ge=0.05,
+        le=60,
+        description="how often each DC's highestCommittedUSN is read (a base-scope rootDSE "
+        "read, about 1 ms); only when it moved are the changed objects searched for, so this "
+        "bounds the time from a change to its cycle",
+    )
+    usn_lookup_max: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="a USN gap up to this is looked up by uSNChanged through the index (one "
+        "search per 100 USNs); a larger one runs the DirSync / uSNChanged scan of the whole "
+        "domain (0: always scan)",
+    )
+    change_notifications: bool = Field(
+        default=False,
+        description="also listen to the DCs' change notifications, which may name a change "
+        "before the next probe. Off by default: the probe bounds the delay by itself, and "
+        "Samba serves each notification by re-running the subtree search (measured: p50 "
+        "1.3 s with them, 0.13 s without, at 550 objects)",
     )
     reconcile_interval_s: float = Field(
         default=900.0, gt=0, description="full reconcile that repairs drift"

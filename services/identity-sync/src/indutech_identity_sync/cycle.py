@@ -68,10 +68,9 @@ class Cycles:
         self.mirrors: dict[Side, Mirror] | None = None  # None: the next cycle is a full one
         self.retries: dict[tuple[Side, str], int] = {}
         self.read_counts: dict[Side, int] = dict.fromkeys(SIDES, 0)
-        # seconds of the last cycle's steps (collect, read, merge, save): its cycle_done log
+        # seconds of the last cycle's steps (the batch's searches and its wait for the
+        # cycle, then collect, read, merge, save): its cycle_done log
         self.phases: dict[str, float] = {}
-        self.poll_interval_s = settings.poll_interval_s
-        self.polled = False  # the last cycle ran the DirSync / USN searches
         # across cycles: a trip is logged once, then reminders; settled deletes wake a cycle
         self.delete_guard = DeleteGuard(mapping.deletion_guard)
         # objects that could not be applied, each waiting its backoff (quarantine.py)
@@ -88,13 +87,15 @@ class Cycles:
         """The sides connected now, each to the DC it uses."""
         return {s: d.link for s, d in self.dc_links.items() if d.link is not None}
 
-    def _collect_changes(self, *, poll: bool) -> dict[Side, set[str]]:
-        """GUIDs changed on each side since the last call (in the cycle's thread): those
-        notified, and with ``poll`` those of the DirSync / USN searches."""
+    def _collect_changes(self) -> dict[Side, set[str]]:
+        """GUIDs changed on each side since the last call, as the change watch and the
+        notifications found them (no search here: the watch searched on its own
+        connections)."""
         mirrors = self.mirrors
         mirrored = {s: mirrors[s].objects if mirrors is not None else {} for s in SIDES}
-        connections = {s: link.connection for s, link in self.links.items()}
-        return self.changes.collect(connections, self.state, mirrored, poll=poll)
+        changes = self.changes.collect(self.state, mirrored)
+        self.phases.update(self.changes.batch_timings)
+        return changes
 
     def _refresh(self, mirrors: dict[Side, Mirror], focus: dict[Side, set[str]]) -> None:
         """Re-read the focus objects into the mirrors: a new OU brings its subtree (an OU
@@ -178,7 +179,6 @@ class Cycles:
             objects=report.objects,
             dry_run=self.settings.dry_run,
             seconds=round(time.monotonic() - started, 3),
-            polled=self.polled,
             **{phase: round(took, 3) for phase, took in self.phases.items()},
         )
         return report
@@ -210,10 +210,7 @@ class Cycles:
     def _cycle_in_thread(self, full: bool) -> CycleReport | None:
         with self.links["onprem"].lock, self.links["aws"].lock:
             step = time.monotonic()
-            # a cycle woken by notifications between polls reads only the objects notified
-            poll = full or self.mirrors is None or self.changes.poll_due(self.poll_interval_s)
-            self.polled = poll
-            changes = self._collect_changes(poll=poll)
+            changes = self._collect_changes()
             self.phases["collect_s"], step = time.monotonic() - step, time.monotonic()
             focus: dict[Side, set[str]] | None = None
             if full or self.mirrors is None:

@@ -18,8 +18,8 @@ unchanged, so the next cycle retries it; an object created before a crash is
 found again at its DN and adopted, so a restart never duplicates.
 
 A cycle is full (every object of both mirrors: start-up and the schedule) or
-focused on a change batch (``focus``: the GUIDs DirSync or the USN poll
-reported, plus last cycle's retries): then only those objects and their pairs
+focused on a change batch (``focus``: the GUIDs the change watch or a
+notification reported, plus last cycle's retries): then only those objects and their pairs
 are merged, references resolved through the GUID state, so its cost follows
 the size of the batch, not of the directory. Deletes are planned over every
 pair either way, so the deletion guard always sees the whole picture.

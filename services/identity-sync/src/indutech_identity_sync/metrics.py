@@ -74,6 +74,20 @@ class IdentitySyncMetrics:
             ["worker", "side", "cause"],
             registry=r,
         )
+        self.change_probes = Counter(
+            "indutech_identity_sync_change_probes",
+            "Reads of a DC's highestCommittedUSN (the cheap probe run every probe_interval_s)",
+            ["worker", "side"],
+            registry=r,
+        )
+        self.change_searches = Counter(
+            "indutech_identity_sync_change_searches",
+            "Searches for the objects changed since the last (kind lookup: by uSNChanged "
+            "through the index; scan: DirSync or a uSNChanged range), run only when the probe "
+            "saw the USN move",
+            ["worker", "side", "kind"],
+            registry=r,
+        )
         self.conflicts.labels(worker)  # shown at 0 before the first conflict, as before the label
 
     def dc_in_use(self, side: Side, urls: Iterable[str], current: str | None) -> None:
@@ -98,6 +112,12 @@ class IdentitySyncMetrics:
         self.guard.labels(self.worker, side).set(1 if tripped else 0)
         self.deletes_in_window.labels(self.worker, side).set(in_window)
         self.deletes_pending.labels(self.worker, side).set(pending)
+
+    def probed(self, side: Side) -> None:
+        self.change_probes.labels(self.worker, side).inc()
+
+    def searched(self, side: Side, kind: str) -> None:
+        self.change_searches.labels(self.worker, side, kind).inc()
 
     def conflicts_resolved(self, count: int) -> None:
         self.conflicts.labels(self.worker).inc(count)

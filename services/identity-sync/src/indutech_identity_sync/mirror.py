@@ -1,7 +1,7 @@
 """What the worker knows of one side between cycles: every scoped object, indexed by GUID and DN.
 
-A full reconcile loads a mirror from a scope read; a change batch (DirSync or
-USN) re-reads only the changed objects and applies them here, so a cycle
+A full reconcile loads a mirror from a scope read; a change batch (the change
+watch) re-reads only the changed objects and applies them here, so a cycle
 touches only what changed. References (group members, DN-valued attributes
 such as ``manager``) are held as objectGUIDs, so renaming or moving an object
 never leaves a stale DN behind in the objects that point to it; an in-scope DN

@@ -5,8 +5,8 @@ another object's (two source names AD folds to one, or a target name already tak
 when its data cannot be read (a DN that does not parse). The reconciler logs it once
 (``identity_object_quarantined``), audits it (op ``quarantine``) and the worker counts it;
 then every write of that object waits ``initial_s`` (doubling per failed try, at most
-``maximum_s``) and only then is it tried again. A change reported for it (DirSync, the USN
-poll) makes it due at once: a rename that fixes the name is picked up without waiting. An
+``maximum_s``) and only then is it tried again. A change reported for it (the change watch, a
+notification) makes it due at once: a rename that fixes the name is picked up without waiting. An
 object that goes through on a later try is released (``identity_object_released``).
 
 Kept in memory: after a restart each object is tried once more, and quarantined (and logged)

@@ -2,7 +2,8 @@
 on start and on a schedule and an incremental cycle for every change batch, and stop.
 
 What it uses lives beside it: the DC connections and their failover in ``links``, the change
-signals (DirSync, uSNChanged, notifications) in ``sources.changes``, one cycle and what lasts
+signals (the USN watch: probe, lookup, DirSync / uSNChanged scan; notifications) in
+``sources.changes``, one cycle and what lasts
 between cycles in ``cycle``, the three-way merge in ``engine`` (its writes ordered by
 ``barrier``, deletes judged by ``deletion_guard``), the anchor state in ``state`` and the
 audit topic in ``sinks.audit``. Each resource is adopted by the base ``Worker``, which closes
@@ -36,7 +37,12 @@ from indutech_identity_sync.engine import CycleReport
 from indutech_identity_sync.links import DcLink, Link, LinkFactory, open_link
 from indutech_identity_sync.metrics import IdentitySyncMetrics
 from indutech_identity_sync.sinks.audit import KafkaAuditSink
-from indutech_identity_sync.sources.changes import ChangeFeed, NotifierFactory
+from indutech_identity_sync.sources.changes import (
+    ChangeFeed,
+    NotifierFactory,
+    WatchConnect,
+    open_watch_connection,
+)
 from indutech_identity_sync.sources.ldap import ChangeNotifier
 from indutech_identity_sync.state import S3StateStore, StateStore, SyncState
 
@@ -44,7 +50,8 @@ from indutech_identity_sync.state import S3StateStore, StateStore, SyncState
 class IdentitySyncWorker(Worker[IdentitySyncSettings]):
     """The worker. ``link_factory`` opens a side's connections to one DC (default: LDAPS,
     ``links.open_link``) and ``notifier_factory`` starts a change-notification listener
-    (default: ``ChangeNotifier``): the seams tests use to stand in for DCs."""
+    (default: ``ChangeNotifier``) and ``watch_connect`` opens the change watch's own
+    connection to a DC (default: LDAPS): the seams tests use to stand in for DCs."""
 
     name = "identity-sync"
 
@@ -57,6 +64,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         store: StateStore | None = None,
         link_factory: LinkFactory | None = None,
         notifier_factory: NotifierFactory | None = None,
+        watch_connect: WatchConnect | None = None,
     ) -> None:
         super().__init__(settings)
         self.once = once or settings.dry_run
@@ -78,6 +86,10 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             self.mapping,
             {s: self._ldap(s) for s in SIDES},
             notifier_factory=notifier_factory or ChangeNotifier,
+            connect=watch_connect or open_watch_connection,
+            metrics=self.sync_metrics,
+            probe_interval_s=settings.probe_interval_s,
+            usn_lookup_max=settings.usn_lookup_max,
         )
         # the cycles and what lasts between them (mirrors, retries, quarantine, guard)
         self.cycles = Cycles(
@@ -145,7 +157,7 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         await self.connect()
         self.add_closer("change_notifications", self.changes.close)
         await asyncio.to_thread(self.prime_change_signals)
-        await self._start_notifiers()
+        await self._start_signals()
 
     async def connect(self) -> None:
         """At start: a DC of each side, or fail naming every DC tried."""
@@ -153,13 +165,18 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
             if not await dc_link.connect():
                 raise dc_link.unreachable()
 
-    async def _start_notifiers(self) -> None:
+    async def _start_signals(self) -> None:
+        """The USN watch (primed) and, when enabled, the change notifications."""
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(self._wake.set)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake.set)
 
-        await self.changes.start_notifiers({s: link.url for s, link in self.links.items()}, wake)
+        self.changes.start_watch(wake)
+        if self.settings.change_notifications:
+            dcs = {s: link.url for s, link in self.links.items()}
+            await self.changes.start_notifiers(dcs, wake)
 
     async def main_loop(self) -> None:
         next_full = 0.0
@@ -172,6 +189,13 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
                     if len(self.links) < len(SIDES):
                         await self._sleep_or_wake()
                         continue
+                if self.changes.failed is not None:  # the watch lost a DC: as a failed cycle
+                    self.cycles.mirrors = None
+                    await self.reconnect()
+                    if self.changes.failed is not None or len(self.links) < len(SIDES):
+                        await self._sleep_or_wake()
+                        continue
+                    full = True
                 report = await self.cycles.run(full=full, detected_at=detected)
                 if full:
                     next_full = time.monotonic() + self.settings.reconcile_interval_s
@@ -230,26 +254,28 @@ class IdentitySyncWorker(Worker[IdentitySyncSettings]):
         be broken) and connect each again, to the DC it used if that one answers, else to the
         next that does; once both sides are connected, the change signals start again."""
         try:
+            await asyncio.to_thread(self.changes.stop_watch)
             for side in sides or SIDES:
                 await self.dc_links[side].drop()
             for side in sides or SIDES:
                 await self.dc_links[side].connect()
             if len(self.links) < len(SIDES):
                 return
-            await asyncio.to_thread(self.prime_change_signals)
             await self.changes.stop_notifiers()
-            await self._start_notifiers()
+            await asyncio.to_thread(self.prime_change_signals)
+            await self._start_signals()
         except (LDAPException, IndutechError) as exc:
             self.log.warning("reconnect_failed", error=str(exc))
 
     # -- change signals ----------------------------------------------------------------------
 
     def prime_change_signals(self) -> None:
-        """Change detection resumes where the state says only on the DC that issued the cookie
-        (on-prem) and the USN (AWS); on another DC both start afresh from now, after the full
-        reconcile that follows every (re)connect, and deletes on the other side wait a while."""
-        connections = {s: link.connection for s, link in self.links.items()}
-        self.changes.prime(connections, self.state, self._dc_changed)
+        """The change watch's own connections to the DCs the links use, then change
+        detection resumes where the state says only on the DC that issued the cookie and
+        the USN; on another DC both start afresh from now, after the full reconcile that
+        follows every (re)connect, and deletes on the other side wait a while."""
+        self.changes.open({s: link.url for s, link in self.links.items()})
+        self.changes.prime(self.state, self._dc_changed)
 
     def _dc_changed(self, side: Side, before: str, now: str) -> None:
         hold = self.settings.dc_change_delete_hold_s

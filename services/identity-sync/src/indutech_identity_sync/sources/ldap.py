@@ -269,6 +269,41 @@ def usn_changes(connection: ldap3.Connection, naming_context: str, usn: int) -> 
     }
 
 
+USN_LOOKUP_CHUNK = 100  # uSNChanged values per lookup search (one equality term each)
+
+
+def usn_windows(low: int, high: int, chunk: int = USN_LOOKUP_CHUNK) -> list[range]:
+    """The USNs above ``low`` up to ``high`` in runs of at most ``chunk`` (one search each)."""
+    return [range(start, min(start + chunk, high + 1)) for start in range(low + 1, high + 1, chunk)]
+
+
+def usn_lookup(
+    connection: ldap3.Connection, naming_context: str, low: int, high: int
+) -> dict[str, str]:
+    """{objectGUID: DN} of every object of the domain (tombstones included) whose uSNChanged
+    is above ``low`` and at most ``high``, as ``usn_changes`` reports them, but found
+    through the index: one equality term per USN (``(|(uSNChanged=n)...)``), where the
+    range ``uSNChanged>=`` makes Samba scan every object and tombstone. An object changed
+    again after ``high`` is not found here: its uSNChanged is above ``high`` now, so the
+    next window finds it."""
+    changes: dict[str, str] = {}
+    for window in usn_windows(low, high):
+        terms = "".join(f"(uSNChanged={usn})" for usn in window)
+        entries = _paged(
+            connection,
+            naming_context,
+            terms if len(window) == 1 else f"(|{terms})",
+            ["objectGUID"],
+            controls=[(SHOW_DELETED_OID, True, None)],
+        )
+        changes.update(
+            (guid_text(e["raw_attributes"]["objectGUID"][0]), e["dn"])
+            for e in entries
+            if e["raw_attributes"].get("objectGUID")
+        )
+    return changes
+
+
 _EXTENDED_DN = re.compile(r"^(<[^>]*>;)*")
 
 
