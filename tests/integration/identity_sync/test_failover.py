@@ -129,9 +129,10 @@ class TestDcFailover:
                 # the AWS user's way back may still be in flight (slow under load): wait for
                 # it, so that the idle ticks below measure echoes and nothing else
                 await run_until(task, lambda: live.exists("onprem", live.twin(aws_user, "onprem")))
-                before = adds(worker, "aws") + adds(worker, "onprem")
+                # and counted: the twin is visible a moment before its add is in the metric
+                await run_until(task, lambda: adds(worker, "aws") + adds(worker, "onprem") == 7)
                 await asyncio.sleep(1.0)  # idle ticks: nothing more to write
-                assert adds(worker, "aws") + adds(worker, "onprem") == before
+                assert (adds(worker, "aws"), adds(worker, "onprem")) == (6, 1)
             finally:
                 worker.request_exit()
                 assert await asyncio.wait_for(task, 30) == 0
