@@ -356,6 +356,16 @@ def flow_states() -> str:
     return ", ".join(f"flow {flow} {state}" for flow, state in rows)
 
 
+def wait_for_shipper(timeout_s: float = 30.0) -> None:
+    """Until metrics-shipper has delivered datums (its cycle is 10 s here, and the IoT part
+    can finish before its first cycle that found the workers up), or the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (metric(SHIPPER_PORT, "indutech_shipper_datums_sent_total") or 0) > 0:
+            return
+        time.sleep(0.5)
+
+
 def shipper_summary(run: str) -> None:
     datums = metric(SHIPPER_PORT, "indutech_shipper_datums_sent_total")
     lines = metric(SHIPPER_PORT, "indutech_shipper_log_events_sent_total")
@@ -476,6 +486,7 @@ def iot_demo(stack: StackSettings, run: str, work: Path, seconds: float, rate: f
         if generator.poll() is None:
             generator.kill()
         say(f"   status page {STATUS_URL}: {flow_states()}")
+        wait_for_shipper()  # before the workers stop: it ships what they export
         stop("iot-ingest", ingest)
         stop("iot-to-s3", to_s3)
         drained = stop("iot-aggregator", aggregator) == 0
