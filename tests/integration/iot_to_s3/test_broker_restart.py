@@ -10,6 +10,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -33,6 +34,33 @@ AFTER = 1000
 
 
 @pytest.mark.serial  # stops the shared broker: never beside other tests
+async def wait_for_records_in(log: Path, count: int, timeout_s: float = 30) -> None:
+    """Until the worker's /metrics count ``count`` records read (its health port is in its
+    ``worker_started`` line)."""
+    text = await asyncio.to_thread(log.read_text)
+    port = next(
+        json.loads(line)["health_port"] for line in text.splitlines() if '"worker_started"' in line
+    )
+    deadline = time.monotonic() + timeout_s
+    read = 0.0
+    while time.monotonic() < deadline:
+        read = await asyncio.to_thread(records_in, port)
+        if read >= count:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the worker read {read} of {count} records within {timeout_s} s")
+
+
+def records_in(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("indutech_records_in_total{")
+    )
+
+
 class TestBrokerRestart:
     @pytest.mark.slow
     @pytest.mark.timeout(200)
@@ -58,7 +86,8 @@ class TestBrokerRestart:
         try:
             await wait_for_log(log, 0, "partition_ready", process)
             await produce(stack, lake.sensor_topic, before, transactional_id=f"{lake.group_id}-a")
-            await asyncio.sleep(0.3)  # fetched and buffered, not yet sealed
+            # fetched and buffered, not yet sealed (a fixed 0.3 s missed the fetch once on CI)
+            await wait_for_records_in(log, BEFORE)
             stopped = time.monotonic()
             try:
                 await asyncio.to_thread(stack_service, "down", "kafka")
