@@ -33,7 +33,6 @@ BEFORE = 3000
 AFTER = 1000
 
 
-@pytest.mark.serial  # stops the shared broker: never beside other tests
 async def wait_for_records_in(log: Path, count: int, timeout_s: float = 30) -> None:
     """Until the worker's /metrics count ``count`` records read (its health port is in its
     ``worker_started`` line)."""
@@ -61,6 +60,7 @@ def records_in(port: int) -> float:
     )
 
 
+@pytest.mark.serial  # stops the shared broker: never beside other tests
 class TestBrokerRestart:
     @pytest.mark.slow
     @pytest.mark.timeout(200)
