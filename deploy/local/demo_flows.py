@@ -48,6 +48,7 @@ from indutech_devtools.iot import GenerateOptions, records
 from tests.support.directory import delete_subtree
 from tests.support.kafka import create_topics, delete_topics
 from tests.support.stack import REPO_ROOT, StackSettings, load_stack, stack_env_file
+from tests.support.waits import scrape_counter
 
 BIN = Path(sys.executable).parent
 
@@ -99,20 +100,6 @@ def base_env() -> dict[str, str]:
     env.update({k: v for k, v in dotenv_values(stack_env_file()).items() if v is not None})
     env.update({"PYTHONUNBUFFERED": "1", "INDUTECH_LOGGING__FORMAT": "json"})
     return env
-
-
-def metric(port: int, name: str) -> float | None:
-    """Sum of one Prometheus counter over its labels; None while the worker is starting."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 def lake_rows(stack: StackSettings, prefix: str) -> tuple[int, int, int]:
@@ -361,14 +348,14 @@ def wait_for_shipper(timeout_s: float = 30.0) -> None:
     can finish before its first cycle that found the workers up), or the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (metric(SHIPPER_PORT, "indutech_shipper_datums_sent_total") or 0) > 0:
+        if (scrape_counter(SHIPPER_PORT, "indutech_shipper_datums_sent_total") or 0) > 0:
             return
         time.sleep(0.5)
 
 
 def shipper_summary(run: str) -> None:
-    datums = metric(SHIPPER_PORT, "indutech_shipper_datums_sent_total")
-    lines = metric(SHIPPER_PORT, "indutech_shipper_log_events_sent_total")
+    datums = scrape_counter(SHIPPER_PORT, "indutech_shipper_datums_sent_total")
+    lines = scrape_counter(SHIPPER_PORT, "indutech_shipper_log_events_sent_total")
     if datums is None or lines is None:
         say("   metrics-shipper: its /metrics did not answer")
         return
@@ -395,7 +382,7 @@ def wait_for_lake(
                 raise RuntimeError(f"the generator failed ({generator.returncode})")
             expected = int(match.group(1))
         rows, distinct, objects = lake_rows(stack, prefix)
-        produced = metric(18181, "indutech_records_out_total")
+        produced = scrape_counter(18181, "indutech_records_out_total")
         target = "…" if expected is None else str(expected)
         sent = "starting" if produced is None else f"{produced:.0f}"
         say(

@@ -81,6 +81,11 @@ def env_for(stack: StackSettings, live: Live, state_key: str) -> dict[str, str]:
     return env
 
 
+# the first cycle: a full reconcile after the DirSync drain, which grows with the domain's
+# history (11 s on a long-lived test domain, more under a loaded run)
+START_S = 60
+
+
 async def wait_until(check: Callable[[], bool], timeout_s: float = 10) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
@@ -123,7 +128,7 @@ class TestLiveWorker:
         worker = IdentitySyncWorker(settings_for(stack, live, key))
         task = asyncio.create_task(worker.serve(install_signal_handlers=False))
         try:
-            await wait_until(lambda: worker.last_report is not None or task.done())
+            await wait_until(lambda: worker.last_report is not None or task.done(), START_S)
             assert not task.done(), task.result()
             dn = await asyncio.to_thread(live.user, "onprem", "Live One")
             await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")))
@@ -148,6 +153,10 @@ class TestLiveWorker:
 # bring a change within seconds
 KINDS = ("lookup", "scan")  # of the change watch's searches
 NOTIFIED_ONLY = {"poll_interval_s": 60.0, "probe_interval_s": 60.0, "change_notifications": True}
+# A quarter of the 60 s poll: a twin made within it was made by the change signal, not by
+# the poll. That is a cause, not a speed: the < 5 s latency is measured by `make bench`
+# (identity_sync_propagation_p50/p99), never by a clock in a test.
+SIGNAL_BOUND_S = 15
 
 
 class TestChangeNotification:
@@ -160,14 +169,16 @@ class TestChangeNotification:
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         task = asyncio.create_task(worker.serve(install_signal_handlers=False))
         try:
-            await wait_until(lambda: worker.last_report is not None or task.done())
+            await wait_until(lambda: worker.last_report is not None or task.done(), START_S)
             assert not task.done(), task.result()
             await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
             searched = [searches(worker, s, k) for s in ("onprem", "aws") for k in KINDS]
             aws_dn = await asyncio.to_thread(live.user, "aws", "Notified")
-            await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+            await wait_until(
+                lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), SIGNAL_BOUND_S
+            )
             dn = await asyncio.to_thread(live.user, "onprem", "Notified Too")
-            await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+            await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), SIGNAL_BOUND_S)
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
@@ -184,13 +195,15 @@ class TestChangeNotification:
         with capture_logs() as logs:
             task = asyncio.create_task(worker.serve(install_signal_handlers=False))
             try:
-                await wait_until(lambda: worker.last_report is not None or task.done())
+                await wait_until(lambda: worker.last_report is not None or task.done(), START_S)
                 assert not task.done(), task.result()
                 await asyncio.sleep(0.3)  # the echo of the start-up cycle, if any
                 dn = await asyncio.to_thread(live.user, "onprem", "Fast Path")
-                took = await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+                await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), SIGNAL_BOUND_S)
                 aws_dn = await asyncio.to_thread(live.user, "aws", "Fast Back")
-                await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+                await wait_until(
+                    lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), SIGNAL_BOUND_S
+                )
             finally:
                 worker.request_exit()
                 assert await asyncio.wait_for(task, 15) == 0
@@ -200,7 +213,6 @@ class TestChangeNotification:
         assert len(applied) == 2, cycles
         assert not any(c["full"] for c in applied), applied
         assert all("search_s" in c and "read_s" in c for c in applied), applied
-        assert took < 5, f"{took:.1f} s: the change signals did not drive the cycle"
         assert adds(worker, "aws") == adds(worker, "onprem") == 1
 
 
@@ -229,16 +241,17 @@ class TestUsnWatch:
         worker = IdentitySyncWorker(settings, store=MemoryStateStore())
         task = asyncio.create_task(worker.serve(install_signal_handlers=False))
         try:
-            await wait_until(lambda: worker.last_report is not None or task.done())
+            await wait_until(lambda: worker.last_report is not None or task.done(), START_S)
             assert not task.done(), task.result()
             dn = await asyncio.to_thread(live.user, "onprem", "Probed")
-            took = await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), 15)
+            await wait_until(lambda: live.exists("aws", live.twin(dn, "aws")), SIGNAL_BOUND_S)
             aws_dn = await asyncio.to_thread(live.user, "aws", "Probed Back")
-            await wait_until(lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), 15)
+            await wait_until(
+                lambda: live.exists("onprem", live.twin(aws_dn, "onprem")), SIGNAL_BOUND_S
+            )
         finally:
             worker.request_exit()
             assert await asyncio.wait_for(task, 15) == 0
-        assert took < 5, f"{took:.1f} s: the probe did not drive the cycle"
         assert adds(worker, "aws") == adds(worker, "onprem") == 1
         for side in ("onprem", "aws"):
             assert searches(worker, side, "lookup") >= 1

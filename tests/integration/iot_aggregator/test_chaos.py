@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -33,8 +32,13 @@ from tests.integration.iot_aggregator.conftest import (
     worker_env,
 )
 from tests.support.stack import StackSettings
+from tests.support.waits import log_tail, wait_for_log
 
 KILLS_PER_REPLICA = 10
+# a rebalance waits for every member, and a static member SIGKILLed just before it is only
+# given up after its session timeout (10 s); with the third member's visits, two of those in
+# a row on a loaded machine took more than 30 s once
+REBALANCE_S = 60
 SETTINGS = {
     "IOT_AGGREGATOR_POLL_MAX_RECORDS": "40",  # many small polls: kills land between and in writes
     "IOT_AGGREGATOR_EMIT_INTERVAL_S": "0.1",
@@ -92,33 +96,6 @@ def log_size(log: Path) -> int:
     return log.stat().st_size if log.exists() else 0
 
 
-def tail(log: Path) -> str:
-    return log.read_text()[-3000:]
-
-
-def _read_from(log: Path, offset: int) -> bytes:
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        return handle.read()
-
-
-async def wait_for_log(
-    log: Path, offset: int, event: str, process: subprocess.Popen[bytes], timeout_s: float = 60
-) -> None:
-    """Wait until the worker started after ``offset`` in the shared log writes ``event``.
-
-    60 s: a rebalance waits for every member, and a static member SIGKILLed just before it
-    is only given up after its session timeout (10 s); with the third member's visits, two
-    of those in a row on a loaded machine took more than 30 s once."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if f'"event": "{event}"'.encode() in await asyncio.to_thread(_read_from, log, offset):
-            return
-        assert process.poll() is None, (await asyncio.to_thread(log.read_text))[-3000:]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the worker did not log {event} within {timeout_s}s")
-
-
 @pytest.fixture
 def rng() -> random.Random:
     seed = int(time.time())
@@ -143,10 +120,12 @@ async def replica_under_fire(
             if round_ % 4 == 3:
                 lifetime = rng.uniform(0.3, 3.0)  # a kill during start-up or positioning
             else:
-                await wait_for_log(log, seen, "partition_ready", process)
+                await wait_for_log(
+                    log, "partition_ready", process, since=seen, timeout_s=REBALANCE_S
+                )
                 lifetime = rng.uniform(0.1, 2.0)  # a kill while consuming and writing
             await asyncio.sleep(lifetime)
-            assert process.poll() is None, tail(log)
+            assert process.poll() is None, log_tail(log)
         finally:  # also when the test fails: no worker outlives it
             process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(process.wait, 10)
@@ -162,7 +141,9 @@ async def passer_by(names: Names, log: Path, rng: random.Random, visits: int) ->
         seen = log_size(log)
         process = start_worker(env, log)
         try:
-            await wait_for_log(log, seen, "partitions_assigned", process)
+            await wait_for_log(
+                log, "partitions_assigned", process, since=seen, timeout_s=REBALANCE_S
+            )
             await asyncio.sleep(rng.uniform(0.5, 2.0))
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
@@ -210,7 +191,9 @@ class TestChaos:
             finals.append((start_worker(env, logs[replica]), seen))
         try:
             for replica, (process, seen) in enumerate(finals):
-                await wait_for_log(logs[replica], seen, "partition_ready", process)
+                await wait_for_log(
+                    logs[replica], "partition_ready", process, since=seen, timeout_s=REBALANCE_S
+                )
             got_tickets = await wait_for(
                 lambda: view_tickets(stack, names.schema), lambda v: v == want_tickets
             )

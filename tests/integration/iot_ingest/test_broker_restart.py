@@ -22,8 +22,9 @@ from tests.integration.iot_ingest.conftest import (
     read_committed,
     worker_env,
 )
-from tests.integration.iot_ingest.test_process import start_worker, wait_for_log
+from tests.integration.iot_ingest.test_process import start_worker
 from tests.support.stack import StackSettings, stack_service
+from tests.support.waits import wait_for_log
 
 OUTAGE_S = 12
 RATE = 200

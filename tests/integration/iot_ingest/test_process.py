@@ -23,6 +23,7 @@ from tests.integration.iot_ingest.conftest import (
     worker_env,
 )
 from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.waits import count_events, wait_for_log
 
 KILL_ROUNDS = 20
 
@@ -36,31 +37,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def _count(log: Path, event: str) -> int:
-    with log.open(errors="replace") as text:
-        return text.read().count(f'"event": "{event}"')
-
-
-async def wait_for_log(
-    log: Path,
-    event: str,
-    timeout_s: float = 30,
-    count: int = 1,
-    process: subprocess.Popen[bytes] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _count(log, event) >= count:
-            return
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"worker exited {process.returncode}: see {log}")
-        await asyncio.sleep(0.05)
-    if process is not None:
-        process.kill()  # never leave a worker behind a failed test
-        process.wait(10)
-    pytest.fail(f"{event} never logged: see {log}")
 
 
 @pytest.mark.slow
@@ -91,7 +67,7 @@ class TestChaos:
                     await asyncio.sleep(rng.uniform(0.05, 1.0))
                 process.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(process.wait, 10)
-                ready = _count(log, "ingest_ready")
+                ready = count_events(log, "ingest_ready")
         finally:
             await asyncio.to_thread(writer.join, 120)
         process = start_worker(env, log)
@@ -101,7 +77,7 @@ class TestChaos:
         finally:
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
-        assert _count(log, "ingest_ready") >= KILL_ROUNDS * 4 // 5 + 1
+        assert count_events(log, "ingest_ready") >= KILL_ROUNDS * 4 // 5 + 1
         assert found.duplicates == {}
         assert found.ids == expected
         assert found.dead_letters == []

@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -25,38 +24,21 @@ from tests.integration.iot_to_s3.conftest import (
     start_worker,
     worker_env,
 )
-from tests.integration.iot_to_s3.test_chaos import lake_event_ids, wait_for_log
+from tests.integration.iot_to_s3.test_chaos import lake_event_ids
 from tests.support.stack import StackSettings, stack_service
+from tests.support.waits import wait_for_counter, wait_for_log
 
 OUTAGE_S = 12
 BEFORE = 3000
 AFTER = 1000
 
 
-async def wait_for_records_in(log: Path, count: int, timeout_s: float = 30) -> None:
-    """Until the worker's /metrics count ``count`` records read (its health port is in its
-    ``worker_started`` line)."""
-    text = await asyncio.to_thread(log.read_text)
-    port = next(
-        json.loads(line)["health_port"] for line in text.splitlines() if '"worker_started"' in line
-    )
-    deadline = time.monotonic() + timeout_s
-    read = 0.0
-    while time.monotonic() < deadline:
-        read = await asyncio.to_thread(records_in, port)
-        if read >= count:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"the worker read {read} of {count} records within {timeout_s} s")
-
-
-def records_in(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("indutech_records_in_total{")
+def health_port(log: Path) -> int:
+    """The worker's health and metrics port, from its ``worker_started`` line."""
+    return next(
+        int(json.loads(line)["health_port"])
+        for line in log.read_text().splitlines()
+        if '"worker_started"' in line
     )
 
 
@@ -84,10 +66,10 @@ class TestBrokerRestart:
         before = records(BEFORE, "before")
         after = records(BEFORE + AFTER, "after", start=BEFORE)
         try:
-            await wait_for_log(log, 0, "partition_ready", process)
+            await wait_for_log(log, "partition_ready", process)
             await produce(stack, lake.sensor_topic, before, transactional_id=f"{lake.group_id}-a")
             # fetched and buffered, not yet sealed (a fixed 0.3 s missed the fetch once on CI)
-            await wait_for_records_in(log, BEFORE)
+            await wait_for_counter(health_port(log), "indutech_records_in_total", BEFORE, process)
             stopped = time.monotonic()
             try:
                 await asyncio.to_thread(stack_service, "down", "kafka")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
@@ -26,6 +25,7 @@ from tests.integration.iot_to_s3.conftest import (
     worker_env,
 )
 from tests.support.stack import StackSettings
+from tests.support.waits import wait_for_log
 
 ROUNDS = 20
 ROTATIONS = (
@@ -69,25 +69,6 @@ async def produce_continuously(
     finally:
         await producer.stop()
     return committed, aborted
-
-
-def _read_from(log: Path, offset: int) -> bytes:
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        return handle.read()
-
-
-async def wait_for_log(
-    log: Path, offset: int, event: str, process: subprocess.Popen[bytes], timeout_s: float = 30
-) -> None:
-    """Wait until the worker started after ``offset`` in the shared log writes ``event``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if f'"event": "{event}"'.encode() in await asyncio.to_thread(_read_from, log, offset):
-            return
-        assert process.poll() is None, (await asyncio.to_thread(log.read_text))[-3000:]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the worker did not log {event} within {timeout_s}s")
 
 
 def lake_event_ids(stack: StackSettings, lake: Lake) -> Counter[str]:
@@ -135,7 +116,7 @@ class TestChaos:
             if round_ % 5 == 4:
                 lifetime = rng.uniform(0.5, 4.0)  # a kill during start-up or recovery
             else:
-                await wait_for_log(log, seen, "partition_ready", process)
+                await wait_for_log(log, "partition_ready", process, since=seen)
                 lifetime = rng.uniform(0.2, 3.0)  # a kill while replaying, consuming, flushing
             await asyncio.sleep(lifetime)
             assert process.poll() is None, log.read_text()[-3000:]

@@ -29,8 +29,8 @@ from tests.integration.iot_to_s3.conftest import (
     start_worker,
     worker_env,
 )
-from tests.integration.iot_to_s3.test_chaos import wait_for_log
 from tests.support.stack import REPO_ROOT, StackSettings
+from tests.support.waits import wait_for_log
 
 GOOD = 12
 BAD = 3
@@ -63,7 +63,7 @@ async def kill_at(env: dict[str, str], log: Path, step: str) -> None:
     """Run the worker until a segment reaches ``step``, then SIGKILL it there."""
     held = start_held_worker(env, log, step)
     try:
-        await wait_for_log(log, 0, "held_at_step", held, timeout_s=60)
+        await wait_for_log(log, "held_at_step", held, timeout_s=60)
     finally:
         held.send_signal(signal.SIGKILL)
         await asyncio.to_thread(held.wait, 10)

@@ -19,8 +19,8 @@ from tests.integration.iot_to_s3.conftest import (
     start_worker,
     worker_env,
 )
-from tests.integration.iot_to_s3.test_chaos import wait_for_log
 from tests.support.stack import StackSettings
+from tests.support.waits import wait_for_log
 
 
 class TestGracefulShutdown:
@@ -38,7 +38,7 @@ class TestGracefulShutdown:
         )
         process = start_worker(env, log)
         try:
-            await wait_for_log(log, 0, "partition_ready", process)
+            await wait_for_log(log, "partition_ready", process)
             produced = records(20, "drain")
             await produce(stack, lake.sensor_topic, produced)
             await asyncio.sleep(2)  # consumed and buffered; nothing written yet

@@ -17,9 +17,9 @@ from tests.integration.iot_to_s3.conftest import Lake, free_port, start_worker, 
 from tests.integration.iot_to_s3.test_chaos import (
     produce_continuously,
     wait_for_lake,
-    wait_for_log,
 )
 from tests.support.stack import StackSettings, stack_service
+from tests.support.waits import wait_for_log
 
 OUTAGE_S = 30
 MEMORY_CAP = 1_000_000
@@ -68,7 +68,7 @@ class TestS3Outage:
         producing: asyncio.Task[tuple[set[str], set[str]]] | None = None
         samples: list[tuple[float, float, int]] = []
         try:
-            await wait_for_log(log, 0, "partition_ready", process)
+            await wait_for_log(log, "partition_ready", process)
             producing = asyncio.create_task(
                 produce_continuously(stack, lake, stop, random.Random(7))
             )

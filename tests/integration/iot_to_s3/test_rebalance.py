@@ -14,9 +14,9 @@ from tests.integration.iot_to_s3.conftest import Lake, free_port, start_worker, 
 from tests.integration.iot_to_s3.test_chaos import (
     produce_continuously,
     wait_for_lake,
-    wait_for_log,
 )
 from tests.support.stack import StackSettings
+from tests.support.waits import wait_for_log
 
 
 class TestRebalance:
@@ -37,7 +37,7 @@ class TestRebalance:
 
         logs = [tmp_path / "a.log", tmp_path / "b.log"]
         first = start_worker(env(), logs[0])
-        await wait_for_log(logs[0], 0, "partition_ready", first)
+        await wait_for_log(logs[0], "partition_ready", first)
         stop = asyncio.Event()
         producing = asyncio.create_task(produce_continuously(stack, lake, stop, random.Random(3)))
         second = third = None
@@ -45,14 +45,14 @@ class TestRebalance:
         try:
             await asyncio.sleep(2)
             second = start_worker(env(), logs[1])
-            await wait_for_log(logs[1], 0, "partition_ready", second)
+            await wait_for_log(logs[1], "partition_ready", second)
             await asyncio.sleep(2)
             first.send_signal(signal.SIGTERM)  # leaves the group: the second takes everything
             codes.append(await asyncio.to_thread(first.wait, 30))
             await asyncio.sleep(2)
             seen = logs[0].stat().st_size
             third = start_worker(env(), logs[0])
-            await wait_for_log(logs[0], seen, "partition_ready", third)
+            await wait_for_log(logs[0], "partition_ready", third, since=seen)
             await asyncio.sleep(2)
         finally:
             stop.set()
