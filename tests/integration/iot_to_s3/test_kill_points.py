@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from botocore.exceptions import ClientError
 
 from indutech_iot_to_s3.worker import STEPS
 from tests.integration.iot_to_s3.conftest import (
@@ -29,11 +30,18 @@ from tests.integration.iot_to_s3.conftest import (
     start_worker,
     worker_env,
 )
+from tests.support.iam import assume_worker_role, env_with_credentials, s3_client_as
 from tests.support.stack import REPO_ROOT, StackSettings
 from tests.support.waits import wait_for_log
 
 GOOD = 12
 BAD = 3
+# every step with the stack's root keys; two of them again with only the rights of
+# deploy/iam/iot-to-s3.json (the replay after an intent, the clean-up after a commit)
+KILLS = [pytest.param(step, "root", id=step) for step in STEPS] + [
+    pytest.param(step, "iam-policy", id=f"{step}-iam-policy")
+    for step in ("intent_written", "committed")
+]
 
 
 def start_held_worker(env: dict[str, str], log: Path, step: str) -> subprocess.Popen[bytes]:
@@ -98,9 +106,9 @@ async def run_until_settled(
 class TestKillAtEachStep:
     @pytest.mark.slow
     @pytest.mark.timeout(150)
-    @pytest.mark.parametrize("step", STEPS)
+    @pytest.mark.parametrize(("step", "rights"), KILLS)
     async def test_sigkill_between_steps_leaves_records_and_dead_letters_once_and_no_intent(
-        self, stack: StackSettings, lake: Lake, tmp_path: Path, step: str
+        self, stack: StackSettings, lake: Lake, tmp_path: Path, step: str, rights: str
     ) -> None:
         """Killed at ``step``, restarted: lake and dead letters exactly once, intents all gone."""
         good = records(GOOD, f"kill-{step}")
@@ -116,6 +124,10 @@ class TestKillAtEachStep:
             IOT_TO_S3_HEALTH__PORT=str(free_port()),
             IOT_TO_S3_ROTATION__IDLE_S="0.3",
         )
+        credentials: dict[str, str] = {}
+        if rights == "iam-policy":
+            credentials = await assume_worker_role("iot-to-s3", stack, {"lake": lake.prefix})
+            env = env_with_credentials(env, credentials)
 
         await kill_at(env, log, step)
 
@@ -146,3 +158,14 @@ class TestKillAtEachStep:
             assert "stale_intent_deleted" in events
         else:
             assert "replaying_intent" in events
+        if credentials:
+            # the policy was in force: the lake is write-only to the worker, and its rights
+            # end at its own prefixes
+            written = await lake_keys(stack, f"{lake.prefix}iot/")
+            async with s3_client_as(stack, credentials) as s3:
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    await s3.get_object(Bucket=stack.s3.lake_bucket, Key=written[0])
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    await s3.put_object(
+                        Bucket=stack.s3.lake_bucket, Key=f"{lake.prefix}elsewhere", Body=b"x"
+                    )
