@@ -29,7 +29,7 @@ tools: helm ## build the chart tools once (cached): Helm and kustomize-build
 helm: ## build Helm (go install helm.sh/helm/v4, once; cached like MinIO) and print its path
 	@echo "helm: $$(deploy/tools/helm.sh)"
 
-k8s: setup tools ## render deploy/k8s from the Helm chart with values-local.yaml (the chart is the source)
+k8s: setup tools ## render deploy/k8s from the Helm chart (values-local.yaml) and compose's MinIO policies from deploy/iam
 	@.venv/bin/python -m indutech_devtools.k8s render
 
 chart-check: setup tools ## helm lint + template per values file, Kubernetes schemas, deploy/k8s current (kustomize), IAM lint

@@ -23,6 +23,10 @@ for worker in iot_ingest iot_to_s3 iot_aggregator sql_backup sql_to_redshift ide
     put "kafka_${worker}_password" "$(hex)"
 done
 put minio_root_password "$(hex)"
+# a MinIO user per worker with rights on S3 (minio/init.sh)
+for worker in iot_ingest iot_to_s3 iot_aggregator sql_backup sql_to_redshift identity_sync; do
+    put "minio_${worker}_password" "$(hex)"
+done
 # MinIO's static KMS key: NAME:32 random bytes in base64 (the native stack's key name).
 put minio_kms_key "indutech-local:$(openssl rand -base64 32 | tr -d '\n')"
 put pg_password "$(hex)"

@@ -8,10 +8,10 @@ chain, the path IRSA takes in production) then shows whether its policy grants e
 (a missing action is an AccessDenied in the flow) and no more (the tests try a neighbour's
 keys).
 
-What is mapped: the production bucket names of values-prod.yaml become the stack's, and
-each object path gains the test's key prefix (production runs with an empty prefix). What
-is left out: the ``kms:`` statements — MinIO encrypts with its own key server-side and has
-no client-side KMS permission — and CloudWatch (moto checks no IAM).
+The move is ``indutech_devtools.iam.moved_policy`` (compose's MinIO users get theirs from
+it too): the production bucket names become the stack's, each object path gains the test's
+key prefix (production runs with an empty prefix), and only the ``s3:`` statements are
+kept. CloudWatch's rights are not tested this way (moto checks no IAM).
 """
 
 from __future__ import annotations
@@ -21,47 +21,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import yaml
 from aiobotocore.session import get_session
 
-from tests.support.stack import REPO_ROOT, StackSettings
-
-IAM_DIR = REPO_ROOT / "deploy" / "iam"
-PROD_VALUES = REPO_ROOT / "deploy" / "helm" / "indutech-flows" / "values-prod.yaml"
-S3_ARN = "arn:aws:s3:::"
-
-
-def production_buckets() -> dict[str, str]:
-    """{"lake": name, "backup": name} as values-prod.yaml (and so deploy/iam) names them."""
-    shared = yaml.safe_load(PROD_VALUES.read_text())["shared"]
-    return {
-        "lake": shared["INDUTECH_S3__LAKE_BUCKET"],
-        "backup": shared["INDUTECH_S3__BACKUP_BUCKET"],
-    }
-
-
-def session_policy(
-    worker: str, stack: StackSettings, prefixes: Mapping[str, str]
-) -> dict[str, Any]:
-    """deploy/iam/``worker``.json with its S3 statements moved onto the stack's buckets, each
-    object path under ``prefixes[bucket role]`` ("lake" or "backup"; "" for none)."""
-    document = json.loads((IAM_DIR / f"{worker}.json").read_text())
-    local = {"lake": stack.s3.lake_bucket, "backup": stack.s3.backup_bucket}
-    roles = {name: role for role, name in production_buckets().items()}
-    statements = []
-    for statement in document["Statement"]:
-        if not all(action.startswith("s3:") for action in statement["Action"]):
-            continue
-        resources = []
-        for arn in statement["Resource"]:
-            bucket, _, path = arn.removeprefix(S3_ARN).partition("/")
-            role = roles[bucket]  # KeyError: a bucket values-prod does not configure
-            moved = f"{S3_ARN}{local[role]}"
-            resources.append(f"{moved}/{prefixes.get(role, '')}{path}" if path else moved)
-        statements.append({**statement, "Resource": resources})
-    if not statements:
-        raise ValueError(f"deploy/iam/{worker}.json grants nothing on S3")
-    return {"Version": document["Version"], "Statement": statements}
+from indutech_devtools.iam import moved_policy
+from tests.support.stack import StackSettings
 
 
 async def assume_worker_role(
@@ -69,10 +32,18 @@ async def assume_worker_role(
 ) -> dict[str, str]:
     """Temporary credentials limited by ``worker``'s policy, as the environment variables of
     botocore's default credential chain."""
+    local = {"lake": stack.s3.lake_bucket, "backup": stack.s3.backup_bucket}
+    return await assume_role(stack, moved_policy(worker, local, prefixes), name=worker)
+
+
+async def assume_role(
+    stack: StackSettings, policy: Mapping[str, Any], *, name: str
+) -> dict[str, str]:
+    """Temporary credentials limited by ``policy`` (MinIO parses it: a policy it cannot
+    read is refused here)."""
     s3 = stack.s3
     if s3.access_key_id is None or s3.secret_access_key is None:
         raise RuntimeError("the local stack's S3 keys are missing from stack.env: make stack-up")
-    policy = session_policy(worker, stack, prefixes)
     async with get_session().create_client(
         "sts",
         endpoint_url=s3.endpoint_url,
@@ -82,8 +53,8 @@ async def assume_worker_role(
         verify=str(stack.ca_file),
     ) as sts:
         answer = await sts.assume_role(
-            RoleArn=f"arn:aws:iam::000000000000:role/indutech-flows-{worker}",
-            RoleSessionName=f"policy-test-{worker}",
+            RoleArn=f"arn:aws:iam::000000000000:role/indutech-flows-{name}",
+            RoleSessionName=f"policy-test-{name}",
             Policy=json.dumps(policy),
             DurationSeconds=3600,
         )

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from indutech_common.settings import WorkerSettings, load_settings
 from indutech_common.topics import TopicsSettings
 from indutech_devtools import k8s
+from indutech_devtools.iam import IAM_DIR
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_ingest.config import IotIngestSettings
@@ -261,7 +262,7 @@ class TestOfflineValidation:
             k8s.kustomize_build(inner)
 
     def test_iam_policies_are_clean(self) -> None:
-        policies = sorted(k8s.IAM_DIR.glob("*.json"))
+        policies = sorted(IAM_DIR.glob("*.json"))
         assert {p.stem for p in policies} >= set(SETTINGS_BY_SERVICE)
         assert k8s.iam_findings(policies) == []
 
@@ -530,7 +531,7 @@ class TestLeastPrivilege:
             },
         }
         for name, s3 in expected_s3.items():
-            statements = json.loads((k8s.IAM_DIR / f"{name}.json").read_text())["Statement"]
+            statements = json.loads((IAM_DIR / f"{name}.json").read_text())["Statement"]
             resources = {r for s in statements for r in s["Resource"]}
             actions = {a for s in statements for a in s["Action"]}
             assert {

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from botocore.exceptions import ClientError
 
 from indutech_common.s3 import JSON_CONTENT_TYPE, JsonObjectStore, create_s3_client
 from indutech_identity_sync.errors import StateError
 from indutech_identity_sync.state import CookieState, PairState, S3StateStore, SyncState
+from tests.support.iam import assume_worker_role, s3_client_as
 from tests.support.stack import StackSettings
 
 
@@ -48,28 +50,30 @@ class TestS3StateStore:
         """On S3 (MinIO): a snapshot, then one small entry per focused save; a worker started
         now loads the last state saved; the next snapshot's journal replaces the old one,
         whose entries are deleted."""
-        key = f"identity-sync-tests/{unique}/state.json"
-        store = S3StateStore(objects, key=key)
-        state = SyncState(
-            pairs={
-                f"g{i}": PairState(onprem_guid=f"g{i}", aws_guid=f"a{i}", kind="user")
-                for i in range(10)
-            }
-        )
-        await store.save(state)
-        state.pairs["g1"].attributes["title"] = ["Engineer"]
-        del state.pairs["g2"]
-        state.aws = CookieState(dc="CN=dc2", highest_usn=77)
-        await store.save(state, {"g1", "g2"})
-        assert (store.snapshots, store.entries) == (1, 1)
-        assert await S3StateStore(objects, key=key).load() == state
-        first = state.journal
-        await store.save(state)
-        await store.flush()
-        assert await objects.list_keys(f"{key}.journal/") == []
-        assert state.journal != first
-        assert await S3StateStore(objects, key=key).load() == state
-        await store.close()
+        await journal_round_trip(objects, f"identity-sync-tests/{unique}/state.json")
+
+    async def test_journal_round_trip_on_its_iam_policy_alone(
+        self, stack: StackSettings, objects: JsonObjectStore, unique: str
+    ) -> None:
+        """The same with only the S3 rights of deploy/iam/identity-sync.json, its production
+        key (identity-sync/state.json) under this test's prefix; the same credentials cannot
+        touch the backups beside it or the lake."""
+        prefix = f"identity-sync-tests/{unique}/"
+        credentials = await assume_worker_role("identity-sync", stack, {"backup": prefix})
+        async with s3_client_as(stack, credentials) as client:
+            restricted = JsonObjectStore(client, bucket=stack.s3.backup_bucket)
+            await restricted.ping()  # the readiness check
+            await journal_round_trip(restricted, f"{prefix}identity-sync/state.json")
+            with pytest.raises(ClientError, match="AccessDenied"):
+                await client.get_object(
+                    Bucket=stack.s3.backup_bucket, Key=f"{prefix}sql-server/manifest.json"
+                )
+            with pytest.raises(ClientError, match="AccessDenied"):
+                await client.put_object(
+                    Bucket=stack.s3.lake_bucket, Key=f"{prefix}identity-sync/x", Body=b"x"
+                )
+        # seen with the root keys: the snapshot is where production keeps it, and nothing else
+        assert await objects.list_keys(prefix) == [f"{prefix}identity-sync/state.json"]
 
     async def test_unreadable_state_names_the_object(
         self, objects: JsonObjectStore, unique: str
@@ -83,3 +87,27 @@ class TestS3StateStore:
         ) as info:
             await S3StateStore(objects, key=key).load()
         assert "secret" not in str(info.value).lower()
+
+
+async def journal_round_trip(objects: JsonObjectStore, key: str) -> None:
+    store = S3StateStore(objects, key=key)
+    state = SyncState(
+        pairs={
+            f"g{i}": PairState(onprem_guid=f"g{i}", aws_guid=f"a{i}", kind="user")
+            for i in range(10)
+        }
+    )
+    await store.save(state)
+    state.pairs["g1"].attributes["title"] = ["Engineer"]
+    del state.pairs["g2"]
+    state.aws = CookieState(dc="CN=dc2", highest_usn=77)
+    await store.save(state, {"g1", "g2"})
+    assert (store.snapshots, store.entries) == (1, 1)
+    assert await S3StateStore(objects, key=key).load() == state
+    first = state.journal
+    await store.save(state)
+    await store.flush()
+    assert await objects.list_keys(f"{key}.journal/") == []
+    assert state.journal != first
+    assert await S3StateStore(objects, key=key).load() == state
+    await store.close()

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from indutech_common.settings import WorkerSettings, load_settings
+from indutech_devtools.iam import COMPOSE_BUCKETS, COMPOSE_POLICIES, compose_policy_files
 from indutech_identity_sync.config import IdentitySyncSettings
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_ingest.config import IotIngestSettings
@@ -225,6 +226,60 @@ class TestWorkers:
         assert secret in _secret_targets(service).values()
         assert secret in _secret_targets("kafka-init").values()
         assert user != "admin"
+
+
+S3_WORKERS = [w for w in WORKERS if "INDUTECH_S3__ENDPOINT_URL" in COMPOSE.environment(w)]
+
+
+class TestS3LeastPrivilege:
+    """Each worker reaches MinIO as its own user, whose policy is its deploy/iam one on
+    compose's buckets (tests/integration/test_compose_policies.py has MinIO enforce them)."""
+
+    @pytest.mark.parametrize("service", S3_WORKERS)
+    def test_worker_has_its_own_minio_user_with_its_policy(self, service: str) -> None:
+        env = COMPOSE.environment(service)
+        user = env["INDUTECH_S3__ACCESS_KEY_ID"]
+        assert service == user or service.startswith(f"{user}-")  # sql-backup-scheduler
+        assert (COMPOSE_POLICIES / f"{user}.json").is_file()
+        secret = f"minio_{user.replace('-', '_')}_password"
+        assert _secret_targets(service).get("s3__secret_access_key") == secret
+        assert secret in _secret_targets("minio-init").values()
+
+    def test_make_secrets_makes_every_secret_compose_names(self, tmp_path: Path) -> None:
+        subprocess.run(
+            ["bash", str(COMPOSE_DIR / "make-secrets.sh"), str(tmp_path)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        named = {Path(entry["file"]).name for entry in COMPOSE.data["secrets"].values()}
+        assert named <= {path.name for path in tmp_path.iterdir()}
+        users = {COMPOSE.environment(w)["INDUTECH_S3__ACCESS_KEY_ID"] for w in S3_WORKERS}
+        assert {f"minio_{user.replace('-', '_')}_password" for user in users} <= named
+
+    def test_only_minio_init_holds_the_root_password(self) -> None:
+        holders = {
+            name
+            for name in COMPOSE.services
+            if "minio_root_password" in _secret_targets(name).values()
+        }
+        assert holders == {"minio", "minio-init"}
+
+    def test_every_policy_has_a_user_and_the_buckets_are_compose_s(self) -> None:
+        users = {COMPOSE.environment(w)["INDUTECH_S3__ACCESS_KEY_ID"] for w in S3_WORKERS}
+        assert users == {path.stem for path in COMPOSE_POLICIES.glob("*.json")}
+        for worker in S3_WORKERS:
+            env = COMPOSE.environment(worker)
+            buckets = {
+                "lake": env["INDUTECH_S3__LAKE_BUCKET"],
+                "backup": env["INDUTECH_S3__BACKUP_BUCKET"],
+            }
+            assert buckets == COMPOSE_BUCKETS
+
+    def test_the_policies_are_deploy_iam_s_current_render(self) -> None:
+        assert {
+            path.name: path.read_text() for path in COMPOSE_POLICIES.glob("*.json")
+        } == compose_policy_files()
 
 
 class TestDependencies:

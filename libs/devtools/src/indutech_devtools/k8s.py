@@ -27,10 +27,11 @@ from typing import Any, cast
 
 import yaml
 
+from indutech_devtools.iam import COMPOSE_POLICIES, IAM_DIR, compose_policy_files
+
 REPO_ROOT = Path(__file__).resolve().parents[4]
 CHART = REPO_ROOT / "deploy" / "helm" / "indutech-flows"
 RENDERED = REPO_ROOT / "deploy" / "k8s"
-IAM_DIR = REPO_ROOT / "deploy" / "iam"
 HELM_SCRIPT = REPO_ROOT / "deploy" / "tools" / "helm.sh"
 KUSTOMIZE_SCRIPT = REPO_ROOT / "deploy" / "tools" / "kustomize.sh"
 ENVIRONMENTS = ("local", "staging", "prod")
@@ -269,6 +270,10 @@ def check(helm: Path) -> list[str]:
         f"deploy/iam/{f.policy}: {f.issue} {f.detail}"
         for f in iam_findings(sorted(IAM_DIR.glob("*.json")))
     ]
+    problems += [
+        f"deploy/compose/minio/policies {p} (run make k8s)"
+        for p in stale_files(compose_policy_files(), COMPOSE_POLICIES)
+    ]
     return problems
 
 
@@ -282,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "render":
             write_rendered(render_files(helm))
             print(f"deploy/k8s rendered from the chart with values-local.yaml ({RENDERED})")
+            write_rendered(compose_policy_files(), COMPOSE_POLICIES)
+            print(f"compose's MinIO policies rendered from deploy/iam ({COMPOSE_POLICIES})")
             return 0
         problems = check(helm)
     except ChartError as exc:
@@ -297,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"chart check: helm lint + template of values-{{{','.join(ENVIRONMENTS)}}}, every "
         f"object valid for Kubernetes {versions}, deploy/k8s current and kustomize-buildable, "
-        f"{len(list(IAM_DIR.glob('*.json')))} IAM policies clean ({elapsed:.1f}s)"
+        f"{len(list(IAM_DIR.glob('*.json')))} IAM policies clean, compose's MinIO policies "
+        f"current ({elapsed:.1f}s)"
     )
     return 0
 
