@@ -53,9 +53,24 @@ async def _object(stack: StackSettings, url: str) -> bytes:
             return await body.read()
 
 
+async def assert_write_only_to_its_prefix(
+    stack: StackSettings, credentials: dict[str, str], url: str, unique: str
+) -> None:
+    """The policy was in force: the store is write-only to the worker (``url``, an object
+    it wrote, cannot be read back), and its rights end at its own prefix."""
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    async with s3_client_as(stack, credentials) as client:
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await client.get_object(Bucket=bucket, Key=key)
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await client.put_object(
+                Bucket=bucket, Key=f"{run_prefix(unique)}iot/forged.parquet", Body=b"x"
+            )
+
+
 class TestDeadLetterStore:
     @pytest.mark.parametrize("rights", ["root", "iam-policy"])
-    async def test_over_long_lines_are_kept_whole_once_per_line_across_a_replay(
+    async def test_over_long_lines_are_kept_whole_once_per_line_across_a_replay(  # noqa: PLR0917 - fixtures + parameters
         self,
         stack: StackSettings,
         topics: IngestTopics,
@@ -139,16 +154,7 @@ class TestDeadLetterStore:
                 hashlib.sha256(line).hexdigest() for line in lines.values()
             }
         if credentials:
-            # the policy was in force: the store is write-only to the worker, and its rights
-            # end at its own prefix
-            bucket, key = sorted(urls)[0].removeprefix("s3://").split("/", 1)
-            async with s3_client_as(stack, credentials) as client:
-                with pytest.raises(ClientError, match="AccessDenied"):
-                    await client.get_object(Bucket=bucket, Key=key)
-                with pytest.raises(ClientError, match="AccessDenied"):
-                    await client.put_object(
-                        Bucket=bucket, Key=f"{run_prefix(unique)}iot/forged.parquet", Body=b"x"
-                    )
+            await assert_write_only_to_its_prefix(stack, credentials, min(urls), unique)
 
     async def test_a_line_beyond_the_object_limit_is_kept_up_to_it_and_says_so(
         self, stack: StackSettings, topics: IngestTopics, san: Path, unique: str
