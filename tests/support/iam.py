@@ -21,8 +21,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiobotocore.session import get_session
 
+from indutech_common.settings import S3Settings
 from indutech_devtools.iam import moved_policy
 from tests.support.stack import StackSettings
 
@@ -75,6 +77,17 @@ def env_with_credentials(env: Mapping[str, str], credentials: Mapping[str, str])
         and not k.startswith("AWS_")
     }
     return {**out, **credentials}
+
+
+def use_credentials(
+    monkeypatch: pytest.MonkeyPatch, credentials: Mapping[str, str], s3: S3Settings
+) -> S3Settings:
+    """For a worker in this process: ``credentials`` in the environment (until the test
+    ends) and ``s3`` without its keys, so the worker's client takes botocore's default
+    chain as under IRSA. Clients given keys explicitly (the test's own) are unaffected."""
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    return s3.model_copy(update={"access_key_id": None, "secret_access_key": None})
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from indutech_common.schemas import ClientTicket, SensorReading
@@ -34,6 +35,7 @@ from tests.integration.iot_aggregator.conftest import (
     wait_for,
     window_of,
 )
+from tests.support.iam import assume_worker_role, s3_client_as, use_credentials
 from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
 
@@ -118,17 +120,30 @@ async def streamed_and_in_lake(
 
 class TestRebuild:
     @pytest.mark.slow
+    @pytest.mark.parametrize("rights", ["root", "iam-policy"])
     async def test_a_damaged_range_rebuilt_from_the_lake_equals_the_reference(
-        self, stack: StackSettings, names: Names, lake_prefix: str
+        self,
+        stack: StackSettings,
+        names: Names,
+        lake_prefix: str,
+        rights: str,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Streamed, lake written by iot-to-s3, rows damaged, [10:02, 10:06) rebuilt: those
-        windows equal the reference again (exact decimals), the others keep the damage."""
+        windows equal the reference again (exact decimals), the others keep the damage.
+        "iam-policy": the rebuild holds only the rights of deploy/iam/iot-aggregator.json
+        (its lake prefix is production's empty one moved under the test's)."""
         tickets, readings, lake_group = await streamed_and_in_lake(stack, names, lake_prefix)
         want_tickets = expected_tickets(tickets)
         want_readings = expected_readings(readings)
         await damage(stack, names.schema)
+        s3 = stack.s3
+        credentials: dict[str, str] = {}
+        if rights == "iam-policy":
+            credentials = await assume_worker_role("iot-aggregator", stack, {"lake": lake_prefix})
+            s3 = use_credentials(monkeypatch, credentials, stack.s3)
         settings = settings_for(
-            stack, names, s3=stack.s3, lake_prefix=lake_prefix, lake_group_id=lake_group
+            stack, names, s3=s3, lake_prefix=lake_prefix, lake_group_id=lake_group
         )
         report = await rebuild(settings, START, END)
 
@@ -153,6 +168,22 @@ class TestRebuild:
             END,
         )
         assert finals[0]["f"] is True
+        if credentials:
+            # the policy was in force: the lake is read-only to the rebuild, and the backup
+            # bucket is out of its reach
+            async with s3_client_as(stack, credentials) as client:
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    await client.put_object(
+                        Bucket=stack.s3.lake_bucket,
+                        Key=f"{lake_prefix}iot/{names.ticket_topic}/forged.parquet",
+                        Body=b"x",
+                    )
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    await client.list_objects_v2(Bucket=stack.s3.backup_bucket)
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    await client.get_object(
+                        Bucket=stack.s3.backup_bucket, Key=f"{lake_prefix}anything"
+                    )
 
     @pytest.mark.slow
     async def test_a_range_of_several_chunks_holds_one_chunk_and_a_rerun_finishes(

@@ -4,24 +4,35 @@ a zombie's or a retried batch whole, and the schema is created idempotently."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
+import asyncpg
+import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
+from indutech_common.s3 import create_s3_client
 from indutech_common.warehouse import connect_warehouse, create_warehouse_pool
+from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.errors import FencedError
 from indutech_iot_aggregator.sinks import (
     CopyStager,
     RedshiftSink,
+    S3ParquetStager,
     Statements,
     WarehouseBatch,
     WarehouseSink,
     open_sink,
 )
+from indutech_iot_aggregator.sinks.sql import AggregateTable
 from indutech_iot_aggregator.windows import Committed, PartitionWindows, WindowSpec, to_us
 from tests.integration.iot_aggregator.conftest import BASE_TIME, fetch
+from tests.support.iam import assume_worker_role, s3_client_as, use_credentials
+from tests.support.s3 import delete_prefix, list_keys
 from tests.support.stack import StackSettings
 
 SPEC = WindowSpec.of(size_s=60, grace_s=5)
@@ -223,3 +234,98 @@ class TestReplaceRange:
             (2, Decimal("10.00")),  # minute 0: rebuilt
             (1, Decimal("1.00")),  # minute 2: outside the range, untouched
         ]
+
+
+class ReplayedCopy(S3ParquetStager):
+    """Redshift's ``COPY … FORMAT AS PARQUET`` played on PostgreSQL: the staged object read
+    back with ``reader`` (the COPY role's client) and copied into the stage table."""
+
+    def __init__(self, s3: Any, *, reader: Any, **kwargs: Any) -> None:
+        super().__init__(s3, **kwargs)
+        self.reader = reader
+        self.copied: list[str] = []
+
+    async def copy(
+        self,
+        connection: asyncpg.Connection,
+        statements: Statements,
+        table: AggregateTable,
+        uri: str,
+    ) -> None:
+        # the statement Redshift would run names this object and the COPY role
+        statement = statements.rs_copy_stage(table, uri=uri, iam_role=self.iam_role)
+        assert f"FROM '{uri}' IAM_ROLE '{self.iam_role}'" in statement
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        response = await self.reader.get_object(Bucket=bucket, Key=key)
+        async with response["Body"] as body:
+            staged = pq.read_table(io.BytesIO(await body.read()))
+        rows = [tuple(row.values()) for row in staged.to_pylist()]
+        await connection.copy_records_to_table(
+            statements.stage(table), records=rows, columns=list(table.columns)
+        )
+        self.copied.append(uri)
+
+
+class TestRedshiftStagingOnS3:
+    @pytest.mark.parametrize("rights", ["root", "iam-policy"])
+    async def test_deltas_staged_as_parquet_on_s3_add_up_and_the_objects_are_gone_after(
+        self,
+        stack: StackSettings,
+        postgres_sink: WarehouseSink,
+        unique: str,
+        rights: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The Redshift write with its deltas staged on the real S3 (COPY played on
+        PostgreSQL): the rows add up and the staged objects are deleted after the commit.
+        "iam-policy": the worker holds only deploy/iam/iot-aggregator.json's rights and the
+        COPY reads with deploy/iam/redshift-copy.json's."""
+        lake_prefix = f"tests/iot-aggregator/{unique}/"
+        s3 = stack.s3
+        worker: dict[str, str] = {}
+        copy_role: dict[str, str] = {}
+        if rights == "iam-policy":
+            prefixes = {"lake": lake_prefix, "backup": lake_prefix}
+            worker = await assume_worker_role("iot-aggregator", stack, prefixes)
+            copy_role = await assume_worker_role("redshift-copy", stack, prefixes)
+            s3 = use_credentials(monkeypatch, worker, stack.s3)
+        settings = IotAggregatorSettings(
+            kafka=stack.kafka,
+            warehouse=stack.warehouse.model_copy(update={"dialect": "redshift"}),
+            warehouse_schema=postgres_sink.schema,
+            s3=s3,
+            lake_prefix=lake_prefix,
+            redshift_iam_role="arn:aws:iam::123456789012:role/indutech-redshift-copy",
+        )
+        staging = f"{lake_prefix}warehouse-staging/iot-aggregator/"
+        pool = await create_warehouse_pool(stack.warehouse, min_size=1, max_size=2)
+        try:
+            # Redshift's COPY reads the object with its own role's rights, not the worker's
+            copy_reader = s3_client_as(stack, copy_role) if copy_role else create_s3_client(s3)
+            async with create_s3_client(s3) as client, copy_reader as reader:
+                made = settings.stager_for(client)  # the bucket and prefix the worker uses
+                stager = ReplayedCopy(
+                    client,
+                    reader=reader,
+                    bucket=made.bucket,
+                    prefix=made.prefix,
+                    iam_role=made.iam_role,
+                )
+                sink = RedshiftSink(pool, Statements(postgres_sink.schema, "redshift"), stager)
+                await sink.write(batch(partition(0, Committed(), range(3))))
+            assert await totals(stack, postgres_sink) == [("tickets-0", 3, Decimal("3.75"))]
+            (copied,) = stager.copied
+            assert copied.startswith(f"s3://{stack.s3.lake_bucket}/{staging}")
+            assert await list_keys(stack.s3, stack.s3.lake_bucket, lake_prefix) == []
+            if worker:
+                # the policy was in force: the worker's staging rights end at its own prefix
+                async with s3_client_as(stack, worker) as denied:
+                    with pytest.raises(ClientError, match="AccessDenied"):
+                        await denied.put_object(
+                            Bucket=stack.s3.lake_bucket,
+                            Key=f"{lake_prefix}warehouse-staging/sql-to-redshift/forged.parquet",
+                            Body=b"x",
+                        )
+        finally:
+            await pool.close()
+            await delete_prefix(stack.s3, stack.s3.lake_bucket, lake_prefix)

@@ -24,9 +24,16 @@ from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
 
 
+def run_prefix(unique: str) -> str:
+    """The test's own prefix in the lake bucket (production's is empty)."""
+    return f"tests/iot-ingest/{unique}/"
+
+
 def dead_letter_prefix(unique: str) -> str:
-    """The test's own prefix of the dead-letter store in the lake bucket."""
-    return f"tests/iot-ingest/{unique}/dead-letter/"
+    """The dead-letter store's production prefix moved under the test's own, so the IAM
+    policy's path (dead-letter/iot-ingest/*) maps onto it."""
+    production = IotIngestSettings.model_fields["dead_letter_prefix"].default
+    return f"{run_prefix(unique)}{production}"
 
 
 @pytest.fixture(autouse=True)

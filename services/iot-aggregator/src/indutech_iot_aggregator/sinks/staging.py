@@ -65,9 +65,9 @@ class S3ParquetStager:
 
     def __init__(self, s3: S3Client, *, bucket: str, prefix: str, iam_role: str) -> None:
         self._s3 = s3
-        self._bucket = bucket
-        self._prefix = prefix
-        self._iam_role = iam_role
+        self.bucket = bucket
+        self.prefix = prefix
+        self.iam_role = iam_role
         self._staged: list[str] = []
 
     async def stage(
@@ -77,13 +77,23 @@ class S3ParquetStager:
         table: AggregateTable,
         rows: list[tuple[Any, ...]],
     ) -> None:
-        key = f"{self._prefix}{statements.schema}/{uuid.uuid4().hex}/{table.name}.parquet"
-        await self._s3.put_object(Bucket=self._bucket, Key=key, Body=encode_parquet(table, rows))
+        key = f"{self.prefix}{statements.schema}/{uuid.uuid4().hex}/{table.name}.parquet"
+        await self._s3.put_object(Bucket=self.bucket, Key=key, Body=encode_parquet(table, rows))
         self._staged.append(key)
-        uri = f"s3://{self._bucket}/{key}"
-        await connection.execute(statements.rs_copy_stage(table, uri=uri, iam_role=self._iam_role))
+        await self.copy(connection, statements, table, f"s3://{self.bucket}/{key}")
+
+    async def copy(
+        self,
+        connection: asyncpg.Connection,
+        statements: Statements,
+        table: AggregateTable,
+        uri: str,
+    ) -> None:
+        """Redshift's ``COPY`` of the staged object into the stage table (it reads the object
+        with ``iam_role``'s rights, not ours). A seam: the tests play it on PostgreSQL."""
+        await connection.execute(statements.rs_copy_stage(table, uri=uri, iam_role=self.iam_role))
 
     async def cleanup(self) -> None:
         staged, self._staged = self._staged, []
         for key in staged:
-            await self._s3.delete_object(Bucket=self._bucket, Key=key)
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
