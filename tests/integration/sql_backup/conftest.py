@@ -14,16 +14,19 @@ from typing import Any
 
 import asyncpg
 import pytest
+from botocore.exceptions import ClientError
 from dotenv import dotenv_values
 
+from indutech_common.s3 import create_s3_client, ping_bucket
 from indutech_common.schemas import Topics
-from indutech_common.settings import WarehouseSettings
+from indutech_common.settings import S3Settings, WarehouseSettings
 from indutech_common.warehouse import connect_warehouse
 from indutech_devtools.erp import change_statements
 from indutech_sql_backup.config import SqlBackupSettings
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.sources import OdbcSource
 from tests.support.erp import demo_erp_statements
+from tests.support.iam import assume_worker_role, s3_client_as, use_credentials
 from tests.support.kafka import temporary_topics
 from tests.support.s3 import delete_prefix, list_keys
 from tests.support.stack import REPO_ROOT, StackSettings, stack_env_file
@@ -31,6 +34,8 @@ from tests.support.warehouse import table_rows
 
 DEMO_TABLES = ("customers", "gl_entries", "invoices", "order_lines", "orders", "products")
 KEYS = {"order_lines": "order_id, line_no"}
+# the stack's root keys, or only the rights of deploy/iam/sql-backup.json (see s3_with_rights)
+RIGHTS = [pytest.param("root", id="root"), pytest.param("iam-policy", id="iam-policy")]
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,38 @@ async def erp(stack: StackSettings, unique: str) -> AsyncIterator[Erp]:
     finally:
         await connection.close()
     await delete_prefix(stack.s3, stack.s3.backup_bucket, names.prefix)
+
+
+async def s3_with_rights(
+    rights: str, stack: StackSettings, erp: Erp, monkeypatch: pytest.MonkeyPatch
+) -> tuple[S3Settings, dict[str, str]]:
+    """The S3 settings sql-backup runs with in this test: the stack's keys ("root"), or
+    ("iam-policy") the temporary credentials of deploy/iam/sql-backup.json, with them."""
+    if rights == "root":
+        return stack.s3, {}
+    # Every key sql-backup writes is {backup_prefix}sql-server/… (schemas.sql_backup): the
+    # test prefix goes before the policy's sql-server/*, where production's empty prefix is,
+    # so the policy's paths are used unchanged.
+    credentials = await assume_worker_role("sql-backup", stack, {"backup": erp.prefix})
+    return use_credentials(monkeypatch, credentials, stack.s3), credentials
+
+
+async def assert_sql_backup_policy_in_force(
+    stack: StackSettings, erp: Erp, credentials: dict[str, str]
+) -> None:
+    """The policy ran the flow and no more: readiness answers, but the backup bucket outside
+    sql-server/ and the lake bucket are closed to it (so a policy run cannot pass vacuously)."""
+    outside = f"{erp.prefix}elsewhere/object.json"
+    async with create_s3_client(stack.s3) as root:
+        await root.put_object(Bucket=stack.s3.backup_bucket, Key=outside, Body=b"{}")
+    async with s3_client_as(stack, credentials) as s3:
+        await ping_bucket(s3, stack.s3.backup_bucket)  # the worker's /readyz ping
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.get_object(Bucket=stack.s3.backup_bucket, Key=outside)
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.put_object(Bucket=stack.s3.backup_bucket, Key=outside, Body=b"{}")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.put_object(Bucket=stack.s3.lake_bucket, Key=f"{erp.prefix}x", Body=b"x")
 
 
 async def backup_keys(stack: StackSettings, prefix: str) -> list[str]:

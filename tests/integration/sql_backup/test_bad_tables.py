@@ -21,7 +21,15 @@ from indutech_sql_backup.engine import Engine
 from indutech_sql_backup.errors import SqlBackupError
 from indutech_sql_backup.restore import Restorer
 from indutech_sql_backup.sources import OdbcSource
-from tests.integration.sql_backup.conftest import Erp, backup_keys, settings_for, worker_env
+from tests.integration.sql_backup.conftest import (
+    RIGHTS,
+    Erp,
+    assert_sql_backup_policy_in_force,
+    backup_keys,
+    s3_with_rights,
+    settings_for,
+    worker_env,
+)
 from tests.support.stack import StackSettings
 
 DAY = date(2026, 7, 1)
@@ -94,12 +102,14 @@ class TestBadTables:
         assert code == 0, error
         assert f"{erp.schema}.dupkey: skipped" in error
 
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_a_table_whose_chunk_fails_is_left_incomplete_and_a_rerun_finishes_it(
-        self, stack: StackSettings, erp: Erp
+        self, stack: StackSettings, erp: Erp, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
         """The table is dropped after planning: its chunk fails (an SQL error of the table,
         not an outage), it gets a failure marker and no manifest, the other table completes;
-        once it exists again the same run resumes and completes."""
+        once it exists again the same run resumes and completes (also with only the rights
+        of deploy/iam/sql-backup.json: the rerun deletes the failure marker)."""
         s = f'"{erp.schema}"'
         create_fragile = [
             f"CREATE TABLE {s}.fragile (id integer PRIMARY KEY, v text)",
@@ -112,8 +122,9 @@ class TestBadTables:
             f"INSERT INTO {s}.good SELECT i, 'v' || i FROM generate_series(1, 30) i",
             *create_fragile,
         )
-        settings = settings_for(stack, erp)
-        async with create_s3_client(stack.s3) as s3:
+        s3_settings, credentials = await s3_with_rights(rights, stack, erp, monkeypatch)
+        settings = settings_for(stack, erp, s3=s3_settings)
+        async with create_s3_client(settings.s3) as s3:
             engine = Engine(settings, s3)
             tables = await engine.discover()
             fragile = next(t for t in tables if t.ref.name == "fragile")
@@ -139,6 +150,8 @@ class TestBadTables:
             assert manifest.rows == 10
         keys = await backup_keys(stack, erp.prefix)
         assert directory.failure(0) not in keys, "the failure marker is gone once redone"
+        if credentials:
+            await assert_sql_backup_policy_in_force(stack, erp, credentials)
 
     async def test_a_key_broken_after_planning_stops_the_restore_with_a_clear_error(
         self, stack: StackSettings, erp: Erp

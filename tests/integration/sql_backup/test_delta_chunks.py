@@ -20,9 +20,12 @@ from indutech_sql_backup.sources import OdbcSource
 from indutech_sql_backup.verify import verify
 from tests.integration.sql_backup.conftest import (
     DEMO_TABLES,
+    RIGHTS,
     Erp,
+    assert_sql_backup_policy_in_force,
     generate,
     rows_of,
+    s3_with_rights,
     settings_for,
     source_state,
 )
@@ -65,16 +68,19 @@ async def assert_restores_equal(
 class TestDeltaChunks:
     @pytest.mark.slow
     @pytest.mark.timeout(240)
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_a_big_delta_is_split_resumed_and_restores_equal_to_the_source(
-        self, stack: StackSettings, erp: Erp
+        self, stack: StackSettings, erp: Erp, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
         """With DELTA_CHUNK_ROWS small, a day's delta of each table is several parts with
         deterministic names; a restarted run skips the parts already recorded; the manifest
         lists them all; verify passes; restore as of the day equals the source (a key deleted
-        and inserted again the same day included)."""
+        and inserted again the same day included). Also with only the rights of
+        deploy/iam/sql-backup.json: full, resumed delta, verify and restore."""
         await generate(stack, erp)
-        settings = settings_for(stack, erp, chunk_rows=2000, delta_chunk_rows=40)
-        async with create_s3_client(stack.s3) as s3:
+        s3_settings, credentials = await s3_with_rights(rights, stack, erp, monkeypatch)
+        settings = settings_for(stack, erp, s3=s3_settings, chunk_rows=2000, delta_chunk_rows=40)
+        async with create_s3_client(settings.s3) as s3:
             engine = Engine(settings, s3)
             tables = await engine.discover()
             await engine.backup(tables, kind="full", day=DAY0)
@@ -117,6 +123,8 @@ class TestDeltaChunks:
                 report = await verify(engine, TableRef(erp.schema, name), day=DAY1)
                 assert report.ok, report.lines
             await assert_restores_equal(stack, erp, Restorer(settings, s3), DAY1, expected)
+        if credentials:
+            await assert_sql_backup_policy_in_force(stack, erp, credentials)
 
 
 class TestTruncate:

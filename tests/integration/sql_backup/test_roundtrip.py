@@ -15,10 +15,13 @@ from indutech_sql_backup.sinks import read_part
 from indutech_sql_backup.verify import verify
 from tests.integration.sql_backup.conftest import (
     DEMO_TABLES,
+    RIGHTS,
     Erp,
+    assert_sql_backup_policy_in_force,
     backup_keys,
     generate,
     rows_of,
+    s3_with_rights,
     settings_for,
     source_state,
 )
@@ -114,29 +117,34 @@ class TestDelta:
 
 class TestMultipart:
     @pytest.mark.slow
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_parts_past_the_threshold_go_up_multipart_encrypted_and_verify(
-        self, stack: StackSettings, erp: Erp
+        self, stack: StackSettings, erp: Erp, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
         """With a 1-byte threshold every part is a multipart upload: each object is SSE-KMS
         encrypted, has a multipart ETag, and verifies (SHA-256, rows, content) against its
-        manifest and the source, LOB table included."""
+        manifest and the source, LOB table included (also with only the rights of
+        deploy/iam/sql-backup.json: multipart is its own set of S3 calls)."""
         await generate(stack, erp)
-        settings = settings_for(stack, erp, multipart_threshold_bytes=1)
-        async with create_s3_client(stack.s3) as s3:
+        s3_settings, credentials = await s3_with_rights(rights, stack, erp, monkeypatch)
+        settings = settings_for(stack, erp, s3=s3_settings, multipart_threshold_bytes=1)
+        async with create_s3_client(settings.s3) as s3, create_s3_client(stack.s3) as root:
             engine = Engine(settings, s3)
             tables = await engine.discover([f"{erp.schema}.order_lines", f"{erp.schema}.customers"])
             results = await engine.backup(tables, kind="full", day=DAY0)
             parts = [p for manifest, _ in results for p in manifest.parts]
             assert len(parts) > 2
             for part in parts:
-                head = await s3.head_object(Bucket=stack.s3.backup_bucket, Key=part.key)
+                head = await root.head_object(Bucket=stack.s3.backup_bucket, Key=part.key)
                 assert head["ETag"].strip('"').endswith("-1"), (part.key, head["ETag"])
                 assert head["ServerSideEncryption"] == "aws:kms"
                 assert head["SSEKMSKeyId"].endswith(str(stack.s3.kms_key_id))
             for name in ("order_lines", "customers"):
                 report = await verify(engine, TableRef(erp.schema, name), day=None)
                 assert report.ok, report.lines
-            uploads = await s3.list_multipart_uploads(
+            uploads = await root.list_multipart_uploads(
                 Bucket=stack.s3.backup_bucket, Prefix=erp.prefix
             )
         assert not uploads.get("Uploads"), "no multipart upload may be left open"
+        if credentials:
+            await assert_sql_backup_policy_in_force(stack, erp, credentials)

@@ -23,10 +23,13 @@ from indutech_sql_backup.sinks import read_part
 from indutech_sql_backup.verify import verify
 from indutech_sql_backup.worker import SqlBackupWorker
 from tests.integration.sql_backup.conftest import (
+    RIGHTS,
     Erp,
+    assert_sql_backup_policy_in_force,
     backup_keys,
     generate,
     rows_of,
+    s3_with_rights,
     settings_for,
     source_state,
     start_worker,
@@ -55,15 +58,19 @@ async def completed_messages(
 
 class TestReplicas:
     @pytest.mark.slow
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_two_replicas_drain_one_plan_without_overlap(
-        self, stack: StackSettings, erp: Erp
+        self, stack: StackSettings, erp: Erp, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
-        """Both replicas write chunks; every chunk is written exactly once; one announcement."""
+        """Both replicas write chunks; every chunk is written exactly once; one announcement.
+        Also with only the rights of deploy/iam/sql-backup.json (plan, chunks, manifest and
+        announcement marker, as the replicas of the Deployment write them)."""
         await generate(stack, erp)
+        s3_settings, credentials = await s3_with_rights(rights, stack, erp, monkeypatch)
         # idle_exit_s leaves room for planning on a loaded machine: a replica that has seen
         # no work by then exits, and the test would read [0, 0] as "one did nothing"
-        settings = settings_for(stack, erp, chunk_rows=150, idle_exit_s=10.0)
-        async with create_s3_client(stack.s3) as s3:
+        settings = settings_for(stack, erp, s3=s3_settings, chunk_rows=150, idle_exit_s=10.0)
+        async with create_s3_client(settings.s3) as s3:
             engine = Engine(settings, s3)
             tables = await engine.discover([f"{erp.schema}.order_lines"])
             workers = [SqlBackupWorker(settings), SqlBackupWorker(settings)]
@@ -79,9 +86,11 @@ class TestReplicas:
             assert status == "complete"
         messages = await completed_messages(stack, erp, 1)
         assert [m["table"] for m in messages] == [f"{erp.schema}.order_lines"]
-        assert str(messages[0]["manifest"]).endswith(
-            BackupDir.of(settings.backup_prefix, plan).manifest
-        )
+        directory = BackupDir.of(settings.backup_prefix, plan)
+        assert str(messages[0]["manifest"]).endswith(directory.manifest)
+        assert directory.announced in await backup_keys(stack, erp.prefix)
+        if credentials:
+            await assert_sql_backup_policy_in_force(stack, erp, credentials)
 
 
 class TestAnnouncement:
