@@ -11,8 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from botocore.exceptions import ClientError
 
-from indutech_common.s3 import create_s3_client
+from indutech_common.s3 import create_s3_client, ping_bucket
+from indutech_common.settings import S3Settings
 from indutech_common.warehouse import connect_warehouse
 from indutech_sql_backup.dialects import PostgresDialect
 from indutech_sql_backup.engine import Engine
@@ -21,10 +23,15 @@ from indutech_sql_to_redshift.cli import opened
 from indutech_sql_to_redshift.config import SqlToRedshiftSettings
 from indutech_sql_to_redshift.loading import Loading
 from tests.integration.sql_backup.conftest import Erp, erp_database, generate, settings_for
+from tests.support.iam import assume_worker_role, s3_client_as, use_credentials
 from tests.support.s3 import delete_prefix
 from tests.support.stack import StackSettings
 
 DAY0 = date(2026, 3, 1)
+# the stack's root keys, or only the rights of deploy/iam/sql-to-redshift.json
+RIGHTS = [pytest.param("root", id="root"), pytest.param("iam-policy", id="iam-policy")]
+# Redshift's COPY manifests go to the lake under this (production's) prefix, after the test's
+STAGING_PREFIX: str = SqlToRedshiftSettings.model_fields["staging_prefix"].default
 
 
 def night(n: int) -> date:
@@ -59,6 +66,48 @@ async def names(stack: StackSettings, unique: str) -> AsyncIterator[Names]:
     finally:
         await connection.close()
     await delete_prefix(stack.s3, stack.s3.backup_bucket, erp.prefix)
+    await delete_prefix(stack.s3, stack.s3.lake_bucket, erp.prefix)
+
+
+async def s3_with_rights(
+    rights: str, stack: StackSettings, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> tuple[S3Settings, dict[str, str]]:
+    """The S3 settings the loader runs with in this test: the stack's keys ("root"), or
+    ("iam-policy") the temporary credentials of deploy/iam/sql-to-redshift.json, with them."""
+    if rights == "root":
+        return stack.s3, {}
+    # It reads {backup_prefix}sql-server/… and writes {staging_prefix}…: the test prefix goes
+    # before the policy's sql-server/* and warehouse-staging/sql-to-redshift/*, where
+    # production's empty prefixes are (staging_prefix: staging_prefix_of).
+    prefixes = {"backup": names.erp.prefix, "lake": names.erp.prefix}
+    credentials = await assume_worker_role("sql-to-redshift", stack, prefixes)
+    return use_credentials(monkeypatch, credentials, stack.s3), credentials
+
+
+def staging_prefix_of(names: Names) -> str:
+    return f"{names.erp.prefix}{STAGING_PREFIX}"
+
+
+async def assert_sql_to_redshift_policy_in_force(
+    stack: StackSettings, names: Names, credentials: dict[str, str]
+) -> None:
+    """The policy ran the load and no more: readiness answers, but the backup is read-only
+    to it and the lake closed outside its staging prefix (so a policy run cannot pass
+    vacuously)."""
+    prefix = names.erp.prefix
+    outside = f"{prefix}elsewhere/object.json"
+    async with create_s3_client(stack.s3) as root:
+        await root.put_object(Bucket=stack.s3.lake_bucket, Key=outside, Body=b"{}")
+    async with s3_client_as(stack, credentials) as s3:
+        await ping_bucket(s3, stack.s3.backup_bucket)  # the worker's /readyz ping
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.put_object(
+                Bucket=stack.s3.backup_bucket, Key=f"{prefix}sql-server/x.json", Body=b"{}"
+            )
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.get_object(Bucket=stack.s3.lake_bucket, Key=outside)
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.put_object(Bucket=stack.s3.lake_bucket, Key=outside, Body=b"{}")
 
 
 def loader_settings(stack: StackSettings, names: Names, **overrides: Any) -> SqlToRedshiftSettings:
@@ -150,4 +199,17 @@ async def load_all(settings: SqlToRedshiftSettings, **kwargs: Any) -> Any:
         return await loading.load_all(**kwargs)
 
 
-__all__ = ["DAY0", "Backups", "Loading", "Names", "fetch", "load_all", "loader_settings", "night"]
+__all__ = [
+    "DAY0",
+    "RIGHTS",
+    "Backups",
+    "Loading",
+    "Names",
+    "assert_sql_to_redshift_policy_in_force",
+    "fetch",
+    "load_all",
+    "loader_settings",
+    "night",
+    "s3_with_rights",
+    "staging_prefix_of",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -23,14 +24,19 @@ from indutech_sql_to_redshift.sinks import S3ManifestStager, Target, WarehouseSi
 from indutech_sql_to_redshift.sinks.sql import Statements
 from indutech_sql_to_redshift.sources import BackupSource
 from tests.integration.sql_to_redshift.conftest import (
+    RIGHTS,
     Backups,
     Names,
+    assert_sql_to_redshift_policy_in_force,
     load_all,
     loader_settings,
     night,
     run_source_sql,
+    s3_with_rights,
+    staging_prefix_of,
     warehouse_state,
 )
+from tests.support.iam import assume_worker_role, s3_client_as
 from tests.support.s3 import list_keys
 from tests.support.stack import StackSettings
 
@@ -44,17 +50,18 @@ def split(url: str) -> tuple[str, str]:
 
 
 class ReplayedCopy(S3ManifestStager):
-    """Redshift's ``COPY … MANIFEST`` played on PostgreSQL: the manifest read back from S3,
-    each listed object fetched (its length checked against ``content_length``) and copied."""
+    """Redshift's ``COPY … MANIFEST`` played on PostgreSQL: the manifest read back from S3
+    (by ``redshift``: Redshift's own client), each listed object fetched (its length checked
+    against ``content_length``) and copied."""
 
-    def __init__(self, s3: Any, **kwargs: Any) -> None:
+    def __init__(self, s3: Any, *, redshift: Any, **kwargs: Any) -> None:
         super().__init__(s3, **kwargs)
-        self.s3 = s3
+        self.redshift = redshift
         self.manifests: list[dict[str, Any]] = []
 
     async def get(self, url: str) -> bytes:
         bucket, key = split(url)
-        response = await self.s3.get_object(Bucket=bucket, Key=key)
+        response = await self.redshift.get_object(Bucket=bucket, Key=key)
         async with response["Body"] as body:
             data: bytes = await body.read()
         return data
@@ -89,9 +96,12 @@ async def drop(stack: StackSettings, *schemas: str) -> None:
 class TestRedshiftStaging:
     @pytest.mark.slow
     @pytest.mark.timeout(300)
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_manifest_copy_loads_what_the_postgres_path_loads(
-        self, stack: StackSettings, names: Names
+        self, stack: StackSettings, names: Names, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
+        """Also with only the rights of deploy/iam/sql-to-redshift.json (and Redshift's COPY
+        with those of deploy/iam/redshift-copy.json): both paths, three nights each."""
         backups = Backups(stack, names, TABLES)
         await backups.full()
         await backups.delta(1)
@@ -106,9 +116,16 @@ class TestRedshiftStaging:
         )
         await backups.backup("delta", night(2))
 
-        prefix = f"{names.erp.prefix}staging/"
-
-        async with create_s3_client(stack.s3) as s3:
+        prefix = staging_prefix_of(names)
+        s3_settings, credentials = await s3_with_rights(rights, stack, names, monkeypatch)
+        async with AsyncExitStack() as clients:
+            s3 = await clients.enter_async_context(create_s3_client(s3_settings))
+            redshift = s3
+            if credentials:  # Redshift reads what the manifest lists with its own role
+                copy_role = await assume_worker_role(
+                    "redshift-copy", stack, {"backup": names.erp.prefix, "lake": names.erp.prefix}
+                )
+                redshift = await clients.enter_async_context(s3_client_as(stack, copy_role))
             source = BackupSource(
                 s3,
                 bucket=stack.s3.backup_bucket,
@@ -118,6 +135,7 @@ class TestRedshiftStaging:
             )
             stager = ReplayedCopy(
                 s3,
+                redshift=redshift,
                 backup_bucket=stack.s3.backup_bucket,
                 staging_bucket=stack.s3.lake_bucket,
                 staging_prefix=prefix,
@@ -152,7 +170,7 @@ class TestRedshiftStaging:
         # the same nights through the PostgreSQL path (binary COPY) give the same warehouse
         other = replace(names, raw=f"{names.raw}_pg", models=f"{names.models}_pg")
         try:
-            assert (await load_all(loader_settings(stack, other))).ok
+            assert (await load_all(loader_settings(stack, other, s3=s3_settings))).ok
             redshift_way = await warehouse_state(stack, names, TABLES)
             postgres_way = await warehouse_state(stack, other, TABLES)
         finally:
@@ -160,3 +178,5 @@ class TestRedshiftStaging:
         assert redshift_way == postgres_way
         gl = redshift_way["gl_entries"]
         assert [(row[0], row[5]) for row in gl] == [(1, "after the truncate"), (7, None)]
+        if credentials:
+            await assert_sql_to_redshift_policy_in_force(stack, names, credentials)

@@ -15,7 +15,15 @@ from indutech_sql_backup.cli import announce
 from indutech_sql_backup.engine import Engine
 from indutech_sql_to_redshift.worker import SqlToRedshiftWorker
 from tests.integration.sql_backup.conftest import generate, settings_for
-from tests.integration.sql_to_redshift.conftest import DAY0, Names, fetch, loader_settings
+from tests.integration.sql_to_redshift.conftest import (
+    DAY0,
+    RIGHTS,
+    Names,
+    assert_sql_to_redshift_policy_in_force,
+    fetch,
+    loader_settings,
+    s3_with_rights,
+)
 from tests.support.kafka import temporary_topics
 from tests.support.stack import StackSettings
 
@@ -30,10 +38,13 @@ async def heads(stack: StackSettings, names: Names) -> list[tuple[object, ...]]:
 class TestWorker:
     @pytest.mark.slow
     @pytest.mark.timeout(180)
+    @pytest.mark.parametrize("rights", RIGHTS)
     async def test_an_announcement_loads_its_table(
-        self, stack: StackSettings, names: Names
+        self, stack: StackSettings, names: Names, monkeypatch: pytest.MonkeyPatch, rights: str
     ) -> None:
+        """Also with only the rights of deploy/iam/sql-to-redshift.json, readiness included."""
         await generate(stack, names.erp)
+        s3_settings, credentials = await s3_with_rights(rights, stack, names, monkeypatch)
         topics = {
             names.erp.completed_topic: Topics.BACKUP_COMPLETED,
             names.erp.work_topic: Topics.BACKUP_WORK,  # sql-backup's announcer checks both
@@ -45,7 +56,7 @@ class TestWorker:
                 tables = await engine.discover([f"{names.erp.schema}.products"])
                 results = await engine.backup(tables, kind="full", day=DAY0)
                 await announce(backup, engine, results)
-            worker = SqlToRedshiftWorker(loader_settings(stack, names))
+            worker = SqlToRedshiftWorker(loader_settings(stack, names, s3=s3_settings))
             task = asyncio.create_task(worker.serve(install_signal_handlers=False))
             try:
                 for _ in range(600):
@@ -60,6 +71,9 @@ class TestWorker:
                 labels = {"worker": "sql-to-redshift", "table": "products"}
                 assert sample("indutech_sql_to_redshift_lag_seconds", labels) == 0.0
                 rows = sample("indutech_sql_to_redshift_table_rows", labels)
+                pings = await worker.health.check()  # what /readyz answers
+                assert pings, "the worker registered no readiness pings"
+                assert all(p.ok for p in pings), pings
             finally:
                 worker.request_exit()
                 assert await asyncio.wait_for(task, 60) == EXIT_OK
@@ -75,3 +89,5 @@ class TestWorker:
         assert rows == source[0][0]
         history = await fetch(stack, f"SELECT count(*) FROM {names.models}.dim_product")
         assert history == source
+        if credentials:
+            await assert_sql_to_redshift_policy_in_force(stack, names, credentials)
