@@ -14,9 +14,11 @@ import asyncpg
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from structlog.testing import capture_logs
 
 from indutech_common.s3 import create_s3_client
 from indutech_common.warehouse import connect_warehouse, create_warehouse_pool
+from indutech_devtools.iam import moved_policy
 from indutech_iot_aggregator.config import IotAggregatorSettings
 from indutech_iot_aggregator.errors import FencedError
 from indutech_iot_aggregator.sinks import (
@@ -31,7 +33,7 @@ from indutech_iot_aggregator.sinks import (
 from indutech_iot_aggregator.sinks.sql import AggregateTable
 from indutech_iot_aggregator.windows import Committed, PartitionWindows, WindowSpec, to_us
 from tests.integration.iot_aggregator.conftest import BASE_TIME, fetch
-from tests.support.iam import assume_worker_role, s3_client_as, use_credentials
+from tests.support.iam import assume_role, assume_worker_role, s3_client_as, use_credentials
 from tests.support.s3 import delete_prefix, list_keys
 from tests.support.stack import StackSettings
 
@@ -267,7 +269,7 @@ class ReplayedCopy(S3ParquetStager):
 
 
 class TestRedshiftStagingOnS3:
-    @pytest.mark.parametrize("rights", ["root", "iam-policy"])
+    @pytest.mark.parametrize("rights", ["root", "iam-policy", "iam-policy-without-delete"])
     async def test_deltas_staged_as_parquet_on_s3_add_up_and_the_objects_are_gone_after(
         self,
         stack: StackSettings,
@@ -279,14 +281,22 @@ class TestRedshiftStagingOnS3:
         """The Redshift write with its deltas staged on the real S3 (COPY played on
         PostgreSQL): the rows add up and the staged objects are deleted after the commit.
         "iam-policy": the worker holds only deploy/iam/iot-aggregator.json's rights and the
-        COPY reads with deploy/iam/redshift-copy.json's."""
+        COPY reads with deploy/iam/redshift-copy.json's. "iam-policy-without-delete": the
+        same less s3:DeleteObject: the committed write stands, the object it cannot delete
+        is logged (staging_cleanup_failed) and left for the lifecycle rule."""
         lake_prefix = f"tests/iot-aggregator/{unique}/"
         s3 = stack.s3
         worker: dict[str, str] = {}
         copy_role: dict[str, str] = {}
-        if rights == "iam-policy":
+        if rights != "root":
             prefixes = {"lake": lake_prefix, "backup": lake_prefix}
             worker = await assume_worker_role("iot-aggregator", stack, prefixes)
+            if rights == "iam-policy-without-delete":
+                local = {"lake": stack.s3.lake_bucket, "backup": stack.s3.backup_bucket}
+                policy = moved_policy("iot-aggregator", local, prefixes)
+                for statement in policy["Statement"]:
+                    statement["Action"] = [a for a in statement["Action"] if a != "s3:DeleteObject"]
+                worker = await assume_role(stack, policy, name="iot-aggregator-no-delete")
             copy_role = await assume_worker_role("redshift-copy", stack, prefixes)
             s3 = use_credentials(monkeypatch, worker, stack.s3)
         settings = IotAggregatorSettings(
@@ -312,11 +322,19 @@ class TestRedshiftStagingOnS3:
                     iam_role=made.iam_role,
                 )
                 sink = RedshiftSink(pool, Statements(postgres_sink.schema, "redshift"), stager)
-                await sink.write(batch(partition(0, Committed(), range(3))))
+                with capture_logs() as logs:
+                    await sink.write(batch(partition(0, Committed(), range(3))))
             assert await totals(stack, postgres_sink) == [("tickets-0", 3, Decimal("3.75"))]
             (copied,) = stager.copied
             assert copied.startswith(f"s3://{stack.s3.lake_bucket}/{staging}")
-            assert await list_keys(stack.s3, stack.s3.lake_bucket, lake_prefix) == []
+            left = await list_keys(stack.s3, stack.s3.lake_bucket, lake_prefix)
+            failed = [e for e in logs if e["event"] == "staging_cleanup_failed"]
+            if rights == "iam-policy-without-delete":
+                assert [e["keys"] for e in failed] == [left]
+                assert copied.endswith(left[0])
+                assert "AccessDenied" in failed[0]["error"]
+            else:
+                assert (left, failed) == ([], [])
             if worker:
                 # the policy was in force: the worker's staging rights end at its own prefix
                 async with s3_client_as(stack, worker) as denied:

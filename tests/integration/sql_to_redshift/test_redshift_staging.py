@@ -16,9 +16,11 @@ from typing import Any
 import asyncpg
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from indutech_common.s3 import create_s3_client
 from indutech_common.warehouse import connect_warehouse, copy_arrow_batches
+from indutech_devtools.iam import moved_policy
 from indutech_sql_to_redshift.loading import Loading
 from indutech_sql_to_redshift.sinks import S3ManifestStager, Target, WarehouseSink
 from indutech_sql_to_redshift.sinks.sql import Statements
@@ -36,7 +38,7 @@ from tests.integration.sql_to_redshift.conftest import (
     staging_prefix_of,
     warehouse_state,
 )
-from tests.support.iam import assume_worker_role, s3_client_as
+from tests.support.iam import assume_role, assume_worker_role, s3_client_as, use_credentials
 from tests.support.s3 import list_keys
 from tests.support.stack import StackSettings
 
@@ -180,3 +182,57 @@ class TestRedshiftStaging:
         assert [(row[0], row[5]) for row in gl] == [(1, "after the truncate"), (7, None)]
         if credentials:
             await assert_sql_to_redshift_policy_in_force(stack, names, credentials)
+
+    @pytest.mark.slow
+    @pytest.mark.timeout(180)
+    async def test_a_manifest_left_behind_does_not_fail_the_committed_night(
+        self, stack: StackSettings, names: Names, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The worker's policy without s3:DeleteObject: each night still loads and commits,
+        the manifest it cannot delete is logged (staging_cleanup_failed) and left for the
+        lifecycle rule, instead of the committed night being reported as failed."""
+        backups = Backups(stack, names, ("customers",))
+        await backups.full()
+        local = {"lake": stack.s3.lake_bucket, "backup": stack.s3.backup_bucket}
+        policy = moved_policy(
+            "sql-to-redshift", local, {"backup": names.erp.prefix, "lake": names.erp.prefix}
+        )
+        for statement in policy["Statement"]:
+            statement["Action"] = [a for a in statement["Action"] if a != "s3:DeleteObject"]
+        credentials = await assume_role(stack, policy, name="sql-to-redshift-no-delete")
+        s3_settings = use_credentials(monkeypatch, credentials, stack.s3)
+        prefix = staging_prefix_of(names)
+        async with create_s3_client(s3_settings) as s3, create_s3_client(stack.s3) as redshift:
+            source = BackupSource(
+                s3,
+                bucket=stack.s3.backup_bucket,
+                prefix=names.erp.prefix,
+                database=stack.erp.database,
+                schema=names.erp.schema,
+            )
+            stager = ReplayedCopy(
+                s3,
+                redshift=redshift,
+                backup_bucket=stack.s3.backup_bucket,
+                staging_bucket=stack.s3.lake_bucket,
+                staging_prefix=prefix,
+                iam_role=ROLE,
+                statements=Statements(names.raw, "redshift"),
+            )
+            sink = await WarehouseSink.open(
+                stack.warehouse, raw_schema=names.raw, model_schema=names.models, stager=stager
+            )
+            try:
+                await sink.migrate()
+                with capture_logs() as logs:
+                    report = await Loading(source, sink).load_all()
+                heads = await sink.heads()
+            finally:
+                await sink.close()
+        assert report.ok, report.failed
+        assert len(report.applied) == 1
+        assert heads["customers"].day == night(0)
+        failed = [e for e in logs if e["event"] == "staging_cleanup_failed"]
+        assert len(failed) == 1
+        assert "AccessDenied" in failed[0]["error"]
+        assert failed[0]["keys"] == await list_keys(stack.s3, stack.s3.lake_bucket, prefix)

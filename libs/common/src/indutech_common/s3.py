@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, SecretStr
 
 from indutech_common.errors import IndutechError
@@ -131,6 +131,19 @@ def _reveal(secret: SecretStr | None) -> str | None:
 async def ping_bucket(client: S3Client, bucket: str) -> None:
     """Readiness: the bucket exists and our credentials reach it."""
     await client.head_bucket(Bucket=bucket)
+
+
+async def delete_best_effort(client: S3Client, bucket: str, keys: list[str]) -> dict[str, str]:
+    """Delete each of ``keys``; ``{key: error}`` of those that could not be (rights, an
+    outage). For a clean-up that must not decide an outcome already decided (a committed
+    transaction's staging files): the caller logs what is left."""
+    left: dict[str, str] = {}
+    for key in keys:
+        try:
+            await client.delete_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            left[key] = f"{type(exc).__name__}: {exc}"
+    return left
 
 
 def _read_part(path: Path, start: int, size: int) -> bytes:
