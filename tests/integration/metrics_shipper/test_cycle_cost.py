@@ -13,7 +13,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -87,14 +87,35 @@ class ParserRuns:
         self._lock = threading.Lock()
 
     def __call__(self, frame: FrameType, event: str, _arg: Any) -> None:
-        if event == "call" and frame.f_code is self._code:
-            with self._lock:
-                if not any(seen is frame for seen in self._frames):
-                    self._frames.append(frame)
+        if event != "call" or frame.f_code is not self._code:
+            return
+        with self._lock:
+            if any(seen is frame for seen in self._frames):
+                return  # a generator resumed, not a new run
+            self._frames.append(frame)
+        self.run_started()
+
+    def run_started(self) -> None:
+        """Called in the parser's thread as each run starts, before it parses a line."""
 
     @property
     def runs(self) -> int:
         return len(self._frames)
+
+
+def run_profiled(
+    hook: Callable[[FrameType, str, Any], None], main: Coroutine[Any, Any, None]
+) -> None:
+    """``main`` in a thread started after ``hook`` is set, as are the threads the shipper's
+    cycle parses in (a profile hook reaches only threads started after it)."""
+    threading.setprofile(hook)
+    try:
+        thread = threading.Thread(target=asyncio.run, args=(main,))
+        thread.start()
+        thread.join(90)
+    finally:
+        threading.setprofile(None)
+    assert not thread.is_alive()
 
 
 class TestCycleCost:
@@ -117,16 +138,7 @@ class TestCycleCost:
                     s.rule.worker for s in shipper.statuses() if s.state is not State.GREY
                 } == set(WORKERS)
 
-        # The hook is in every thread started from here on: the cycle runs in a thread of
-        # its own, with its own event loop and the threads it parses in.
-        threading.setprofile(runs)
-        try:
-            cycle = threading.Thread(target=asyncio.run, args=(one_cycle(),))
-            cycle.start()
-            cycle.join(90)
-        finally:
-            threading.setprofile(None)
-        assert not cycle.is_alive()
+        run_profiled(runs, one_cycle())
         assert runs.runs == 2  # two targets, one parse each (it was eight each)
 
     def test_the_health_endpoint_answers_during_a_large_cycle(
@@ -149,40 +161,24 @@ class TestCycleCost:
                 assert await shipper.serve(install_signal_handlers=False) == 0
                 converted.append(bool(shipper.converter.export_state()["counters"]))
 
-        # in a thread started after the hook, as are the threads the cycle parses in
-        threading.setprofile(asked)
-        try:
-            cycle = threading.Thread(target=asyncio.run, args=(one_cycle(),))
-            cycle.start()
-            cycle.join(90)
-        finally:
-            threading.setprofile(None)
-        assert not cycle.is_alive()
+        run_profiled(asked, one_cycle())
         assert converted == [True], "the cycle converted nothing"
         assert asked.answers, "the parser never ran"
         assert all(asked.answers), f"/healthz did not answer during the parse: {asked.answers}"
 
 
-class AskDuringParse:
-    """A profile hook: when a run of prometheus-client's parser starts, in whatever thread,
-    GET ``url`` from that thread and wait for the answer before the parse goes on. Any HTTP
-    status is an answer (the loop served it); a timeout is not."""
+class AskDuringParse(ParserRuns):
+    """As each run of the parser starts, GET ``url`` from the parser's thread and wait for
+    the answer before the parse goes on. Any HTTP status is an answer (the loop served
+    it); a timeout is not."""
 
     def __init__(self, url: str, timeout_s: float = 20) -> None:
+        super().__init__()
         self.url = url
         self.timeout_s = timeout_s
         self.answers: list[bool] = []
-        self._code = parser.text_string_to_metric_families.__code__
-        self._frames: list[FrameType] = []  # held, so that no frame id is reused
-        self._lock = threading.Lock()
 
-    def __call__(self, frame: FrameType, event: str, _arg: Any) -> None:
-        if event != "call" or frame.f_code is not self._code:
-            return
-        with self._lock:
-            if any(seen is frame for seen in self._frames):
-                return  # a generator resumed, not a new run
-            self._frames.append(frame)
+    def run_started(self) -> None:
         try:
             with urllib.request.urlopen(self.url, timeout=self.timeout_s):  # noqa: S310 - our http URL
                 pass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -86,6 +87,38 @@ class ReplayedCopy(S3ManifestStager):
             )
 
 
+@asynccontextmanager
+async def redshift_path(
+    stack: StackSettings, names: Names, s3: Any, redshift: Any
+) -> AsyncIterator[tuple[BackupSource, ReplayedCopy, WarehouseSink]]:
+    """The loader's Redshift route on ``names``: the backup read and the manifests written
+    with ``s3``, Redshift's COPY (played) reading with ``redshift``; the sink migrated."""
+    source = BackupSource(
+        s3,
+        bucket=stack.s3.backup_bucket,
+        prefix=names.erp.prefix,
+        database=stack.erp.database,
+        schema=names.erp.schema,
+    )
+    stager = ReplayedCopy(
+        s3,
+        redshift=redshift,
+        backup_bucket=stack.s3.backup_bucket,
+        staging_bucket=stack.s3.lake_bucket,
+        staging_prefix=staging_prefix_of(names),
+        iam_role=ROLE,
+        statements=Statements(names.raw, "redshift"),
+    )
+    sink = await WarehouseSink.open(
+        stack.warehouse, raw_schema=names.raw, model_schema=names.models, stager=stager
+    )
+    try:
+        await sink.migrate()
+        yield source, stager, sink
+    finally:
+        await sink.close()
+
+
 async def drop(stack: StackSettings, *schemas: str) -> None:
     connection = await connect_warehouse(stack.warehouse)
     try:
@@ -128,31 +161,9 @@ class TestRedshiftStaging:
                     "redshift-copy", stack, {"backup": names.erp.prefix, "lake": names.erp.prefix}
                 )
                 redshift = await clients.enter_async_context(s3_client_as(stack, copy_role))
-            source = BackupSource(
-                s3,
-                bucket=stack.s3.backup_bucket,
-                prefix=names.erp.prefix,
-                database=stack.erp.database,
-                schema=names.erp.schema,
-            )
-            stager = ReplayedCopy(
-                s3,
-                redshift=redshift,
-                backup_bucket=stack.s3.backup_bucket,
-                staging_bucket=stack.s3.lake_bucket,
-                staging_prefix=prefix,
-                iam_role=ROLE,
-                statements=Statements(names.raw, "redshift"),
-            )
-            sink = await WarehouseSink.open(
-                stack.warehouse, raw_schema=names.raw, model_schema=names.models, stager=stager
-            )
-            try:
-                await sink.migrate()
+            async with redshift_path(stack, names, s3, redshift) as (source, stager, sink):
                 report = await Loading(source, sink).load_all()
                 nights = {t: (await source.nights(t))[0] for t in TABLES}
-            finally:
-                await sink.close()
         assert report.ok, report.failed
         assert len(report.applied) == 3 * len(TABLES)
 
@@ -202,33 +213,14 @@ class TestRedshiftStaging:
         credentials = await assume_role(stack, policy, name="sql-to-redshift-no-delete")
         s3_settings = use_credentials(monkeypatch, credentials, stack.s3)
         prefix = staging_prefix_of(names)
-        async with create_s3_client(s3_settings) as s3, create_s3_client(stack.s3) as redshift:
-            source = BackupSource(
-                s3,
-                bucket=stack.s3.backup_bucket,
-                prefix=names.erp.prefix,
-                database=stack.erp.database,
-                schema=names.erp.schema,
-            )
-            stager = ReplayedCopy(
-                s3,
-                redshift=redshift,
-                backup_bucket=stack.s3.backup_bucket,
-                staging_bucket=stack.s3.lake_bucket,
-                staging_prefix=prefix,
-                iam_role=ROLE,
-                statements=Statements(names.raw, "redshift"),
-            )
-            sink = await WarehouseSink.open(
-                stack.warehouse, raw_schema=names.raw, model_schema=names.models, stager=stager
-            )
-            try:
-                await sink.migrate()
-                with capture_logs() as logs:
-                    report = await Loading(source, sink).load_all()
-                heads = await sink.heads()
-            finally:
-                await sink.close()
+        async with (
+            create_s3_client(s3_settings) as s3,
+            create_s3_client(stack.s3) as redshift,
+            redshift_path(stack, names, s3, redshift) as (source, _, sink),
+        ):
+            with capture_logs() as logs:
+                report = await Loading(source, sink).load_all()
+            heads = await sink.heads()
         assert report.ok, report.failed
         assert len(report.applied) == 1
         assert heads["customers"].day == night(0)

@@ -133,16 +133,28 @@ async def ping_bucket(client: S3Client, bucket: str) -> None:
     await client.head_bucket(Bucket=bucket)
 
 
-async def delete_best_effort(client: S3Client, bucket: str, keys: list[str]) -> dict[str, str]:
-    """Delete each of ``keys``; ``{key: error}`` of those that could not be (rights, an
-    outage). For a clean-up that must not decide an outcome already decided (a committed
-    transaction's staging files): the caller logs what is left."""
+async def delete_staged(client: S3Client, bucket: str, keys: list[str]) -> dict[str, str]:
+    """Delete staging files after the transaction that used them, best effort: that
+    transaction decided the outcome, and a failed delete (rights, an outage) must neither
+    fail a committed load nor hide the error of a failed one. What is left is logged
+    (``staging_cleanup_failed``) for the lifecycle rule on the staging prefix
+    (docs/deployment.md) and returned, ``{key: error}``."""
     left: dict[str, str] = {}
     for key in keys:
         try:
             await client.delete_object(Bucket=bucket, Key=key)
         except (BotoCoreError, ClientError, OSError) as exc:
             left[key] = f"{type(exc).__name__}: {exc}"
+    if left:
+        _log.warning(
+            "staging_cleanup_failed",
+            bucket=bucket,
+            keys=list(left),
+            error=next(iter(left.values())),
+            then="the load stands as its transaction ended; the staging prefix's lifecycle "
+            "rule removes these files (or delete them); check the worker's s3:DeleteObject "
+            "right on the prefix",
+        )
     return left
 
 

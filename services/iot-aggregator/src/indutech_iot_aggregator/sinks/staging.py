@@ -15,15 +15,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
-import structlog
 
-from indutech_common.s3 import delete_best_effort
+from indutech_common.s3 import delete_staged
 from indutech_iot_aggregator.sinks.sql import TEXT, AggregateTable, Statements
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-_log = structlog.get_logger(__name__)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -98,19 +95,8 @@ class S3ParquetStager:
         await connection.execute(statements.rs_copy_stage(table, uri=uri, iam_role=self.iam_role))
 
     async def cleanup(self) -> None:
-        """Delete the staged objects, best effort: the batch's transaction decided its
-        outcome, and a failed delete must neither fail a committed batch (its retry would
-        meet its own offsets) nor hide the error of a failed one. What is left is logged;
-        the lifecycle rule on the staging prefix removes it (docs/deployment.md)."""
+        """The staged objects deleted, best effort (``delete_staged``): the batch's
+        transaction, not this, decides whether it was written (a failed delete raised here
+        would have the batch retried against its own committed offsets)."""
         staged, self._staged = self._staged, []
-        left = await delete_best_effort(self._s3, self.bucket, staged)
-        if left:
-            _log.warning(
-                "staging_cleanup_failed",
-                bucket=self.bucket,
-                keys=list(left),
-                error=next(iter(left.values())),
-                then="the batch stands as its transaction ended; the staging prefix's "
-                "lifecycle rule removes these files (or delete them); check the worker's "
-                "s3:DeleteObject right on the prefix",
-            )
+        await delete_staged(self._s3, self.bucket, staged)

@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 import pyarrow as pa
-import structlog
 
-from indutech_common.s3 import delete_best_effort
+from indutech_common.s3 import delete_staged
 from indutech_common.schemas.sql_backup import PartRecord
 from indutech_common.warehouse import ArrowCopyError, copy_arrow_batches
 from indutech_sql_to_redshift.config import SqlToRedshiftSettings
@@ -44,8 +43,6 @@ from indutech_sql_to_redshift.sinks.sql import Statements
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,23 +187,11 @@ class S3ManifestStager:
         await self.copy(connection, target, await self.write_manifest(target, night))
 
     async def cleanup(self) -> None:
-        """Delete the night's manifest files, best effort: the night's transaction decided
-        its outcome, and a failed delete must not turn a committed night into a failed one
-        (nor hide the error of a failed one). What is left is logged; the lifecycle rule on
-        the staging prefix removes it (docs/deployment.md)."""
+        """The night's manifest files deleted, best effort (``delete_staged``): its
+        transaction, not this, decides whether the night loaded."""
         written, self._written = self._written, []
         self._entries.clear()
-        left = await delete_best_effort(self._s3, self.staging_bucket, written)
-        if left:
-            _log.warning(
-                "staging_cleanup_failed",
-                bucket=self.staging_bucket,
-                keys=list(left),
-                error=next(iter(left.values())),
-                then="the night stands as its transaction ended; the staging prefix's "
-                "lifecycle rule removes these files (or delete them); check the worker's "
-                "s3:DeleteObject right on the prefix",
-            )
+        await delete_staged(self._s3, self.staging_bucket, written)
 
 
 def stager_for(settings: SqlToRedshiftSettings, s3: S3Client) -> Stager | None:
