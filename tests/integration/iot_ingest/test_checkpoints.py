@@ -4,13 +4,18 @@ deleted (a tombstone) once no scan has found the file for ``forget_after_s``."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiokafka import TopicPartition
+from structlog.testing import capture_logs
 
-from indutech_common.kafka import create_consumer, start_client
+from indutech_common.kafka import create_consumer, create_producer, start_client
+from indutech_iot_ingest.sinks import load_checkpoints
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
     ingest_settings,
@@ -78,3 +83,39 @@ class TestCheckpointTombstones:
         kept_value = values[fingerprints["kept.jsonl"].encode()]
         assert kept_value is not None
         assert json.loads(kept_value)["offset"] == kept.stat().st_size
+
+
+class TestCheckpointReaderStop:
+    async def test_the_reader_s_stop_is_handed_over_not_awaited(
+        self, stack: StackSettings, topics: IngestTopics
+    ) -> None:
+        """With ``stop_later``, the checkpoints come back while the reader's stop is still to
+        run (it took 0.5 s, or its 2 s limit under uvloop's TLS close, of every start)."""
+        producer = create_producer(stack.kafka)
+        await start_client(producer, stack.kafka)
+        handed: list[Coroutine[Any, Any, None]] = []
+        try:
+            states = await load_checkpoints(
+                stack.kafka, topics.checkpoint, producer, stop_later=handed.append
+            )
+            assert states == []
+            assert len(handed) == 1
+            assert inspect.getcoroutinestate(handed[0]) == inspect.CORO_CREATED
+            await handed[0]
+        finally:
+            await producer.stop()
+
+    async def test_the_worker_runs_the_stop_beside_the_ingest_and_awaits_it(
+        self, stack: StackSettings, topics: IngestTopics, san: Path, unique: str
+    ) -> None:
+        """The worker's start hands the stop to a task of its own, awaited by the shutdown
+        at the latest: nothing left pending when the worker has stopped."""
+        with capture_logs() as logs:
+            async with running(ingest_settings(stack, topics, san, unique)) as worker:
+                stopping = worker.checkpoint_reader_stop
+                assert stopping is not None
+        assert stopping.done()
+        assert stopping.exception() is None
+        assert not [
+            e for e in logs if e["event"] in ("cleanup_failed", "cleanup_deadline_exceeded")
+        ]

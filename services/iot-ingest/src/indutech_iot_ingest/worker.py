@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any
 
 import prometheus_client
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -63,6 +65,13 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         self.store: DeadLetterStore | None = None
         # counted into the metrics when their transaction commits (an abort replays them)
         self._pending_counts: Counter[str] = Counter()
+        self.checkpoint_reader_stop: asyncio.Task[None] | None = None
+
+    def _stop_later(self, stopping: Coroutine[Any, Any, None]) -> None:
+        """The checkpoint reader's stop, off the start path; awaited at shutdown."""
+        task = asyncio.create_task(stopping, name="checkpoint-reader-stop")
+        self.checkpoint_reader_stop = task
+        self.add_closer("checkpoint-reader", lambda: task)
 
     def _skipped(self, _path: str, reason: SkipReason) -> None:
         # called from the tailer's thread: prometheus counters are thread-safe
@@ -98,7 +107,9 @@ class IotIngestWorker(Worker[IotIngestSettings]):
         # here is exactly what is visible to every read_committed consumer
         producer = self.sink.producer
         assert producer is not None  # noqa: S101 - start() set it
-        states = await load_checkpoints(settings.kafka, settings.checkpoint_topic, producer)
+        states = await load_checkpoints(
+            settings.kafka, settings.checkpoint_topic, producer, stop_later=self._stop_later
+        )
         self.tailer.restore(states)
         self.log.info(
             "ingest_ready",

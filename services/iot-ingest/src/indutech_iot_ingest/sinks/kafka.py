@@ -17,8 +17,8 @@ and at commit. The order of a partition's records is the order of appends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -45,10 +45,21 @@ KEY_HASH_CACHE = 65_536  # distinct keys remembered (sensor and customer ids: a 
 
 
 async def load_checkpoints(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer, *, timeout_s: float = 60.0
+    settings: KafkaSettings,
+    topic: str,
+    producer: AIOKafkaProducer,
+    *,
+    timeout_s: float = 60.0,
+    stop_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
 ) -> list[FileState]:
-    """Read the compacted checkpoint topic to its end (read_committed): the last state per file."""
-    consumer = create_consumer(settings, group_id=None)
+    """Read the compacted checkpoint topic to its end (read_committed): the last state per file.
+
+    ``stop_later`` takes the reader's stop instead of awaiting it: a consumer's stop took
+    0.5 s, or its 2 s limit when uvloop waited on the TLS close, of every start (and so of
+    the ingest latency after each restart); the worker runs it beside the ingest and awaits
+    it at shutdown."""
+    # a fetch at the end of the topic waits fetch_max_wait_ms, and a stop waits for it
+    consumer = create_consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await start_client(consumer, settings)
     latest: dict[bytes, bytes | None] = {}
     try:
@@ -70,7 +81,10 @@ async def load_checkpoints(
                         if message.key is not None:
                             latest[message.key] = message.value
     finally:
-        await stop_client(consumer)
+        if stop_later is None:
+            await stop_client(consumer)
+        else:
+            stop_later(stop_client(consumer))
     states = [FileState.from_json_bytes(value) for value in latest.values() if value is not None]
     _log.info("checkpoints_loaded", topic=topic, files=len(states))
     return states
