@@ -11,6 +11,7 @@ from indutech_common.kafka.config import connection_kwargs
 from indutech_common.kafka.deadletter import DeadLetterWriter
 from indutech_common.kafka.exceptions import (
     KafkaAuthenticationError,
+    KafkaAuthorizationError,
     KafkaClientError,
     KafkaTlsError,
     KafkaUnavailableError,
@@ -20,6 +21,7 @@ from indutech_common.kafka.topics import TopicBinding, TopicContractError, requi
 __all__ = [
     "DeadLetterWriter",
     "KafkaAuthenticationError",
+    "KafkaAuthorizationError",
     "KafkaClientError",
     "KafkaTlsError",
     "KafkaUnavailableError",

@@ -20,6 +20,7 @@ from aiokafka.conn import create_conn
 from indutech_common.kafka.config import connection_kwargs
 from indutech_common.kafka.exceptions import (
     KafkaAuthenticationError,
+    KafkaAuthorizationError,
     KafkaTlsError,
     KafkaUnavailableError,
 )
@@ -101,6 +102,14 @@ async def _diagnose(settings: KafkaSettings, *, timeout_s: float) -> BaseExcepti
     return None
 
 
+AUTHORIZATION_ERRORS = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.TransactionalIdAuthorizationFailed,
+)
+
+
 def translate_connection_error(exc: BaseException, settings: KafkaSettings) -> Exception:
     """A KafkaClientError naming the cause and the settings to check."""
     where = f"{settings.bootstrap_servers} ({settings.security_protocol})"
@@ -122,6 +131,12 @@ def translate_connection_error(exc: BaseException, settings: KafkaSettings) -> E
             f"Kafka at {where} refused the {settings.sasl_mechanism} credentials of user "
             f"{settings.username!r}. Check KAFKA__USERNAME and KAFKA__PASSWORD (the SCRAM "
             "user must exist on the broker)."
+        )
+    if isinstance(exc, AUTHORIZATION_ERRORS):
+        return KafkaAuthorizationError(
+            f"Kafka at {where} refused user {settings.username!r}: "
+            f"{scrub(f'{type(exc).__name__}: {exc}')}. Grant that user the ACL it needs (each "
+            "worker's ACLs: docs/deployment.md, deploy/compose/redpanda/init.sh)."
         )
     detail = "timed out" if isinstance(exc, TimeoutError) else scrub(f"{type(exc).__name__}: {exc}")
     hint = ""

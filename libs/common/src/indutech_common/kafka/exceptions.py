@@ -13,6 +13,11 @@ class KafkaAuthenticationError(KafkaClientError):
     """The broker refused the SASL credentials."""
 
 
+class KafkaAuthorizationError(KafkaClientError):
+    """The broker refused the user an operation on a topic, group, transactional id or the
+    cluster: an ACL is missing."""
+
+
 class KafkaTlsError(KafkaClientError):
     """The TLS handshake failed: wrong CA, wrong host name, or a non-TLS listener."""
 
