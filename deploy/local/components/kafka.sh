@@ -114,13 +114,6 @@ group.initial.rebalance.delay.ms=0
 # auto-created topic has one partition and the broker's defaults (Redpanda's default too).
 auto.create.topics.enable=false
 
-# ACLs enforced, as on Redpanda in compose and production: the stack's user and the
-# loopback-only PLAINTEXT and controller listeners (ANONYMOUS) are superusers; the
-# workers' own users get only the ACLs of deploy/compose/redpanda/init.sh (the Kafka
-# ACL tests create them)
-authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-super.users=User:indutech;User:admin;User:ANONYMOUS
-
 # A small machine (2 cores)
 num.network.threads=2
 num.io.threads=4

@@ -13,15 +13,18 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
 from indutech_common.cloudwatch import create_logs_client
 from indutech_common.settings import CloudWatchSettings, HealthSettings
+from indutech_common.tailing import FileState
 from indutech_metrics_shipper.config import MetricsShipperSettings
 from indutech_metrics_shipper.logs import FileRead, LogCheckpoints, LogShipper
 from indutech_metrics_shipper.worker import MetricsShipperWorker
@@ -146,6 +149,64 @@ class TestLogShipping:
         assert len(found) == 350
         assert set(numbers.values()) == {1}
         assert "not a log file" not in found
+
+
+class KilledAfterThePutError(Exception):
+    """Stands for a SIGKILL between CloudWatch's accept and the checkpoint."""
+
+
+class CheckpointsKilledOnce(LogCheckpoints):
+    """The first batch's checkpoint never lands: the process 'dies' right after its put."""
+
+    def save_states(self, states: Iterable[FileState]) -> None:
+        if self.inflight() is not None:  # a batch was put and is being committed
+            raise KilledAfterThePutError
+        super().save_states(states)
+
+
+class TestKillBetweenPutAndCheckpoint:
+    async def test_a_new_file_s_first_batch_is_not_sent_again(
+        self, stack: StackSettings, unique: str, tmp_path: Path
+    ) -> None:
+        """Killed after the first put of a file no checkpoint knew yet: the next start finds
+        the batch in the stream and carries on after it (it sent the file again from line 0
+        once, in a CI chaos run: 848 lines doubled)."""
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        (logs / "worker.log").write_text("".join(log_line(i) + "\n" for i in range(120)))
+        group = f"/indutech/test/{unique}"
+        try:
+            async with create_logs_client(stack.cloudwatch) as client:
+                first = LogShipper(
+                    client,
+                    root=logs,
+                    patterns=("**/*.log",),
+                    group=group,
+                    checkpoints=CheckpointsKilledOnce(tmp_path / "state"),
+                )
+                with pytest.raises(KilledAfterThePutError):
+                    await first.ship()
+                first.close()
+                with (logs / "worker.log").open("a") as out:
+                    out.write("".join(log_line(i) + "\n" for i in range(120, 150)))
+                second = LogShipper(
+                    client,
+                    root=logs,
+                    patterns=("**/*.log",),
+                    group=group,
+                    checkpoints=LogCheckpoints(tmp_path / "state"),
+                )
+                with capture_logs() as events:
+                    await second.ship()
+                second.close()
+            found = await messages_in(stack.cloudwatch, group)
+        finally:
+            await delete_group(stack.cloudwatch, group)
+        checked = [e for e in events if e["event"] == "log_inflight_checked"]
+        assert [e["landed"] for e in checked] == [True]
+        numbers = Counter(json.loads(m)["n"] for m in found)
+        assert [n for n, count in numbers.items() if count > 1] == []
+        assert set(numbers) == set(range(150))
 
 
 class TestLogChaos:

@@ -12,7 +12,8 @@ a line without one, the time it was read.
 **Each line once.** The file offsets are checkpointed only after CloudWatch
 accepted the batch; a kill between the accept and the checkpoint would send the
 batch again. So before each put, the batch is written to an *in-flight*
-record (stream, the offsets it covers, and a digest of each event's time and
+record (stream, the offsets it covers, the file's checkpoint as it was — a
+new file's first batch has no other — and a digest of each event's time and
 message); after the put and the checkpoint, the record goes. At start, an
 in-flight record left behind is checked against the stream: PutLogEvents
 stores an accepted batch whole, so if the stream holds every (time, message)
@@ -146,15 +147,17 @@ class LogCheckpoints:
             for item in json.loads(self.offsets_path.read_text())
         ]
 
+    @staticmethod
+    def committed_item(state: FileState) -> dict[str, Any]:
+        """A file's checkpoint: what CloudWatch has (the committed offset), not what was read."""
+        item: dict[str, Any] = json.loads(state.to_json_bytes())
+        item["offset"] = state.committed_offset
+        item["lines"] = state.committed_lines
+        item["complete"] = state.committed_complete
+        return item
+
     def save_states(self, states: Iterable[FileState]) -> None:
-        committed = []
-        for state in states:
-            item = json.loads(state.to_json_bytes())
-            item["offset"] = state.committed_offset  # what CloudWatch has, not what was read
-            item["lines"] = state.committed_lines
-            item["complete"] = state.committed_complete
-            committed.append(item)
-        _write_atomic(self.offsets_path, json.dumps(committed))
+        _write_atomic(self.offsets_path, json.dumps([self.committed_item(s) for s in states]))
 
     def write_inflight(self, record: dict[str, Any]) -> None:
         _write_atomic(self.inflight_path, json.dumps(record))
@@ -221,6 +224,11 @@ class LogShipper:
             landed = await self._landed(record)
             _log.info("log_inflight_checked", stream=record["stream"], landed=landed)
             state = states.get(record["fingerprint"])
+            if landed and state is None and "file" in record:
+                # the file's first batch: no checkpoint knew the file before it, so the
+                # record carries the file's own (it was sent again from line 0 without)
+                state = FileState.from_json_bytes(json.dumps(record["file"]).encode())
+                states[state.fingerprint] = state
             if landed and state is not None:
                 state.offset = state.committed_offset = max(state.committed_offset, record["end"])
                 await asyncio.to_thread(self.checkpoints.save_states, states.values())
@@ -323,6 +331,7 @@ class LogShipper:
             {
                 "stream": stream,
                 "fingerprint": state.fingerprint,
+                "file": self.checkpoints.committed_item(state),
                 "end": end,
                 "first_ms": ordered[0].timestamp_ms,
                 "last_ms": ordered[-1].timestamp_ms,
