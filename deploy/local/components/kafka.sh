@@ -114,6 +114,13 @@ group.initial.rebalance.delay.ms=0
 # auto-created topic has one partition and the broker's defaults (Redpanda's default too).
 auto.create.topics.enable=false
 
+# ACLs enforced, as on Redpanda in compose and production: the stack's user and the
+# loopback-only PLAINTEXT and controller listeners (ANONYMOUS) are superusers; the
+# workers' own users get only the ACLs of deploy/compose/redpanda/init.sh (the Kafka
+# ACL tests create them)
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:indutech;User:admin;User:ANONYMOUS
+
 # A small machine (2 cores)
 num.network.threads=2
 num.io.threads=4
@@ -204,7 +211,9 @@ kafka_format() {
 }
 
 # The broker is ready when it answers TLS on the SASL_SSL port and lists itself over
-# PLAINTEXT (its SCRAM users are in the metadata it loaded before that). No SCRAM
+# PLAINTEXT (its SCRAM users are in the metadata it loaded before that, unless a SCRAM
+# user was ever removed: Kafka 3.9.2 then drops them all at the next start, so nothing
+# here removes one; tests/support/kafka_acls.py). No SCRAM
 # login with kcat here: Debian 12's librdkafka 2.0.2 fails SCRAM against Kafka 4.x
 # (a nonce bug fixed in librdkafka 2.6.1, which Kafka 4 no longer tolerates).
 kafka_metadata() { timeout 10 kcat -b "127.0.0.1:$KAFKA_PLAINTEXT_PORT" -L -m 3 2>/dev/null; }
