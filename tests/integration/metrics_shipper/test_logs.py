@@ -175,27 +175,17 @@ class TestKillBetweenPutAndCheckpoint:
         logs.mkdir()
         (logs / "worker.log").write_text("".join(log_line(i) + "\n" for i in range(120)))
         group = f"/indutech/test/{unique}"
+        state = tmp_path / "state"
+        where: dict[str, Any] = {"root": logs, "patterns": ("**/*.log",), "group": group}
         try:
             async with create_logs_client(stack.cloudwatch) as client:
-                first = LogShipper(
-                    client,
-                    root=logs,
-                    patterns=("**/*.log",),
-                    group=group,
-                    checkpoints=CheckpointsKilledOnce(tmp_path / "state"),
-                )
+                first = LogShipper(client, **where, checkpoints=CheckpointsKilledOnce(state))
                 with pytest.raises(KilledAfterThePutError):
                     await first.ship()
                 first.close()
                 with (logs / "worker.log").open("a") as out:
                     out.write("".join(log_line(i) + "\n" for i in range(120, 150)))
-                second = LogShipper(
-                    client,
-                    root=logs,
-                    patterns=("**/*.log",),
-                    group=group,
-                    checkpoints=LogCheckpoints(tmp_path / "state"),
-                )
+                second = LogShipper(client, **where, checkpoints=LogCheckpoints(state))
                 with capture_logs() as events:
                     await second.ship()
                 second.close()
