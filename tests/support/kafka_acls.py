@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in its stubs
     AclBinding,
     AclBindingFilter,
@@ -33,7 +35,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, n
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
+from pydantic import SecretStr
 
+from indutech_common.kafka import create_consumer, start_client, stop_client
+from indutech_common.settings import KafkaSettings
 from tests.support.stack import REPO_ROOT, StackSettings
 
 INIT = REPO_ROOT / "deploy" / "compose" / "redpanda" / "init.sh"
@@ -96,6 +101,22 @@ def init_grants() -> list[Grant]:
 class KafkaUser:
     name: str
     password: str
+
+    def settings(self, base: KafkaSettings) -> KafkaSettings:
+        """``base`` (the stack's broker, TLS and mechanism) logged in as this user."""
+        return base.model_copy(update={"username": self.name, "password": SecretStr(self.password)})
+
+
+async def assert_read_refused(kafka: KafkaSettings, topic: str, group_id: str | None) -> None:
+    """A consumer with ``kafka``'s credentials is refused ``topic`` (the ACLs are in force:
+    a test on them cannot pass with a user that may do everything)."""
+    reader = create_consumer(kafka, topic, group_id=group_id)
+    await start_client(reader, kafka)
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await reader.getmany(timeout_ms=10_000)
+    finally:
+        await stop_client(reader)
 
 
 def _admin(stack: StackSettings) -> AdminClient:

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from aiokafka.errors import TopicAuthorizationFailedError
-from pydantic import SecretStr
-
-from indutech_common.kafka import create_consumer, start_client, stop_client
 from indutech_devtools.iot import GenerateOptions, generate, records
 from tests.integration.iot_ingest.conftest import (
     IngestTopics,
@@ -19,7 +14,7 @@ from tests.integration.iot_ingest.conftest import (
     read_committed,
     running,
 )
-from tests.support.kafka_acls import worker_kafka_user
+from tests.support.kafka_acls import assert_read_refused, worker_kafka_user
 from tests.support.stack import StackSettings
 
 
@@ -40,9 +35,7 @@ class TestKafkaAcls:
         assert generate(options) == 300
         (san / "sensors" / "bad.jsonl").write_text('{"not json\n')
         with worker_kafka_user(stack, "iot-ingest", f"iot-ingest-{unique}", names) as user:
-            own = stack.kafka.model_copy(
-                update={"username": user.name, "password": SecretStr(user.password)}
-            )
+            own = user.settings(stack.kafka)
             settings = ingest_settings(stack, topics, san, unique, kafka=own)
             async with running(settings):
                 await read_committed(stack, topics, expected=300, expected_dead=1)
@@ -56,10 +49,4 @@ class TestKafkaAcls:
             assert len(found.dead_letters) == 1
 
             # the ACLs were in force: the records are write-only to it
-            reader = create_consumer(own, topics.sensor, group_id=None)
-            await start_client(reader, own)
-            try:
-                with pytest.raises(TopicAuthorizationFailedError):
-                    await reader.getmany(timeout_ms=10_000)
-            finally:
-                await stop_client(reader)
+            await assert_read_refused(own, topics.sensor, group_id=None)
